@@ -1,0 +1,185 @@
+"""Typed run configuration, read once from params.yaml (and, for runtime settings, the environment).
+
+ML settings (data, split, model, train, gate, export) come from params.yaml only: DVC tracks that
+file, so a value that arrived from the environment would make DVC's cache lie about what a stage
+was built with. Runtime settings (registry, approval, serve) may also come from environment
+variables named ``TUNEGATE_<SECTION>__<FIELD>``, e.g. ``TUNEGATE_SERVE__PORT=8080``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """Configuration that cannot work; the message says what to fix."""
+
+
+class _Section(BaseModel):
+    # A misspelt key is an error, not a silently ignored setting.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataParams(_Section):
+    source: str = Field(description="'builtin:<name>' or a path to a CSV, JSONL or Parquet file")
+    text_column: str = "text"
+    label_column: str = "label"
+    label_map: dict[str, str] = Field(default_factory=dict, description="raw label -> label")
+    labels: list[str] = Field(min_length=2)
+    min_rows: int = Field(default=20, ge=1)
+    min_chars: int = Field(default=1, ge=1)
+    max_chars: int = Field(default=5000, ge=1)
+    max_duplicate_fraction: float = Field(default=0.02, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _labels_are_distinct(self) -> "DataParams":
+        if len(set(self.labels)) != len(self.labels):
+            raise ValueError(f"data.labels has duplicates: {self.labels}")
+        unknown = sorted(set(self.label_map.values()) - set(self.labels))
+        if unknown:
+            raise ValueError(f"data.label_map maps to {unknown}, which are not in data.labels {self.labels}")
+        return self
+
+
+class SplitParams(_Section):
+    validation_fraction: float = Field(default=0.1, gt=0, lt=0.5)
+    test_fraction: float = Field(default=0.1, gt=0, lt=0.5)
+    # Changing the salt reshuffles every example: champion and challenger stop being comparable.
+    salt: str = "tunegate-v1"
+
+
+class ModelParams(_Section):
+    base_model: str = Field(description="'builtin:<name>', a local directory, or a hub id")
+    max_length: int = Field(default=128, ge=8, le=512)
+
+
+class TrainParams(_Section):
+    epochs: int = Field(default=2, ge=1)
+    batch_size: int = Field(default=32, ge=1)
+    eval_batch_size: int = Field(default=128, ge=1)
+    learning_rate: float = Field(default=5e-5, ge=0)
+    weight_decay: float = Field(default=0.01, ge=0)
+    warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
+    max_grad_norm: float = Field(default=1.0, gt=0)
+    seed: int = 42
+    max_train_examples: int | None = Field(default=None, ge=1, description="cap for quick runs")
+    num_threads: int | None = Field(default=None, ge=1)
+
+
+class GateParams(_Section):
+    min_accuracy: float = Field(default=0.0, ge=0, le=1)
+    min_macro_f1: float = Field(default=0.0, ge=0, le=1)
+    compare_metric: Literal["accuracy", "macro_f1"] = "macro_f1"
+    # The challenger may be at most this much worse than the champion on the same test rows.
+    max_regression: float = Field(default=0.005, ge=0, le=1)
+
+
+class ExportParams(_Section):
+    opset: int = Field(default=17, ge=13)
+    quantize: bool = True
+    min_agreement: float = Field(default=0.99, ge=0, le=1)
+    max_accuracy_drop: float = Field(default=0.01, ge=0, le=1)
+
+
+class RegistryParams(_Section):
+    model_name: str = "tunegate-classifier"
+    experiment: str = "tunegate"
+    # None: MLFLOW_TRACKING_URI if set, else a SQLite file under <project>/mlflow/.
+    tracking_uri: str | None = None
+
+
+class ApprovalParams(_Section):
+    # local: the run approves itself (recorded as such); production: a person must answer.
+    profile: Literal["local", "production"] = "local"
+    timeout_s: int = Field(default=24 * 3600, ge=1)
+    poll_interval_s: int = Field(default=2, ge=1)
+
+
+class ServeParams(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"])
+    max_batch_texts: int = Field(default=256, ge=1)
+
+
+class Params(_Section):
+    task: Literal["sequence-classification"] = "sequence-classification"
+    data: DataParams
+    split: SplitParams = SplitParams()
+    model: ModelParams
+    train: TrainParams = TrainParams()
+    gate: GateParams = GateParams()
+    export: ExportParams = ExportParams()
+    registry: RegistryParams = RegistryParams()
+    approval: ApprovalParams = ApprovalParams()
+    serve: ServeParams = ServeParams()
+
+
+ENV_PREFIX = "TUNEGATE_"
+ENV_SECTIONS = ("registry", "approval", "serve")
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    overrides: dict[str, dict[str, Any]] = {}
+    for key, raw in env.items():
+        if not key.startswith(ENV_PREFIX) or "__" not in key:
+            continue
+        section, _, field = key[len(ENV_PREFIX):].lower().partition("__")
+        if section not in ENV_SECTIONS:
+            raise ConfigError(
+                f"{key}: only {', '.join(s.upper() for s in ENV_SECTIONS)} settings may come from the "
+                "environment; ML settings belong in params.yaml so DVC can track them"
+            )
+        overrides.setdefault(section, {})[field] = yaml.safe_load(raw)
+    return overrides
+
+
+def _format_errors(source: str, error: ValidationError) -> str:
+    lines = [f"{source}: invalid configuration"]
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        lines.append(f"  - {where}: {item['msg']}")
+    return "\n".join(lines)
+
+
+def parse_params(raw: Mapping[str, Any], source: str = "params", env: Mapping[str, str] | None = None) -> Params:
+    merged: dict[str, Any] = {k: dict(v) if isinstance(v, Mapping) else v for k, v in raw.items()}
+    for section, values in _env_overrides(os.environ if env is None else env).items():
+        merged.setdefault(section, {}).update(values)
+    try:
+        return Params.model_validate(merged)
+    except ValidationError as error:
+        raise ConfigError(_format_errors(source, error)) from None
+
+
+def load_params(path: Path, env: Mapping[str, str] | None = None) -> Params:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such params file (run from the project root or pass --params)")
+    with path.open(encoding="utf-8") as handle:
+        raw = yaml.safe_load(handle) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return parse_params(raw, source=str(path), env=env)
+
+
+def set_param(path: Path, dotted_key: str, value: Any) -> Any:
+    """Write one override into params.yaml, as `dvc exp run --set-param` does, and return the old value.
+
+    Overrides go through the file so that DVC's stage cache and the MLflow record both see them.
+    """
+    raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    node = raw
+    *parents, leaf = dotted_key.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    old = node.get(leaf)
+    node[leaf] = value
+    parse_params(raw, source=f"{path} with {dotted_key}={value!r}")  # refuse a bad override before writing
+    Path(path).write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    return old

@@ -1,0 +1,79 @@
+"""Where each step reads and writes inside a project. dvc.yaml names the same paths."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+SPLITS = ("train", "validation", "test")
+
+
+@dataclass(frozen=True)
+class ProjectLayout:
+    root: Path
+
+    @property
+    def params_file(self) -> Path:
+        return self.root / "params.yaml"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def dataset(self) -> Path:
+        return self.data_dir / "dataset.csv"
+
+    @property
+    def artifacts(self) -> Path:
+        return self.root / "artifacts"
+
+    @property
+    def validation_report(self) -> Path:
+        return self.artifacts / "validation" / "report.json"
+
+    @property
+    def splits_dir(self) -> Path:
+        return self.artifacts / "splits"
+
+    def split_file(self, split: str) -> Path:
+        return self.splits_dir / f"{split}.csv"
+
+    @property
+    def tokenized_dir(self) -> Path:
+        return self.artifacts / "tokenized"
+
+    def tokenized_file(self, split: str) -> Path:
+        return self.tokenized_dir / f"{split}.parquet"
+
+    @property
+    def model_dir(self) -> Path:
+        return self.artifacts / "model"
+
+    @property
+    def train_history(self) -> Path:
+        return self.artifacts / "train_history.json"
+
+    @property
+    def eval_dir(self) -> Path:
+        return self.artifacts / "eval"
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.eval_dir / "metrics.json"
+
+    @property
+    def onnx_dir(self) -> Path:
+        return self.artifacts / "onnx"
+
+    @property
+    def parity_file(self) -> Path:
+        return self.artifacts / "export" / "parity.json"
+
+    @property
+    def mlflow_dir(self) -> Path:
+        return self.root / "mlflow"
+
+    @property
+    def data_dvc_file(self) -> Path:
+        return self.root / "data.dvc"

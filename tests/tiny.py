@@ -1,0 +1,48 @@
+"""Tiny models and easy data built on the fly, saved and loaded back like a user's model."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pandas as pd
+
+POSITIVE = ["great", "wonderful", "brilliant", "moving", "delightful", "superb", "charming", "funny"]
+NEGATIVE = ["awful", "boring", "dreadful", "clumsy", "tedious", "terrible", "bland", "painful"]
+NEUTRAL = ["the", "film", "movie", "story", "acting", "was", "a", "plot", "cast", "and", "with", "its", "really", "quite"]
+
+
+def sentiment_frame(n: int, seed: int = 0) -> pd.DataFrame:
+    """Short reviews whose label is obvious from one sentiment word: a tiny model learns them fast."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = "positive" if rng.random() < 0.5 else "negative"
+        words = rng.sample(NEUTRAL, rng.randint(3, 8))
+        words.insert(rng.randint(0, len(words)), rng.choice(POSITIVE if label == "positive" else NEGATIVE))
+        rows.append({"review": " ".join(words) + f" #{i}", "sentiment": label})
+    return pd.DataFrame(rows)
+
+
+def build_tiny_base_model(directory: Path, corpus: list[str]) -> Path:
+    """A 2-layer BERT with a WordPiece vocabulary trained on `corpus`, saved with save_pretrained."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tokenizer.train_from_iterator(corpus, trainers.WordPieceTrainer(vocab_size=400, special_tokens=specials))
+    cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
+    )
+    fast = BertTokenizerFast(tokenizer_object=tokenizer, unk_token="[UNK]", pad_token="[PAD]",
+                             cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]", model_max_length=128)
+    config = BertConfig(vocab_size=tokenizer.get_vocab_size(), hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=128)
+    directory.mkdir(parents=True, exist_ok=True)
+    BertModel(config).save_pretrained(directory)
+    fast.save_pretrained(directory)
+    return directory
