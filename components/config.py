@@ -30,6 +30,8 @@ class DataParams(_Section):
     text_column: str = "text"
     label_column: str = "label"
     label_map: dict[str, str] = Field(default_factory=dict, description="raw label -> label")
+    # Raw labels that are not examples of any class (e.g. plot synopses); set aside and counted.
+    exclude_labels: list[str] = Field(default_factory=list)
     labels: list[str] = Field(min_length=2)
     min_rows: int = Field(default=20, ge=1)
     min_chars: int = Field(default=1, ge=1)

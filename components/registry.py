@@ -1,0 +1,147 @@
+"""Register: the MLflow tracking store and model registry, and the aliases that say what is live.
+
+`challenger` marks the newest version that passed its gates; `champion` the version being served;
+`previous_champion` the one `champion` replaced, kept for rollback. Every promotion, approval and
+gate result is a tag on the version, so the registry alone can say why a model is serving.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+CHALLENGER, CHAMPION, PREVIOUS_CHAMPION = "challenger", "champion", "previous_champion"
+MODEL_ARTIFACT_PATH = "model"
+
+
+def resolve_tracking_uri(configured: str | None, mlflow_dir: Path) -> str:
+    """params' registry.tracking_uri, else MLFLOW_TRACKING_URI, else a SQLite file in the project."""
+    return configured or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{mlflow_dir.resolve()}/mlflow.db"
+
+
+def tag_value(value) -> str:
+    # MLflow tag values are strings of at most 8000 characters.
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    return text[:7990]
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    name: str
+    version: str
+    tags: dict[str, str]
+    run_id: str | None
+    source: str
+
+
+class ModelRegistry:
+    def __init__(self, tracking_uri: str, model_name: str, artifact_root: Path | None = None):
+        from mlflow import MlflowClient
+
+        self.tracking_uri = tracking_uri
+        self.model_name = model_name
+        self.artifact_root = artifact_root
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+    # --- runs ---------------------------------------------------------------------------------
+    def experiment_id(self, name: str) -> str:
+        experiment = self.client.get_experiment_by_name(name)
+        if experiment is not None:
+            return experiment.experiment_id
+        location = self.artifact_root.resolve().as_uri() if self.artifact_root else None
+        return self.client.create_experiment(name, artifact_location=location)
+
+    def start_run(self, experiment: str, run_name: str, tags: dict[str, str]) -> str:
+        run = self.client.create_run(self.experiment_id(experiment), run_name=run_name, tags=tags)
+        return run.info.run_id
+
+    def end_run(self, run_id: str, failed: bool = False) -> None:
+        self.client.set_terminated(run_id, status="FAILED" if failed else "FINISHED")
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int = 0) -> None:
+        timestamp = int(time.time() * 1000)
+        from mlflow.entities import Metric
+
+        batch = [Metric(key, float(value), timestamp, step) for key, value in metrics.items()]
+        self.client.log_batch(run_id, metrics=batch)
+
+    def log_params(self, run_id: str, params: dict[str, str]) -> None:
+        from mlflow.entities import Param
+
+        self.client.log_batch(run_id, params=[Param(k, tag_value(v)[:6000]) for k, v in params.items()])
+
+    def set_run_tags(self, run_id: str, tags: dict) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(run_id, key, tag_value(value))
+
+    def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
+        if path.is_dir():
+            self.client.log_artifacts(run_id, str(path), artifact_path)
+        elif path.is_file():
+            self.client.log_artifact(run_id, str(path), artifact_path)
+
+    def log_json(self, run_id: str, payload: dict, file_name: str) -> None:
+        self.client.log_dict(run_id, payload, file_name)
+
+    # --- versions -----------------------------------------------------------------------------
+    def register(self, run_id: str, model_dir: Path, tags: dict) -> VersionInfo:
+        """Upload the servable model directory to the run and register it as a new version."""
+        from mlflow.exceptions import MlflowException
+
+        self.client.log_artifacts(run_id, str(model_dir), MODEL_ARTIFACT_PATH)
+        try:
+            self.client.get_registered_model(self.model_name)
+        except MlflowException:
+            self.client.create_registered_model(self.model_name, description="Managed by tunegate")
+        source = f"{self.client.get_run(run_id).info.artifact_uri}/{MODEL_ARTIFACT_PATH}"
+        created = self.client.create_model_version(
+            self.model_name, source=source, run_id=run_id, tags={k: tag_value(v) for k, v in tags.items()}
+        )
+        return self.version(created.version)
+
+    def version(self, version: str) -> VersionInfo:
+        found = self.client.get_model_version(self.model_name, str(version))
+        return VersionInfo(self.model_name, str(found.version), dict(found.tags), found.run_id, found.source)
+
+    def tag_version(self, version: str, tags: dict) -> None:
+        for key, value in tags.items():
+            self.client.set_model_version_tag(self.model_name, str(version), key, tag_value(value))
+
+    def aliases(self) -> dict[str, str]:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            # search_model_versions() returns empty aliases; the registered model has them.
+            return {alias: str(v) for alias, v in self.client.get_registered_model(self.model_name).aliases.items()}
+        except MlflowException:
+            return {}
+
+    def by_alias(self, alias: str) -> VersionInfo | None:
+        version = self.aliases().get(alias)
+        return self.version(version) if version else None
+
+    def set_alias(self, alias: str, version: str) -> None:
+        self.client.set_registered_model_alias(self.model_name, alias, str(version))
+
+    def promote(self, version: str, by: str, reason: str) -> VersionInfo | None:
+        """Move `champion` to `version`, keeping the one it replaces as `previous_champion`."""
+        previous = self.by_alias(CHAMPION)
+        if previous is not None and previous.version != str(version):
+            self.set_alias(PREVIOUS_CHAMPION, previous.version)
+        self.set_alias(CHAMPION, version)
+        self.tag_version(version, {"promoted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                   "promoted_by": by, "promotion_reason": reason})
+        return previous
+
+    def download(self, version: str, destination: Path | None = None) -> Path:
+        import mlflow
+
+        target = destination or Path(tempfile.mkdtemp(prefix=f"{self.model_name}-v{version}-"))
+        path = mlflow.artifacts.download_artifacts(
+            artifact_uri=self.version(version).source, dst_path=str(target), tracking_uri=self.tracking_uri
+        )
+        return Path(path)

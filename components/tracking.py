@@ -1,0 +1,123 @@
+"""What every retraining run records in MLflow: data version, git commit, params, metrics, plots,
+and the tags that travel with a registered version. Stages write files; this reads them back, so a
+stage that DVC served from its cache is recorded the same as one that just ran."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from components.config import Params
+from components.layout import ProjectLayout
+from components.registry import ModelRegistry, resolve_tracking_uri
+from components.versioning import git_commit, stage_output_hash
+
+# Settings that shape the model; runtime settings (registry, approval, serve) are not model lineage.
+MODEL_SECTIONS = {"task", "data", "split", "model", "train", "gate", "export"}
+
+
+def open_registry(params: Params, layout: ProjectLayout) -> ModelRegistry:
+    uri = resolve_tracking_uri(params.registry.tracking_uri, layout.mlflow_dir)
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    return ModelRegistry(uri, params.registry.model_name, artifact_root=layout.mlflow_dir / "artifacts")
+
+
+def model_params(params: Params) -> dict:
+    return params.model_dump(include=MODEL_SECTIONS)
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, str]:
+    flat: dict[str, str] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+    return flat
+
+
+def start_run(registry: ModelRegistry, params: Params, layout: ProjectLayout, data: dict) -> str:
+    tags = {"git_commit": git_commit(layout.root), "data_hash": data["data_hash"], "data_batch": data["batch_id"],
+            "data_source": data["source"], "task": params.task, "mlflow.source.name": "tunegate retrain"}
+    run_id = registry.start_run(params.registry.experiment, time.strftime("retrain-%Y%m%d-%H%M%S"), tags)
+    registry.log_params(run_id, flatten(model_params(params)))
+    counts = {f"data_rows_{label}": n for label, n in data["label_counts"].items()}
+    registry.log_metrics(run_id, {"data_rows": data["rows"], "data_rows_excluded": data["excluded"], **counts})
+    return run_id
+
+
+def output_md5(layout: ProjectLayout, stage: str, path: str) -> str:
+    md5 = stage_output_hash(layout.root, stage, path)
+    if md5 is None:
+        raise RuntimeError(f"dvc.lock has no hash for {path} of stage {stage!r}; did `dvc repro {stage}` run?")
+    return md5
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def log_stage_outputs(registry: ModelRegistry, run_id: str, layout: ProjectLayout) -> None:
+    history = _read_json(layout.train_history)
+    for record in history["history"]:
+        registry.log_metrics(run_id, {k: v for k, v in record.items() if k != "epoch"}, step=record["epoch"])
+    registry.log_metrics(run_id, {"best_epoch": history["best_epoch"], "train_examples": history["train_examples"]})
+
+    metrics = _read_json(layout.metrics_file)
+    scores = {"test_accuracy": metrics["accuracy"], "test_macro_f1": metrics["macro_f1"]}
+    for label, per_class in metrics["per_class"].items():
+        scores.update({f"test_{label}_{k}": per_class[k] for k in ("precision", "recall", "f1")})
+    parity = _read_json(layout.parity_file)
+    scores.update({f"export_{k}": v for k, v in parity.items() if isinstance(v, (int, float))})
+    registry.log_metrics(run_id, scores)
+
+    registry.set_run_tags(run_id, {"model_md5": output_md5(layout, "export", "artifacts/onnx"),
+                                   "torch_model_md5": output_md5(layout, "train", "artifacts/model")})
+    for path, folder in [(layout.validation_report, "validation"), (layout.eval_dir, "evaluation"),
+                         (layout.train_history, "training"), (layout.parity_file, "export"),
+                         (layout.params_file, "config"), (layout.root / "dvc.lock", "config")]:
+        registry.log_artifact(run_id, path, folder)
+
+
+def log_gate(registry: ModelRegistry, run_id: str, verdict: dict) -> None:
+    served = verdict["challenger_metrics"]
+    registry.log_metrics(run_id, {"int8_test_accuracy": served["accuracy"], "int8_test_macro_f1": served["macro_f1"]})
+    registry.set_run_tags(run_id, {"gate": "passed" if verdict["passed"] else "failed"})
+    registry.log_json(run_id, verdict["decision"], "gate/decision.json")
+
+
+def version_tags(params: Params, layout: ProjectLayout, data: dict, verdict: dict, model_md5: str) -> dict:
+    served = verdict["challenger_metrics"]
+    return {
+        "git_commit": git_commit(layout.root),
+        "data_hash": data["data_hash"],
+        "data_batch": data["batch_id"],
+        "task": params.task,
+        "labels": params.data.labels,
+        "base_model": params.model.base_model,
+        "params": model_params(params),
+        "model_md5": model_md5,
+        "gate": "passed" if verdict["passed"] else "failed",
+        "gate_reasons": verdict["summary"],
+        "test_accuracy": f"{served['accuracy']:.4f}",
+        "test_macro_f1": f"{served['macro_f1']:.4f}",
+        "test_rows": str(served["n"]),
+    }
+
+
+def approval_description(model_name: str, version: str, verdict: dict) -> str:
+    served = verdict["challenger_metrics"]
+    return (f"## Approve {model_name} v{version} for production?\n\n"
+            f"Test accuracy {served['accuracy']:.4f}, macro-F1 {served['macro_f1']:.4f} "
+            f"on {served['n']} rows (int8 ONNX, as served).\n\n```\n{verdict['summary']}\n```")
+
+
+def finish(registry: ModelRegistry, run_id: str, status: str, version: str | None, message: str) -> dict:
+    registry.set_run_tags(run_id, {"outcome": status, "outcome_version": version or "", "outcome_message": message})
+    registry.end_run(run_id)
+    print(f"{status}: {message}")
+    return {"status": status, "version": version, "message": message, "run_id": run_id,
+            "model_name": registry.model_name, "tracking_uri": registry.tracking_uri}

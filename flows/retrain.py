@@ -1,0 +1,153 @@
+"""The retraining flow: the production path from new data to a served champion.
+
+ingest -> validate -> preprocess -> train -> evaluate -> export (DVC stages, cached by DVC)
+-> gate -> register -> approve -> deploy (registry state, recorded in MLflow).
+
+A failure anywhere before `deploy` leaves the registry's champion exactly as it was.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
+
+from components.config import Params, load_params
+from components.evaluate import score_onnx_dir
+from components.layout import ProjectLayout
+from flows.approval import RETRAIN_FLOW_NAME, Approval, auto_approval, wait_for_approval
+from components import tracking
+
+ML_STAGES = ("validate", "preprocess", "train", "evaluate", "export")
+ONNX_OUT = "artifacts/onnx"
+
+
+@task(name="check-config", cache_policy=NO_CACHE)
+def check_config(params: Params, layout: ProjectLayout) -> str:
+    """Fail in seconds, not after an hour of training, on settings that cannot work."""
+    from components.modeling import resolve_model_source
+
+    if not (layout.root / ".dvc").is_dir():
+        raise RuntimeError(f"{layout.root} is not a DVC project: run `git init && dvc init` there first")
+    return resolve_model_source(params.model.base_model)
+
+
+@task(name="ingest", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10])
+def ingest_data(params: Params, layout: ProjectLayout) -> dict:
+    from components.ingest import ingest
+    from components.versioning import track_data
+
+    result = ingest(params.data, layout.root, layout.dataset)
+    data_hash = track_data(layout.root, layout.data_dir)
+    get_run_logger().info("data %s: %d rows (%d excluded) from %s", data_hash, result.rows, result.excluded, result.source)
+    return {"data_hash": data_hash, "rows": result.rows, "excluded": result.excluded, "batch_id": result.batch_id,
+            "source": result.source, "label_counts": result.label_counts}
+
+
+@task(name="dvc-repro", cache_policy=NO_CACHE)
+def reproduce(layout: ProjectLayout, stage: str) -> None:
+    from components.versioning import run_dvc
+
+    run_dvc(layout.root, "repro", stage)  # a no-op when the stage's deps and params are unchanged
+
+
+@task(name="score-int8", cache_policy=TASK_SOURCE + INPUTS, persist_result=True, result_serializer="json")
+def score_registered_version(tracking_uri: str, model_name: str, version: str, test_split_md5: str,
+                             layout: ProjectLayout, labels: list[str]) -> dict:
+    """Re-score a registered model on today's test rows; cached per (version, test split content)."""
+    import tempfile
+
+    from components.registry import ModelRegistry
+
+    with tempfile.TemporaryDirectory() as scratch:
+        model_dir = ModelRegistry(tracking_uri, model_name).download(version, Path(scratch))
+        return score_onnx_dir(model_dir, layout.split_file("test"), labels)
+
+
+@task(name="gate", cache_policy=NO_CACHE)
+def gate(params: Params, layout: ProjectLayout, champion: dict | None, champion_version: str | None) -> dict:
+    import json
+
+    from components.gate import decide
+
+    challenger = score_onnx_dir(layout.onnx_dir, layout.split_file("test"), params.data.labels)
+    parity = json.loads(layout.parity_file.read_text())
+    decision = decide(challenger, parity, champion, champion_version, params.gate, params.export)
+    get_run_logger().info(decision.summary())
+    return {"decision": decision.model_dump(), "summary": decision.summary(), "passed": decision.passed,
+            "challenger_metrics": challenger}
+
+
+@task(name="register", cache_policy=NO_CACHE)
+def register(registry, run_id: str, layout: ProjectLayout, tags: dict, passed: bool) -> str:
+    from components.registry import CHALLENGER
+
+    version = registry.register(run_id, layout.onnx_dir, tags)
+    if passed:
+        registry.set_alias(CHALLENGER, version.version)
+    return version.version
+
+
+@task(name="deploy", cache_policy=NO_CACHE)
+def deploy(registry, version: str, approval: Approval) -> str | None:
+    previous = registry.promote(version, by=approval.by, reason=approval.comment or "approved")
+    return previous.version if previous else None
+
+
+@flow(name=RETRAIN_FLOW_NAME, log_prints=True)
+def retrain(project_dir: str = ".", approval_profile: Literal["local", "production"] | None = None) -> dict:
+    """Retrain on the project's configured data and model; returns what happened and why."""
+    layout = ProjectLayout(Path(project_dir).resolve())
+    params = load_params(layout.params_file)
+    profile = approval_profile or params.approval.profile
+    check_config(params, layout)
+    data = ingest_data(params, layout)
+
+    registry = tracking.open_registry(params, layout)
+    run_id = tracking.start_run(registry, params, layout, data)
+    try:
+        for stage in ML_STAGES:
+            reproduce.with_options(name=stage)(layout, stage)
+        tracking.log_stage_outputs(registry, run_id, layout)
+
+        model_md5 = tracking.output_md5(layout, "export", ONNX_OUT)
+        champion = registry.by_alias("champion")
+        if champion is not None and champion.tags.get("model_md5") == model_md5:
+            return tracking.finish(registry, run_id, status="unchanged", version=champion.version,
+                                    message=f"champion v{champion.version} was built from the same data, code and "
+                                            "params; nothing new to ship")
+
+        champion_metrics = None
+        if champion is not None:
+            champion_metrics = score_registered_version(
+                registry.tracking_uri, registry.model_name, champion.version,
+                tracking.output_md5(layout, "preprocess", "artifacts/splits"), layout, params.data.labels)
+        verdict = gate(params, layout, champion_metrics, champion.version if champion else None)
+        tracking.log_gate(registry, run_id, verdict)
+
+        tags = tracking.version_tags(params, layout, data, verdict, model_md5)
+        version = register(registry, run_id, layout, tags, verdict["passed"])
+        if not verdict["passed"]:
+            return tracking.finish(registry, run_id, status="rejected-by-gate", version=version,
+                                    message=verdict["summary"])
+
+        if profile == "local":
+            approval = auto_approval(version)
+            print(f"approval: {approval.comment} (profile 'local'; use profile 'production' to require a person)")
+        else:
+            print(f"version {version} waits for approval: `tunegate approve` or `tunegate reject`, or the Prefect UI")
+            approval = wait_for_approval(tracking.approval_description(registry.model_name, version, verdict),
+                                         params.approval.timeout_s, params.approval.poll_interval_s)
+        registry.tag_version(version, approval.as_tags())
+        if not approval.approved:
+            return tracking.finish(registry, run_id, status="rejected-by-approver", version=version,
+                                    message=f"rejected by {approval.by}: {approval.comment}")
+
+        previous = deploy(registry, version, approval)
+        return tracking.finish(registry, run_id, status="promoted", version=version,
+                                message=f"v{version} is champion (previous: {'v' + previous if previous else 'none'})")
+    except BaseException:
+        registry.end_run(run_id, failed=True)
+        raise

@@ -1,0 +1,185 @@
+from __future__ import annotations
+
+import json
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pandas as pd
+import pytest
+
+from components.export import (
+    MODEL_CARD,
+    ExportError,
+    ParityReport,
+    check_parity,
+    encode,
+    export_onnx,
+    graph_input_names,
+    load_torch_classifier,
+    torch_logits,
+)
+from components.predictor import MODEL_FILE, OnnxTextClassifier
+from tests.fixtures_classifier import (  # noqa: F401 - fixtures
+    LABELS,
+    held_out,
+    save_untrained_classifier,
+    tiny_classifier,
+    tiny_onnx_export,
+)
+
+LONG_TEXT = " ".join(["the film was great and the acting was superb"] * 40)  # far past 128 tokens
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_onnx_export) -> OnnxTextClassifier:
+    return OnnxTextClassifier(tiny_onnx_export.out_dir)
+
+
+def test_export_dir_is_self_contained_and_int8(tiny_onnx_export):
+    result = tiny_onnx_export
+    names = {path.name for path in result.out_dir.iterdir()}
+    assert {MODEL_FILE, MODEL_CARD, "tokenizer.json", "tokenizer_config.json"} <= names
+    assert "model.safetensors" not in names  # serving needs no torch weights
+
+    card = json.loads((result.out_dir / MODEL_CARD).read_text())
+    assert card["labels"] == LABELS
+    assert card["precision"] == "int8"
+    assert card["opset"] == 17
+    assert card["max_length"] == 128
+    assert card["input_names"] == ["input_ids", "attention_mask", "token_type_ids"]
+
+    assert result.model_path == result.out_dir / MODEL_FILE
+    assert result.int8_bytes == result.model_path.stat().st_size
+    assert result.int8_bytes < result.fp32_bytes
+
+    graph = onnx.load(str(result.model_path))
+    op_types = {node.op_type for node in graph.graph.node}
+    assert op_types & {"MatMulInteger", "QAttention", "DynamicQuantizeLinear"}, op_types
+    for graph_input in graph.graph.input:
+        dims = [d.dim_param for d in graph_input.type.tensor_type.shape.dim]
+        assert dims == ["batch", "sequence"], (graph_input.name, dims)
+
+
+def test_exported_model_takes_any_batch_size_and_length(predictor):
+    one = predictor.predict_proba(["great"])
+    seven = predictor.predict_proba(["a", "the plot was boring", LONG_TEXT, "", "brilliant cast", "awful", "film"])
+    for probs, n in ((one, 1), (seven, 7)):
+        assert probs.shape == (n, 2)
+        assert probs.dtype == np.float32
+        assert np.all((probs >= 0) & (probs <= 1))
+        np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    assert predictor.predict_proba([]).shape == (0, 2)
+    column = pd.Series(["great", "awful"])  # a frame's text column works as it is
+    np.testing.assert_array_equal(predictor.predict_proba(column), predictor.predict_proba(["great", "awful"]))
+
+
+def test_predictor_labels_held_out_texts_correctly(predictor):
+    texts, labels = held_out()
+    predictions = predictor.predict(texts, batch_size=32)
+    accuracy = np.mean([p["label"] == gold for p, gold in zip(predictions, labels)])
+    assert accuracy >= 0.9
+    for prediction in predictions[:20]:
+        assert set(prediction["scores"]) == set(LABELS)
+        assert prediction["score"] == max(prediction["scores"].values())
+        assert prediction["scores"][prediction["label"]] == prediction["score"]
+        assert sum(prediction["scores"].values()) == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("bad", [["fine", 3], [None], "a single string", 42])
+def test_predictor_rejects_non_string_input(predictor, bad):
+    with pytest.raises(ValueError, match="string"):
+        predictor.predict(bad)
+
+
+def test_unavailable_provider_warns_and_runs_on_cpu(tiny_onnx_export):
+    with pytest.warns(RuntimeWarning, match="NoSuchExecutionProvider"):
+        predictor = OnnxTextClassifier(tiny_onnx_export.out_dir, providers=("NoSuchExecutionProvider",))
+    assert predictor.providers == ["CPUExecutionProvider"]
+    assert predictor.predict_proba(["great"]).shape == (1, 2)
+
+
+def test_cuda_request_reports_the_providers_the_session_really_has(tiny_onnx_export):
+    import onnxruntime as ort
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        predictor = OnnxTextClassifier(tiny_onnx_export.out_dir, providers=("CUDAExecutionProvider",),
+                                       intra_op_threads=1)
+    assert predictor.providers[-1] == "CPUExecutionProvider"
+    assert set(predictor.providers) <= set(ort.get_available_providers())
+    if "CUDAExecutionProvider" not in predictor.providers:  # no usable GPU here: it must say so
+        assert any("CUDAExecutionProvider" in str(w.message) for w in caught)
+
+
+def _export_scratch_dirs() -> set[str]:
+    return {p.name for p in Path(tempfile.gettempdir()).glob("tunegate-export-*")}
+
+
+def test_fp32_export_matches_pytorch_and_leaves_no_files_behind(tiny_classifier, tmp_path, monkeypatch):
+    workdir = tmp_path / "cwd"
+    workdir.mkdir()
+    monkeypatch.chdir(workdir)
+    scratch_before = _export_scratch_dirs()
+
+    result = export_onnx(tiny_classifier, tmp_path / "fp32", quantize=False)
+
+    assert list(workdir.iterdir()) == []
+    assert _export_scratch_dirs() == scratch_before
+    assert result.precision == "fp32" and result.int8_bytes is None
+    assert result.model_path.stat().st_size == result.fp32_bytes
+    assert json.loads(result.card_path.read_text())["precision"] == "fp32"
+
+    texts = ["great", "the plot was boring and the acting clumsy", LONG_TEXT]
+    model, tokenizer = load_torch_classifier(tiny_classifier)
+    expected = torch_logits(model, encode(tokenizer, texts, graph_input_names(model, tokenizer), 128))
+    actual = OnnxTextClassifier(result.out_dir).predict_logits(texts)
+    np.testing.assert_allclose(actual, expected, atol=1e-4)
+
+
+def test_export_replaces_an_earlier_export_but_no_other_directory(tiny_classifier, tmp_path):
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    with pytest.raises(ExportError, match="refusing"):
+        export_onnx(tiny_classifier, foreign)
+    assert (foreign / "notes.txt").read_text() == "keep me"
+
+    out = tmp_path / "export"
+    export_onnx(tiny_classifier, out, quantize=False)
+    (out / "vocab.txt").write_text("stale file from an older export")
+    result = export_onnx(tiny_classifier, out, quantize=True)
+    assert not (out / "vocab.txt").exists()
+    assert result.precision == "int8"
+    assert json.loads((out / MODEL_CARD).read_text())["precision"] == "int8"
+
+
+def test_parity_of_int8_export_on_held_out_texts(tiny_classifier, tiny_onnx_export):
+    texts, labels = held_out()
+    report = check_parity(tiny_classifier, tiny_onnx_export.out_dir, texts, labels, batch_size=16)
+
+    assert report.n == len(texts)
+    assert report.precision == "int8"
+    assert report.agreement >= 0.95
+    assert report.torch_accuracy >= 0.9
+    assert report.accuracy_drop == pytest.approx(report.torch_accuracy - report.onnx_accuracy)
+    assert 0 <= report.mean_abs_prob_diff <= report.max_abs_prob_diff < 0.05
+    assert report.failures(min_agreement=0.95, max_accuracy_drop=0.02) == []
+    assert ParityReport.model_validate_json(report.model_dump_json()) == report
+
+
+def test_parity_catches_a_model_that_answers_differently(tiny_base_model, tiny_onnx_export, tmp_path):
+    other = save_untrained_classifier(tiny_base_model, tmp_path / "untrained")
+    texts, labels = held_out()
+    report = check_parity(other, tiny_onnx_export.out_dir, texts, labels)
+    assert report.agreement < 0.9
+    assert report.failures(min_agreement=0.99, max_accuracy_drop=0.01)
+
+
+def test_parity_refuses_labels_the_model_does_not_know(tiny_classifier, tiny_onnx_export):
+    with pytest.raises(ValueError, match="neutral"):
+        check_parity(tiny_classifier, tiny_onnx_export.out_dir, ["fine", "great"], ["neutral", "positive"])
+    with pytest.raises(ValueError, match="2 texts but 1 labels"):
+        check_parity(tiny_classifier, tiny_onnx_export.out_dir, ["fine", "great"], ["positive"])

@@ -1,0 +1,131 @@
+"""The whole retraining flow on a tiny model: real DVC in a temp git repo, real GX, real MLflow
+SQLite registry, real ONNX int8, the approval answered from another thread, real HTTP."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from components.deployment import load_served_model
+from components.layout import ProjectLayout
+from components.registry import CHAMPION, CHALLENGER, ModelRegistry, resolve_tracking_uri
+from components.serve import BackgroundServer, create_app
+from flows.approval import answer_approval, paused_retrain_runs
+from flows.retrain import retrain
+from tests.project import make_project, read_params, write_params
+
+pytestmark = pytest.mark.slow
+
+
+def open_registry(root: Path) -> ModelRegistry:
+    layout = ProjectLayout(root)
+    return ModelRegistry(resolve_tracking_uri(None, layout.mlflow_dir), "tiny-sentiment")
+
+
+def run_with_approval(root: Path, decision: str, by: str, comment: str) -> dict:
+    """Run the flow in a thread and answer its approval from this one, as a reviewer would."""
+    outcome: dict = {}
+    worker = threading.Thread(target=lambda: outcome.update(result=retrain(project_dir=str(root))), daemon=True)
+    worker.start()
+    deadline = time.monotonic() + 600
+    while not paused_retrain_runs():
+        assert worker.is_alive(), "the flow ended without asking for approval"
+        assert time.monotonic() < deadline, "no approval request within 10 minutes"
+        time.sleep(1)
+    answer_approval(decision, by=by, comment=comment)
+    worker.join(timeout=300)
+    assert not worker.is_alive()
+    return outcome["result"]
+
+
+@pytest.fixture(scope="module")
+def promoted_project(tmp_path_factory, tiny_base_model, prefect_api) -> tuple[Path, dict]:
+    root = make_project(tmp_path_factory.mktemp("e2e") / "project", tiny_base_model)
+    started = time.perf_counter()
+    result = run_with_approval(root, "approve", by="reviewer-ada", comment="metrics look right")
+    result["seconds"] = time.perf_counter() - started
+    return root, result
+
+
+def test_first_run_is_approved_registered_and_served(promoted_project):
+    root, result = promoted_project
+    assert result["status"] == "promoted", result
+    assert result["version"] == "1"
+
+    registry = open_registry(root)
+    assert registry.aliases() == {CHALLENGER: "1", CHAMPION: "1"}
+    tags = registry.version("1").tags
+    data_md5 = yaml.safe_load((root / "data.dvc").read_text())["outs"][0]["md5"]
+    assert tags["data_hash"] == data_md5
+    assert tags["gate"] == "passed" and "no champion yet" in tags["gate_reasons"]
+    assert (tags["approval"], tags["approval_by"], tags["approval_how"]) == ("approved", "reviewer-ada", "person")
+    assert len(tags["git_commit"]) >= 40
+    assert float(tags["test_accuracy"]) >= 0.8
+
+    run = registry.client.get_run(result["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["data_hash"] == data_md5
+    assert run.data.params["train.epochs"] == "3"
+    assert {"test_accuracy", "test_macro_f1", "export_agreement", "int8_test_accuracy"} <= set(run.data.metrics)
+    epochs = registry.client.get_metric_history(result["run_id"], "validation_accuracy")
+    assert sorted(m.step for m in epochs) == [1, 2, 3]
+    artifacts = {a.path for a in registry.client.list_artifacts(result["run_id"], "evaluation")}
+    assert "evaluation/confusion_matrix.png" in artifacts
+
+    served = load_served_model(registry, root / "artifacts" / "serving", ["CPUExecutionProvider"])
+    with BackgroundServer(create_app(served), port=0) as server:
+        health = httpx.get(f"{server.url}/health").json()
+        assert health["status"] == "ok"
+        metadata = httpx.get(f"{server.url}/metadata").json()
+        assert (metadata["model_version"], metadata["data_hash"]) == ("1", data_md5)
+        answer = httpx.post(f"{server.url}/predict", json={"texts": [
+            "the film was wonderful and superb", "the film was awful and tedious"]}).json()
+        assert [p["label"] for p in answer["predictions"]] == ["positive", "negative"]
+        scored = httpx.post(f"{server.url}/invocations", json={
+            "dataframe_split": {"columns": ["text"], "data": [["a brilliant cast"], ["a dreadful plot"]]}}).json()
+        assert [p["label"] for p in scored["predictions"]] == ["positive", "negative"]
+
+
+def test_rerun_with_unchanged_data_and_params_reuses_cached_work(promoted_project):
+    root, first = promoted_project
+    lock_before = (root / "dvc.lock").read_text()
+    started = time.perf_counter()
+    result = retrain(project_dir=str(root))
+    seconds = time.perf_counter() - started
+    assert result["status"] == "unchanged", result
+    assert (root / "dvc.lock").read_text() == lock_before
+    assert open_registry(root).aliases()[CHAMPION] == "1"
+    assert seconds < first["seconds"] / 2, (seconds, first["seconds"])
+
+
+def test_worse_challenger_is_rejected_and_champion_keeps_serving(promoted_project):
+    root, _ = promoted_project
+    registry = open_registry(root)
+    served = load_served_model(registry, root / "artifacts" / "serving", ["CPUExecutionProvider"])
+    with BackgroundServer(create_app(served), port=0) as server:
+        before = httpx.post(f"{server.url}/predict", json={"texts": ["a superb and charming story"]}).json()
+
+        # A learning rate of zero leaves the new head random: a clearly worse model that still
+        # clears thresholds of zero, so only the comparison with the champion can stop it.
+        params = read_params(root)
+        params["train"]["learning_rate"] = 0.0
+        params["gate"].update(min_accuracy=0.0, min_macro_f1=0.0)
+        write_params(root, params)
+        result = retrain(project_dir=str(root), approval_profile="local")
+
+        assert result["status"] == "rejected-by-gate", result
+        assert "FAIL vs_champion" in result["message"]
+        assert registry.aliases()[CHAMPION] == "1"
+        assert registry.version(result["version"]).tags["gate"] == "failed"
+        assert CHALLENGER not in registry.aliases() or registry.aliases()[CHALLENGER] == "1"
+        metadata = httpx.get(f"{server.url}/metadata").json()
+        assert metadata["model_version"] == "1"
+        after = httpx.post(f"{server.url}/predict", json={"texts": ["a superb and charming story"]}).json()
+        assert after["predictions"] == before["predictions"]
+    assert load_served_model(registry, root / "artifacts" / "serving", ["CPUExecutionProvider"]).metadata[
+        "model_version"] == "1"

@@ -1,0 +1,139 @@
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from components.predictor import OnnxTextClassifier
+from components.serve import BackgroundServer, ServedModel, create_app
+from tests.fixtures_classifier import LABELS, tiny_classifier, tiny_onnx_export  # noqa: F401 - fixtures
+
+MAX_TEXTS = 8
+METADATA = {"model_name": "tunegate-tiny", "model_version": "3", "data_hash": "md5:abc", "metrics": {"accuracy": 0.99}}
+TEXTS = ["the film was great and superb", "the plot was awful and boring"]
+EXPECTED = ["positive", "negative"]
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_onnx_export) -> OnnxTextClassifier:
+    return OnnxTextClassifier(tiny_onnx_export.out_dir)
+
+
+@pytest.fixture(scope="module")
+def server(predictor):
+    app = create_app(ServedModel(predictor, dict(METADATA)), max_texts=MAX_TEXTS)
+    with BackgroundServer(app) as running:
+        yield running
+
+
+@pytest.fixture()
+def client(server):
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        yield http
+
+
+def test_server_binds_a_free_local_port(server):
+    assert server.url.startswith("http://127.0.0.1:")
+    assert server.port and server.port > 0
+
+
+def test_health(client):
+    response = client.get("/health")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok", "model_version": "3"}
+
+
+def test_metadata_has_callers_metadata_labels_and_providers(client):
+    body = client.get("/metadata").json()
+    for key, value in METADATA.items():
+        assert body[key] == value
+    assert body["labels"] == LABELS
+    assert body["providers"] == ["CPUExecutionProvider"]
+
+
+def test_predict_matches_the_predictor(client, predictor):
+    response = client.post("/predict", json={"texts": TEXTS})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["model_version"] == "3"
+    assert [p["label"] for p in body["predictions"]] == EXPECTED
+    for served, direct in zip(body["predictions"], predictor.predict(TEXTS)):
+        assert served["label"] == direct["label"]
+        assert served["score"] == pytest.approx(direct["score"], abs=1e-6)
+        assert served["scores"] == pytest.approx(direct["scores"], abs=1e-6)
+
+
+def test_predict_accepts_a_single_text(client):
+    body = client.post("/predict", json={"text": TEXTS[1]}).json()
+    assert [p["label"] for p in body["predictions"]] == ["negative"]
+
+
+@pytest.mark.parametrize("payload", [
+    {"dataframe_split": {"columns": ["text"], "data": [[t] for t in TEXTS]}},
+    {"dataframe_split": {"columns": ["id", "text"], "data": [[i, t] for i, t in enumerate(TEXTS)]}},
+    {"dataframe_split": {"columns": ["review"], "data": [[t] for t in TEXTS]}},
+    {"dataframe_records": [{"text": t} for t in TEXTS]},
+    {"dataframe_records": [{"id": i, "text": t} for i, t in enumerate(TEXTS)]},
+    {"instances": TEXTS},
+    {"instances": [{"text": t} for t in TEXTS]},
+    {"inputs": TEXTS},
+    {"inputs": [{"text": t} for t in TEXTS]},
+    {"inputs": {"text": TEXTS}},
+], ids=lambda p: next(iter(p)))
+def test_invocations_speaks_mlflow_scoring_formats(client, payload):
+    response = client.post("/invocations", json=payload)
+    assert response.status_code == 200, response.text
+    predictions = response.json()["predictions"]
+    assert [p["label"] for p in predictions] == EXPECTED
+    assert all(set(p) == {"label", "score", "scores"} for p in predictions)
+
+
+@pytest.mark.parametrize("path, content, status", [
+    ("/predict", b"{not json", 400),
+    ("/predict", b"", 400),
+    ("/predict", b"[\"a list, not an object\"]", 400),
+    ("/predict", b"{}", 400),
+    ("/predict", b"{\"texts\": []}", 400),
+    ("/predict", b"{\"texts\": [\"fine\", 3]}", 400),
+    ("/predict", b"{\"texts\": \"not a list\"}", 400),
+    ("/predict", b"{\"text\": null}", 400),
+    ("/predict", b"{\"texts\": [" + b",".join([b"\"x\""] * (MAX_TEXTS + 1)) + b"]}", 413),
+    ("/invocations", b"{not json", 400),
+    ("/invocations", b"{\"texts\": [\"wrong protocol\"]}", 400),
+    ("/invocations", b"{\"instances\": [\"a\"], \"inputs\": [\"b\"]}", 400),
+    ("/invocations", b"{\"dataframe_split\": {\"columns\": [\"a\", \"b\"], \"data\": [[\"x\", \"y\"]]}}", 400),
+    ("/invocations", b"{\"dataframe_split\": {\"columns\": [\"text\"], \"data\": [[\"x\", \"extra\"]]}}", 400),
+    ("/invocations", b"{\"dataframe_split\": [\"not\", \"an object\"]}", 400),
+    ("/invocations", b"{\"dataframe_records\": [{\"a\": \"x\", \"b\": \"y\"}]}", 400),
+    ("/invocations", b"{\"instances\": [1, 2]}", 400),
+    ("/invocations", b"{\"inputs\": [{\"text\": 5}]}", 400),
+    ("/invocations", b"{\"instances\": []}", 400),
+    ("/invocations", b"{\"instances\": [" + b",".join([b"\"x\""] * (MAX_TEXTS + 1)) + b"]}", 413),
+])
+def test_bad_requests_get_a_4xx_with_a_message(client, path, content, status):
+    response = client.post(path, content=content, headers={"content-type": "application/json"})
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["error_code"]
+    assert isinstance(body["message"], str) and len(body["message"]) > 10
+
+
+def test_concurrent_requests_all_succeed(client, server):
+    def ask(i: int) -> list[str]:
+        with httpx.Client(base_url=server.url, timeout=30) as http:
+            response = http.post("/predict", json={"texts": [TEXTS[i % 2]] * (1 + i % 4)})
+            response.raise_for_status()
+            return [p["label"] for p in response.json()["predictions"]]
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(pool.map(ask, range(16)))
+    assert answers == [[EXPECTED[i % 2]] * (1 + i % 4) for i in range(16)]
+
+
+def test_background_server_stops_on_exit(predictor):
+    with BackgroundServer(create_app(ServedModel(predictor, {}))) as running:
+        url = running.url
+        assert httpx.get(f"{url}/health", timeout=10).json() == {"status": "ok", "model_version": None}
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{url}/health", timeout=2)

@@ -1,0 +1,249 @@
+"""validate_dataset with the real GX: a clean frame passes, and each check fails on a frame built to break it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+import pytest
+
+from components.config import DataParams
+from components.validate import (
+    DataValidationError,
+    ValidationReport,
+    assert_valid,
+    validate_dataset,
+)
+from tests.tiny import sentiment_frame
+
+PARAMS = DataParams(source="unused", labels=["positive", "negative"], min_rows=20, min_chars=5, max_chars=200,
+                    max_duplicate_fraction=0.02)
+ROWS = 60
+
+
+def text_id(text: str) -> str:
+    return hashlib.sha256(" ".join(text.lower().split()).encode("utf-8")).hexdigest()[:16]
+
+
+def dataset_frame(rows: int = ROWS) -> pd.DataFrame:
+    """The pipeline's dataset frame, built from tiny's clean reviews; source_row = index + 2."""
+    reviews = sentiment_frame(rows, seed=7)
+    return pd.DataFrame({
+        "id": reviews["review"].map(text_id),
+        "text": reviews["review"],
+        "label": reviews["sentiment"],
+        "batch_id": "batch-1",
+        "source_row": range(2, rows + 2),
+    })
+
+
+def set_text(frame: pd.DataFrame, position: int, text: str | None) -> None:
+    frame.loc[position, "text"] = text
+    frame.loc[position, "id"] = None if text is None else text_id(text)
+
+
+def copy_row(frame: pd.DataFrame, source: int, target: int, *, label: str | None = None) -> None:
+    frame.loc[target, ["id", "text", "label"]] = frame.loc[source, ["id", "text", "label"]].to_numpy()
+    if label is not None:
+        frame.loc[target, "label"] = label
+
+
+def other_label(label: str) -> str:
+    return "negative" if label == "positive" else "positive"
+
+
+@pytest.fixture(scope="module")
+def clean_report() -> ValidationReport:
+    return validate_dataset(dataset_frame(), PARAMS, source="clean.csv")
+
+
+def test_clean_frame_passes(clean_report):
+    assert clean_report.success
+    assert clean_report.failures == []
+    assert clean_report.rows == ROWS
+    assert clean_report.checked == 10
+    assert assert_valid(clean_report) is clean_report
+    assert "passed" in clean_report.summary()
+
+
+# Each case breaks one thing. rows_broken: source_row values the report must quote as examples.
+def blank(frame):
+    set_text(frame, 3, "   \t")
+    set_text(frame, 8, "\u00a0\u3000")  # Unicode whitespace is blank too
+
+
+def null_text(frame):
+    set_text(frame, 4, None)
+
+
+def lengths(frame):
+    set_text(frame, 5, "x" * 201)
+    set_text(frame, 9, "abcd")  # min_chars=5
+
+
+def null_label(frame):
+    frame.loc[6, "label"] = None
+
+
+def unknown_label(frame):
+    frame.loc[2, "label"] = "neutral"
+    frame.loc[7, "label"] = "Positive"
+
+
+def one_label_only(frame):
+    frame["label"] = "positive"
+
+
+def duplicates(frame):
+    for target in (10, 11, 12):  # 3 of 60 rows = 5% > 2%
+        copy_row(frame, 1, target)
+
+
+def conflict(frame):
+    copy_row(frame, 20, 21, label=other_label(frame.loc[20, "label"]))
+
+
+CASES: list[tuple[str, Callable, str, str | None, int | None, list[int]]] = [
+    # check, breaker, GX expectation, column, unexpected_count, example source_rows
+    ("text_not_blank", blank, "expect_column_values_to_not_match_regex", "text", 2, [5, 10]),
+    ("text_not_null", null_text, "expect_column_values_to_not_be_null", "text", 1, [6]),
+    ("text_length", lengths, "expect_column_value_lengths_to_be_between", "text", 2, [7, 11]),
+    ("label_not_null", null_label, "expect_column_values_to_not_be_null", "label", 1, [8]),
+    ("label_in_labels", unknown_label, "expect_column_values_to_be_in_set", "label", 2, [4, 9]),
+    ("all_labels_present", one_label_only, "expect_column_distinct_values_to_contain_set", "label", None, []),
+    ("duplicate_texts", duplicates, "expect_column_values_to_be_in_set", "is_duplicate_text", 3, [12, 13, 14]),
+    ("conflicting_labels", conflict, "expect_column_values_to_be_in_set", "has_conflicting_label", 2, [22, 23]),
+]
+
+
+@pytest.mark.parametrize("check,breaker,expectation,column,count,example_rows", CASES, ids=[c[0] for c in CASES])
+def test_each_check_fails_on_a_frame_built_to_break_it(check, breaker, expectation, column, count, example_rows):
+    frame = dataset_frame()
+    breaker(frame)
+
+    report = validate_dataset(frame, PARAMS, source="broken.csv")
+
+    assert not report.success
+    failure = {f.check: f for f in report.failures}[check]
+    assert failure.expectation == expectation
+    assert failure.column == column
+    assert failure.unexpected_count == count
+    assert [e["source_row"] for e in failure.examples] == example_rows
+    if count is not None:
+        assert failure.unexpected_percent == pytest.approx(100 * count / ROWS, rel=0.05)
+    for example in failure.examples:
+        assert example["batch_id"] == "batch-1"
+        assert set(example) >= {"source_row", "batch_id", "id", "text", "label"}
+    summary = report.summary()
+    assert check in summary and expectation in summary
+    for row in example_rows[:3]:
+        assert f"row {row} " in summary
+
+
+def test_the_callers_frame_is_left_alone():
+    frame = dataset_frame()
+    unknown_label(frame)
+    frame.index = range(100, 100 + ROWS)  # a non-default index must not confuse the examples
+    before = frame.copy()
+    failure = {f.check: f for f in validate_dataset(frame, PARAMS, source="x").failures}["label_in_labels"]
+    assert [e["source_row"] for e in failure.examples] == [4, 9]
+    pd.testing.assert_frame_equal(frame, before)
+
+
+def test_missing_required_column_fails_the_columns_check_only():
+    frame = dataset_frame().drop(columns=["label"])
+    report = validate_dataset(frame, PARAMS, source="nolabel.csv")
+    failures = {f.check: f for f in report.failures}
+    assert set(failures) == {"required_columns"}
+    assert failures["required_columns"].expectation == "expect_table_columns_to_match_set"
+    assert "['label']" in failures["required_columns"].observed
+
+
+def test_too_few_rows():
+    report = validate_dataset(dataset_frame(5), PARAMS, source="tiny.csv")
+    failure = {f.check: f for f in report.failures}["min_rows"]
+    assert failure.expectation == "expect_table_row_count_to_be_between"
+    assert failure.observed == "5 rows"
+
+
+def test_missing_label_is_named():
+    frame = dataset_frame()
+    frame["label"] = "positive"
+    failure = {f.check: f for f in validate_dataset(frame, PARAMS, source="x").failures}["all_labels_present"]
+    assert "negative" in failure.observed
+
+
+def test_duplicates_within_the_allowed_fraction_pass():
+    frame = dataset_frame()
+    copy_row(frame, 1, 10)  # 1 of 60 rows = 1.7% <= 2%
+    report = validate_dataset(frame, PARAMS, source="x")
+    assert report.success, report.summary()
+
+
+def test_duplicate_limit_is_inclusive_despite_float_rounding():
+    # 1 - 0.18 == 0.8200000000000001 in floats, above 41/50 == 0.82: a naive "mostly" fails here.
+    frame = dataset_frame(50)
+    for target in range(1, 10):  # 9 of 50 rows = exactly 18%
+        copy_row(frame, 0, target)
+    params = PARAMS.model_copy(update={"max_duplicate_fraction": 0.18})
+    report = validate_dataset(frame, params, source="x")
+    assert report.success, report.summary()
+    copy_row(frame, 0, 10)  # 10 of 50 = 20%
+    assert not validate_dataset(frame, params, source="x").success
+
+
+def test_duplicate_examples_point_at_the_first_occurrence():
+    frame = dataset_frame()
+    duplicates(frame)
+    failure = {f.check: f for f in validate_dataset(frame, PARAMS, source="x").failures}["duplicate_texts"]
+    assert {e["first_source_row"] for e in failure.examples} == {3}
+
+
+def test_conflicting_label_examples_list_both_labels():
+    frame = dataset_frame()
+    conflict(frame)
+    failure = {f.check: f for f in validate_dataset(frame, PARAMS, source="x").failures}["conflicting_labels"]
+    assert failure.examples[0]["labels_for_this_text"] == ["negative", "positive"]
+
+
+def test_example_text_is_truncated_to_200_chars():
+    frame = dataset_frame()
+    set_text(frame, 5, "y" * 5000)
+    failure = {f.check: f for f in validate_dataset(frame, PARAMS, source="x").failures}["text_length"]
+    assert len(failure.examples[0]["text"]) == 200
+
+
+def test_assert_valid_raises_with_the_summary_and_the_report():
+    frame = dataset_frame()
+    unknown_label(frame)
+    report = validate_dataset(frame, PARAMS, source="labels.csv")
+    with pytest.raises(DataValidationError) as caught:
+        assert_valid(report)
+    assert caught.value.report is report
+    assert str(caught.value) == report.summary()
+    assert "labels.csv" in str(caught.value) and "row 4 label='neutral'" in str(caught.value)
+
+
+def test_report_json_round_trips(tmp_path):
+    frame = dataset_frame()
+    unknown_label(frame)
+    duplicates(frame)
+    report = validate_dataset(frame, PARAMS, source="labels.csv")
+    path = report.write(tmp_path / "validation" / "report.json")
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    assert raw["success"] is False and raw["source"] == "labels.csv"
+    required = {"expectation", "column", "description", "unexpected_count", "unexpected_percent", "examples"}
+    assert required <= set(raw["failures"][0])
+    assert ValidationReport.read(path) == report
+    assert ValidationReport.model_validate(raw) == report
+
+
+def test_importing_the_module_does_not_import_gx():
+    code = "import sys, components.validate, components.readers; sys.exit('great_expectations' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0

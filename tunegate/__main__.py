@@ -1,0 +1,5 @@
+import sys
+
+from tunegate.cli import main
+
+sys.exit(main())

@@ -1,0 +1,185 @@
+"""`tunegate`: the one command a user types. Each verb parses its arguments and calls a flow or a
+component; nothing here holds pipeline logic."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import sys
+from pathlib import Path
+
+import yaml
+
+from components.config import ConfigError, Params, load_params, set_param
+from components.layout import ProjectLayout
+
+QUIET_DEFAULTS = {
+    # No telemetry from a tool that may run on air-gapped machines (and Prefect's analytics
+    # thread otherwise logs "database is locked" tracebacks on SQLite).
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DVC_NO_ANALYTICS": "1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+def _prepare_environment(root: Path) -> None:
+    for key, value in QUIET_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    # Approvals are answered from another terminal: both must reach the same Prefect database.
+    os.environ.setdefault("PREFECT_HOME", str(root / ".prefect"))
+
+
+def _layout(args) -> ProjectLayout:
+    return ProjectLayout(Path(args.project).resolve())
+
+
+def _params(layout: ProjectLayout) -> Params:
+    return load_params(layout.params_file)
+
+
+def _open_registry(layout: ProjectLayout):
+    from components.tracking import open_registry
+
+    return open_registry(_params(layout), layout)
+
+
+def cmd_run(args) -> int:
+    layout = _layout(args)
+    for assignment in args.set or []:
+        key, _, raw = assignment.partition("=")
+        old = set_param(layout.params_file, key, yaml.safe_load(raw))
+        print(f"params.yaml: {key}: {old!r} -> {yaml.safe_load(raw)!r}")
+    params = _params(layout)  # refuse bad settings before any work starts
+    from flows.retrain import retrain
+
+    result = retrain(project_dir=str(layout.root), approval_profile=args.profile)
+    print(f"\nretraining {result['status']}: {result['message']}")
+    print(f"  MLflow run {result['run_id']} in {result['tracking_uri']}")
+    print(f"  look: mlflow ui --backend-store-uri {result['tracking_uri']}   |   prefect server start")
+    if args.no_serve:
+        return 0
+    return _serve(layout, params, version=None, host=params.serve.host, port=params.serve.port)
+
+
+def _serve(layout: ProjectLayout, params: Params, version: str | None, host: str, port: int) -> int:
+    from components.deployment import load_served_model
+    from components.serve import create_app, serve_forever
+
+    served = load_served_model(_open_registry(layout), layout.artifacts / "serving", params.serve.providers, version)
+    print(f"serving {served.metadata['model_name']} v{served.metadata['model_version']} "
+          f"at http://{host}:{port}  (POST /predict, POST /invocations, GET /health, GET /metadata; Ctrl-C stops)")
+    serve_forever(create_app(served, max_texts=params.serve.max_batch_texts), host, port)
+    return 0
+
+
+def cmd_serve(args) -> int:
+    layout = _layout(args)
+    params = _params(layout)
+    return _serve(layout, params, args.version, args.host or params.serve.host,
+                  params.serve.port if args.port is None else args.port)
+
+
+def cmd_ingest(args) -> int:
+    from components.ingest import ingest
+    from components.versioning import track_data
+
+    layout = _layout(args)
+    params = _params(layout)
+    result = ingest(params.data, layout.root, layout.dataset)
+    data_hash = track_data(layout.root, layout.data_dir)
+    print(f"{result.path.relative_to(layout.root)}: {result.rows} rows {result.label_counts}, "
+          f"{result.excluded} excluded by data.exclude_labels, from {result.source}")
+    print(f"data.dvc: {data_hash}")
+    return 0
+
+
+def cmd_fetch(args) -> int:
+    from components.assets import builtin_model_dir, read_builtin_dataset, split_builtin
+
+    params = _params(_layout(args))
+    if (name := split_builtin(params.data.source)) is not None:
+        print(f"data {params.data.source}: {read_builtin_dataset(name).description}")
+    if (name := split_builtin(params.model.base_model)) is not None:
+        print(f"model {params.model.base_model}: {builtin_model_dir(name)}")
+    return 0
+
+
+def cmd_stage(args) -> int:
+    from components.stages import STAGES
+
+    layout = _layout(args)
+    STAGES[args.name](layout, _params(layout))
+    return 0
+
+
+def cmd_answer(args) -> int:
+    from flows.approval import answer_approval
+
+    run_id = answer_approval(args.command, by=args.by, comment=args.comment, flow_run_id=args.flow_run)
+    print(f"{args.command}d flow run {run_id} as {args.by}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tunegate", description=__doc__)
+    parser.add_argument("--project", default=".", help="project root holding params.yaml and dvc.yaml")
+    verbs = parser.add_subparsers(dest="command", required=True)
+
+    run = verbs.add_parser("run", help="retrain: ingest, validate, train, gate, register, approve, deploy; then serve")
+    run.add_argument("--set", action="append", metavar="KEY=VALUE",
+                     help="write a param into params.yaml first, as `dvc exp run -S` does (e.g. train.epochs=1)")
+    run.add_argument("--profile", choices=["local", "production"], help="approval profile (default: params.yaml)")
+    run.add_argument("--no-serve", action="store_true", help="stop after deploying instead of serving")
+    run.set_defaults(handler=cmd_run)
+
+    ingest = verbs.add_parser("ingest", help="materialize data.source into data/ and version it with DVC")
+    ingest.set_defaults(handler=cmd_ingest)
+
+    fetch = verbs.add_parser("fetch", help="download and hash-check the built-in data and model params.yaml names")
+    fetch.set_defaults(handler=cmd_fetch)
+
+    serve = verbs.add_parser("serve", help="serve the champion (or --version) over HTTP with onnxruntime")
+    serve.add_argument("--version", help="a registered version instead of the champion")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.set_defaults(handler=cmd_serve)
+
+    for verb in ("approve", "reject"):
+        answer = verbs.add_parser(verb, help=f"{verb} the model version a retraining run is waiting on")
+        answer.add_argument("--flow-run", help="flow run id (default: the only one waiting)")
+        answer.add_argument("--by", default=getpass.getuser(), help="who answers (recorded on the version)")
+        answer.add_argument("--comment", default="", help="why (recorded on the version)")
+        answer.set_defaults(handler=cmd_answer)
+
+    stage = verbs.add_parser("stage", help="run one ML stage (dvc.yaml calls these)")
+    stage.add_argument("name", choices=["validate", "preprocess", "train", "evaluate", "export"])
+    stage.set_defaults(handler=cmd_stage)
+    return parser
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that mean 'fix your data or settings': a message, not a traceback."""
+    from components.assets import AssetError
+    from components.readers import IngestError
+    from components.validate import DataValidationError
+    from components.versioning import VersioningError
+
+    return ConfigError, LookupError, FileNotFoundError, AssetError, IngestError, DataValidationError, VersioningError
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _prepare_environment(Path(args.project).resolve())
+    try:
+        return args.handler(args)
+    except _user_errors() as error:
+        print(f"tunegate: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
