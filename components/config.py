@@ -37,6 +37,12 @@ class DataParams(_Section):
     min_chars: int = Field(default=1, ge=1)
     max_chars: int = Field(default=5000, ge=1)
     max_duplicate_fraction: float = Field(default=0.02, ge=0, le=1)
+    # Clean rows a new batch must bring; data.min_rows applies to the whole dataset instead.
+    min_batch_rows: int = Field(default=1, ge=1)
+    # Fewest examples of each label in data.labels across the existing data and a new batch (0: no check).
+    min_examples_per_label: int = Field(default=1, ge=0)
+    # Largest share of a batch's input rows that may be quarantined before the whole batch is refused.
+    max_quarantine_fraction: float = Field(default=0.05, ge=0, le=1)
 
     @model_validator(mode="after")
     def _labels_are_distinct(self) -> "DataParams":
@@ -46,6 +52,32 @@ class DataParams(_Section):
         if unknown:
             raise ValueError(f"data.label_map maps to {unknown}, which are not in data.labels {self.labels}")
         return self
+
+
+class DriftThresholds(_Section):
+    # A check's value above `warn` warns, above `fail` fails; every drift value lies in [0, 1].
+    warn: float = Field(ge=0, le=1)
+    fail: float = Field(ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _warn_not_above_fail(self) -> "DriftThresholds":
+        if self.warn > self.fail:
+            raise ValueError(f"warn ({self.warn}) is above fail ({self.fail})")
+        return self
+
+
+class DriftParams(_Section):
+    # False skips every drift check (the report says so) without removing the step.
+    enabled: bool = True
+    # Total variation distance between the label shares of the reference and the batch (0 same, 1 disjoint).
+    label_shift: DriftThresholds = DriftThresholds(warn=0.10, fail=0.25)
+    # Two-sample Kolmogorov-Smirnov statistic between text lengths in characters (0 same, 1 disjoint).
+    length_shift: DriftThresholds = DriftThresholds(warn=0.15, fail=0.30)
+    # Rise in the share of word pieces that are the tokenizer's unknown token (batch minus reference).
+    oov_increase: DriftThresholds = DriftThresholds(warn=0.01, fail=0.05)
+    # Texts tokenized per side for the OOV check, sampled with `seed`: tokenizing 1M texts would take minutes.
+    oov_sample_texts: int = Field(default=20_000, ge=100)
+    seed: int = 0
 
 
 class SplitParams(_Section):
@@ -112,6 +144,7 @@ class ServeParams(_Section):
 class Params(_Section):
     task: Literal["sequence-classification"] = "sequence-classification"
     data: DataParams
+    drift: DriftParams = DriftParams()
     split: SplitParams = SplitParams()
     model: ModelParams
     train: TrainParams = TrainParams()

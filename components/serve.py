@@ -245,12 +245,14 @@ class BackgroundServer:
         return self
 
     def stop(self, timeout_s: float = 10.0) -> None:
+        self.port = None
+        if self._thread.ident is None:  # never started
+            return
         self._server.should_exit = True
         self._thread.join(timeout_s)
         if self._thread.is_alive():  # open keep-alive connections: stop waiting for them
             self._server.force_exit = True
             self._thread.join(timeout_s)
-        self.port = None
 
     def __enter__(self) -> "BackgroundServer":
         return self.start()

@@ -73,8 +73,10 @@ def export(layout: ProjectLayout, params: Params) -> None:
 
     from components.export import check_parity, export_onnx
 
-    result = export_onnx(layout.model_dir, layout.onnx_dir, opset=params.export.opset, quantize=params.export.quantize)
-    print(result)
+    result = export_onnx(layout.model_dir, layout.onnx_dir, opset=params.export.opset,
+                         quantize=params.export.quantize, max_length=params.model.max_length)
+    print(f"exported {result.model_path} ({result.precision}, {result.int8_bytes or result.fp32_bytes:,} bytes; "
+          f"fp32 {result.fp32_bytes:,}); fused: {result.fused_operators}")
     test = pd.read_csv(layout.split_file("test"), dtype=str, keep_default_na=False)
     parity = check_parity(layout.model_dir, layout.onnx_dir, test["text"].tolist(), test["label"].tolist(),
                           max_length=params.model.max_length)

@@ -56,13 +56,15 @@ def wait_for_approval(description: str, timeout_s: int, poll_interval_s: int) ->
 def paused_retrain_runs() -> list:
     """Retraining runs now waiting for an approval, newest first."""
     from prefect import get_client
-    from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterStateName
+    from prefect.client.schemas.filters import (
+        FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterState, FlowRunFilterStateName,
+    )
     from prefect.client.schemas.sorting import FlowRunSort
 
     with get_client(sync_client=True) as client:
         return client.read_flow_runs(
             flow_filter=FlowFilter(name=FlowFilterName(any_=[RETRAIN_FLOW_NAME])),
-            flow_run_filter=FlowRunFilter(state=FlowRunFilterStateName(any_=["Paused"])),
+            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(name=FlowRunFilterStateName(any_=["Paused"]))),
             sort=FlowRunSort.START_TIME_DESC,
         )
 

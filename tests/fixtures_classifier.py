@@ -25,7 +25,7 @@ def _once(key: tuple[str, Path], build: Callable[[], Any]) -> Any:
     return _built[key]
 
 
-def train_tiny_classifier(base_dir: Path, out_dir: Path, *, steps: int = 100, seed: int = 0) -> Path:
+def train_tiny_classifier(base_dir: Path, out_dir: Path, *, steps: int = 200, seed: int = 0) -> Path:
     """Fine-tune the tiny base on easy reviews and save model + tokenizer as a pipeline would."""
     import torch
 
