@@ -1,8 +1,13 @@
-"""Deploy: fetch a registered version (by alias or number) and make it a servable model."""
+"""Deploy: fetch a registered version (by alias or number) and make it a servable model; follow an alias
+while serving (ChampionWatcher) so a promotion reaches the running service without a restart."""
 
 from __future__ import annotations
 
 import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from components.registry import CHAMPION, ModelRegistry, VersionInfo
@@ -44,3 +49,127 @@ def load_served_model(registry: ModelRegistry, cache_dir: Path, providers: list[
         downloaded = registry.download(info.version, local.parent / f".{info.version}.partial")
         downloaded.replace(local)  # atomic: a half-downloaded model is never served
     return ServedModel(OnnxTextClassifier(local, providers=providers), version_metadata(registry, info))
+
+
+# --- following the champion while serving -------------------------------------------------------
+
+logger = logging.getLogger("tunegate.deployment")
+
+WARMUP_TEXT = "a warm-up text, so the first real request does not pay for the model's first run"
+
+
+def warm_up(served, batch_size: int = 8) -> None:
+    """Run a dummy batch through a freshly loaded model: onnxruntime allocates its buffers on the first
+    runs, and a model that cannot predict must fail here rather than on a client's request."""
+    for size in sorted({1, batch_size}):
+        predictions = served.predictor.predict([WARMUP_TEXT] * size, batch_size=size)
+        if len(predictions) != size:
+            raise RuntimeError(f"warm-up: {size} texts in, {len(predictions)} predictions out")
+
+
+@dataclass(frozen=True)
+class PollResult:
+    """What one look at the registry did: unchanged, switched, failed, waiting (a version that failed
+    recently is not retried yet), no-alias, registry-error."""
+
+    outcome: str
+    version: str | None
+    error: str | None = None
+
+
+class ChampionWatcher:
+    """Polls the registry every poll_interval_s and, when `alias` points at another version, loads it,
+    warms it up and swaps it into `holder`. A version that fails to load leaves the old one serving; it
+    is logged, counted on the holder, and retried after retry_failed_after_s (not on every poll: a
+    broken artifact would otherwise be downloaded again every few seconds)."""
+
+    def __init__(self, registry: ModelRegistry, holder, cache_dir: Path, providers: list[str], *,
+                 alias: str = CHAMPION, poll_interval_s: float = 10.0, retry_failed_after_s: float = 300.0,
+                 warmup_batch_size: int = 8) -> None:
+        self.registry = registry
+        self.holder = holder
+        self.cache_dir = Path(cache_dir)
+        self.providers = list(providers)
+        self.alias = alias
+        self.poll_interval_s = poll_interval_s
+        self.retry_failed_after_s = retry_failed_after_s
+        self.warmup_batch_size = warmup_batch_size
+        self._failed_at: dict[str, float] = {}  # version -> time.monotonic() of its last failed load
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def load(self, version: str):
+        served = load_served_model(self.registry, self.cache_dir, self.providers, version=version)
+        warm_up(served, self.warmup_batch_size)
+        return served
+
+    def poll_once(self) -> PollResult:
+        try:
+            target = self.registry.aliases().get(self.alias)
+        except Exception as error:  # noqa: BLE001 - a registry outage must not stop the serving model
+            self.holder.record_registry_error(error)
+            logger.warning("could not read aliases of %s: %s", self.registry.model_name, error)
+            return PollResult("registry-error", None, str(error))
+        current = self.holder.current().version
+        if target is None:  # alias removed: keep serving what we have rather than nothing
+            return PollResult("no-alias", current)
+        if target == current:
+            return PollResult("unchanged", current)
+        failed_at = self._failed_at.get(target)
+        if failed_at is not None and time.monotonic() - failed_at < self.retry_failed_after_s:
+            return PollResult("waiting", target)
+        try:
+            served = self.load(target)
+        except Exception as error:  # noqa: BLE001 - whatever broke, the old model keeps serving
+            self._failed_at[target] = time.monotonic()
+            self.holder.record_failed_load(target, error)
+            logger.error("could not load %s version %s (%s: %s); still serving version %s",
+                         self.registry.model_name, target, type(error).__name__, error, current)
+            return PollResult("failed", target, f"{type(error).__name__}: {error}")
+        self._failed_at.pop(target, None)
+        self.holder.swap(served)
+        return PollResult("switched", target)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.poll_interval_s):
+            try:
+                self.poll_once()
+            except Exception:  # noqa: BLE001 - a bug in one poll must not end hot reload for good
+                logger.exception("champion watcher: poll failed")
+
+    def start(self) -> "ChampionWatcher":
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._watch, name="tunegate-champion-watcher", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self, timeout_s: float = 60.0) -> None:
+        """Stop polling; a load in progress is waited for up to timeout_s."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            self._thread = None
+
+    def __enter__(self) -> "ChampionWatcher":
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def build_service_app(registry: ModelRegistry, cache_dir: Path, providers: list[str], settings=None, *,
+                      version: str | None = None, alias: str = CHAMPION):
+    """The app `tunegate serve` runs: `version` pinned, or else the version behind `alias`, followed
+    live (a ChampionWatcher started and stopped with the app). app.state.model_holder.current() is the
+    model serving now."""
+    from components.serve import ModelHolder, ServiceSettings, create_app
+
+    settings = settings or ServiceSettings()
+    served = load_served_model(registry, cache_dir, providers, version=version, alias=alias)
+    warm_up(served, min(8, settings.max_batch_size))
+    holder = ModelHolder(served)
+    watchers = [] if version is not None else [
+        ChampionWatcher(registry, holder, cache_dir, providers, alias=alias, poll_interval_s=settings.poll_interval_s,
+                        warmup_batch_size=min(8, settings.max_batch_size))]
+    return create_app(holder, settings, background=watchers)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 CHALLENGER, CHAMPION, PREVIOUS_CHAMPION = "challenger", "champion", "previous_champion"
 MODEL_ARTIFACT_PATH = "model"
+HISTORY_TAG_PREFIX = "champion_history."
 
 
 def resolve_tracking_uri(configured: str | None, mlflow_dir: Path) -> str:
@@ -127,15 +128,51 @@ class ModelRegistry:
     def set_alias(self, alias: str, version: str) -> None:
         self.client.set_registered_model_alias(self.model_name, alias, str(version))
 
-    def promote(self, version: str, by: str, reason: str) -> VersionInfo | None:
+    def promote(self, version: str, by: str, reason: str, action: str = "promote") -> VersionInfo | None:
         """Move `champion` to `version`, keeping the one it replaces as `previous_champion`."""
         previous = self.by_alias(CHAMPION)
         if previous is not None and previous.version != str(version):
             self.set_alias(PREVIOUS_CHAMPION, previous.version)
         self.set_alias(CHAMPION, version)
-        self.tag_version(version, {"promoted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                                   "promoted_by": by, "promotion_reason": reason})
+        self._record_event(action, str(version), previous.version if previous else None, by, reason)
         return previous
+
+    def rollback(self, by: str, reason: str) -> tuple[str, str]:
+        """Put `previous_champion` back as champion; returns (from_version, to_version)."""
+        current, target = self.by_alias(CHAMPION), self.by_alias(PREVIOUS_CHAMPION)
+        if current is None or target is None:
+            raise LookupError(f"model {self.model_name!r} has no previous champion to roll back to")
+        # The new previous_champion is whatever the target itself replaced, so a second rollback
+        # walks further back instead of flip-flopping between two versions.
+        replaced = next((e["previous"] for e in reversed(self.history()) if e["version"] == target.version), None)
+        self.set_alias(CHAMPION, target.version)
+        if replaced and replaced != target.version:
+            self.set_alias(PREVIOUS_CHAMPION, replaced)
+        else:
+            self.client.delete_registered_model_alias(self.model_name, PREVIOUS_CHAMPION)
+        self._record_event("rollback", target.version, current.version, by, reason)
+        return current.version, target.version
+
+    def _record_event(self, action: str, version: str, previous: str | None, by: str, reason: str) -> None:
+        at = time.time()
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
+        event = {"action": action, "version": version, "previous": previous, "by": by, "reason": reason, "at": stamp}
+        # One tag per event on the registered model: the history survives any process and needs
+        # no store besides the registry. Millisecond keys keep events ordered.
+        self.client.set_registered_model_tag(self.model_name, f"{HISTORY_TAG_PREFIX}{int(at * 1000):015d}",
+                                             tag_value(event))
+        self.tag_version(version, {"promoted_at": stamp, "promoted_by": by, "promotion_reason": reason,
+                                   "promotion_action": action})
+
+    def history(self) -> list[dict]:
+        """Every promotion and rollback, oldest first."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            tags = self.client.get_registered_model(self.model_name).tags
+        except MlflowException:
+            return []
+        return [json.loads(tags[key]) for key in sorted(k for k in tags if k.startswith(HISTORY_TAG_PREFIX))]
 
     def download(self, version: str, destination: Path | None = None) -> Path:
         import mlflow

@@ -101,7 +101,7 @@ def evaluate_split(model, split: TokenizedSplit, labels: list[str], batch_size: 
     for start in range(0, len(order), batch_size):
         indices = order[start:start + batch_size]
         output = model(**collate(split, indices, pad_id))
-        total_loss += float(output.loss) * len(indices)
+        total_loss += output.loss.item() * len(indices)
         for i, p in zip(indices, output.logits.argmax(-1).tolist()):
             predictions[i] = p
     scores = classification_metrics([labels[y] for y in split.labels], [labels[p] for p in predictions], labels)
@@ -136,7 +136,7 @@ def train_classifier(model, train: TokenizedSplit, validation: TokenizedSplit, l
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            running += float(loss)
+            running += loss.item()
             progress.set_postfix(loss=f"{running / step:.4f}")
         seconds = time.perf_counter() - started
         scores = evaluate_split(model, validation, labels, params.eval_batch_size, pad_id)

@@ -1,15 +1,18 @@
 from __future__ import annotations
 
+import json
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 
 from components.predictor import OnnxTextClassifier
-from components.serve import BackgroundServer, ServedModel, create_app
+from components.serve import BackgroundServer, ServedModel, ServiceSettings, create_app
 from tests.fixtures_classifier import LABELS, tiny_classifier, tiny_onnx_export  # noqa: F401 - fixtures
 
 MAX_TEXTS = 8
+MAX_CHARS = 200
+MAX_BODY = 4096
 METADATA = {"model_name": "tunegate-tiny", "model_version": "3", "data_hash": "md5:abc", "metrics": {"accuracy": 0.99}}
 TEXTS = ["the film was great and superb", "the plot was awful and boring"]
 EXPECTED = ["positive", "negative"]
@@ -22,7 +25,8 @@ def predictor(tiny_onnx_export) -> OnnxTextClassifier:
 
 @pytest.fixture(scope="module")
 def server(predictor):
-    app = create_app(ServedModel(predictor, dict(METADATA)), max_texts=MAX_TEXTS)
+    settings = ServiceSettings(max_chars_per_text=MAX_CHARS, max_body_bytes=MAX_BODY)
+    app = create_app(ServedModel(predictor, dict(METADATA)), settings, max_texts=MAX_TEXTS)
     with BackgroundServer(app) as running:
         yield running
 
@@ -62,6 +66,83 @@ def test_predict_matches_the_predictor(client, predictor):
         assert served["label"] == direct["label"]
         assert served["score"] == pytest.approx(direct["score"], abs=1e-6)
         assert served["scores"] == pytest.approx(direct["scores"], abs=1e-6)
+
+
+def test_every_answer_names_the_version_in_body_and_header(client):
+    predicted = client.post("/predict", json={"texts": TEXTS})
+    invoked = client.post("/invocations", json={"inputs": TEXTS})
+    for response in (predicted, invoked, client.get("/health"), client.get("/metadata")):
+        assert response.status_code == 200
+        assert response.headers["x-model-version"] == "3" == response.json()["model_version"]
+
+
+def test_a_streamed_body_without_length_over_the_limit_is_refused(client):
+    def chunks():  # no content-length: the server learns the size only while reading
+        yield b'{"texts": ["'
+        for _ in range(64):
+            yield b"x" * 1024
+        yield b'"]}'
+
+    response = client.post("/predict", content=chunks(), headers={"content-type": "application/json"})
+    assert response.status_code == 413
+    assert response.json()["error_code"] == "PAYLOAD_TOO_LARGE" and str(MAX_BODY) in response.json()["message"]
+
+
+def test_limits_are_published_in_metadata(client):
+    assert client.get("/metadata").json()["limits"] == {
+        "max_texts_per_request": MAX_TEXTS, "max_chars_per_text": MAX_CHARS, "max_body_bytes": MAX_BODY}
+
+
+def test_metrics_count_requests_latency_errors_batches_and_version(predictor):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with BackgroundServer(create_app(ServedModel(predictor, dict(METADATA)))) as running, \
+            httpx.Client(base_url=running.url, timeout=30) as http:
+        for _ in range(3):
+            assert http.post("/predict", json={"texts": TEXTS}).status_code == 200
+        assert http.post("/invocations", json={"instances": TEXTS[:1]}).status_code == 200
+        assert http.post("/predict", json={"texts": []}).status_code == 400
+        assert http.get("/nowhere").status_code == 404
+        response = http.get("/metrics")
+
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    samples = {}
+    for family in text_string_to_metric_families(response.text):  # also checks the exposition format
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+
+    def value(name: str, **labels: str) -> float:
+        return samples[(name, tuple(sorted(labels.items())))]
+
+    assert value("tunegate_requests_total", endpoint="/predict", status="200") == 3
+    assert value("tunegate_requests_total", endpoint="/predict", status="400") == 1
+    assert value("tunegate_requests_total", endpoint="/invocations", status="200") == 1
+    assert value("tunegate_requests_total", endpoint="other", status="404") == 1
+    assert value("tunegate_request_errors_total", endpoint="/predict", error_code="BAD_REQUEST") == 1
+    assert value("tunegate_request_duration_seconds_count", endpoint="/predict") == 4
+    assert value("tunegate_request_duration_seconds_bucket", endpoint="/predict", le="+Inf") == 4
+    assert value("tunegate_batch_texts_sum") == 3 * len(TEXTS) + 1
+    assert value("tunegate_batch_requests_count") == value("tunegate_batch_texts_count") >= 1
+    assert value("tunegate_model_version_info", model_name="tunegate-tiny", version="3") == 1
+    assert value("tunegate_model_reloads_total", outcome="success") == 0
+    assert value("tunegate_model_reloads_total", outcome="failure") == 0
+    assert value("tunegate_predictions_total", version="3", label="positive") == 4
+
+
+def test_prediction_log_samples_requests_as_json_lines(predictor, tmp_path):
+    every = tmp_path / "every.jsonl"
+    never = tmp_path / "never.jsonl"
+    for path, rate in ((every, 1.0), (never, 0.0)):
+        settings = ServiceSettings(prediction_log=path, prediction_log_sample_rate=rate)
+        with BackgroundServer(create_app(ServedModel(predictor, dict(METADATA)), settings)) as running:
+            for texts in (TEXTS, TEXTS[:1]):
+                assert httpx.post(f"{running.url}/predict", json={"texts": texts}, timeout=30).status_code == 200
+    assert not never.exists()
+    lines = [json.loads(line) for line in every.read_text(encoding="utf-8").splitlines()]
+    assert [(line["text"], line["label"], line["version"]) for line in lines] == [
+        (TEXTS[0], "positive", "3"), (TEXTS[1], "negative", "3"), (TEXTS[0], "positive", "3")]
+    assert all(set(line) == {"time", "version", "text", "label", "score"} and line["score"] > 0.5 for line in lines)
 
 
 def test_predict_accepts_a_single_text(client):
@@ -110,6 +191,11 @@ def test_invocations_speaks_mlflow_scoring_formats(client, payload):
     ("/invocations", b"{\"inputs\": [{\"text\": 5}]}", 400),
     ("/invocations", b"{\"instances\": []}", 400),
     ("/invocations", b"{\"instances\": [" + b",".join([b"\"x\""] * (MAX_TEXTS + 1)) + b"]}", 413),
+    ("/predict", json.dumps({"texts": ["fine", "x" * (MAX_CHARS + 1)]}).encode(), 413),
+    ("/predict", json.dumps({"text": "x" * (MAX_CHARS + 1)}).encode(), 413),
+    ("/invocations", json.dumps({"inputs": ["x" * (MAX_CHARS + 1)]}).encode(), 413),
+    ("/predict", json.dumps({"texts": ["x" * 100] * 5, "padding": "y" * MAX_BODY}).encode(), 413),
+    ("/predict", b"{\"texts\": [\"\xff\xfe not utf-8\"]}", 400),
 ])
 def test_bad_requests_get_a_4xx_with_a_message(client, path, content, status):
     response = client.post(path, content=content, headers={"content-type": "application/json"})

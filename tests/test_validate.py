@@ -7,7 +7,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import pandas as pd
 import pytest
@@ -17,6 +17,8 @@ from components.validate import (
     DataValidationError,
     ValidationReport,
     assert_valid,
+    quarantine_rows,
+    validate_batch,
     validate_dataset,
 )
 from tests.tiny import sentiment_frame
@@ -247,3 +249,126 @@ def test_importing_the_module_does_not_import_gx():
     code = "import sys, components.validate, components.readers; sys.exit('great_expectations' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1])
     assert result.returncode == 0
+
+
+# --- validate_batch: may a quarantined batch join the existing data? --------------------------------
+
+BATCH_PARAMS = DataParams(source="unused", labels=["positive", "negative"], min_chars=5, max_chars=200,
+                          min_batch_rows=10, min_examples_per_label=3, max_quarantine_fraction=0.05)
+
+
+def batch_frame(rows: int = 20, seed: int = 8, batch_id: str = "batch-2") -> pd.DataFrame:
+    frame = dataset_frame(rows)
+    reviews = sentiment_frame(rows, seed=seed)
+    frame["text"], frame["label"] = reviews["review"] + " (new)", reviews["sentiment"]
+    frame["id"], frame["batch_id"] = frame["text"].map(text_id), batch_id
+    return frame
+
+
+def batch_failures(report: ValidationReport) -> dict[str, Any]:
+    return {f.check: f for f in report.failures}
+
+
+def test_a_sound_batch_passes_every_batch_check():
+    batch = batch_frame()
+    report = validate_batch(batch, rows_in=20, quarantined=0, existing=dataset_frame(), data=BATCH_PARAMS)
+    assert report.success, report.summary()
+    assert report.checked == 4
+    assert report.source == "batch batch-2" and report.rows == 20
+
+
+def test_too_few_clean_rows_in_the_batch():
+    report = validate_batch(batch_frame(9), rows_in=9, quarantined=0, existing=dataset_frame(), data=BATCH_PARAMS)
+    failure = batch_failures(report)["min_batch_rows"]
+    assert failure.expectation == "expect_table_row_count_to_be_between"
+    assert failure.observed == "9 clean rows (9 input rows, 0 quarantined)"
+    assert set(batch_failures(report)) == {"min_batch_rows"}
+
+
+def test_a_label_with_too_few_examples_counts_existing_and_batch_together():
+    existing = dataset_frame(10).assign(label="positive")
+    batch = batch_frame(12).assign(label="positive")
+    batch.loc[[0, 1], "label"] = "negative"  # 2 negatives in all, 3 needed
+    report = validate_batch(batch, rows_in=12, quarantined=0, existing=existing, data=BATCH_PARAMS)
+    failure = batch_failures(report)["min_examples_per_label"]
+    assert failure.expectation == "expect_column_values_to_be_between"
+    assert failure.observed == "label 'negative' has 2 example(s) (0 existing + 2 in the batch)"
+    assert failure.examples == [{"label": "negative", "in_existing": 0, "in_batch": 2, "examples": 2}]
+    assert "label 'negative' examples=2" in report.summary()
+
+    existing.loc[0, "label"] = "negative"  # the third negative is in the existing data: enough
+    report = validate_batch(batch, rows_in=12, quarantined=0, existing=existing, data=BATCH_PARAMS)
+    assert report.success, report.summary()
+
+
+def test_a_label_missing_everywhere_fails_even_without_existing_data():
+    params = BATCH_PARAMS.model_copy(update={"labels": ["positive", "negative", "neutral"]})
+    report = validate_batch(batch_frame(), rows_in=20, quarantined=0, existing=None, data=params)
+    assert batch_failures(report)["min_examples_per_label"].observed == (
+        "label 'neutral' has 0 example(s) (0 existing + 0 in the batch)")
+
+
+def test_too_many_quarantined_rows_fail_the_batch_and_the_limit_is_inclusive():
+    batch = batch_frame(95)
+    at_limit = validate_batch(batch, rows_in=100, quarantined=5, existing=None, data=BATCH_PARAMS)  # 5% of 100
+    assert at_limit.success, at_limit.summary()
+
+    over = validate_batch(batch.iloc[:94], rows_in=100, quarantined=6, existing=None, data=BATCH_PARAMS)
+    failure = batch_failures(over)["max_quarantine_fraction"]
+    assert failure.expectation == "expect_column_values_to_be_between"
+    assert failure.observed == "6 of 100 input rows quarantined (6.00%)"
+    assert (failure.unexpected_count, failure.unexpected_percent) == (6, 6.0)
+
+
+def test_conflicting_labels_within_the_batch():
+    batch = batch_frame()
+    copy_row(batch, 3, 4, label=other_label(batch.loc[3, "label"]))
+    report = validate_batch(batch, rows_in=20, quarantined=0, existing=None, data=BATCH_PARAMS)
+    failure = batch_failures(report)["conflicting_labels"]
+    assert failure.expectation == "expect_column_values_to_be_in_set"
+    assert [e["source_row"] for e in failure.examples] == [5, 6]
+    assert failure.examples[0]["labels_for_this_text"] == ["negative", "positive"]
+
+
+def test_conflicting_labels_between_the_batch_and_the_existing_data_flag_the_batch_rows_only():
+    existing, batch = dataset_frame(), batch_frame()
+    batch.loc[7, ["id", "text"]] = existing.loc[2, ["id", "text"]].to_numpy()
+    batch.loc[7, "label"] = other_label(existing.loc[2, "label"])
+    copy_row(existing, 10, 11, label=other_label(existing.loc[10, "label"]))  # old news: not this batch's fault
+
+    report = validate_batch(batch, rows_in=20, quarantined=0, existing=existing, data=BATCH_PARAMS)
+
+    failure = batch_failures(report)["conflicting_labels"]
+    assert failure.unexpected_count == 1
+    [example] = failure.examples
+    assert example["source_row"] == 9 and example["batch_id"] == "batch-2"
+    assert example["labels_for_this_text"] == ["negative", "positive"]
+    assert "row 9 label=" in report.summary()
+
+
+def test_the_same_text_with_the_same_label_again_is_no_conflict():
+    existing, batch = dataset_frame(), batch_frame()
+    batch.loc[7, ["id", "text", "label"]] = existing.loc[2, ["id", "text", "label"]].to_numpy()
+    assert validate_batch(batch, rows_in=20, quarantined=0, existing=existing, data=BATCH_PARAMS).success
+
+
+def test_rows_that_do_not_add_up_are_refused():
+    with pytest.raises(ValueError, match="rows do not add up"):
+        validate_batch(batch_frame(), rows_in=25, quarantined=3, existing=None, data=BATCH_PARAMS)
+
+
+def test_quarantine_then_batch_checks_end_to_end():
+    batch = batch_frame(40)
+    set_text(batch, 1, "x" * 500)
+    batch.loc[2, "label"] = "neutral"
+    batch.loc[3, "label"] = None
+    quarantine = quarantine_rows(batch, BATCH_PARAMS)
+    assert list(quarantine.quarantined["source_row"]) == [3, 4, 5]
+
+    report = validate_batch(quarantine.clean, rows_in=len(batch), quarantined=len(quarantine.quarantined),
+                            existing=dataset_frame(), data=BATCH_PARAMS)
+
+    assert set(batch_failures(report)) == {"max_quarantine_fraction"}  # 3 of 40 = 7.5% > 5%
+    assert batch_failures(report)["max_quarantine_fraction"].observed == "3 of 40 input rows quarantined (7.50%)"
+    loose = BATCH_PARAMS.model_copy(update={"max_quarantine_fraction": 0.1})
+    assert validate_batch(quarantine.clean, rows_in=40, quarantined=3, existing=dataset_frame(), data=loose).success

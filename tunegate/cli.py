@@ -106,6 +106,42 @@ def cmd_fetch(args) -> int:
     return 0
 
 
+def cmd_history(args) -> int:
+    registry = _open_registry(_layout(args))
+    events = registry.history()
+    if not events:
+        print(f"{registry.model_name}: no champion yet")
+        return 0
+    aliases = registry.aliases()
+    print(f"{registry.model_name}: champion v{aliases.get('champion', '-')}, "
+          f"previous_champion v{aliases.get('previous_champion', '-')}")
+    for event in events:
+        previous = f"v{event['previous']}" if event["previous"] else "none"
+        print(f"{event['at']}  {event['action']:<8} v{event['version']:<4} (was {previous:<5}) by {event['by']}: "
+              f"{event['reason']}")
+    return 0
+
+
+def cmd_rollback(args) -> int:
+    from_version, to_version = _open_registry(_layout(args)).rollback(by=args.by, reason=args.reason)
+    print(f"champion: v{from_version} -> v{to_version} (rollback by {args.by}: {args.reason})")
+    return 0
+
+
+def cmd_promote(args) -> int:
+    registry = _open_registry(_layout(args))
+    version = registry.version(args.version)
+    gate = version.tags.get("gate", "unknown")
+    if gate != "passed":
+        if not (args.force and args.reason):
+            raise ConfigError(f"v{args.version} did not pass its gates (gate={gate}); "
+                              "use --force --reason '...' to promote it anyway")
+        registry.tag_version(args.version, {"forced_promotion": args.reason})
+    previous = registry.promote(args.version, by=args.by, reason=args.reason or "manual promotion")
+    print(f"champion: {'v' + previous.version if previous else 'none'} -> v{args.version}")
+    return 0
+
+
 def cmd_stage(args) -> int:
     from components.stages import STAGES
 
@@ -152,6 +188,21 @@ def build_parser() -> argparse.ArgumentParser:
         answer.add_argument("--by", default=getpass.getuser(), help="who answers (recorded on the version)")
         answer.add_argument("--comment", default="", help="why (recorded on the version)")
         answer.set_defaults(handler=cmd_answer)
+
+    history = verbs.add_parser("history", help="every champion: when, by whom and why it was promoted or rolled back")
+    history.set_defaults(handler=cmd_history)
+
+    rollback = verbs.add_parser("rollback", help="move champion back to the previous champion")
+    rollback.add_argument("--by", default=getpass.getuser())
+    rollback.add_argument("--reason", required=True, help="why (recorded in the history)")
+    rollback.set_defaults(handler=cmd_rollback)
+
+    promote = verbs.add_parser("promote", help="make a registered version the champion")
+    promote.add_argument("version")
+    promote.add_argument("--by", default=getpass.getuser())
+    promote.add_argument("--reason", help="why (recorded; required with --force)")
+    promote.add_argument("--force", action="store_true", help="promote a version that failed its gates")
+    promote.set_defaults(handler=cmd_promote)
 
     stage = verbs.add_parser("stage", help="run one ML stage (dvc.yaml calls these)")
     stage.add_argument("name", choices=["validate", "preprocess", "train", "evaluate", "export"])

@@ -1,0 +1,208 @@
+"""onnxruntime int8 (what tunegate serves) vs PyTorch fp32 eager on the same model and the same texts.
+Not a test.
+
+    .venv/bin/python bench/model_speed.py                      # the registry's champion + artifacts/model
+    .venv/bin/python bench/model_speed.py --model-dir EXPORT --torch-dir MODEL [--quick]
+
+Both sides take raw text (tokenization included, same tokenizer, same max_length, same thread count)
+and are timed in alternating rounds, so a colleague's job on the shared cores slows both alike.
+Reports throughput at batch 32, median latency at batch 1, and prediction agreement.
+Targets: >= 3x throughput at batch 32, >= 2x lower median latency at batch 1, agreement >= 99%.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+DEFAULT_MODEL_NAME = "tunegate-sentiment"
+CPU = ["CPUExecutionProvider"]
+FALLBACK_TEXTS = [
+    "a moving, beautifully acted film", "ninety minutes of tedium", "the plot never quite comes together",
+    "a delightful surprise from start to finish", "clumsy, bland and far too long", "sharp writing and a great cast",
+]
+
+
+def quiet_environment() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def default_tracking_uri() -> str:
+    return f"sqlite:///{REPO / 'mlflow' / 'mlflow.db'}"
+
+
+def champion_onnx_dir(tracking_uri: str, model_name: str) -> tuple[Path, str]:
+    """The champion's export directory (downloaded once into artifacts/serving) and its version."""
+    from components.deployment import load_served_model
+    from components.registry import ModelRegistry
+
+    registry = ModelRegistry(tracking_uri, model_name)
+    try:
+        served = load_served_model(registry, REPO / "artifacts" / "serving", CPU)
+    except LookupError as error:
+        raise SystemExit(f"{error}\nor pass --model-dir (an ONNX export) and --torch-dir (the PyTorch model)")
+    return served.predictor.model_dir, str(served.version)
+
+
+def resolve_model_dirs(args: argparse.Namespace) -> tuple[Path, Path, str]:
+    """(ONNX export dir, PyTorch model dir, a description of where they came from)."""
+    if args.model_dir:
+        onnx_dir, source = Path(args.model_dir), f"--model-dir {args.model_dir}"
+    else:
+        onnx_dir, version = champion_onnx_dir(args.tracking_uri, args.model_name)
+        source = f"{args.model_name} v{version} (champion) from {args.tracking_uri}"
+    torch_dir = Path(args.torch_dir) if args.torch_dir else REPO / "artifacts" / "model"
+    for path, what in ((onnx_dir / "model.onnx", "ONNX model"), (torch_dir / "config.json", "PyTorch model")):
+        if not path.is_file():
+            raise SystemExit(f"no {what} at {path}; pass --model-dir / --torch-dir")
+    return onnx_dir, torch_dir, source
+
+
+def load_texts(path: Path | None, n: int) -> list[str]:
+    """n texts from a CSV with a `text` column (default: the project's test split), cycled if short."""
+    path = path or REPO / "artifacts" / "splits" / "test.csv"
+    texts = FALLBACK_TEXTS
+    if path.is_file():
+        with path.open(encoding="utf-8", newline="") as handle:
+            texts = [row["text"] for row in csv.DictReader(handle) if row.get("text")] or FALLBACK_TEXTS
+    return [texts[i % len(texts)] for i in range(n)]
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model-dir", help="an ONNX export directory (default: the registry's champion)")
+    parser.add_argument("--torch-dir", help="the fine-tuned PyTorch model directory (default: artifacts/model)")
+    parser.add_argument("--tracking-uri", default=default_tracking_uri())
+    parser.add_argument("--model-name", default=DEFAULT_MODEL_NAME)
+    parser.add_argument("--texts-csv", type=Path, help="CSV with a text column (default: artifacts/splits/test.csv)")
+
+
+# --- the two predictors ---------------------------------------------------------------------------
+
+def onnx_predict_fn(onnx_dir: Path, threads: int) -> tuple[Callable[[list[str]], "np.ndarray"], int]:
+    from components.predictor import OnnxTextClassifier
+
+    predictor = OnnxTextClassifier(onnx_dir, CPU, intra_op_threads=threads)
+    return (lambda texts: predictor.predict_proba(texts, batch_size=len(texts))), predictor.max_length
+
+
+def torch_predict_fn(torch_dir: Path, max_length: int, threads: int) -> Callable[[list[str]], "np.ndarray"]:
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    torch.set_num_threads(threads)
+    # transformers' default attention (SDPA), the fastest eager PyTorch has: the baseline at its best.
+    model = AutoModelForSequenceClassification.from_pretrained(str(torch_dir)).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(torch_dir))
+
+    def predict(texts: list[str]):
+        batch = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        with torch.inference_mode():
+            return torch.softmax(model(**batch).logits.float(), dim=-1).numpy()
+
+    return predict
+
+
+# --- measurements ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Timing:
+    throughput_b32: float  # texts per second at batch 32
+    median_latency_b1_ms: float
+
+
+def time_batches(predict: Callable, texts: list[str], batch_size: int) -> float:
+    """Texts per second over `texts` in batches of batch_size."""
+    started = time.perf_counter()
+    for start in range(0, len(texts), batch_size):
+        predict(texts[start:start + batch_size])
+    return len(texts) / (time.perf_counter() - started)
+
+
+def single_latencies_ms(predict: Callable, texts: list[str]) -> list[float]:
+    latencies = []
+    for text in texts:
+        started = time.perf_counter()
+        predict([text])
+        latencies.append((time.perf_counter() - started) * 1000)
+    return latencies
+
+
+def measure(predictors: dict[str, Callable], texts: list[str], latency_texts: list[str], rounds: int) -> dict[str, Timing]:
+    """Alternate the predictors round by round; the median round for throughput, all calls for latency."""
+    throughputs: dict[str, list[float]] = {name: [] for name in predictors}
+    latencies: dict[str, list[float]] = {name: [] for name in predictors}
+    for _ in range(rounds):
+        for name, predict in predictors.items():
+            throughputs[name].append(time_batches(predict, texts, 32))
+            latencies[name] += single_latencies_ms(predict, latency_texts)
+    return {name: Timing(statistics.median(throughputs[name]), statistics.median(latencies[name]))
+            for name in predictors}
+
+
+def agreement(predictors: dict[str, Callable], texts: list[str]) -> tuple[float, float]:
+    """(share of texts with the same label, largest probability difference)."""
+    import numpy as np
+
+    onnx, torch_ = (np.concatenate([predict(texts[s:s + 32]) for s in range(0, len(texts), 32)])
+                    for predict in predictors.values())
+    return float(np.mean(onnx.argmax(1) == torch_.argmax(1))), float(np.abs(onnx - torch_).max())
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_model_arguments(parser)
+    parser.add_argument("--texts", type=int, default=512, help="texts for throughput and agreement")
+    parser.add_argument("--latency-texts", type=int, default=100, help="batch-1 calls per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads for both runtimes")
+    parser.add_argument("--quick", action="store_true", help="a few seconds: 64 texts, 20 latency calls, 1 round")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.texts, args.latency_texts, args.rounds = 64, 20, 1
+    quiet_environment()
+
+    onnx_dir, torch_dir, source = resolve_model_dirs(args)
+    texts = load_texts(args.texts_csv, args.texts)
+    onnx_predict, max_length = onnx_predict_fn(onnx_dir, args.threads)
+    predictors = {"onnxruntime int8": onnx_predict,
+                  "pytorch fp32": torch_predict_fn(torch_dir, max_length, args.threads)}
+    for predict in predictors.values():  # first calls allocate; keep them out of the figures
+        predict(texts[:32])
+        predict(texts[:1])
+
+    same_label, max_prob_diff = agreement(predictors, texts)
+    timings = measure(predictors, texts, texts[:args.latency_texts], args.rounds)
+    onnx, torch_ = timings["onnxruntime int8"], timings["pytorch fp32"]
+    throughput_ratio = onnx.throughput_b32 / torch_.throughput_b32
+    latency_ratio = torch_.median_latency_b1_ms / onnx.median_latency_b1_ms
+
+    print(f"model: {source}\n  onnx: {onnx_dir}\n  torch: {torch_dir}")
+    print(f"{len(texts)} texts, max_length {max_length}, {args.threads} threads each, {args.rounds} alternating rounds")
+    print(f"{'':20}{'texts/s @32':>14}{'median ms @1':>15}")
+    for name, timing in timings.items():
+        print(f"{name:20}{timing.throughput_b32:14.1f}{timing.median_latency_b1_ms:15.2f}")
+    print(f"throughput at batch 32: {throughput_ratio:.2f}x   (target >= 3x)  {verdict(throughput_ratio >= 3)}")
+    print(f"median latency at batch 1: {latency_ratio:.2f}x lower   (target >= 2x)  {verdict(latency_ratio >= 2)}")
+    print(f"agreement: {same_label:.2%} of labels, max probability difference {max_prob_diff:.4f}   "
+          f"(target >= 99%)  {verdict(same_label >= 0.99)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
