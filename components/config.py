@@ -141,6 +141,14 @@ class ServeParams(_Section):
     max_batch_texts: int = Field(default=256, ge=1)
 
 
+class ScheduleParams(_Section):
+    deployment_name: str = "scheduled-retrain"
+    cron: str = "0 3 * * *"
+    timezone: str = "UTC"
+    # A run that finds another in progress: 'wait' queues behind it, 'skip' ends at once and says so.
+    when_running: Literal["wait", "skip"] = "skip"
+
+
 class Params(_Section):
     task: Literal["sequence-classification"] = "sequence-classification"
     data: DataParams
@@ -153,10 +161,11 @@ class Params(_Section):
     registry: RegistryParams = RegistryParams()
     approval: ApprovalParams = ApprovalParams()
     serve: ServeParams = ServeParams()
+    schedule: ScheduleParams = ScheduleParams()
 
 
 ENV_PREFIX = "TUNEGATE_"
-ENV_SECTIONS = ("registry", "approval", "serve")
+ENV_SECTIONS = ("registry", "approval", "serve", "schedule")
 
 
 def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:

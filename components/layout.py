@@ -75,5 +75,5 @@ class ProjectLayout:
         return self.root / "mlflow"
 
     @property
-    def data_dvc_file(self) -> Path:
-        return self.root / "data.dvc"
+    def run_lock(self) -> Path:
+        return self.root / ".tunegate" / "run.lock"

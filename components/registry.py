@@ -108,6 +108,12 @@ class ModelRegistry:
         found = self.client.get_model_version(self.model_name, str(version))
         return VersionInfo(self.model_name, str(found.version), dict(found.tags), found.run_id, found.source)
 
+    def find_versions(self, **tags: str) -> list[VersionInfo]:
+        """Versions whose tags have these values, newest first."""
+        clauses = [f"name = '{self.model_name}'"] + [f"tag.{key} = '{value}'" for key, value in tags.items()]
+        found = self.client.search_model_versions(" AND ".join(clauses))
+        return [self.version(v.version) for v in sorted(found, key=lambda v: int(v.version), reverse=True)]
+
     def tag_version(self, version: str, tags: dict) -> None:
         for key, value in tags.items():
             self.client.set_model_version_tag(self.model_name, str(version), key, tag_value(value))

@@ -23,6 +23,7 @@ import time
 from concurrent.futures import Future
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, AsyncIterator, Protocol, Sequence
 
@@ -155,7 +156,7 @@ def _number(value: float) -> str:
     return "+Inf" if value == float("inf") else repr(float(value)) if value != int(value) else str(int(value))
 
 
-class Counter:
+class CounterMetric:
     def __init__(self, name: str, help_text: str, label_names: Sequence[str] = ()) -> None:
         self.name, self.help_text, self.label_names = name, help_text, tuple(label_names)
         self._values: dict[tuple[str, ...], float] = {} if label_names else {(): 0.0}
@@ -175,7 +176,7 @@ class Counter:
         return lines + [f"{self.name}{_label_text(self.label_names, labels)} {_number(v)}" for labels, v in values]
 
 
-class Histogram:
+class HistogramMetric:
     def __init__(self, name: str, help_text: str, buckets: Sequence[float], label_names: Sequence[str] = ()) -> None:
         self.name, self.help_text, self.label_names = name, help_text, tuple(label_names)
         self.buckets = sorted(buckets)
@@ -220,21 +221,21 @@ BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 class ServiceMetrics:
     def __init__(self) -> None:
-        self.requests = Counter("tunegate_requests_total", "HTTP requests by endpoint and status code.",
+        self.requests = CounterMetric("tunegate_requests_total", "HTTP requests by endpoint and status code.",
                                 ("endpoint", "status"))
-        self.latency = Histogram("tunegate_request_duration_seconds", "Time from request to response, seconds.",
+        self.latency = HistogramMetric("tunegate_request_duration_seconds", "Time from request to response, seconds.",
                                  LATENCY_BUCKETS_S, ("endpoint",))
-        self.errors = Counter("tunegate_request_errors_total", "Requests answered with an error, by error code.",
+        self.errors = CounterMetric("tunegate_request_errors_total", "Requests answered with an error, by error code.",
                               ("endpoint", "error_code"))
-        self.batch_texts = Histogram("tunegate_batch_texts", "Texts per onnxruntime call.", BATCH_SIZE_BUCKETS)
-        self.batch_requests = Histogram("tunegate_batch_requests", "Requests merged into one onnxruntime call.",
+        self.batch_texts = HistogramMetric("tunegate_batch_texts", "Texts per onnxruntime call.", BATCH_SIZE_BUCKETS)
+        self.batch_requests = HistogramMetric("tunegate_batch_requests", "Requests merged into one onnxruntime call.",
                                         BATCH_SIZE_BUCKETS)
-        self.batch_seconds = Histogram("tunegate_batch_duration_seconds", "Time per onnxruntime call, seconds.",
+        self.batch_seconds = HistogramMetric("tunegate_batch_duration_seconds", "Time per onnxruntime call, seconds.",
                                        LATENCY_BUCKETS_S)
-        self.inference_errors = Counter("tunegate_inference_errors_total", "Batches whose prediction raised.")
-        self.predictions = Counter("tunegate_predictions_total", "Texts labelled, by model version and label.",
+        self.inference_errors = CounterMetric("tunegate_inference_errors_total", "Batches whose prediction raised.")
+        self.predictions = CounterMetric("tunegate_predictions_total", "Texts labelled, by model version and label.",
                                    ("version", "label"))
-        self.prediction_log_errors = Counter("tunegate_prediction_log_errors_total",
+        self.prediction_log_errors = CounterMetric("tunegate_prediction_log_errors_total",
                                              "Sampled predictions that could not be written to the log.")
 
     def render(self, model: ServedModel, reloads: ReloadStats, queued_texts: int) -> str:
@@ -278,7 +279,7 @@ class PredictionLog:
             return self.sample_rate > 0 and self._random.random() < self.sample_rate
 
     def write(self, version: str | None, texts: list[str], predictions: list[dict[str, Any]]) -> None:
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1000) % 1000:03d}Z"
+        stamp = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
         lines = [json.dumps({"time": stamp, "version": version, "text": text, "label": p["label"], "score": p["score"]},
                             ensure_ascii=False) for text, p in zip(texts, predictions)]
         with self._lock:
@@ -412,6 +413,8 @@ class MicroBatcher:
         started = time.perf_counter()
         try:
             predictions = model.predictor.predict(texts, batch_size=len(texts))
+            if len(predictions) != len(texts):  # slicing would hand requests each other's answers
+                raise RuntimeError(f"the model returned {len(predictions)} predictions for {len(texts)} texts")
         except Exception as error:  # noqa: BLE001
             self.metrics.inference_errors.inc()
             if len(batch) == 1:
@@ -673,7 +676,8 @@ def create_app(model: ServedModel | ModelHolder, settings: ServiceSettings | Non
             await run_in_threadpool(batcher.stop)
 
     app = FastAPI(title="tunegate classifier", version=holder.current().version or "unversioned", lifespan=lifespan)
-    app.state.model_holder, app.state.batcher, app.state.metrics, app.state.settings = holder, batcher, metrics, settings
+    app.state.model_holder, app.state.batcher = holder, batcher
+    app.state.metrics, app.state.settings = metrics, settings
     app.add_middleware(_RequestMetricsMiddleware, metrics=metrics)
 
     def error_response(request: Request, status_code: int, error_code: str, message: str,

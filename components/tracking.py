@@ -118,6 +118,5 @@ def approval_description(model_name: str, version: str, verdict: dict) -> str:
 def finish(registry: ModelRegistry, run_id: str, status: str, version: str | None, message: str) -> dict:
     registry.set_run_tags(run_id, {"outcome": status, "outcome_version": version or "", "outcome_message": message})
     registry.end_run(run_id)
-    print(f"{status}: {message}")
     return {"status": status, "version": version, "message": message, "run_id": run_id,
             "model_name": registry.model_name, "tracking_uri": registry.tracking_uri}

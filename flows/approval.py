@@ -1,5 +1,10 @@
-"""The human approval gate: the flow pauses for a typed answer that a person gives in the Prefect UI
-or with `tunegate approve` / `tunegate reject` from any process that reaches the same Prefect API."""
+"""The human approval gate.
+
+A run that needs a person tags its version `approval=pending` in the registry and pauses for a
+typed answer, given in the Prefect UI or with `tunegate approve` / `tunegate reject`. The registry
+tag, not the waiting process, is the record: if that process died, answering later still applies
+the decision to the right version, once.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,11 @@ from uuid import UUID
 
 from prefect.input import RunInput
 
+from components.layout import ProjectLayout
+from components.locking import RunInProgress, exclusive_run
+
 RETRAIN_FLOW_NAME = "tunegate-retrain"
+PENDING = "pending"
 
 
 class ApprovalInput(RunInput):
@@ -36,6 +45,15 @@ def auto_approval(version: str) -> Approval:
                     comment=f"version {version} approved automatically by the 'local' approval profile")
 
 
+def apply_decision(registry, version: str, approval: Approval) -> str | None:
+    """Record the answer on the version; an approval also makes it champion. Returns the old champion."""
+    registry.tag_version(version, approval.as_tags())
+    if not approval.approved:
+        return None
+    previous = registry.promote(version, by=approval.by, reason=approval.comment or "approved")
+    return previous.version if previous else None
+
+
 def wait_for_approval(description: str, timeout_s: int, poll_interval_s: int) -> Approval:
     """Pause the running flow until a person answers; no answer within the timeout means rejected."""
     from prefect.exceptions import FlowPauseTimeout
@@ -54,7 +72,7 @@ def wait_for_approval(description: str, timeout_s: int, poll_interval_s: int) ->
 
 
 def paused_retrain_runs() -> list:
-    """Retraining runs now waiting for an approval, newest first."""
+    """Retraining runs now paused for an approval, newest first."""
     from prefect import get_client
     from prefect.client.schemas.filters import (
         FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterState, FlowRunFilterStateName,
@@ -69,18 +87,49 @@ def paused_retrain_runs() -> list:
         )
 
 
-def answer_approval(decision: Literal["approve", "reject"], by: str, comment: str,
-                    flow_run_id: UUID | None = None) -> UUID:
-    """Resume a paused retraining run with a decision; with no id, the only one waiting."""
-    from prefect.flow_runs import resume_flow_run
+def _pick_pending(registry, version: str | None):
+    waiting = registry.find_versions(approval=PENDING)
+    if version is not None:
+        waiting = [v for v in waiting if v.version == str(version)]
+    if not waiting:
+        raise LookupError(f"no version of {registry.model_name!r} waits for approval"
+                          + (f" with number {version}" if version else ""))
+    if len(waiting) > 1:
+        raise LookupError("several versions wait for approval; pass --version one of: "
+                          + ", ".join(v.version for v in waiting))
+    return waiting[0]
 
-    if flow_run_id is None:
-        waiting = paused_retrain_runs()
-        if not waiting:
-            raise LookupError("no retraining run is waiting for approval")
-        if len(waiting) > 1:
-            listing = ", ".join(f"{run.id} ({run.name})" for run in waiting)
-            raise LookupError(f"{len(waiting)} runs are waiting; pass --flow-run one of: {listing}")
-        flow_run_id = waiting[0].id
-    resume_flow_run(flow_run_id, run_input={"decision": decision, "by": by, "comment": comment})
-    return flow_run_id
+
+def _close_abandoned_run(flow_run_id: str, message: str) -> None:
+    """Best effort: the paused run whose process died should not look like it still waits."""
+    from prefect import get_client
+    from prefect.states import Cancelled
+
+    try:
+        with get_client(sync_client=True) as client:
+            client.set_flow_run_state(UUID(flow_run_id), Cancelled(message=message), force=True)
+    except Exception as error:  # the Prefect API of a dead run may be gone with it
+        print(f"note: could not close flow run {flow_run_id}: {error}")
+
+
+def answer_approval(layout: ProjectLayout, registry, decision: Literal["approve", "reject"], by: str,
+                    comment: str, version: str | None = None) -> str:
+    """Answer the version waiting for approval; says what happened."""
+    pending = _pick_pending(registry, version)
+    flow_run_id = pending.tags.get("approval_flow_run")
+    approval = Approval(decision == "approve", by=by, comment=comment, how="person")
+    try:
+        # The waiting run holds the project lock for as long as it lives. A free lock means it is
+        # gone (crash, restart, Ctrl-C), so the decision is applied here instead.
+        with exclusive_run(layout.run_lock, wait=False):
+            previous = apply_decision(registry, pending.version, approval)
+            if flow_run_id:
+                _close_abandoned_run(flow_run_id, f"process ended while paused; {decision}d later by {by}")
+            was = f" (was v{previous})" if previous else ""
+            outcome = f"v{pending.version} is champion{was}" if approval.approved else "champion unchanged"
+            return f"{decision}d v{pending.version} (its run had ended; applied here): {outcome}"
+    except RunInProgress:
+        from prefect.flow_runs import resume_flow_run
+
+        resume_flow_run(UUID(flow_run_id), run_input={"decision": decision, "by": by, "comment": comment})
+        return f"{decision}d v{pending.version}; its waiting run {flow_run_id} goes on"

@@ -11,13 +11,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger, runtime, task
 from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
 
 from components.config import Params, load_params
 from components.evaluate import score_onnx_dir
 from components.layout import ProjectLayout
-from flows.approval import RETRAIN_FLOW_NAME, Approval, auto_approval, wait_for_approval
+from components.locking import RunInProgress, exclusive_run
+from flows.approval import PENDING, RETRAIN_FLOW_NAME, Approval, apply_decision, auto_approval, wait_for_approval
 from components import tracking
 
 ML_STAGES = ("validate", "preprocess", "train", "evaluate", "export")
@@ -90,18 +91,29 @@ def register(registry, run_id: str, layout: ProjectLayout, tags: dict, passed: b
     return version.version
 
 
-@task(name="deploy", cache_policy=NO_CACHE)
+@task(name="deploy", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10])
 def deploy(registry, version: str, approval: Approval) -> str | None:
-    previous = registry.promote(version, by=approval.by, reason=approval.comment or "approved")
-    return previous.version if previous else None
+    return apply_decision(registry, version, approval)
 
 
 @flow(name=RETRAIN_FLOW_NAME, log_prints=True)
-def retrain(project_dir: str = ".", approval_profile: Literal["local", "production"] | None = None) -> dict:
+def retrain(
+    project_dir: str = ".",
+    approval_profile: Literal["local", "production"] | None = None,
+    when_running: Literal["wait", "skip"] | None = None,
+) -> dict:
     """Retrain on the project's configured data and model; returns what happened and why."""
     layout = ProjectLayout(Path(project_dir).resolve())
     params = load_params(layout.params_file)
-    profile = approval_profile or params.approval.profile
+    try:
+        with exclusive_run(layout.run_lock, wait=(when_running or params.schedule.when_running) == "wait"):
+            return _retrain(layout, params, approval_profile or params.approval.profile)
+    except RunInProgress as busy:
+        print(f"skipped: {busy}")
+        return {"status": "skipped", "version": None, "message": str(busy), "run_id": None}
+
+
+def _retrain(layout: ProjectLayout, params: Params, profile: str) -> dict:
     check_config(params, layout)
     data = ingest_data(params, layout)
 
@@ -127,8 +139,15 @@ def retrain(project_dir: str = ".", approval_profile: Literal["local", "producti
         verdict = gate(params, layout, champion_metrics, champion.version if champion else None)
         tracking.log_gate(registry, run_id, verdict)
 
-        tags = tracking.version_tags(params, layout, data, verdict, model_md5)
-        version = register(registry, run_id, layout, tags, verdict["passed"])
+        # A version an earlier, interrupted run registered and left waiting is asked about again, not
+        # registered twice: the same model bytes keep one version and one approval.
+        waiting = registry.find_versions(model_md5=model_md5, approval=PENDING)
+        if waiting:
+            version = waiting[0].version
+            print(f"v{version} holds this exact model and still waits for approval; asking again for it")
+        else:
+            tags = tracking.version_tags(params, layout, data, verdict, model_md5)
+            version = register(registry, run_id, layout, tags, verdict["passed"])
         if not verdict["passed"]:
             return tracking.finish(registry, run_id, status="rejected-by-gate", version=version,
                                     message=verdict["summary"])
@@ -137,11 +156,12 @@ def retrain(project_dir: str = ".", approval_profile: Literal["local", "producti
             approval = auto_approval(version)
             print(f"approval: {approval.comment} (profile 'local'; use profile 'production' to require a person)")
         else:
-            print(f"version {version} waits for approval: `tunegate approve` or `tunegate reject`, or the Prefect UI")
+            registry.tag_version(version, {"approval": PENDING, "approval_flow_run": str(runtime.flow_run.id)})
+            print(f"v{version} waits for approval: `tunegate approve` or `tunegate reject`, or the Prefect UI")
             approval = wait_for_approval(tracking.approval_description(registry.model_name, version, verdict),
                                          params.approval.timeout_s, params.approval.poll_interval_s)
-        registry.tag_version(version, approval.as_tags())
         if not approval.approved:
+            registry.tag_version(version, approval.as_tags())
             return tracking.finish(registry, run_id, status="rejected-by-approver", version=version,
                                     message=f"rejected by {approval.by}: {approval.comment}")
 

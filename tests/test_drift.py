@@ -191,3 +191,14 @@ def test_drift_params_sit_in_params_and_refuse_bad_thresholds():
     assert tuned.drift.label_shift == DriftThresholds(warn=0.2, fail=0.4)
     with pytest.raises(ConfigError, match="drift.length_shift.fail"):
         parse_params({**raw, "drift": {"length_shift": {"warn": 0.1, "fail": 1.5}}}, env={})
+
+
+def test_importing_the_module_imports_neither_gx_nor_transformers():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys, components.drift; "
+            "sys.exit(any(m in sys.modules for m in ('great_expectations', 'transformers', 'scipy')))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0

@@ -17,7 +17,7 @@ from components.deployment import ChampionWatcher, build_service_app, load_serve
 from components.predictor import OnnxTextClassifier
 from components.registry import CHAMPION, ModelRegistry
 from components.serve import BackgroundServer, ModelHolder, ServedModel, ServiceSettings, create_app
-from tests.fixtures_classifier import LABELS, held_out, tiny_classifier, tiny_onnx_export  # noqa: F401 - fixtures
+from tests.fixtures_classifier import held_out, tiny_classifier, tiny_onnx_export  # noqa: F401 - fixtures
 
 CPU = ["CPUExecutionProvider"]
 PROBES, _ = held_out(48, seed=11)

@@ -372,3 +372,12 @@ def test_quarantine_then_batch_checks_end_to_end():
     assert batch_failures(report)["max_quarantine_fraction"].observed == "3 of 40 input rows quarantined (7.50%)"
     loose = BATCH_PARAMS.model_copy(update={"max_quarantine_fraction": 0.1})
     assert validate_batch(quarantine.clean, rows_in=40, quarantined=3, existing=dataset_frame(), data=loose).success
+
+
+def test_a_batch_whose_every_row_was_quarantined_fails_on_rows_and_quarantine():
+    batch = batch_frame(10).assign(label="neutral")
+    quarantine = quarantine_rows(batch, BATCH_PARAMS)
+    assert quarantine.clean.empty
+    report = validate_batch(quarantine.clean, rows_in=10, quarantined=10, existing=dataset_frame(), data=BATCH_PARAMS)
+    assert set(batch_failures(report)) == {"min_batch_rows", "max_quarantine_fraction"}
+    assert report.source == "batch" and report.rows == 0

@@ -56,8 +56,11 @@ def cmd_run(args) -> int:
 
     result = retrain(project_dir=str(layout.root), approval_profile=args.profile)
     print(f"\nretraining {result['status']}: {result['message']}")
-    print(f"  MLflow run {result['run_id']} in {result['tracking_uri']}")
-    print(f"  look: mlflow ui --backend-store-uri {result['tracking_uri']}   |   prefect server start")
+    if result["run_id"] is None:  # skipped: another run holds the project
+        return 0
+    print(f"  MLflow run {result['run_id']}")
+    print(f"  runs and models: mlflow ui --backend-store-uri {result['tracking_uri']}")
+    print(f"  flow runs:       PREFECT_HOME={os.environ['PREFECT_HOME']} prefect server start")
     if args.no_serve:
         return 0
     return _serve(layout, params, version=None, host=params.serve.host, port=params.serve.port)
@@ -142,6 +145,22 @@ def cmd_promote(args) -> int:
     return 0
 
 
+def cmd_schedule(args) -> int:
+    from flows.schedule import serve_schedule
+
+    layout = _layout(args)
+    schedule = _params(layout).schedule
+    if args.cron:
+        schedule = schedule.model_copy(update={"cron": args.cron})
+    if not os.environ.get("PREFECT_API_URL"):
+        raise ConfigError("schedules need a Prefect server: run `prefect server start` in another terminal and "
+                          "set PREFECT_API_URL=http://127.0.0.1:4200/api (or the URL of your server)")
+    print(f"serving deployment '{schedule.deployment_name}': cron '{schedule.cron}' ({schedule.timezone}), "
+          f"one run at a time ({schedule.when_running} when busy); Ctrl-C stops")
+    serve_schedule(layout.root, schedule)
+    return 0
+
+
 def cmd_stage(args) -> int:
     from components.stages import STAGES
 
@@ -153,8 +172,9 @@ def cmd_stage(args) -> int:
 def cmd_answer(args) -> int:
     from flows.approval import answer_approval
 
-    run_id = answer_approval(args.command, by=args.by, comment=args.comment, flow_run_id=args.flow_run)
-    print(f"{args.command}d flow run {run_id} as {args.by}")
+    layout = _layout(args)
+    print(answer_approval(layout, _open_registry(layout), args.command, by=args.by, comment=args.comment,
+                          version=args.version))
     return 0
 
 
@@ -184,10 +204,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     for verb in ("approve", "reject"):
         answer = verbs.add_parser(verb, help=f"{verb} the model version a retraining run is waiting on")
-        answer.add_argument("--flow-run", help="flow run id (default: the only one waiting)")
+        answer.add_argument("--version", help="the version to answer (default: the only one waiting)")
         answer.add_argument("--by", default=getpass.getuser(), help="who answers (recorded on the version)")
         answer.add_argument("--comment", default="", help="why (recorded on the version)")
         answer.set_defaults(handler=cmd_answer)
+
+    schedule = verbs.add_parser("schedule", help="run retraining on the cron schedule in params.yaml (needs a Prefect server)")
+    schedule.add_argument("--cron", help="override schedule.cron, e.g. '0 3 * * *'")
+    schedule.set_defaults(handler=cmd_schedule)
 
     history = verbs.add_parser("history", help="every champion: when, by whom and why it was promoted or rolled back")
     history.set_defaults(handler=cmd_history)
