@@ -12,7 +12,7 @@ from pathlib import Path
 
 from components.registry import CHAMPION, ModelRegistry, VersionInfo
 
-METADATA_TAGS = ("git_commit", "data_hash", "data_batch", "base_model", "test_accuracy", "test_macro_f1",
+METADATA_TAGS = ("git_commit", "data_hash", "data_batches", "base_model", "test_accuracy", "test_macro_f1",
                  "test_rows", "gate", "approval", "approval_by", "approval_how", "promoted_at", "promoted_by")
 
 

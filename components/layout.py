@@ -21,10 +21,6 @@ class ProjectLayout:
         return self.root / "data"
 
     @property
-    def dataset(self) -> Path:
-        return self.data_dir / "dataset.csv"
-
-    @property
     def artifacts(self) -> Path:
         return self.root / "artifacts"
 

@@ -57,7 +57,8 @@ class ModelRegistry:
         return self.client.create_experiment(name, artifact_location=location)
 
     def start_run(self, experiment: str, run_name: str, tags: dict[str, str]) -> str:
-        run = self.client.create_run(self.experiment_id(experiment), run_name=run_name, tags=tags)
+        run = self.client.create_run(self.experiment_id(experiment), run_name=run_name,
+                                     tags={k: tag_value(v) for k, v in tags.items()})
         return run.info.run_id
 
     def end_run(self, run_id: str, failed: bool = False) -> None:

@@ -14,7 +14,7 @@ def validate(layout: ProjectLayout, params: Params) -> None:
     from components.ingest import read_dataset
     from components.validate import assert_valid, validate_dataset
 
-    report = validate_dataset(read_dataset(layout.dataset), params.data, source=str(layout.dataset))
+    report = validate_dataset(read_dataset(layout.data_dir), params.data, source=str(layout.data_dir))
     report.write(layout.validation_report)
     print(report.summary())
     assert_valid(report)  # a failing suite stops the pipeline before training
@@ -26,7 +26,7 @@ def preprocess(layout: ProjectLayout, params: Params) -> None:
     from components.preprocess import assign_splits, save_tokenized, tokenize_split
 
     tokenizer = load_tokenizer(resolve_model_source(params.model.base_model))
-    splits = assign_splits(read_dataset(layout.dataset), params.split)
+    splits = assign_splits(read_dataset(layout.data_dir), params.split)
     layout.splits_dir.mkdir(parents=True, exist_ok=True)
     for name in SPLITS:
         splits[name].to_csv(layout.split_file(name), index=False, lineterminator="\n")

@@ -14,7 +14,7 @@ from components.registry import ModelRegistry, resolve_tracking_uri
 from components.versioning import git_commit, stage_output_hash
 
 # Settings that shape the model; runtime settings (registry, approval, serve) are not model lineage.
-MODEL_SECTIONS = {"task", "data", "split", "model", "train", "gate", "export"}
+MODEL_SECTIONS = {"task", "data", "split", "model", "train", "gate", "export", "drift"}
 
 
 def open_registry(params: Params, layout: ProjectLayout) -> ModelRegistry:
@@ -40,12 +40,13 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, str]:
 
 
 def start_run(registry: ModelRegistry, params: Params, layout: ProjectLayout, data: dict) -> str:
-    tags = {"git_commit": git_commit(layout.root), "data_hash": data["data_hash"], "data_batch": data["batch_id"],
+    tags = {"git_commit": git_commit(layout.root), "data_hash": data["data_hash"], "data_batches": data["batches"],
             "data_source": data["source"], "task": params.task, "mlflow.source.name": "tunegate retrain"}
     run_id = registry.start_run(params.registry.experiment, time.strftime("retrain-%Y%m%d-%H%M%S"), tags)
     registry.log_params(run_id, flatten(model_params(params)))
     counts = {f"data_rows_{label}": n for label, n in data["label_counts"].items()}
-    registry.log_metrics(run_id, {"data_rows": data["rows"], "data_rows_excluded": data["excluded"], **counts})
+    registry.log_metrics(run_id, {"data_rows": data["rows"], "data_rows_quarantined": data["quarantined"],
+                                  "data_batches": len(data["batches"]), **counts})
     return run_id
 
 
@@ -74,12 +75,34 @@ def log_stage_outputs(registry: ModelRegistry, run_id: str, layout: ProjectLayou
     scores.update({f"export_{k}": v for k, v in parity.items() if isinstance(v, (int, float))})
     registry.log_metrics(run_id, scores)
 
+    log_split_inputs(registry, run_id, layout)
     registry.set_run_tags(run_id, {"model_md5": output_md5(layout, "export", "artifacts/onnx"),
                                    "torch_model_md5": output_md5(layout, "train", "artifacts/model")})
     for path, folder in [(layout.validation_report, "validation"), (layout.eval_dir, "evaluation"),
                          (layout.train_history, "training"), (layout.parity_file, "export"),
-                         (layout.params_file, "config"), (layout.root / "dvc.lock", "config")]:
+                         (layout.params_file, "config"), (layout.root / "dvc.lock", "config"),
+                         (layout.data_dir / "manifest.json", "data"), (layout.data_dir / "reports", "data/reports")]:
         registry.log_artifact(run_id, path, folder)
+
+
+def log_split_inputs(registry: ModelRegistry, run_id: str, layout: ProjectLayout) -> None:
+    """Rows per split and label as metrics, and each split as an MLflow dataset input of the run."""
+    import mlflow.data
+    import pandas as pd
+    from mlflow.entities import DatasetInput, InputTag
+
+    from components.layout import SPLITS
+
+    inputs, counts = [], {}
+    for split in SPLITS:
+        frame = pd.read_csv(layout.split_file(split), dtype=str, keep_default_na=False)
+        counts[f"split_{split}_rows"] = len(frame)
+        counts.update({f"split_{split}_rows_{label}": n for label, n in frame["label"].value_counts().items()})
+        dataset = mlflow.data.from_pandas(frame, source=str(layout.split_file(split)), targets="label",
+                                          name=f"{split}-split", digest=output_md5(layout, "preprocess", "artifacts/splits")[:12])
+        inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", split)]))
+    registry.log_metrics(run_id, counts)
+    registry.client.log_inputs(run_id, datasets=inputs)
 
 
 def log_gate(registry: ModelRegistry, run_id: str, verdict: dict) -> None:
@@ -94,7 +117,7 @@ def version_tags(params: Params, layout: ProjectLayout, data: dict, verdict: dic
     return {
         "git_commit": git_commit(layout.root),
         "data_hash": data["data_hash"],
-        "data_batch": data["batch_id"],
+        "data_batches": data["batches"],
         "task": params.task,
         "labels": params.data.labels,
         "base_model": params.model.base_model,

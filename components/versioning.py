@@ -22,11 +22,11 @@ def tool_env() -> dict[str, str]:
     return env
 
 
-def run_dvc(root: Path, *args: str, capture: bool = False) -> subprocess.CompletedProcess:
+def run_dvc(root: Path, *args: str, capture: bool = False, check: bool = True) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "dvc", *args]
     done = subprocess.run(command, cwd=root, env=tool_env(), text=True,
                           capture_output=capture, stdin=subprocess.DEVNULL)
-    if done.returncode != 0:
+    if check and done.returncode != 0:
         detail = (done.stderr or done.stdout or "").strip() if capture else "see the output above"
         raise VersioningError(f"`dvc {' '.join(args)}` failed in {root} (exit {done.returncode}): {detail}")
     return done
@@ -44,10 +44,31 @@ def git_commit(root: Path) -> str:
     return head.stdout.strip() + ("-dirty" if dirty else "")
 
 
-def track_data(root: Path, data_dir: Path) -> str:
-    """`dvc add` the data directory (a no-op when unchanged) and return its DVC hash."""
+LOCAL_REMOTE = "tunegate-local"
+
+
+def ensure_remote(root: Path) -> str:
+    """The project's default DVC remote; without one, a local directory remote under .tunegate/.
+
+    It is written to .dvc/config.local (not committed): a path on this machine means nothing on
+    another. Configure a shared remote with `dvc remote add -d NAME URL` and it is used instead.
+    """
+    # `dvc remote default` exits 1 when none is set: that is an answer, not a failure.
+    configured = run_dvc(root, "remote", "default", capture=True, check=False)
+    if configured.returncode == 0 and configured.stdout.strip():
+        return configured.stdout.strip()
+    directory = root / ".tunegate" / "dvc-remote"
+    directory.mkdir(parents=True, exist_ok=True)
+    run_dvc(root, "remote", "add", "--local", "--default", LOCAL_REMOTE, str(directory), capture=True)
+    return LOCAL_REMOTE
+
+
+def version_data(root: Path, data_dir: Path) -> str:
+    """`dvc add` the data directory (a no-op when unchanged), push it, and return its DVC hash."""
+    dvc_file = str(data_dir.relative_to(root)) + ".dvc"
     run_dvc(root, "add", "--quiet", str(data_dir.relative_to(root)), capture=True)
-    return data_hash(root / f"{data_dir.name}.dvc")
+    run_dvc(root, "push", "--quiet", "--remote", ensure_remote(root), dvc_file, capture=True)
+    return data_hash(root / dvc_file)
 
 
 def data_hash(dvc_file: Path) -> str:

@@ -37,14 +37,17 @@ def check_config(params: Params, layout: ProjectLayout) -> str:
 
 @task(name="ingest", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10])
 def ingest_data(params: Params, layout: ProjectLayout) -> dict:
-    from components.ingest import ingest
-    from components.versioning import track_data
+    """Bring data/ in line with data.source (a no-op when unchanged) and version it with DVC."""
+    from components.ingest import DataStore, describe, ingest_batch, read_configured_source
+    from components.versioning import version_data
 
-    result = ingest(params.data, layout.root, layout.dataset)
-    data_hash = track_data(layout.root, layout.data_dir)
-    get_run_logger().info("data %s: %d rows (%d excluded) from %s", data_hash, result.rows, result.excluded, result.source)
-    return {"data_hash": data_hash, "rows": result.rows, "excluded": result.excluded, "batch_id": result.batch_id,
-            "source": result.source, "label_counts": result.label_counts}
+    store = DataStore(layout.data_dir)
+    result = ingest_batch(read_configured_source(params.data, layout.root), params.data, store, base=True)
+    data_hash = version_data(layout.root, layout.data_dir)
+    get_run_logger().info("%s; data version %s", describe(result), data_hash)
+    return {"data_hash": data_hash, "rows": result.dataset_rows, "label_counts": result.label_counts,
+            "batches": [b.batch_id for b in store.batches()], "quarantined": store.quarantined_rows(),
+            "source": params.data.source}
 
 
 @task(name="dvc-repro", cache_policy=NO_CACHE)

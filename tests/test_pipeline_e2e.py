@@ -7,7 +7,10 @@ import threading
 import time
 from pathlib import Path
 
+import json
+
 import httpx
+import pandas as pd
 import pytest
 import yaml
 
@@ -18,6 +21,8 @@ from components.serve import BackgroundServer, create_app
 from flows.approval import answer_approval, paused_retrain_runs
 from flows.retrain import retrain
 from tests.project import make_project, read_params, write_params
+from tests.tiny import sentiment_frame
+from tunegate.cli import main
 
 pytestmark = pytest.mark.slow
 
@@ -103,9 +108,30 @@ def test_rerun_with_unchanged_data_and_params_reuses_cached_work(promoted_projec
     assert seconds < first["seconds"] / 2, (seconds, first["seconds"])
 
 
+def test_a_new_batch_is_versioned_recorded_and_keeps_old_test_rows_in_test(promoted_project, tmp_path):
+    root, first = promoted_project
+    old_test_ids = set(pd.read_csv(root / "artifacts" / "splits" / "test.csv")["id"])
+    batch = pd.concat([sentiment_frame(200, seed=21), pd.DataFrame({"review": ["  "], "sentiment": ["positive"]})])
+    batch.to_csv(tmp_path / "new-reviews.csv", index=False)
+    assert main(["--project", str(root), "ingest", str(tmp_path / "new-reviews.csv"), "--no-retrain"]) == 0
+
+    result = retrain(project_dir=str(root), approval_profile="local")
+    assert result["status"] in {"promoted", "rejected-by-gate"}, result
+    run = open_registry(root).client.get_run(result["run_id"])
+    first_run = open_registry(root).client.get_run(first["run_id"])
+    assert run.data.tags["data_hash"] != first_run.data.tags["data_hash"]
+    assert run.data.tags["data_hash"] == yaml.safe_load((root / "data.dvc").read_text())["outs"][0]["md5"]
+    batches = json.loads(run.data.tags["data_batches"])
+    assert len(batches) == 2 and batches[1].startswith("new-reviews.csv@")
+    assert run.data.metrics["data_rows_quarantined"] == 1
+    assert {d.dataset.name for d in run.inputs.dataset_inputs} == {"train-split", "validation-split", "test-split"}
+    assert old_test_ids <= set(pd.read_csv(root / "artifacts" / "splits" / "test.csv")["id"])
+
+
 def test_worse_challenger_is_rejected_and_champion_keeps_serving(promoted_project):
     root, _ = promoted_project
     registry = open_registry(root)
+    champion = registry.aliases()[CHAMPION]
     served = load_served_model(registry, root / "artifacts" / "serving", ["CPUExecutionProvider"])
     with BackgroundServer(create_app(served), port=0) as server:
         before = httpx.post(f"{server.url}/predict", json={"texts": ["a superb and charming story"]}).json()
@@ -120,12 +146,12 @@ def test_worse_challenger_is_rejected_and_champion_keeps_serving(promoted_projec
 
         assert result["status"] == "rejected-by-gate", result
         assert "FAIL vs_champion" in result["message"]
-        assert registry.aliases()[CHAMPION] == "1"
+        assert registry.aliases()[CHAMPION] == champion
         assert registry.version(result["version"]).tags["gate"] == "failed"
-        assert CHALLENGER not in registry.aliases() or registry.aliases()[CHALLENGER] == "1"
+        assert registry.aliases()[CHALLENGER] == champion
         metadata = httpx.get(f"{server.url}/metadata").json()
-        assert metadata["model_version"] == "1"
+        assert metadata["model_version"] == champion
         after = httpx.post(f"{server.url}/predict", json={"texts": ["a superb and charming story"]}).json()
         assert after["predictions"] == before["predictions"]
     assert load_served_model(registry, root / "artifacts" / "serving", ["CPUExecutionProvider"]).metadata[
-        "model_version"] == "1"
+        "model_version"] == champion

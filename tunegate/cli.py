@@ -67,13 +67,24 @@ def cmd_run(args) -> int:
 
 
 def _serve(layout: ProjectLayout, params: Params, version: str | None, host: str, port: int) -> int:
-    from components.deployment import load_served_model
-    from components.serve import create_app, serve_forever
+    from components.deployment import build_service_app
+    from components.serve import ServiceSettings, serve_forever
 
-    served = load_served_model(_open_registry(layout), layout.artifacts / "serving", params.serve.providers, version)
-    print(f"serving {served.metadata['model_name']} v{served.metadata['model_version']} "
-          f"at http://{host}:{port}  (POST /predict, POST /invocations, GET /health, GET /metadata; Ctrl-C stops)")
-    serve_forever(create_app(served, max_texts=params.serve.max_batch_texts), host, port)
+    serve = params.serve
+    settings = ServiceSettings(
+        max_texts_per_request=serve.max_batch_texts, max_chars_per_text=serve.max_chars_per_text,
+        max_body_bytes=serve.max_body_bytes, max_batch_size=serve.max_batch_size, max_wait_ms=serve.max_wait_ms,
+        max_queued_texts=serve.max_queued_texts, poll_interval_s=serve.poll_interval_s,
+        prediction_log=layout.root / serve.prediction_log if serve.prediction_log else None,
+        prediction_log_sample_rate=serve.prediction_log_sample_rate,
+    )
+    app = build_service_app(_open_registry(layout), layout.artifacts / "serving", serve.providers, settings,
+                            version=version)
+    served = app.state.model_holder.current()
+    follows = f"pinned to v{version}" if version else f"follows 'champion' (checked every {serve.poll_interval_s:g} s)"
+    print(f"serving {served.metadata['model_name']} v{served.metadata['model_version']}, {follows}, "
+          f"at http://{host}:{port}  (POST /predict, POST /invocations, GET /health, /metadata, /metrics; Ctrl-C stops)")
+    serve_forever(app, host, port)
     return 0
 
 
@@ -84,18 +95,41 @@ def cmd_serve(args) -> int:
                   params.serve.port if args.port is None else args.port)
 
 
+def _champion_training_data(layout: ProjectLayout, store):
+    """The rows the champion was trained on: the drift reference for a new batch."""
+    import json
+
+    from components.registry import CHAMPION
+
+    champion = _open_registry(layout).by_alias(CHAMPION)
+    if champion is None or "data_batches" not in champion.tags:
+        return store.read()  # no champion yet: compare with the data we have
+    trained_on = set(json.loads(champion.tags["data_batches"]))
+    return store.read([b for b in store.batches() if b.batch_id in trained_on])
+
+
 def cmd_ingest(args) -> int:
-    from components.ingest import ingest
-    from components.versioning import track_data
+    from components.ingest import DataStore, describe, ingest_batch, read_configured_source, read_file_source
+    from components.modeling import load_tokenizer, resolve_model_source
+    from components.versioning import version_data
 
     layout = _layout(args)
     params = _params(layout)
-    result = ingest(params.data, layout.root, layout.dataset)
-    data_hash = track_data(layout.root, layout.data_dir)
-    print(f"{result.path.relative_to(layout.root)}: {result.rows} rows {result.label_counts}, "
-          f"{result.excluded} excluded by data.exclude_labels, from {result.source}")
-    print(f"data.dvc: {data_hash}")
-    return 0
+    store = DataStore(layout.data_dir)
+    if args.path is None:
+        result = ingest_batch(read_configured_source(params.data, layout.root), params.data, store, base=True)
+    else:
+        result = ingest_batch(
+            read_file_source(Path(args.path).resolve(), params.data), params.data, store, base=False,
+            drift=params.drift, reference=_champion_training_data(layout, store),
+            tokenizer_factory=lambda: load_tokenizer(resolve_model_source(params.model.base_model)),
+        )
+    print(describe(result))
+    print(f"data.dvc: {version_data(layout.root, layout.data_dir)} (commit data.dvc to record this version)")
+    if args.path is None or result.already_present or args.no_retrain:
+        return 0
+    print("new data arrived: retraining (skip with --no-retrain)")
+    return cmd_run(argparse.Namespace(project=args.project, set=None, profile=None, no_serve=True))
 
 
 def cmd_fetch(args) -> int:
@@ -190,7 +224,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-serve", action="store_true", help="stop after deploying instead of serving")
     run.set_defaults(handler=cmd_run)
 
-    ingest = verbs.add_parser("ingest", help="materialize data.source into data/ and version it with DVC")
+    ingest = verbs.add_parser("ingest", help="bring data.source into data/, or add a new batch from PATH, and version it "
+                                             "with DVC (a new batch triggers retraining)")
+    ingest.add_argument("path", nargs="?", help="a CSV, TSV, JSONL or Parquet file of new labelled rows")
+    ingest.add_argument("--no-retrain", action="store_true", help="add the batch without retraining")
     ingest.set_defaults(handler=cmd_ingest)
 
     fetch = verbs.add_parser("fetch", help="download and hash-check the built-in data and model params.yaml names")
@@ -238,10 +275,13 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors that mean 'fix your data or settings': a message, not a traceback."""
     from components.assets import AssetError
     from components.readers import IngestError
+    from components.ingest import DriftFailure
+    from components.locking import RunInProgress
     from components.validate import DataValidationError
     from components.versioning import VersioningError
 
-    return ConfigError, LookupError, FileNotFoundError, AssetError, IngestError, DataValidationError, VersioningError
+    return (ConfigError, LookupError, FileNotFoundError, AssetError, IngestError, DataValidationError, DriftFailure,
+            VersioningError, RunInProgress)
 
 
 def main(argv: list[str] | None = None) -> int:

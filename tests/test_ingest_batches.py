@@ -1,0 +1,120 @@
+"""Batches in, nothing lost: every row read is accepted, quarantined with its reason, or counted as
+a duplicate; bad batches add nothing; drift from the champion's data stops a batch."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from components.config import DataParams, DriftParams, SplitParams
+from components.ingest import DataStore, DriftFailure, ingest_batch, read_file_source
+from components.preprocess import assign_splits
+from components.validate import DataValidationError
+from tests.tiny import sentiment_frame
+
+DATA = DataParams(source="base.csv", text_column="review", label_column="sentiment", labels=["negative", "positive"],
+                  label_map={"pos": "positive", "neg": "negative"}, exclude_labels=["plot"], max_chars=200,
+                  min_rows=10, max_quarantine_fraction=0.3)
+
+
+def write(path, frame: pd.DataFrame):
+    frame.to_csv(path, index=False)
+    return path
+
+
+def base_frame() -> pd.DataFrame:
+    good = sentiment_frame(200, seed=3)
+    bad = pd.DataFrame({"review": ["   ", "x" * 500, "fine words\x07 here", "a perfectly fine review", "story of a man"],
+                        "sentiment": ["positive", "negative", "positive", "meh", "plot"]})
+    return pd.concat([good, bad], ignore_index=True)
+
+
+def quarantine(store: DataStore, record) -> pd.DataFrame:
+    return pd.read_csv(store.data_dir / record.quarantine_file, keep_default_na=False)
+
+
+def test_every_row_read_is_accepted_quarantined_or_a_known_duplicate(tmp_path):
+    store = DataStore(tmp_path / "data")
+    first = ingest_batch(read_file_source(write(tmp_path / "base.csv", base_frame()), DATA), DATA, store, base=True)
+    b = first.batch
+    assert (b.rows_read, b.accepted, b.quarantined, b.duplicates) == (205, 200, 5, 0)
+    reasons = quarantine(store, b).set_index("source_row")
+    assert reasons.loc[202, "check"] == "text_not_blank"
+    assert reasons.loc[203, "check"] == "text_length" and "500 characters" in reasons.loc[203, "reason"]
+    assert reasons.loc[204, "check"] == "text_no_control_characters"
+    assert reasons.loc[205, "check"] == "label_in_labels" and "meh" in reasons.loc[205, "reason"]
+    assert reasons.loc[206, "check"] == "excluded_label"
+
+    second_rows = pd.concat([sentiment_frame(200, seed=3).head(30), sentiment_frame(50, seed=4),
+                             pd.DataFrame({"review": [""], "sentiment": ["positive"]})], ignore_index=True)
+    second = ingest_batch(read_file_source(write(tmp_path / "more.csv", second_rows), DATA), DATA, store, base=False)
+    b2 = second.batch
+    assert b2.rows_read == b2.accepted + b2.quarantined + b2.duplicates == 81
+    assert (b2.duplicates, b2.quarantined) == (30, 1)
+    assert b2.ingested_at is not None and b.ingested_at is None
+    assert second.dataset_rows == b.accepted + b2.accepted == len(store.read())
+    assert list(store.read()["batch_id"].unique()) == [b.batch_id, b2.batch_id]
+
+    again = ingest_batch(read_file_source(tmp_path / "more.csv", DATA), DATA, store, base=False)
+    assert again.already_present and again.dataset_rows == second.dataset_rows
+
+
+def test_old_rows_keep_their_split_when_a_batch_is_added(tmp_path):
+    store = DataStore(tmp_path / "data")
+    ingest_batch(read_file_source(write(tmp_path / "base.csv", base_frame()), DATA), DATA, store, base=True)
+    before = {r.id: s for s, f in assign_splits(store.read(), SplitParams()).items() for r in f.itertuples()}
+    ingest_batch(read_file_source(write(tmp_path / "more.csv", sentiment_frame(300, seed=9)), DATA), DATA, store,
+                 base=False)
+    after = {r.id: s for s, f in assign_splits(store.read(), SplitParams()).items() for r in f.itertuples()}
+    assert len(after) > len(before)
+    assert all(after[i] == s for i, s in before.items())
+
+
+def test_a_batch_that_fails_a_batch_check_adds_nothing_and_says_why(tmp_path):
+    store = DataStore(tmp_path / "data")
+    ingest_batch(read_file_source(write(tmp_path / "base.csv", base_frame()), DATA), DATA, store, base=True)
+    manifest = store.manifest_path.read_text()
+    flipped = sentiment_frame(200, seed=3).head(5).assign(
+        sentiment=lambda f: f["sentiment"].map({"positive": "negative", "negative": "positive"}))
+    with pytest.raises(DataValidationError, match="conflicting") as caught:
+        ingest_batch(read_file_source(write(tmp_path / "flipped.csv", flipped), DATA), DATA, store, base=False)
+    assert caught.value.report.failures[0].examples
+    assert store.manifest_path.read_text() == manifest
+    assert not list((store.data_dir / "batches").glob("0001-*"))
+    report = json.loads(next((store.data_dir / "reports").glob("0001-*/validation.json")).read_text())
+    assert report["success"] is False
+
+
+def test_a_batch_that_drifts_from_the_reference_is_stopped(tmp_path, tiny_base_model):
+    from transformers import AutoTokenizer
+
+    store = DataStore(tmp_path / "data")
+    ingest_batch(read_file_source(write(tmp_path / "base.csv", base_frame()), DATA), DATA, store, base=True)
+    skewed = sentiment_frame(400, seed=5)
+    skewed = skewed[skewed["sentiment"] == "positive"]
+    with pytest.raises(DriftFailure, match="label"):
+        ingest_batch(read_file_source(write(tmp_path / "skewed.csv", skewed), DATA), DATA, store, base=False,
+                     drift=DriftParams(), reference=store.read(),
+                     tokenizer_factory=lambda: AutoTokenizer.from_pretrained(tiny_base_model))
+    assert len(store.batches()) == 1
+    drift = json.loads(next((store.data_dir / "reports").glob("0001-*/drift.json")).read_text())
+    assert drift["status"] == "fail"
+
+    similar = ingest_batch(read_file_source(write(tmp_path / "similar.csv", sentiment_frame(300, seed=6)), DATA),
+                           DATA, store, base=False, drift=DriftParams(), reference=store.read(),
+                           tokenizer_factory=lambda: AutoTokenizer.from_pretrained(tiny_base_model))
+    assert similar.batch.drift_status == "ok"
+
+
+def test_a_new_data_source_replaces_the_base_batch_and_keeps_added_batches(tmp_path):
+    store = DataStore(tmp_path / "data")
+    ingest_batch(read_file_source(write(tmp_path / "base.csv", base_frame()), DATA), DATA, store, base=True)
+    ingest_batch(read_file_source(write(tmp_path / "more.csv", sentiment_frame(60, seed=8)), DATA), DATA, store,
+                 base=False)
+    ingest_batch(read_file_source(write(tmp_path / "base2.csv", sentiment_frame(150, seed=11)), DATA), DATA, store,
+                 base=True)
+    names = [b.batch_id.split("@")[0] for b in store.batches()]
+    assert names == ["base2.csv", "more.csv"]
+    assert len(list((store.data_dir / "batches").glob("*.csv"))) == 2
