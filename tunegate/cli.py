@@ -132,6 +132,32 @@ def cmd_ingest(args) -> int:
     return cmd_run(argparse.Namespace(project=args.project, set=None, profile=None, no_serve=True))
 
 
+def cmd_monitor(args) -> int:
+    import time
+
+    from components.drift import drift_report
+    from components.ingest import DataStore
+    from components.modeling import load_tokenizer, resolve_model_source
+    from components.monitoring import read_prediction_log
+
+    layout = _layout(args)
+    params = _params(layout)
+    if not params.serve.prediction_log:
+        raise ConfigError("serve.prediction_log is not set: the service keeps no sample of live traffic to check")
+    traffic = read_prediction_log(layout.root / params.serve.prediction_log, last=args.last)
+    reference = _champion_training_data(layout, DataStore(layout.data_dir))
+    report = drift_report(reference, traffic, load_tokenizer(resolve_model_source(params.model.base_model)), params.drift)
+    path = layout.root / ".tunegate" / "monitor" / time.strftime("drift-%Y%m%dT%H%M%SZ.json", time.gmtime())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    report.write(path)
+    print(f"live traffic ({len(traffic):,} logged predictions) vs the champion's training data: {report.summary()}")
+    print(f"report: {path}")
+    if report.status != "fail" or args.no_retrain:
+        return 0
+    print("drift crossed its fail threshold: retraining (skip with --no-retrain)")
+    return cmd_run(argparse.Namespace(project=args.project, set=None, profile=None, no_serve=True))
+
+
 def cmd_fetch(args) -> int:
     from components.assets import builtin_model_dir, read_builtin_dataset, split_builtin
 
@@ -249,6 +275,12 @@ def build_parser() -> argparse.ArgumentParser:
     schedule = verbs.add_parser("schedule", help="run retraining on the cron schedule in params.yaml (needs a Prefect server)")
     schedule.add_argument("--cron", help="override schedule.cron, e.g. '0 3 * * *'")
     schedule.set_defaults(handler=cmd_schedule)
+
+    monitor = verbs.add_parser("monitor", help="drift of live traffic (serve.prediction_log) vs the champion's "
+                                               "training data; retrains when it fails")
+    monitor.add_argument("--last", type=int, help="only the last N logged predictions")
+    monitor.add_argument("--no-retrain", action="store_true")
+    monitor.set_defaults(handler=cmd_monitor)
 
     history = verbs.add_parser("history", help="every champion: when, by whom and why it was promoted or rolled back")
     history.set_defaults(handler=cmd_history)
