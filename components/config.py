@@ -134,22 +134,31 @@ class ApprovalParams(_Section):
     poll_interval_s: int = Field(default=2, ge=1)
 
 
-class ServeParams(_Section):
+class ServiceSettings(_Section):
+    """The service's knobs; `tunegate serve` fills them from params' `serve` section."""
+
+    # Per-request limits: a request beyond them gets a 413 that says which limit, never a crash.
+    max_texts_per_request: int = Field(default=256, ge=1)
+    max_chars_per_text: int = Field(default=10_000, ge=1)
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1)
+    # Micro-batching: one onnxruntime call takes up to max_batch_size texts from queued requests, waiting
+    # at most max_wait_ms after the first for others to join. A larger request runs as a batch of its own.
+    max_batch_size: int = Field(default=64, ge=1)
+    max_wait_ms: float = Field(default=2.0, ge=0, le=1000)
+    # Texts waiting for the model beyond this answer 503 at once: a queue that grows without bound
+    # only turns overload into timeouts for everyone.
+    max_queued_texts: int = Field(default=4096, ge=1)
+    # How often the watcher asks the registry where `champion` points (a call of a few ms).
+    poll_interval_s: float = Field(default=10.0, gt=0)
+    # Sampled prediction log for drift monitoring: JSON lines {time, version, text, label, score}.
+    prediction_log: Path | None = None
+    prediction_log_sample_rate: float = Field(default=0.1, ge=0, le=1)
+
+
+class ServeParams(ServiceSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"])
-    max_batch_texts: int = Field(default=256, ge=1, description="texts per request")
-    max_chars_per_text: int = Field(default=10_000, ge=1)
-    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1)
-    # Concurrent requests are merged into one onnxruntime call of up to max_batch_size texts,
-    # waiting at most max_wait_ms for company.
-    max_batch_size: int = Field(default=64, ge=1)
-    max_wait_ms: float = Field(default=2.0, ge=0, le=1000)
-    max_queued_texts: int = Field(default=4096, ge=1)
-    # How often the service checks whether `champion` moved (hot reload).
-    poll_interval_s: float = Field(default=10.0, gt=0)
-    prediction_log: str | None = Field(default=None, description="JSONL of sampled predictions, for drift checks")
-    prediction_log_sample_rate: float = Field(default=0.1, ge=0, le=1)
 
 
 class ScheduleParams(_Section):

@@ -12,13 +12,13 @@ tokenizes a seeded sample of params.drift.oov_sample_texts texts per side.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel, Field
 
+from components.reports import JsonReport
 from components.config import DriftParams, DriftThresholds
 
 Status = Literal["ok", "warn", "fail"]
@@ -46,7 +46,7 @@ class DriftCheck(BaseModel):
     measures: dict[str, float] = Field(default_factory=dict, description="the numbers behind the value")
 
 
-class DriftReport(BaseModel):
+class DriftReport(JsonReport):
     status: Status
     checks: list[DriftCheck]
     reference_rows: int
@@ -63,15 +63,6 @@ class DriftReport(BaseModel):
                              f"fail above {check.fail:g}): {check.detail}")
         return "\n".join(lines)
 
-    def write(self, path: Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.model_dump_json(indent=2) + "\n", encoding="utf-8")
-        return path
-
-    @classmethod
-    def read(cls, path: Path) -> "DriftReport":
-        return cls.model_validate_json(Path(path).read_text(encoding="utf-8"))
 
 
 def drift_report(reference: pd.DataFrame, batch: pd.DataFrame, tokenizer: Any, params: DriftParams) -> DriftReport:

@@ -58,6 +58,7 @@ class BatchRecord:
     quarantine_file: str
     report_dir: str
     drift_status: str | None = None
+    rules: str = ""  # fingerprint of the data params the batch was checked under
 
 
 @dataclass(frozen=True)
@@ -182,8 +183,11 @@ def ingest_batch(
     from components.validate import DataValidationError, quarantine_rows, validate_batch
 
     batches = store.batches()
+    rules = hashlib.sha256(data.model_dump_json().encode()).hexdigest()[:12]
     known = next((b for b in batches if b.batch_id == raw.batch_id), None)
-    if known is not None:
+    # The base batch is checked again when the rules change (say data.max_chars): data.source is
+    # what params.yaml says it is, under the rules params.yaml gives now.
+    if known is not None and (not base or known.rules == rules):
         return _result(store, known, already_present=True)
     kept = [b for b in batches if not b.base] if base else batches  # a new data.source replaces the old base
     existing = store.read(kept)
@@ -198,7 +202,7 @@ def ingest_batch(
                          ingested_at=None if base else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                          rows_read=len(raw.frame), accepted=int((~duplicate).sum()), quarantined=len(quarantined),
                          duplicates=int(duplicate.sum()), batch_file=batch_file, quarantine_file=quarantine_file,
-                         report_dir=report_dir)
+                         report_dir=report_dir, rules=rules)
     reports = store.data_dir / report_dir
     reports.mkdir(parents=True, exist_ok=True)
     report = validate_batch(checked.clean, rows_in=len(rows), quarantined=len(checked.quarantined),
@@ -224,7 +228,7 @@ def ingest_batch(
     if base:
         for old in batches:
             if old.base:
-                for stale in (old.batch_file, old.quarantine_file):
+                for stale in {old.batch_file, old.quarantine_file} - {batch_file, quarantine_file}:
                     (store.data_dir / stale).unlink(missing_ok=True)
         store.write_manifest([record] + kept)
     else:

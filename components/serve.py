@@ -31,8 +31,9 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
+
+from components.config import ServiceSettings  # noqa: F401  (the service's settings; re-exported)
 
 MLFLOW_INPUT_KEYS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 TEXT_COLUMN = "text"
@@ -65,29 +66,6 @@ class ServedModel:
     def version(self) -> str | None:
         version = self.metadata.get("model_version", self.metadata.get("version"))
         return None if version is None else str(version)
-
-
-class ServiceSettings(BaseModel):
-    """The service's knobs; `tunegate serve` fills them from params' `serve` section."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    # Per-request limits: a request beyond them gets a 413 that says which limit, never a crash.
-    max_texts_per_request: int = Field(default=256, ge=1)
-    max_chars_per_text: int = Field(default=10_000, ge=1)
-    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1)
-    # Micro-batching: one onnxruntime call takes up to max_batch_size texts from queued requests, waiting
-    # at most max_wait_ms after the first for others to join. A larger request runs as a batch of its own.
-    max_batch_size: int = Field(default=64, ge=1)
-    max_wait_ms: float = Field(default=2.0, ge=0, le=1000)
-    # Texts waiting for the model beyond this answer 503 at once: a queue that grows without bound
-    # only turns overload into timeouts for everyone.
-    max_queued_texts: int = Field(default=4096, ge=1)
-    # How often the watcher asks the registry where `champion` points (a call of a few ms).
-    poll_interval_s: float = Field(default=10.0, gt=0)
-    # Sampled prediction log for drift monitoring: JSON lines {time, version, text, label, score}.
-    prediction_log: Path | None = None
-    prediction_log_sample_rate: float = Field(default=0.1, ge=0, le=1)
 
 
 # --- the model being served, swappable ------------------------------------------------------------

@@ -118,3 +118,16 @@ def test_a_new_data_source_replaces_the_base_batch_and_keeps_added_batches(tmp_p
     names = [b.batch_id.split("@")[0] for b in store.batches()]
     assert names == ["base2.csv", "more.csv"]
     assert len(list((store.data_dir / "batches").glob("*.csv"))) == 2
+
+
+def test_the_base_batch_is_checked_again_when_the_rules_change(tmp_path):
+    store = DataStore(tmp_path / "data")
+    source = write(tmp_path / "base.csv", base_frame())
+    first = ingest_batch(read_file_source(source, DATA), DATA, store, base=True)
+    assert ingest_batch(read_file_source(source, DATA), DATA, store, base=True).already_present
+    stricter = DATA.model_copy(update={"max_chars": 40, "max_quarantine_fraction": 0.9})
+    again = ingest_batch(read_file_source(source, stricter), stricter, store, base=True)
+    assert not again.already_present
+    assert again.batch.quarantined > first.batch.quarantined
+    assert len(store.read()) == again.batch.accepted
+    assert len(store.batches()) == 1

@@ -68,16 +68,11 @@ def cmd_run(args) -> int:
 
 def _serve(layout: ProjectLayout, params: Params, version: str | None, host: str, port: int) -> int:
     from components.deployment import build_service_app
-    from components.serve import ServiceSettings, serve_forever
+    from components.serve import serve_forever
 
     serve = params.serve
-    settings = ServiceSettings(
-        max_texts_per_request=serve.max_batch_texts, max_chars_per_text=serve.max_chars_per_text,
-        max_body_bytes=serve.max_body_bytes, max_batch_size=serve.max_batch_size, max_wait_ms=serve.max_wait_ms,
-        max_queued_texts=serve.max_queued_texts, poll_interval_s=serve.poll_interval_s,
-        prediction_log=layout.root / serve.prediction_log if serve.prediction_log else None,
-        prediction_log_sample_rate=serve.prediction_log_sample_rate,
-    )
+    # ServeParams are the service's settings plus where to listen; the log path is project-relative.
+    settings = serve.model_copy(update={"prediction_log": layout.root / serve.prediction_log}) if serve.prediction_log else serve
     app = build_service_app(_open_registry(layout), layout.artifacts / "serving", serve.providers, settings,
                             version=version)
     served = app.state.model_holder.current()
@@ -239,7 +234,10 @@ def cmd_answer(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tunegate", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="tunegate",
+        description="Fine-tune, gate, quantize, approve and serve text classifiers. Start with `tunegate run`; "
+                    "settings live in params.yaml.")
     parser.add_argument("--project", default=".", help="project root holding params.yaml and dvc.yaml")
     verbs = parser.add_subparsers(dest="command", required=True)
 
