@@ -11,7 +11,7 @@ from pathlib import Path
 from components.config import Params
 from components.layout import ProjectLayout
 from components.registry import ModelRegistry, resolve_tracking_uri
-from components.versioning import git_commit, stage_output_hash
+from components.versioning import stage_output_hash
 
 # Settings that shape the model; runtime settings (registry, approval, serve) are not model lineage.
 MODEL_SECTIONS = {"task", "data", "split", "model", "train", "gate", "export", "drift"}
@@ -40,7 +40,7 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, str]:
 
 
 def start_run(registry: ModelRegistry, params: Params, layout: ProjectLayout, data: dict) -> str:
-    tags = {"git_commit": git_commit(layout.root), "data_hash": data["data_hash"], "data_batches": data["batches"],
+    tags = {"git_commit": data["git_commit"], "data_hash": data["data_hash"], "data_batches": data["batches"],
             "data_source": data["source"], "task": params.task, "mlflow.source.name": "tunegate retrain"}
     run_id = registry.start_run(params.registry.experiment, time.strftime("retrain-%Y%m%d-%H%M%S"), tags)
     registry.log_params(run_id, flatten(model_params(params)))
@@ -115,7 +115,7 @@ def log_gate(registry: ModelRegistry, run_id: str, verdict: dict) -> None:
 def version_tags(params: Params, layout: ProjectLayout, data: dict, verdict: dict, model_md5: str) -> dict:
     served = verdict["challenger_metrics"]
     return {
-        "git_commit": git_commit(layout.root),
+        "git_commit": data["git_commit"],
         "data_hash": data["data_hash"],
         "data_batches": data["batches"],
         "task": params.task,

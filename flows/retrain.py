@@ -25,6 +25,25 @@ ML_STAGES = ("validate", "preprocess", "train", "evaluate", "export")
 ONNX_OUT = "artifacts/onnx"
 
 
+def transient_only(task, task_run, state) -> bool:
+    """Retry what may pass on a second try (a locked store, a network hiccup), never bad data."""
+    from components.config import ConfigError
+    from components.ingest import DriftFailure
+    from components.readers import IngestError
+    from components.validate import DataValidationError
+
+    try:
+        state.result()
+    except (ConfigError, IngestError, DataValidationError, DriftFailure, FileNotFoundError):
+        return False
+    except Exception:
+        return True
+    return False
+
+
+RETRY = {"retries": 2, "retry_delay_seconds": [2, 10], "retry_condition_fn": transient_only}
+
+
 @task(name="check-config", cache_policy=NO_CACHE)
 def check_config(params: Params, layout: ProjectLayout) -> str:
     """Fail in seconds, not after an hour of training, on settings that cannot work."""
@@ -35,17 +54,18 @@ def check_config(params: Params, layout: ProjectLayout) -> str:
     return resolve_model_source(params.model.base_model)
 
 
-@task(name="ingest", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10])
+@task(name="ingest", cache_policy=NO_CACHE, **RETRY)
 def ingest_data(params: Params, layout: ProjectLayout) -> dict:
     """Bring data/ in line with data.source (a no-op when unchanged) and version it with DVC."""
     from components.ingest import DataStore, describe, ingest_batch, read_configured_source
-    from components.versioning import version_data
+    from components.versioning import git_commit, version_data
 
     store = DataStore(layout.data_dir)
     result = ingest_batch(read_configured_source(params.data, layout.root), params.data, store, base=True)
     data_hash = version_data(layout.root, layout.data_dir)
+    commit = git_commit(layout.root)  # once: the code this run started from, whatever is committed meanwhile
     get_run_logger().info("%s; data version %s", describe(result), data_hash)
-    return {"data_hash": data_hash, "rows": result.dataset_rows, "label_counts": result.label_counts,
+    return {"data_hash": data_hash, "git_commit": commit, "rows": result.dataset_rows, "label_counts": result.label_counts,
             "batches": [b.batch_id for b in store.batches()], "quarantined": store.quarantined_rows(),
             "source": params.data.source}
 
@@ -84,17 +104,19 @@ def gate(params: Params, layout: ProjectLayout, champion: dict | None, champion_
             "challenger_metrics": challenger}
 
 
-@task(name="register", cache_policy=NO_CACHE)
+@task(name="register", cache_policy=NO_CACHE, **RETRY)
 def register(registry, run_id: str, layout: ProjectLayout, tags: dict, passed: bool) -> str:
     from components.registry import CHALLENGER
 
-    version = registry.register(run_id, layout.onnx_dir, tags)
+    # A retry after a failure past create_model_version must not register the model twice.
+    earlier = [v for v in registry.find_versions(model_md5=tags["model_md5"]) if v.run_id == run_id]
+    version = earlier[0] if earlier else registry.register(run_id, layout.onnx_dir, tags)
     if passed:
         registry.set_alias(CHALLENGER, version.version)
     return version.version
 
 
-@task(name="deploy", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10])
+@task(name="deploy", cache_policy=NO_CACHE, **RETRY)
 def deploy(registry, version: str, approval: Approval) -> str | None:
     return apply_decision(registry, version, approval)
 

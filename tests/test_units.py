@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
@@ -94,3 +96,17 @@ def test_gate_refuses_a_quantized_model_that_disagrees_with_pytorch():
     decision = decide(metrics(0.9, 0.9), {"agreement": 0.97, "accuracy_drop": 0.02}, None, None,
                       GateParams(), ExportParams(min_agreement=0.99, max_accuracy_drop=0.01))
     assert {c.name for c in decision.checks if not c.passed} == {"export_agreement", "export_accuracy_drop"}
+
+
+def test_only_transient_failures_are_retried():
+    from prefect.states import Failed
+
+    from components.readers import IngestError
+    from flows.retrain import transient_only
+
+    def failed(error: Exception):
+        return Failed(data=error)
+
+    assert transient_only(None, None, failed(OSError("database is locked")))
+    assert not transient_only(None, None, failed(IngestError(Path("x.csv"), "no text column")))
+    assert not transient_only(None, None, failed(ConfigError("model.base_model: missing")))
