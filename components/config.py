@@ -116,6 +116,13 @@ class GateParams(_Section):
 class ExportParams(_Section):
     opset: int = Field(default=17, ge=13)
     quantize: bool = True
+    # What int8 touches: these op types, per-channel weights, and not the nodes matching keep_float
+    # (regexes). Chosen on the fine-tuned default model: quantizing everything gave 96.6% label
+    # agreement with PyTorch; float embeddings, per-channel weights and a float FFN down-projection
+    # (whose GELU inputs have the widest range) gave 99.4%, for about 20% less int8 speed.
+    per_channel: bool = True
+    quantize_ops: list[str] = Field(default_factory=lambda: ["MatMul", "Attention"])
+    keep_float: list[str] = Field(default_factory=lambda: [r"/layer\.\d+/output/dense/"])
     min_agreement: float = Field(default=0.99, ge=0, le=1)
     max_accuracy_drop: float = Field(default=0.01, ge=0, le=1)
 

@@ -13,6 +13,7 @@ import logging
 import shutil
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Literal
 
@@ -231,10 +232,23 @@ def _root_log_without(fragment: str) -> Iterator[None]:
         root.removeFilter(keep)
 
 
-def quantize_int8(fp32_path: Path, int8_path: Path) -> None:
+@dataclass(frozen=True)
+class QuantizationPlan:
+    """What int8 dynamic quantization touches; the defaults are onnxruntime's (everything it can)."""
+
+    per_channel: bool = False
+    op_types: tuple[str, ...] = ()  # empty: every op type the quantizer supports
+    keep_float: tuple[str, ...] = ()  # regexes on node names left in float
+
+
+def quantize_int8(fp32_path: Path, int8_path: Path, plan: QuantizationPlan = QuantizationPlan()) -> None:
+    import re
+
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    graph = onnx.load(str(fp32_path), load_external_data=False)
+    keep_float = [node.name for node in graph.graph.node if any(re.search(p, node.name) for p in plan.keep_float)]
     # quant_pre_process is skipped on purpose: it leaves temp files in the working directory and
     # gains nothing for MatMul-heavy encoders.
     with _root_log_without("consider to run pre-processing"):
@@ -242,6 +256,9 @@ def quantize_int8(fp32_path: Path, int8_path: Path) -> None:
             str(fp32_path),
             str(int8_path),
             weight_type=QuantType.QInt8,
+            per_channel=plan.per_channel,
+            op_types_to_quantize=list(plan.op_types) or None,
+            nodes_to_exclude=keep_float,
             # Fused contrib ops carry no type information; without this the quantizer gives up on them.
             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
         )
@@ -272,6 +289,7 @@ def export_onnx(
     quantize: bool = True,
     max_length: int | None = None,
     optimize: bool = True,
+    plan: QuantizationPlan = QuantizationPlan(),
 ) -> ExportResult:
     """Export a saved sequence classifier to `out_dir`, replacing an earlier export there.
 
@@ -314,7 +332,7 @@ def export_onnx(
         staged.mkdir()
         model_path = staged / MODEL_FILE
         if quantize:
-            quantize_int8(graph_path, model_path)
+            quantize_int8(graph_path, model_path, plan)
         else:
             shutil.copyfile(graph_path, model_path)
         onnx_logits(model_path, probes[:1])  # the shipped file loads and runs

@@ -29,6 +29,10 @@ class ProjectLayout:
         return self.artifacts / "validation" / "report.json"
 
     @property
+    def validation_docs(self) -> Path:
+        return self.artifacts / "validation" / "docs"
+
+    @property
     def splits_dir(self) -> Path:
         return self.artifacts / "splits"
 

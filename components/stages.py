@@ -12,11 +12,14 @@ from components.layout import SPLITS, ProjectLayout
 
 def validate(layout: ProjectLayout, params: Params) -> None:
     from components.ingest import read_dataset
-    from components.validate import assert_valid, validate_dataset
+    from components.validate import assert_valid, build_data_docs, validate_dataset
 
-    report = validate_dataset(read_dataset(layout.data_dir), params.data, source=str(layout.data_dir))
+    dataset = read_dataset(layout.data_dir)
+    report = validate_dataset(dataset, params.data, source=str(layout.data_dir))
     report.write(layout.validation_report)
-    print(report.summary())
+    # Written pass or fail: the HTML is where a person looks first when a run stops here.
+    docs = build_data_docs(dataset, params.data, layout.validation_docs, source=str(layout.data_dir))
+    print(f"{report.summary()}\nData Docs: {docs}")
     assert_valid(report)  # a failing suite stops the pipeline before training
 
 
@@ -71,10 +74,11 @@ def evaluate(layout: ProjectLayout, params: Params) -> None:
 def export(layout: ProjectLayout, params: Params) -> None:
     import pandas as pd
 
-    from components.export import check_parity, export_onnx
+    from components.export import QuantizationPlan, check_parity, export_onnx
 
+    plan = QuantizationPlan(params.export.per_channel, tuple(params.export.quantize_ops), tuple(params.export.keep_float))
     result = export_onnx(layout.model_dir, layout.onnx_dir, opset=params.export.opset,
-                         quantize=params.export.quantize, max_length=params.model.max_length)
+                         quantize=params.export.quantize, max_length=params.model.max_length, plan=plan)
     print(f"exported {result.model_path} ({result.precision}, {result.int8_bytes or result.fp32_bytes:,} bytes; "
           f"fp32 {result.fp32_bytes:,}); fused: {result.fused_operators}")
     test = pd.read_csv(layout.split_file("test"), dtype=str, keep_default_na=False)

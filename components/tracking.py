@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from pathlib import Path
 
 from components.config import Params
@@ -78,6 +79,9 @@ def log_stage_outputs(registry: ModelRegistry, run_id: str, layout: ProjectLayou
     log_split_inputs(registry, run_id, layout)
     registry.set_run_tags(run_id, {"model_md5": output_md5(layout, "export", "artifacts/onnx"),
                                    "torch_model_md5": output_md5(layout, "train", "artifacts/model")})
+    registry.log_artifact(run_id, layout.validation_docs, "validation/data_docs")
+    artifact_uri = registry.client.get_run(run_id).info.artifact_uri
+    registry.set_run_tags(run_id, {"data_docs": f"{artifact_uri}/validation/data_docs/index.html"})
     for path, folder in [(layout.validation_report, "validation"), (layout.eval_dir, "evaluation"),
                          (layout.train_history, "training"), (layout.parity_file, "export"),
                          (layout.params_file, "config"), (layout.root / "dvc.lock", "config"),
@@ -94,12 +98,15 @@ def log_split_inputs(registry: ModelRegistry, run_id: str, layout: ProjectLayout
     from components.layout import SPLITS
 
     inputs, counts = [], {}
+    digest = output_md5(layout, "preprocess", "artifacts/splits")[:12]
     for split in SPLITS:
         frame = pd.read_csv(layout.split_file(split), dtype=str, keep_default_na=False)
         counts[f"split_{split}_rows"] = len(frame)
         counts.update({f"split_{split}_rows_{label}": n for label, n in frame["label"].value_counts().items()})
-        dataset = mlflow.data.from_pandas(frame, source=str(layout.split_file(split)), targets="label",
-                                          name=f"{split}-split", digest=output_md5(layout, "preprocess", "artifacts/splits")[:12])
+        with warnings.catch_warnings():  # MLflow cannot tell which of two local-file sources a path is
+            warnings.simplefilter("ignore", UserWarning)
+            dataset = mlflow.data.from_pandas(frame, source=str(layout.split_file(split)), targets="label",
+                                              name=f"{split}-split", digest=digest)
         inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", split)]))
     registry.log_metrics(run_id, counts)
     registry.client.log_inputs(run_id, datasets=inputs)

@@ -179,7 +179,7 @@ def _retrain(layout: ProjectLayout, params: Params, profile: str) -> dict:
 
         if profile == "local":
             approval = auto_approval(version)
-            print(f"approval: {approval.comment} (profile 'local'; use profile 'production' to require a person)")
+            print(f"approval: {approval.comment}; the 'production' profile waits for a person instead")
         else:
             registry.tag_version(version, {"approval": PENDING, "approval_flow_run": str(runtime.flow_run.id)})
             print(f"v{version} waits for approval: `tunegate approve` or `tunegate reject`, or the Prefect UI")

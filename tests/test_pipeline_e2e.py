@@ -81,6 +81,9 @@ def test_first_run_is_approved_registered_and_served(promoted_project):
     assert sorted(m.step for m in epochs) == [1, 2, 3]
     artifacts = {a.path for a in registry.client.list_artifacts(result["run_id"], "evaluation")}
     assert "evaluation/confusion_matrix.png" in artifacts
+    docs = {a.path for a in registry.client.list_artifacts(result["run_id"], "validation/data_docs")}
+    assert "validation/data_docs/index.html" in docs
+    assert run.data.tags["data_docs"].endswith("/validation/data_docs/index.html")
 
     served = load_served_model(registry, root / "artifacts" / "serving", ["CPUExecutionProvider"])
     with BackgroundServer(create_app(served), port=0) as server:
