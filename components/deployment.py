@@ -31,8 +31,9 @@ def version_metadata(registry: ModelRegistry, info: VersionInfo) -> dict:
     metadata = {"model_name": info.name, "model_version": info.version, "aliases": sorted(aliases),
                 "run_id": info.run_id, "tracking_uri": registry.tracking_uri}
     metadata.update({key: info.tags[key] for key in METADATA_TAGS if key in info.tags})
-    if "params" in info.tags:
-        metadata["params"] = json.loads(info.tags["params"])
+    for key in ("params", "data_batches"):  # stored as JSON: served as structure, not as a string
+        if key in info.tags:
+            metadata[key] = json.loads(info.tags[key])
     return metadata
 
 

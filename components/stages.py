@@ -41,10 +41,11 @@ def preprocess(layout: ProjectLayout, params: Params) -> None:
 def train(layout: ProjectLayout, params: Params) -> None:
     from components.modeling import load_sequence_classifier, load_tokenizer, resolve_model_source
     from components.preprocess import load_tokenized
-    from components.train import save_model, train_classifier
+    from components.train import save_model, seed_everything, train_classifier
 
     source = resolve_model_source(params.model.base_model)
     tokenizer = load_tokenizer(source)
+    seed_everything(params.train.seed)  # before the new head is initialised, not just before training
     model = load_sequence_classifier(source, params.data.labels)
     result, best_state = train_classifier(
         model, load_tokenized(layout.tokenized_file("train")), load_tokenized(layout.tokenized_file("validation")),
