@@ -24,7 +24,7 @@ import io
 import json
 import sys
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -272,6 +272,19 @@ def _csv_header(utf8: bytes, delimiter: str) -> list[str]:
         return next(csv.reader(io.StringIO(prefix, newline=""), delimiter=delimiter), [])
 
 
+def _with_whole_file_fallback(read: Callable[[int], Any], size: int) -> Any:
+    """Read in blocks; a record straddling two blocks (a very long text) makes pyarrow give up,
+    so read again with one block holding the whole file."""
+    import pyarrow as pa
+
+    try:
+        return read(ARROW_BLOCK_SIZE)
+    except pa.ArrowInvalid as error:
+        if "straddl" not in str(error):
+            raise
+        return read(size + 1)
+
+
 def _arrow_csv(utf8: bytes, delimiter: str, columns: list[str]) -> Any:
     import pyarrow as pa
     import pyarrow.csv as pa_csv
@@ -290,12 +303,7 @@ def _arrow_csv(utf8: bytes, delimiter: str, columns: list[str]) -> Any:
             ),
         )
 
-    try:
-        return read(ARROW_BLOCK_SIZE)
-    except pa.ArrowInvalid as error:
-        if "straddl" not in str(error):
-            raise
-        return read(len(utf8) + 1)
+    return _with_whole_file_fallback(read, len(utf8))
 
 
 def _csv_source_rows(path: Path, utf8: bytes, delimiter: str, n_fields: int, n_records: int) -> np.ndarray:
@@ -449,12 +457,7 @@ def _arrow_jsonl(utf8: bytes, column_types: dict[str, Any]) -> Any:
         return pa_json.read_json(pa.BufferReader(utf8), read_options=pa_json.ReadOptions(block_size=block_size),
                                  parse_options=parse_options)
 
-    try:
-        return read(ARROW_BLOCK_SIZE)
-    except pa.ArrowInvalid as error:
-        if "straddl" not in str(error):
-            raise
-        return read(len(utf8) + 1)
+    return _with_whole_file_fallback(read, len(utf8))
 
 
 def _read_jsonl_records(path: Path, utf8: bytes, data: DataParams) -> pd.DataFrame:
