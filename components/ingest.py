@@ -146,6 +146,14 @@ def read_dataset(data_dir: Path) -> pd.DataFrame:
 
 
 # --- building a batch -------------------------------------------------------------------------
+def canonical_label(label: str, labels: list[str]) -> str:
+    """'Positive' or 'POSITIVE' is the configured 'positive'; an unknown label is left as it is."""
+    if label in labels:
+        return label
+    matches = [known for known in labels if known.casefold() == label.casefold()]
+    return matches[0] if len(matches) == 1 else label
+
+
 def build_dataset(raw: RawSource, data: DataParams) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Map labels, normalize text and give each row its id; returns (rows, rows excluded by label)."""
     frame = raw.frame.reset_index(drop=True)
@@ -156,7 +164,7 @@ def build_dataset(raw: RawSource, data: DataParams) -> tuple[pd.DataFrame, pd.Da
         "id": text_ids(texts.fillna("")),
         "text": texts,
         # Unknown labels stay as they are: quarantine reports them with their source rows.
-        "label": raw_labels.map(lambda label: data.label_map.get(label, label)),
+        "label": raw_labels.map(lambda label: canonical_label(data.label_map.get(label, label), data.labels)),
         "batch_id": raw.batch_id,
         "source_row": frame["source_row"],
     })

@@ -131,3 +131,20 @@ def test_the_base_batch_is_checked_again_when_the_rules_change(tmp_path):
     assert again.batch.quarantined > first.batch.quarantined
     assert len(store.read()) == again.batch.accepted
     assert len(store.batches()) == 1
+
+
+def test_labels_with_spaces_or_another_case_are_the_configured_labels(tmp_path):
+    rows = sentiment_frame(120, seed=12)
+    rows["sentiment"] = [f" {label.upper()} " if i % 2 else f"{label.title()}  " for i, label in enumerate(rows["sentiment"])]
+    store = DataStore(tmp_path / "data")
+    result = ingest_batch(read_file_source(write(tmp_path / "cased.csv", rows), DATA), DATA, store, base=True)
+    assert (result.batch.accepted, result.batch.quarantined) == (120, 0)
+    assert set(store.read()["label"]) == {"negative", "positive"}
+
+
+def test_a_batch_of_one_class_when_the_dataset_needs_two_is_refused(tmp_path):
+    one_class = sentiment_frame(200, seed=13)
+    one_class = one_class[one_class["sentiment"] == "positive"]
+    with pytest.raises(DataValidationError, match="negative"):
+        ingest_batch(read_file_source(write(tmp_path / "one.csv", one_class), DATA), DATA, DataStore(tmp_path / "data"),
+                     base=True)
