@@ -58,12 +58,11 @@ def train(layout: ProjectLayout, params: Params) -> None:
 
 def evaluate(layout: ProjectLayout, params: Params) -> None:
     import pandas as pd
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from components.evaluate import evaluate_frame, predict_proba_torch, write_evaluation
+    from components.export import load_torch_classifier
 
-    model = AutoModelForSequenceClassification.from_pretrained(layout.model_dir, use_safetensors=True)
-    tokenizer = AutoTokenizer.from_pretrained(layout.model_dir)
+    model, tokenizer = load_torch_classifier(layout.model_dir)  # the same model the parity check compares
     test = pd.read_csv(layout.split_file("test"), dtype=str, keep_default_na=False)
     probabilities = predict_proba_torch(model, tokenizer, test["text"].tolist(), params.model.max_length,
                                         params.train.eval_batch_size)
