@@ -196,7 +196,7 @@ def ingest_batch(
     # The base batch is checked again when the rules change (say data.max_chars): data.source is
     # what params.yaml says it is, under the rules params.yaml gives now.
     if known is not None and (not base or known.rules == rules):
-        return _result(store, known, already_present=True)
+        return _result(known, store.read()["label"], already_present=True)
     kept = [b for b in batches if not b.base] if base else batches  # a new data.source replaces the old base
     existing = store.read(kept)
 
@@ -231,7 +231,8 @@ def ingest_batch(
 
     (store.data_dir / "batches").mkdir(parents=True, exist_ok=True)
     (store.data_dir / "quarantine").mkdir(parents=True, exist_ok=True)
-    checked.clean[~duplicate][DATASET_COLUMNS].to_csv(store.data_dir / batch_file, index=False, lineterminator="\n")
+    accepted = checked.clean[~duplicate][DATASET_COLUMNS]
+    accepted.to_csv(store.data_dir / batch_file, index=False, lineterminator="\n")
     quarantined.to_csv(store.data_dir / quarantine_file, index=False, lineterminator="\n")
     if base:
         for old in batches:
@@ -241,13 +242,14 @@ def ingest_batch(
         store.write_manifest([record] + kept)
     else:
         store.write_manifest(batches + [record])
-    return _result(store, record, already_present=False, drift_summary=drift_summary)
+    # The dataset is what was there plus what this batch added: no need to read it all back.
+    return _result(record, pd.concat([existing["label"], accepted["label"]]), already_present=False,
+                   drift_summary=drift_summary)
 
 
-def _result(store: DataStore, record: BatchRecord, already_present: bool, drift_summary: str | None = None) -> IngestResult:
-    dataset = store.read()
-    counts = {str(k): int(v) for k, v in dataset["label"].value_counts().sort_index().items()}
-    return IngestResult(record, already_present, len(dataset), counts, drift_summary)
+def _result(record: BatchRecord, labels: pd.Series, already_present: bool, drift_summary: str | None = None) -> IngestResult:
+    counts = {str(k): int(v) for k, v in labels.value_counts().sort_index().items()}
+    return IngestResult(record, already_present, len(labels), counts, drift_summary)
 
 
 def describe(result: IngestResult) -> str:

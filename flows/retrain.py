@@ -18,6 +18,7 @@ from components.config import Params, load_params
 from components.evaluate import score_onnx_dir
 from components.layout import ProjectLayout
 from components.locking import RunInProgress, exclusive_run
+from components.registry import CHAMPION
 from flows.approval import PENDING, RETRAIN_FLOW_NAME, Approval, apply_decision, auto_approval, wait_for_approval
 from components import tracking
 
@@ -150,7 +151,7 @@ def _retrain(layout: ProjectLayout, params: Params, profile: str) -> dict:
         tracking.log_stage_outputs(registry, run_id, layout)
 
         model_md5 = tracking.output_md5(layout, "export", ONNX_OUT)
-        champion = registry.by_alias("champion")
+        champion = registry.by_alias(CHAMPION)
         if champion is not None and champion.tags.get("model_md5") == model_md5:
             return tracking.finish(registry, run_id, status="unchanged", version=champion.version,
                                     message=f"champion v{champion.version} was built from the same data, code and "
@@ -186,7 +187,7 @@ def _retrain(layout: ProjectLayout, params: Params, profile: str) -> dict:
             approval = wait_for_approval(tracking.approval_description(registry.model_name, version, verdict),
                                          params.approval.timeout_s, params.approval.poll_interval_s)
         if not approval.approved:
-            registry.tag_version(version, approval.as_tags())
+            apply_decision(registry, version, approval)  # records the rejection; champion stays
             return tracking.finish(registry, run_id, status="rejected-by-approver", version=version,
                                     message=f"rejected by {approval.by}: {approval.comment}")
 
