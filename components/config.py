@@ -29,10 +29,16 @@ class DataParams(_Section):
     source: str = Field(description="'builtin:<name>' or a path to a CSV, JSONL or Parquet file")
     text_column: str = "text"
     label_column: str = "label"
+    # Token classification: JSONL records carry a list of tokens and a list of IOB2 tags; CoNLL-style
+    # files (.conll, .txt) hold one token per line with its tag in the last column.
+    tokens_column: str = "tokens"
+    tags_column: str = "tags"
     label_map: dict[str, str] = Field(default_factory=dict, description="raw label -> label")
     # Raw labels that are not examples of any class (e.g. plot synopses); set aside and counted.
     exclude_labels: list[str] = Field(default_factory=list)
-    labels: list[str] = Field(min_length=2)
+    # Sequence classification: the classes. Token classification: the entity types (PER, LOC...);
+    # the tags are then O plus B-/I- of each type (IOB2).
+    labels: list[str] = Field(min_length=1)
     min_rows: int = Field(default=20, ge=1)
     min_chars: int = Field(default=1, ge=1)
     max_chars: int = Field(default=5000, ge=1)
@@ -92,6 +98,16 @@ class ModelParams(_Section):
     max_length: int = Field(default=128, ge=8, le=512)
 
 
+class LoraParams(_Section):
+    # Low-rank adapters through peft; merged into the base weights before export, so the served
+    # model is a plain transformers model of the same shape.
+    enabled: bool = False
+    r: int = Field(default=8, ge=1)
+    alpha: int = Field(default=16, ge=1)
+    dropout: float = Field(default=0.1, ge=0, lt=1)
+    target_modules: list[str] = Field(default_factory=lambda: ["query", "key", "value", "dense"])
+
+
 class TrainParams(_Section):
     epochs: int = Field(default=2, ge=1)
     batch_size: int = Field(default=32, ge=1)
@@ -99,18 +115,79 @@ class TrainParams(_Section):
     learning_rate: float = Field(default=5e-5, ge=0)
     weight_decay: float = Field(default=0.01, ge=0)
     warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
+    # Decay after warmup: linear to zero, cosine to zero, or constant.
+    lr_schedule: Literal["linear", "cosine", "constant"] = "linear"
     max_grad_norm: float = Field(default=1.0, gt=0)
     seed: int = 42
     max_train_examples: int | None = Field(default=None, ge=1, description="cap for quick runs")
     num_threads: int | None = Field(default=None, ge=1)
+    # Frozen parameters get no gradient: the embeddings and/or the lowest N encoder layers.
+    freeze_embeddings: bool = False
+    freeze_layers: int = Field(default=0, ge=0)
+    lora: LoraParams = LoraParams()
+    # 'balanced' weighs each class's loss by n / (k * count): rare classes count as much as common ones.
+    class_weights: Literal["none", "balanced"] = "none"
+    # Stop when the validation metric has not improved for this many epochs (None: run every epoch).
+    early_stopping_patience: int | None = Field(default=None, ge=1)
+    # Checkpoints (model, optimizer, scheduler, RNG) go to artifacts/checkpoints after every epoch and
+    # every K steps; a killed run started again resumes from the last one.
+    checkpoint_every_steps: int | None = Field(default=None, ge=1)
+    # 'champion': start from the current champion's weights instead of the base model (continual
+    # learning); the flow fetches them. replay_fraction of the rows of earlier batches (those the
+    # champion was trained on) is then mixed into the new batches' rows.
+    init_from: Literal["base", "champion"] = "base"
+    replay_fraction: float = Field(default=1.0, ge=0, le=1)
+
+
+class AdaptParams(_Section):
+    """Domain-adaptive pretraining: masked-language-model training of the base model on the dataset's
+    own (training split) text before fine-tuning, cached as its own DVC stage."""
+
+    enabled: bool = False
+    epochs: int = Field(default=1, ge=1)
+    batch_size: int = Field(default=32, ge=1)
+    learning_rate: float = Field(default=5e-5, ge=0)
+    mlm_probability: float = Field(default=0.15, gt=0, lt=1)
+    max_examples: int | None = Field(default=None, ge=1)
+    seed: int = 42
+
+
+class SweepParams(_Section):
+    """A hyperparameter search run by the flow before training; the best trial's values go on."""
+
+    enabled: bool = False
+    method: Literal["grid", "random"] = "grid"
+    # Random search: how many points to draw from the space (grid: every combination).
+    trials: int = Field(default=4, ge=1)
+    max_concurrency: int = Field(default=2, ge=1)
+    seed: int = 0
+    # Dotted train.* keys to the values to try, e.g. {"train.learning_rate": [5e-5, 1e-4]}.
+    space: dict[str, list[Any]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _space_is_train_params(self) -> "SweepParams":
+        for key, values in self.space.items():
+            section, _, field = key.partition(".")
+            if section != "train" or field not in TrainParams.model_fields:
+                raise ValueError(f"sweep.space: {key!r} is not a train.* setting")
+            if not values:
+                raise ValueError(f"sweep.space: {key!r} has no values to try")
+        if self.enabled and not self.space:
+            raise ValueError("sweep.enabled is true but sweep.space is empty")
+        return self
 
 
 class GateParams(_Section):
     min_accuracy: float = Field(default=0.0, ge=0, le=1)
     min_macro_f1: float = Field(default=0.0, ge=0, le=1)
-    compare_metric: Literal["accuracy", "macro_f1"] = "macro_f1"
+    # Token classification: entity-level (exact span and type) micro F1, CoNLL scoring.
+    min_entity_f1: float = Field(default=0.0, ge=0, le=1)
+    compare_metric: Literal["accuracy", "macro_f1", "entity_f1"] = "macro_f1"
     # The challenger may be at most this much worse than the champion on the same test rows.
     max_regression: float = Field(default=0.005, ge=0, le=1)
+    # ... and at most this much worse on the test rows of the batches the champion was trained on,
+    # so that learning the new batches cannot quietly forget the old ones.
+    max_forgetting: float = Field(default=0.01, ge=0, le=1)
 
 
 class ExportParams(_Section):
@@ -176,19 +253,50 @@ class ScheduleParams(_Section):
     when_running: Literal["wait", "skip"] = "skip"
 
 
+Task = Literal["sequence-classification", "token-classification"]
+TOKEN_CLASSIFICATION = "token-classification"
+OUTSIDE_TAG = "O"
+
+
+def iob2_tags(entity_types: list[str]) -> list[str]:
+    """O, then B- and I- of each entity type: the token classifier's labels in logit order."""
+    return [OUTSIDE_TAG] + [f"{prefix}-{kind}" for kind in entity_types for prefix in ("B", "I")]
+
+
 class Params(_Section):
-    task: Literal["sequence-classification"] = "sequence-classification"
+    task: Task = "sequence-classification"
     data: DataParams
     drift: DriftParams = DriftParams()
     split: SplitParams = SplitParams()
     model: ModelParams
+    adapt: AdaptParams = AdaptParams()
     train: TrainParams = TrainParams()
+    sweep: SweepParams = SweepParams()
     gate: GateParams = GateParams()
     export: ExportParams = ExportParams()
     registry: RegistryParams = RegistryParams()
     approval: ApprovalParams = ApprovalParams()
     serve: ServeParams = ServeParams()
     schedule: ScheduleParams = ScheduleParams()
+
+    @property
+    def is_token_task(self) -> bool:
+        return self.task == TOKEN_CLASSIFICATION
+
+    @property
+    def model_labels(self) -> list[str]:
+        """What the model's head predicts: the classes, or the IOB2 tags of the entity types."""
+        return iob2_tags(self.data.labels) if self.is_token_task else list(self.data.labels)
+
+    @model_validator(mode="after")
+    def _task_settings_agree(self) -> "Params":
+        if not self.is_token_task and len(self.data.labels) < 2:
+            raise ValueError("data.labels: a classifier needs at least two classes")
+        if self.is_token_task and any(label == OUTSIDE_TAG or label[:2] in ("B-", "I-") for label in self.data.labels):
+            raise ValueError(f"data.labels: give entity types (PER, LOC, ...), not tags: {self.data.labels}")
+        if self.gate.compare_metric == "entity_f1" and not self.is_token_task:
+            raise ValueError("gate.compare_metric: entity_f1 needs task: token-classification")
+        return self
 
 
 ENV_PREFIX = "TUNEGATE_"

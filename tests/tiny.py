@@ -49,3 +49,36 @@ def build_tiny_base_model(directory: Path, corpus: list[str]) -> Path:
     BertModel(config).save_pretrained(directory)
     fast.save_pretrained(directory)
     return directory
+
+
+PERSONS = [["john", "smith"], ["mary"], ["ali", "khan"], ["wei"], ["anna", "berg"], ["pedro"]]
+PLACES = [["paris"], ["new", "york"], ["berlin"], ["lagos"], ["tokyo"], ["san", "diego"]]
+ORGS = [["acme", "corp"], ["globex"], ["initech"], ["united", "nations"], ["umbrella", "inc"]]
+FILLER = ["visited", "met", "said", "in", "from", "the", "on", "monday", "with", "at", "today", "of", "people"]
+
+
+def ner_records(n: int, seed: int = 0) -> list[dict]:
+    """Sentences of filler words and 1-3 entities from small closed lists, IOB2-tagged: a tiny
+    token classifier learns them in a few epochs. Records are {"tokens": [...], "tags": [...]}."""
+    rng = random.Random(seed)
+    kinds = [("PER", PERSONS), ("LOC", PLACES), ("ORG", ORGS)]
+    records = []
+    for _ in range(n):
+        tokens: list[str] = []
+        tags: list[str] = []
+        for _ in range(rng.randint(1, 3)):
+            for _ in range(rng.randint(1, 3)):
+                tokens.append(rng.choice(FILLER))
+                tags.append("O")
+            kind, names = rng.choice(kinds)
+            name = rng.choice(names)
+            tokens.extend(w.capitalize() for w in name)
+            tags.extend([f"B-{kind}"] + [f"I-{kind}"] * (len(name) - 1))
+        tokens.append(".")
+        tags.append("O")
+        records.append({"tokens": tokens, "tags": tags})
+    return records
+
+
+def ner_corpus(n: int = 300, seed: int = 123) -> list[str]:
+    return [" ".join(r["tokens"]) for r in ner_records(n, seed)]
