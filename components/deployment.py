@@ -12,7 +12,7 @@ from pathlib import Path
 
 from components.registry import CHAMPION, ModelRegistry, VersionInfo
 
-METADATA_TAGS = ("git_commit", "data_hash", "data_batches", "base_model", "test_accuracy", "test_macro_f1",
+METADATA_TAGS = ("git_commit", "data_hash", "data_batches", "base_model", "test_accuracy", "test_macro_f1", "test_entity_f1",
                  "test_rows", "gate", "approval", "approval_by", "approval_how", "promoted_at", "promoted_by")
 
 
@@ -39,8 +39,9 @@ def version_metadata(registry: ModelRegistry, info: VersionInfo) -> dict:
 
 def load_served_model(registry: ModelRegistry, cache_dir: Path, providers: list[str],
                       version: str | None = None, alias: str = CHAMPION):
-    """Download (once per version) and load the int8 ONNX model behind `alias` or `version`."""
-    from components.predictor import OnnxTextClassifier
+    """Download (once per version) and load the int8 ONNX model behind `alias` or `version`: a text
+    classifier or a token tagger (NER), as its model card says."""
+    from components.predictor import load_predictor
     from components.serve import ServedModel
 
     info = pick_version(registry, version, alias)
@@ -49,7 +50,7 @@ def load_served_model(registry: ModelRegistry, cache_dir: Path, providers: list[
         local.parent.mkdir(parents=True, exist_ok=True)
         downloaded = registry.download(info.version, local.parent / f".{info.version}.partial")
         downloaded.replace(local)  # atomic: a half-downloaded model is never served
-    return ServedModel(OnnxTextClassifier(local, providers=providers), version_metadata(registry, info))
+    return ServedModel(load_predictor(local, providers=providers), version_metadata(registry, info))
 
 
 # --- following the champion while serving -------------------------------------------------------

@@ -6,6 +6,10 @@ like the reference. Three checks, each a number in [0, 1] compared with a warn a
 cannot represent at all (its unknown token). Only numpy and pandas are used; the tokenizer is the
 caller's (a transformers fast tokenizer).
 
+Token classification (task="token-classification", rows are sentences with `text` the tokens joined
+by single spaces and `label` the IOB2 tags joined likewise): the label mix is the share of each
+entity type among the entities (B- tags), and the length is the number of tokens per sentence.
+
 Sizes: the label and length checks read every row (about 0.3 s for 1M rows); the OOV check
 tokenizes a seeded sample of params.drift.oov_sample_texts texts per side.
 """
@@ -19,7 +23,7 @@ import pandas as pd
 from pydantic import BaseModel, Field
 
 from components.reports import JsonReport
-from components.config import DriftParams, DriftThresholds
+from components.config import TOKEN_CLASSIFICATION, DriftParams, DriftThresholds, Task
 
 Status = Literal["ok", "warn", "fail"]
 CheckStatus = Literal["ok", "warn", "fail", "skipped"]
@@ -65,11 +69,20 @@ class DriftReport(JsonReport):
 
 
 
-def drift_report(reference: pd.DataFrame, batch: pd.DataFrame, tokenizer: Any, params: DriftParams) -> DriftReport:
+def drift_report(reference: pd.DataFrame, batch: pd.DataFrame, tokenizer: Any, params: DriftParams, *,
+                 task: Task = "sequence-classification") -> DriftReport:
     """Compare `batch` with `reference` (both with columns text and label); raises nothing on drift."""
+    if task not in ("sequence-classification", TOKEN_CLASSIFICATION):
+        raise ValueError(f"unknown task {task!r}")
     if not params.enabled:
         checks = [_skipped(name, params, "drift checks are disabled (drift.enabled is false)")
                   for name in ("label_shift", "length_shift", "oov_increase")]
+    elif task == TOKEN_CLASSIFICATION:
+        checks = [
+            entity_shift_check(reference["label"], batch["label"], params.label_shift),
+            token_length_shift_check(reference["text"], batch["text"], params.length_shift),
+            oov_check(reference["text"], batch["text"], tokenizer, params),
+        ]
     else:
         checks = [
             label_shift_check(reference["label"], batch["label"], params.label_shift),
@@ -142,6 +155,32 @@ def label_shift_check(reference_labels: pd.Series, batch_labels: pd.Series, thre
     return _check("label_shift", distance, thresholds, detail, measures)
 
 
+def entity_type_shares(tag_strings: pd.Series) -> pd.Series:
+    """Share of each entity type among the entities (B- tags) of IOB2 tag strings, indexed by type."""
+    from components.entities import entity_type_counts
+
+    counts = pd.Series(entity_type_counts(tag_strings.dropna().tolist()), dtype="float64")
+    return counts / counts.sum() if counts.sum() else counts
+
+
+def entity_shift_check(reference_tags: pd.Series, batch_tags: pd.Series, thresholds: DriftThresholds) -> DriftCheck:
+    """Token data: total variation distance between the entity-type shares (each entity = one B- tag)."""
+    reference_shares, batch_shares = entity_type_shares(reference_tags), entity_type_shares(batch_tags)
+    empty = _empty_side(reference_shares, batch_shares, "entities")
+    if empty:
+        return DriftCheck(name="label_shift", value=None, warn=thresholds.warn, fail=thresholds.fail,
+                          status="skipped", detail=empty)
+    distance = total_variation_distance(reference_shares, batch_shares)
+    kinds = sorted(reference_shares.index.union(batch_shares.index), key=str)
+    shares = ", ".join(f"{kind} {reference_shares.get(kind, 0):.1%} -> {batch_shares.get(kind, 0):.1%}"
+                       for kind in kinds)
+    detail = (f"total variation distance {distance:.3f} between the entity-type shares of the entities "
+              f"(B- tags; reference -> batch): {shares}")
+    measures = {f"reference_share[{kind}]": float(reference_shares.get(kind, 0)) for kind in kinds}
+    measures |= {f"batch_share[{kind}]": float(batch_shares.get(kind, 0)) for kind in kinds}
+    return _check("label_shift", distance, thresholds, detail, measures)
+
+
 # --- text length ----------------------------------------------------------------------------------
 #
 # The two-sample Kolmogorov-Smirnov statistic rather than a PSI over the reference's length deciles:
@@ -184,6 +223,34 @@ def length_shift_check(reference_texts: pd.Series, batch_texts: pd.Series, thres
               f"{measures['batch_median_chars']:,.0f}, 90th percentile {measures['reference_p90_chars']:,.0f} -> "
               f"{measures['batch_p90_chars']:,.0f} characters (reference -> batch); "
               f"noise alone reaches about {chance:.3f} at these sizes")
+    return _check("length_shift", statistic, thresholds, detail, measures)
+
+
+def token_counts(texts: pd.Series) -> np.ndarray:
+    """Tokens per sentence of texts that are tokens joined by single spaces."""
+    texts = texts.dropna()
+    return np.fromiter((len(t.split(" ")) if t else 0 for t in texts), dtype=np.int64, count=len(texts))
+
+
+def token_length_shift_check(reference_texts: pd.Series, batch_texts: pd.Series,
+                             thresholds: DriftThresholds) -> DriftCheck:
+    """Token data: the KS statistic between the sentence lengths in tokens."""
+    reference, batch = token_counts(reference_texts), token_counts(batch_texts)
+    empty = _empty_side(pd.Series(reference), pd.Series(batch), "sentences")
+    if empty:
+        return DriftCheck(name="length_shift", value=None, warn=thresholds.warn, fail=thresholds.fail,
+                          status="skipped", detail=empty)
+    statistic = ks_statistic(reference, batch)
+    chance = KS_CRITICAL_COEFFICIENT * np.sqrt((len(reference) + len(batch)) / (len(reference) * len(batch)))
+    measures = {
+        "reference_median_tokens": float(np.median(reference)), "batch_median_tokens": float(np.median(batch)),
+        "reference_p90_tokens": float(np.percentile(reference, 90)), "batch_p90_tokens": float(np.percentile(batch, 90)),
+        "chance_level": float(chance),
+    }
+    detail = (f"KS statistic {statistic:.3f} between the sentence lengths in tokens; median "
+              f"{measures['reference_median_tokens']:,.0f} -> {measures['batch_median_tokens']:,.0f}, 90th percentile "
+              f"{measures['reference_p90_tokens']:,.0f} -> {measures['batch_p90_tokens']:,.0f} tokens "
+              f"(reference -> batch); noise alone reaches about {chance:.3f} at these sizes")
     return _check("length_shift", statistic, thresholds, detail, measures)
 
 

@@ -2,11 +2,13 @@
 
 An entity is a (type, start, end) span of words; a predicted entity counts only when its type and
 both boundaries equal a gold entity's (exact match, as conlleval and seqeval score CoNLL-2003).
-Shared by training (validation F1), evaluation, the export parity check and the gate.
+Shared by training (validation F1), evaluation, the export parity check and the gate; split_words
+turns raw text into CoNLL-style words with character offsets for the served tagger.
 """
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass
 
@@ -81,3 +83,52 @@ def _prf(true_positive: int, predicted: int, gold: int) -> dict:
     recall = true_positive / gold if gold else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return {"precision": precision, "recall": recall, "f1": f1, "support": gold}
+
+
+# --- raw text to words, CoNLL style ----------------------------------------------------------------
+
+# Alternatives are tried in order at each position:
+#  - abbreviations with dots (U.S., e.g.) stay one word, as in CoNLL-2003;
+#  - numbers keep their inner separators (3.5, 1,000, 12:30);
+#  - the clitic 's / 's is a word of its own ("Germany 's");
+#  - a word keeps inner hyphens and apostrophes (Jean-Luc, O'Neill);
+#  - any other character that is not a space is a word by itself (punctuation, symbols).
+_WORD = re.compile(
+    r"(?:[^\W\d_]\.){2,}"
+    r"|\d+(?:[.,:/]\d+)+"
+    r"|['\u2019][sS](?!\w)"
+    r"|\w+(?:-\w+|['\u2019](?![sS](?!\w))\w+)*"
+    r"|[^\w\s]",
+)
+
+
+def split_words(text: str) -> list[tuple[str, int, int]]:
+    """The words of raw text as (word, start, end), with text[start:end] == word.
+
+    Whitespace separates words and punctuation is split off the words it touches, the way CoNLL-2003
+    is tokenized, so a tagger trained on CoNLL-style words sees the same kind of words at serving.
+    """
+    return [(match.group(), match.start(), match.end()) for match in _WORD.finditer(text)]
+
+
+def entity_types_of(tags: list[str]) -> list[str]:
+    """The entity types of IOB2 tags, in order of first appearance: O, B-PER, I-PER, B-LOC -> [PER, LOC]."""
+    kinds: list[str] = []
+    for tag in tags:
+        _, kind = tag_parts(tag)
+        if kind is not None and kind not in kinds:
+            kinds.append(kind)
+    return kinds
+
+
+def entity_type_counts(tag_sequences) -> Counter:
+    """Entities per type over sentences given as tag lists or as IOB2 tag strings joined by single
+    spaces (the dataset's `label`): one per B- tag. Nulls and empty strings count nothing."""
+    counts: Counter = Counter()
+    for tags in tag_sequences:
+        if isinstance(tags, str):
+            tags = tags.split(" ")
+        elif not isinstance(tags, (list, tuple)):
+            continue
+        counts.update(tag[2:] for tag in tags if tag.startswith("B-"))
+    return counts

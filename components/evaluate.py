@@ -1,4 +1,10 @@
-"""Evaluate: score the fine-tuned PyTorch model on the test split; metrics, plot data and a PNG."""
+"""Evaluate: score the fine-tuned PyTorch model on the test split; metrics, plot data and a PNG.
+
+Sequence classification: a label per text (predict_proba_torch, evaluate_frame). Token classification
+(NER): the test split's `text` is a sentence's words joined by single spaces and `label` their IOB2
+tags joined the same way (predict_tags_torch, evaluate_token_frame); the metrics are CoNLL's entity
+scores (components.entities.entity_scores) plus a word-level tag confusion matrix for the PNG.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +16,18 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from components.entities import entity_scores, spans_from_tags
 from components.metrics import classification_metrics
+
+TOKEN_CLASSIFICATION = "token-classification"
+
+
+def load_torch_model(model_dir: Path, task: str | None = None):
+    """The saved model as its own torch class (token or sequence classifier) and its tokenizer, in
+    eval mode: the same loader the export and its parity check use."""
+    from components.export import load_torch_model as load
+
+    return load(model_dir, task)
 
 
 @torch.no_grad()
@@ -25,6 +42,113 @@ def predict_proba_torch(model, tokenizer, texts: list[str], max_length: int, bat
                           padding=True, return_tensors="pt")
         probabilities[indices] = torch.softmax(model(**batch).logits, dim=-1).numpy()
     return probabilities
+
+
+@torch.no_grad()
+def predict_tag_proba_torch(model, tokenizer, sentences: list[list[str]], max_length: int,
+                            batch_size: int = 128) -> list[np.ndarray]:
+    """Per sentence, a [words, tags] array of tag probabilities from each word's first sub-token (the
+    model's label order). A word with no sub-token inside max_length gets O with probability 1."""
+    from components.predictor import first_subtoken_positions
+
+    model.eval()
+    n_tags = model.config.num_labels
+    id2label = {int(i): str(label) for i, label in model.config.id2label.items()}
+    outside = next((i for i, label in id2label.items() if label == "O"), 0)
+    results = []
+    for words in sentences:
+        rows = np.zeros((len(words), n_tags), dtype=np.float32)
+        rows[:, outside] = 1.0
+        results.append(rows)
+    todo = [i for i, words in enumerate(sentences) if words]
+    order = sorted(todo, key=lambda i: len(sentences[i]))  # little padding; results stay in input order
+    for start in tqdm(range(0, len(order), batch_size), desc="predict", unit="batch",
+                      disable=len(order) <= batch_size):
+        indices = order[start:start + batch_size]
+        batch = tokenizer([list(sentences[i]) for i in indices], is_split_into_words=True, truncation=True,
+                          max_length=max_length, padding=True, return_tensors="pt")
+        probabilities = torch.softmax(model(**batch).logits.float(), dim=-1).numpy()
+        for row, index in enumerate(indices):
+            positions = first_subtoken_positions(batch.word_ids(row), len(sentences[index]))
+            kept = positions >= 0
+            results[index][kept] = probabilities[row, positions[kept]]
+    return results
+
+
+def predict_tags_torch(model, tokenizer, sentences: list[list[str]], max_length: int,
+                       batch_size: int = 128) -> list[list[str]]:
+    """An IOB2 tag per word of each sentence, from the word's first sub-token."""
+    labels = [str(model.config.id2label[i]) for i in range(model.config.num_labels)]
+    return [[labels[i] for i in p.argmax(axis=1)]
+            for p in predict_tag_proba_torch(model, tokenizer, sentences, max_length, batch_size)]
+
+
+def split_joined(values) -> list[list[str]]:
+    """Space-joined words (or tags) back to lists, split on single spaces as preprocessing splits them."""
+    return [str(value).split(" ") if str(value) else [] for value in values]
+
+
+def sentences_and_tags(frame: pd.DataFrame) -> tuple[list[list[str]], list[list[str]]]:
+    """The words and gold tags of an NER split frame (space-joined `text` and `label`)."""
+    sentences, tags = split_joined(frame["text"]), split_joined(frame["label"])
+    for row, (words, gold) in enumerate(zip(sentences, tags)):
+        if len(words) != len(gold):
+            raise ValueError(f"row {row} (id {frame['id'].iloc[row]}): {len(words)} words but {len(gold)} tags")
+    return sentences, tags
+
+
+def _entities_text(words: list[str], tags: list[str]) -> str:
+    return "; ".join(f"{span.kind}: {' '.join(words[span.start:span.end])}" for span in spans_from_tags(tags))
+
+
+def evaluate_token_frame(frame: pd.DataFrame, predicted: list[list[str]], entity_types: list[str],
+                         confidences: list[float] | None = None) -> tuple[dict, pd.DataFrame]:
+    """NER metrics of predicted tags on a split frame, and a predictions frame (one row per sentence).
+
+    metrics: entity_scores' keys (entity_f1, entity_precision, entity_recall, macro_f1, per_class,
+    word-level accuracy, n, words) plus `task` and a word-level tag confusion matrix."""
+    from components.config import iob2_tags
+
+    sentences, gold = sentences_and_tags(frame)
+    if len(predicted) != len(gold):
+        raise ValueError(f"{len(gold)} sentences but {len(predicted)} predicted")
+    metrics = entity_scores(gold, predicted, entity_types)
+    tags = iob2_tags(entity_types)
+    tags += sorted({t for sentence in gold + list(predicted) for t in sentence} - set(tags))
+    flat_gold = [t for sentence in gold for t in sentence]
+    flat_predicted = [t for sentence in predicted for t in sentence]
+    tag_metrics = classification_metrics(flat_gold, flat_predicted, tags)
+    metrics = {**metrics, "task": TOKEN_CLASSIFICATION, "confusion_matrix": tag_metrics["confusion_matrix"]}
+    frame_out = pd.DataFrame({
+        "id": frame["id"],
+        "actual": frame["label"],
+        "predicted": [" ".join(tags_) for tags_ in predicted],
+        "actual_entities": [_entities_text(w, t) for w, t in zip(sentences, gold)],
+        "predicted_entities": [_entities_text(w, t) for w, t in zip(sentences, predicted)],
+        "correct": [set(spans_from_tags(g)) == set(spans_from_tags(p)) for g, p in zip(gold, predicted)],
+    })
+    if confidences is not None:
+        frame_out["confidence"] = np.round(np.asarray(confidences, dtype=np.float64), 6)
+    return metrics, frame_out
+
+
+def evaluate_token_probabilities(frame: pd.DataFrame, probabilities: list[np.ndarray], tags: list[str],
+                                 entity_types: list[str]) -> tuple[dict, pd.DataFrame]:
+    """evaluate_token_frame from per-word tag probabilities (tags in the model's order); a sentence's
+    confidence is the mean probability of its predicted tags."""
+    predicted = [[tags[i] for i in p.argmax(axis=1)] for p in probabilities]
+    confidences = [float(p.max(axis=1).mean()) if len(p) else 1.0 for p in probabilities]
+    return evaluate_token_frame(frame, predicted, entity_types, confidences)
+
+
+def evaluate_tokens_torch(model, tokenizer, frame: pd.DataFrame, entity_types: list[str], max_length: int,
+                          batch_size: int = 128) -> tuple[dict, pd.DataFrame]:
+    """The NER evaluate stage in one call: tag the split frame's sentences with the PyTorch token
+    classifier and score them (see evaluate_token_frame)."""
+    sentences, _ = sentences_and_tags(frame)
+    probabilities = predict_tag_proba_torch(model, tokenizer, sentences, max_length, batch_size)
+    tags = [str(model.config.id2label[i]) for i in range(model.config.num_labels)]
+    return evaluate_token_probabilities(frame, probabilities, tags, entity_types)
 
 
 def evaluate_frame(frame: pd.DataFrame, probabilities: np.ndarray, labels: list[str]) -> tuple[dict, pd.DataFrame]:
@@ -52,7 +176,13 @@ def plot_confusion_matrix(metrics: dict, path: Path, title: str) -> None:
     threshold = matrix.max() / 2 if matrix.size else 0
     for (row, column), count in np.ndenumerate(matrix):
         axes.text(column, row, str(count), ha="center", va="center", color="white" if count > threshold else "black")
-    axes.set_title(f"{title}\naccuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f}")
+    if metrics.get("task") == TOKEN_CLASSIFICATION:
+        axes.set_xlabel("predicted tag (per word)")
+        axes.set_ylabel("actual tag (per word)")
+        axes.set_title(f"{title}\nentity F1 {metrics['entity_f1']:.3f}, macro-F1 {metrics['macro_f1']:.3f}, "
+                       f"word accuracy {metrics['accuracy']:.3f}")
+    else:
+        axes.set_title(f"{title}\naccuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f}")
     figure.colorbar(image)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -68,10 +198,21 @@ def write_evaluation(metrics: dict, predictions: pd.DataFrame, out_dir: Path) ->
 
 
 def score_onnx_dir(onnx_dir: Path, test_csv: Path, labels: list[str]) -> dict:
-    """Metrics of a servable ONNX model on a labelled split: the figures the gate compares."""
-    from components.predictor import OnnxTextClassifier
+    """Metrics of a servable ONNX model on a labelled split: the figures the gate compares.
+
+    labels: params.data.labels, i.e. the class names of a classifier or the entity types of a token
+    classifier (the export's card says which it is)."""
+    from components.predictor import OnnxTextClassifier, OnnxTokenTagger, read_model_card
 
     test = pd.read_csv(test_csv, dtype=str, keep_default_na=False)
+    if read_model_card(Path(onnx_dir)).task == TOKEN_CLASSIFICATION:
+        tagger = OnnxTokenTagger(onnx_dir)
+        if list(tagger.entity_types) != list(labels):
+            raise ValueError(f"{onnx_dir} tags entity types {tagger.entity_types}, the data has {labels}")
+        sentences, _ = sentences_and_tags(test)
+        probabilities = tagger.predict_word_proba(sentences)
+        metrics, _ = evaluate_token_probabilities(test, probabilities, tagger.labels, list(labels))
+        return metrics
     classifier = OnnxTextClassifier(onnx_dir)
     if list(classifier.labels) != list(labels):
         raise ValueError(f"{onnx_dir} predicts labels {list(classifier.labels)}, the data has {labels}")

@@ -1,14 +1,16 @@
-"""A fine-tuned classifier to a self-contained ONNX directory (int8 by default), and the check that
-the exported model still answers like the PyTorch one.
+"""A fine-tuned classifier or token classifier (NER) to a self-contained ONNX directory (int8 by
+default), and the check that the exported model still answers like the PyTorch one.
 
 The export directory holds everything a server needs to label raw text and nothing it must trust:
-`model.onnx`, the tokenizer files and a JSON card (labels, max_length, precision, opset, inputs).
+`model.onnx`, the tokenizer files and a JSON card (task, labels, max_length, precision, opset, inputs).
+A sequence classifier's graph gives logits [batch, labels]; a token classifier's [batch, sequence, tags].
 """
 
 from __future__ import annotations
 
 import contextlib
 import inspect
+import json
 import logging
 import shutil
 import tempfile
@@ -23,8 +25,11 @@ from pydantic import BaseModel
 from components.predictor import (
     MODEL_CARD,
     MODEL_FILE,
+    SEQUENCE_CLASSIFICATION,
+    TOKEN_CLASSIFICATION,
     ModelCard,
     OnnxTextClassifier,
+    OnnxTokenTagger,
     check_texts,
     softmax,
     write_model_card,
@@ -32,8 +37,10 @@ from components.predictor import (
 
 __all__ = [
     "MODEL_CARD", "MODEL_FILE", "ExportError", "ExportResult", "ParityReport", "check_parity", "export_onnx",
-    "load_torch_classifier",
+    "load_torch_classifier", "load_torch_model", "saved_model_task",
 ]
+
+Task = Literal["sequence-classification", "token-classification"]
 
 CANDIDATE_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 TRACE_TEXTS = ["a short text", "a somewhat longer text, so that the traced batch needs padding"]
@@ -60,11 +67,19 @@ class ExportResult(BaseModel):
     fused_operators: dict[str, int]
     fp32_bytes: int
     int8_bytes: int | None
+    task: Task = SEQUENCE_CLASSIFICATION
+    entity_types: list[str] = []  # token classification: the types behind the tags in `labels`
 
 
 class ParityReport(BaseModel):
+    """Sequence classification: agreement is the fraction of texts where both models pick the same
+    label and the accuracies are label accuracies. Token classification (metric "entity_f1"):
+    agreement is the entity F1 of the ONNX predictions scored against the PyTorch ones (1.0: the same
+    entities), the accuracies are each model's entity F1 against the gold tags, and the probability
+    differences are over word tags."""
+
     n: int
-    agreement: float  # fraction of texts where both models pick the same label
+    agreement: float  # fraction of texts where both models pick the same label (NER: entity F1 onnx vs torch)
     torch_accuracy: float
     onnx_accuracy: float
     accuracy_drop: float  # torch_accuracy - onnx_accuracy, as a fraction
@@ -72,6 +87,9 @@ class ParityReport(BaseModel):
     mean_abs_prob_diff: float
     precision: Literal["int8", "fp32"]
     max_length: int
+    task: Task = SEQUENCE_CLASSIFICATION
+    metric: Literal["accuracy", "entity_f1"] = "accuracy"  # what agreement and the accuracies measure
+    tag_agreement: float | None = None  # NER: fraction of words given the same tag by both models
 
     def failures(self, *, min_agreement: float, max_accuracy_drop: float) -> list[str]:
         """Why the export should be refused under these limits; empty when it passes."""
@@ -83,19 +101,45 @@ class ParityReport(BaseModel):
         return reasons
 
 
-def load_torch_classifier(model_dir: Path):
-    """The saved classifier and its tokenizer, in eval mode.
+def saved_model_task(model_dir: Path) -> Task:
+    """The task of a model saved with save_pretrained, from its config's architectures
+    (e.g. BertForTokenClassification); a config that names none is taken for a sequence classifier."""
+    path = Path(model_dir) / "config.json"
+    try:
+        architectures = json.loads(path.read_text(encoding="utf-8")).get("architectures") or []
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"{model_dir}: cannot read config.json ({error}); is it a saved transformers model?") from None
+    if any(str(name).endswith("ForTokenClassification") for name in architectures):
+        return TOKEN_CLASSIFICATION
+    return SEQUENCE_CLASSIFICATION
+
+
+def load_torch_model(model_dir: Path, task: Task | None = None):
+    """The saved model (AutoModelForSequenceClassification or AutoModelForTokenClassification, by
+    `task` or else by its config) and its tokenizer, in eval mode.
 
     Eager attention: onnxruntime's BERT optimizer recognises (and fuses) only the eager attention graph.
     """
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer
 
-    model = AutoModelForSequenceClassification.from_pretrained(
+    task = task or saved_model_task(model_dir)
+    auto = AutoModelForTokenClassification if task == TOKEN_CLASSIFICATION else AutoModelForSequenceClassification
+    model = auto.from_pretrained(
         str(model_dir), use_safetensors=True, trust_remote_code=False, attn_implementation="eager"
     )
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=False)
     return model, tokenizer
+
+
+def load_torch_classifier(model_dir: Path):
+    """The saved model and its tokenizer, in eval mode: a sequence classifier, or a token classifier
+    where the saved config says so (see load_torch_model)."""
+    return load_torch_model(model_dir)
+
+
+def model_task(model) -> Task:
+    return TOKEN_CLASSIFICATION if type(model).__name__.endswith("ForTokenClassification") else SEQUENCE_CLASSIFICATION
 
 
 def labels_in_id_order(model) -> list[str]:
@@ -142,8 +186,17 @@ def onnx_logits(model_path: Path, feeds: list[dict[str, np.ndarray]]) -> list[np
     return [np.asarray(session.run(None, feed)[0], dtype=np.float32) for feed in feeds]
 
 
-def largest_gap(expected: list[np.ndarray], actual: list[np.ndarray]) -> float:
-    return max(float(np.max(np.abs(e - a))) for e, a in zip(expected, actual))
+def largest_gap(expected: list[np.ndarray], actual: list[np.ndarray],
+                masks: list[np.ndarray] | None = None) -> float:
+    """The largest logit difference; with masks (attention masks, token logits), over real tokens only:
+    what a graph computes at padding positions is never read."""
+    gaps = []
+    for index, (e, a) in enumerate(zip(expected, actual)):
+        difference = np.abs(e - a)
+        if masks is not None and difference.ndim == 3:
+            difference = difference[masks[index].astype(bool)]
+        gaps.append(float(np.max(difference)) if difference.size else 0.0)
+    return max(gaps)
 
 
 def probe_batches(max_length: int) -> list[list[str]]:
@@ -175,7 +228,8 @@ def export_fp32(model, tokenizer, input_names: list[str], path: Path, *, opset: 
 
     example = encode(tokenizer, TRACE_TEXTS, input_names, max_length)
     dynamic_axes: dict[str, dict[int, str]] = {name: {0: "batch", 1: "sequence"} for name in input_names}
-    dynamic_axes["logits"] = {0: "batch"}
+    # A token classifier's logits have a score per token: [batch, sequence, tags].
+    dynamic_axes["logits"] = {0: "batch", 1: "sequence"} if model_task(model) == TOKEN_CLASSIFICATION else {0: "batch"}
     with warnings.catch_warnings():
         # The probe comparison after export checks what these warnings only guess at.
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
@@ -290,27 +344,36 @@ def export_onnx(
     max_length: int | None = None,
     optimize: bool = True,
     plan: QuantizationPlan = QuantizationPlan(),
+    task: Task | None = None,
 ) -> ExportResult:
-    """Export a saved sequence classifier to `out_dir`, replacing an earlier export there.
+    """Export a saved sequence classifier or token classifier to `out_dir`, replacing an earlier export there.
 
     max_length: the truncation length servers will use (default: the tokenizer's and the model's limit).
     optimize: try onnxruntime's BERT fusions; kept only when they compute the same logits.
+    task: "sequence-classification" or "token-classification"; default: read from the saved config.
     """
+    from components.entities import entity_types_of
+
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     _check_replaceable(out_dir)
-    model, tokenizer = load_torch_classifier(model_dir)
+    model, tokenizer = load_torch_model(model_dir, task)
+    task = model_task(model)
     labels = labels_in_id_order(model)
+    entity_types = entity_types_of(labels) if task == TOKEN_CLASSIFICATION else []
+    if task == TOKEN_CLASSIFICATION and "O" not in labels:
+        raise ExportError(f"{model_dir}: a token classifier's labels must be IOB2 tags with 'O', got {labels}")
     max_length = max_length or default_max_length(tokenizer, model.config)
     input_names = graph_input_names(model, tokenizer)
     probes = [encode(tokenizer, texts, input_names, max_length) for texts in probe_batches(max_length)]
     expected = [torch_logits(model, feed) for feed in probes]
+    masks = [feed.get("attention_mask", np.ones_like(feed["input_ids"])) for feed in probes]
 
     # Intermediates live in the system temp dir, never in the working directory or out_dir.
     with tempfile.TemporaryDirectory(prefix="tunegate-export-") as scratch_name:
         scratch = Path(scratch_name)
         graph_path = scratch / "fp32.onnx"
         export_fp32(model, tokenizer, input_names, graph_path, opset=opset, max_length=max_length)
-        gap = largest_gap(expected, onnx_logits(graph_path, probes))
+        gap = largest_gap(expected, onnx_logits(graph_path, probes), masks)
         if gap > FP32_LOGIT_TOLERANCE:
             raise ExportError(f"the exported graph's logits differ from PyTorch's by up to {gap:.3g} on probe batches")
 
@@ -319,7 +382,7 @@ def export_onnx(
             fused_path = scratch / "fp32-fused.onnx"
             fused = fuse_bert_graph(graph_path, fused_path, model.config)
             if fused:
-                gap = largest_gap(expected, onnx_logits(fused_path, probes))
+                gap = largest_gap(expected, onnx_logits(fused_path, probes), masks)
                 if gap <= FP32_LOGIT_TOLERANCE:
                     graph_path = fused_path
                 else:
@@ -338,7 +401,7 @@ def export_onnx(
         onnx_logits(model_path, probes[:1])  # the shipped file loads and runs
         tokenizer.save_pretrained(str(staged))
         write_model_card(staged, ModelCard(
-            labels=labels, max_length=max_length, precision="int8" if quantize else "fp32", opset=opset,
+            task=task, labels=labels, entity_types=entity_types, max_length=max_length, precision="int8" if quantize else "fp32", opset=opset,
             input_names=input_names, output_names=["logits"], graph_optimized=bool(fused),
         ))
         shipped_bytes = model_path.stat().st_size
@@ -357,6 +420,8 @@ def export_onnx(
         fused_operators=fused,
         fp32_bytes=fp32_bytes,
         int8_bytes=shipped_bytes if quantize else None,
+        task=task,
+        entity_types=entity_types,
     )
 
 
@@ -369,19 +434,29 @@ def check_parity(
     batch_size: int = 64,
     max_length: int = 128,
 ) -> ParityReport:
-    """Run the PyTorch model and the exported one (through the serving predictor) on labelled texts."""
+    """Run the PyTorch model and the exported one (through the serving predictor) on labelled texts.
+
+    For a token classifier (read from the export's card) each text is a sentence's words joined by
+    single spaces and each label the words' IOB2 tags joined the same way, as in the test split CSV.
+    """
     from tqdm.auto import tqdm
 
+    from components.predictor import read_model_card
+
     texts = check_texts(texts)
+    labels = list(labels)
     if len(texts) != len(labels):
         raise ValueError(f"{len(texts)} texts but {len(labels)} labels")
     if not texts:
         raise ValueError("parity needs at least one labelled text")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if read_model_card(Path(onnx_dir)).task == TOKEN_CLASSIFICATION:
+        return _token_parity(Path(model_dir), Path(onnx_dir), texts, labels, batch_size=batch_size,
+                             max_length=max_length)
 
     predictor = OnnxTextClassifier(Path(onnx_dir), max_length=max_length)
-    model, tokenizer = load_torch_classifier(Path(model_dir))
+    model, tokenizer = load_torch_model(Path(model_dir), SEQUENCE_CLASSIFICATION)
     model_labels = labels_in_id_order(model)
     if model_labels != predictor.labels:
         raise ValueError(f"{onnx_dir} has labels {predictor.labels} but {model_dir} has {model_labels}")
@@ -417,3 +492,58 @@ def check_parity(
         max_length=max_length,
     )
 
+
+
+def _token_parity(model_dir: Path, onnx_dir: Path, texts: list[str], labels: list[str], *,
+                  batch_size: int, max_length: int) -> ParityReport:
+    from components.entities import entity_scores
+    from components.evaluate import predict_tag_proba_torch, split_joined
+
+    predictor = OnnxTokenTagger(onnx_dir, max_length=max_length)
+    model, tokenizer = load_torch_model(model_dir, TOKEN_CLASSIFICATION)
+    tags = labels_in_id_order(model)
+    if tags != predictor.labels:
+        raise ValueError(f"{onnx_dir} has tags {predictor.labels} but {model_dir} has {tags}")
+    sentences, gold = split_joined(texts), split_joined(labels)
+    for index, (words, gold_tags) in enumerate(zip(sentences, gold)):
+        if len(words) != len(gold_tags):
+            raise ValueError(f"text {index} has {len(words)} words but {len(gold_tags)} tags")
+    unknown = sorted({tag for sentence in gold for tag in sentence} - set(tags))
+    if unknown:
+        raise ValueError(f"tags {unknown} are not among the model's tags {tags}")
+
+    torch_probs = predict_tag_proba_torch(model, tokenizer, sentences, max_length, batch_size)
+    onnx_probs = predictor.predict_word_proba(sentences, batch_size)
+    torch_tags = [[tags[i] for i in p.argmax(axis=1)] for p in torch_probs]
+    onnx_tags = [[tags[i] for i in p.argmax(axis=1)] for p in onnx_probs]
+    kinds = predictor.entity_types
+    torch_f1 = entity_scores(gold, torch_tags, kinds)["entity_f1"]
+    onnx_f1 = entity_scores(gold, onnx_tags, kinds)["entity_f1"]
+    agreement = _entity_agreement(torch_tags, onnx_tags, kinds)
+    words = sum(len(s) for s in sentences)
+    same_tags = sum(t == o for ts, os_ in zip(torch_tags, onnx_tags) for t, o in zip(ts, os_))
+    diffs = [np.abs(t - o) for t, o in zip(torch_probs, onnx_probs) if len(t)]
+    flat = np.concatenate([d.ravel() for d in diffs]) if diffs else np.zeros(1, dtype=np.float32)
+    return ParityReport(
+        n=len(texts),
+        agreement=agreement,
+        torch_accuracy=torch_f1,
+        onnx_accuracy=onnx_f1,
+        accuracy_drop=torch_f1 - onnx_f1,
+        max_abs_prob_diff=float(flat.max()),
+        mean_abs_prob_diff=float(flat.mean()),
+        precision=predictor.card.precision,
+        max_length=max_length,
+        task=TOKEN_CLASSIFICATION,
+        metric="entity_f1",
+        tag_agreement=same_tags / words if words else 1.0,
+    )
+
+
+def _entity_agreement(reference: list[list[str]], other: list[list[str]], kinds: list[str]) -> float:
+    """Entity F1 of `other` against `reference`; 1.0 when neither finds any entity (they agree)."""
+    from components.entities import entity_scores, spans_from_tags
+
+    if not any(spans_from_tags(tags) for tags in reference) and not any(spans_from_tags(tags) for tags in other):
+        return 1.0
+    return entity_scores(reference, other, kinds)["entity_f1"]

@@ -45,11 +45,18 @@ def decide(
     champion_version: str | None,
     gate: GateParams,
     export: ExportParams,
+    earlier_rows: tuple[dict, dict] | None = None,
 ) -> GateDecision:
-    """`challenger` and `champion` are metrics of the served models on the same test rows."""
+    """`challenger` and `champion` are metrics of the served models on the same test rows;
+    `earlier_rows` the (challenger, champion) metrics on the test rows of the champion's own batches."""
     checks = [
         _at_least("min_accuracy", challenger["accuracy"], gate.min_accuracy, "test accuracy"),
         _at_least("min_macro_f1", challenger["macro_f1"], gate.min_macro_f1, "test macro-F1"),
+    ]
+    if "entity_f1" in challenger:
+        checks.append(_at_least("min_entity_f1", challenger["entity_f1"], gate.min_entity_f1,
+                                "test entity F1 (exact span and type)"))
+    checks += [
         _at_least("export_agreement", parity["agreement"], export.min_agreement,
                   "int8 ONNX vs PyTorch prediction agreement"),
         GateCheck(name="export_accuracy_drop", passed=parity["accuracy_drop"] <= export.max_accuracy_drop,
@@ -69,4 +76,18 @@ def decide(
             detail=f"{metric} {challenger[metric]:.4f} vs champion v{champion_version} {champion[metric]:.4f} "
                    f"on the same {challenger['n']} test rows ({difference:+.4f}; allowed >= {-gate.max_regression:+.4f})",
         ))
+    if earlier_rows is not None:
+        checks.append(_forgetting_check(*earlier_rows, champion_version, gate))
     return GateDecision(passed=all(c.passed for c in checks), checks=checks, champion_version=champion_version)
+
+
+def _forgetting_check(challenger: dict, champion: dict, champion_version: str | None, gate: GateParams) -> GateCheck:
+    metric = gate.compare_metric
+    difference = challenger[metric] - champion[metric]
+    return GateCheck(
+        name="no_forgetting", passed=difference >= -gate.max_forgetting, value=difference,
+        threshold=-gate.max_forgetting,
+        detail=f"{metric} on the {challenger['n']} test rows of the batches v{champion_version} was trained on: "
+               f"{challenger[metric]:.4f} vs {champion[metric]:.4f} ({difference:+.4f}; "
+               f"allowed >= {-gate.max_forgetting:+.4f})",
+    )

@@ -2,7 +2,8 @@
 
 data/ (tracked by data.dvc) holds
   manifest.json          every batch: source, counts, ingestion time, its files
-  batches/NNNN-*.csv     the accepted rows of each batch (id, text, label, batch_id, source_row)
+  batches/NNNN-*.csv     the accepted rows of each batch (id, text, label, batch_id, source_row, and
+                         `split` for a source with an official split)
   quarantine/NNNN-*.csv  the rows a batch set aside, each with the check that failed
   reports/NNNN-*/        the batch's validation (and drift) reports
 
@@ -10,6 +11,13 @@ The first batch comes from params' data.source and is rebuilt only when that sou
 re-running a pipeline on unchanged data writes the same bytes and DVC sees the same version.
 Every input row ends in exactly one place: accepted, quarantined (with its reason) or counted as a
 duplicate of a row an earlier batch already holds.
+
+Token classification (task: token-classification) uses the same files, one row per sentence: `text`
+is the tokens joined by single spaces and `label` the IOB2 tags joined by single spaces. A source
+with an official split (builtin:conll2003) also fills `split` ('train', 'validation', 'test'); such
+rows get an id made of their split, source line and text, so that a sentence repeated in (or across)
+the official splits stays once per occurrence and the official test set is kept exactly. Every other
+row's id is the hash of its text, as for sequence classification.
 """
 
 from __future__ import annotations
@@ -26,11 +34,21 @@ from typing import Any, Callable
 
 import pandas as pd
 
-from components.assets import read_builtin_dataset, split_builtin
-from components.config import DataParams, DriftParams
+from components.assets import (
+    builtin_dataset_task,
+    read_builtin_dataset,
+    read_builtin_split_dataset,
+    split_builtin,
+)
+from components.config import TOKEN_CLASSIFICATION, DataParams, DriftParams, Task
 
 DATASET_COLUMNS = ["id", "text", "label", "batch_id", "source_row"]
+# Optional: 'train', 'validation' or 'test' for a row from a source's official split, else "".
+SPLIT_COLUMN = "split"
 EXCLUDED_CHECK = "excluded_label"
+# The raw frame of token data: lists of tokens and tags per sentence (dropped when a batch is written).
+TOKEN_COLUMNS = ["tokens", "tags"]
+SEQUENCE_CLASSIFICATION = "sequence-classification"
 
 
 class DriftFailure(RuntimeError):
@@ -39,7 +57,9 @@ class DriftFailure(RuntimeError):
 
 @dataclass(frozen=True)
 class RawSource:
-    frame: pd.DataFrame  # columns: text, label (raw), source_row
+    # columns: text, label (raw), source_row; token data: tokens, tags (lists, raw), source_row, and
+    # split where the source has an official one
+    frame: pd.DataFrame
     batch_id: str
     description: str
 
@@ -79,8 +99,36 @@ def text_ids(texts: pd.Series) -> pd.Series:
     return texts.map(lambda t: hashlib.sha256(t.encode("utf-8")).hexdigest()[:16])
 
 
+def official_split_ids(splits: pd.Series, source_rows: pd.Series, texts: pd.Series) -> pd.Series:
+    """Ids of rows from an official split: hash of 'split:source_row:text', so that the same sentence
+    at two places of the official data (say twice in test) is two examples, never one."""
+    keys = splits.astype(str) + ":" + source_rows.astype(str) + ":" + texts
+    return text_ids(keys)
+
+
+def _is_token_task(task: str) -> bool:
+    if task not in (SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION):
+        raise ValueError(f"unknown task {task!r}; expected {SEQUENCE_CLASSIFICATION!r} or {TOKEN_CLASSIFICATION!r}")
+    return task == TOKEN_CLASSIFICATION
+
+
+def _check_task(raw: RawSource, task: str) -> bool:
+    token_task = _is_token_task(task)
+    if token_task != ("tokens" in raw.frame.columns):
+        found = "token lists" if "tokens" in raw.frame.columns else "texts with one label each"
+        raise ValueError(f"{raw.description}: holds {found}, which task {task!r} cannot use")
+    return token_task
+
+
 # --- reading sources --------------------------------------------------------------------------
-def _read_builtin(name: str, data: DataParams) -> RawSource:
+def _read_builtin(name: str, data: DataParams, task: Task = SEQUENCE_CLASSIFICATION) -> RawSource:
+    from components.assets import AssetError
+
+    if builtin_dataset_task(name) != task:
+        raise AssetError(f"built-in dataset {name!r} is {builtin_dataset_task(name)} data; "
+                         f"params say task: {task}")
+    if _is_token_task(task):
+        return _read_builtin_splits(name)
     builtin = read_builtin_dataset(name)
     frame = pd.read_csv(io.BytesIO(builtin.payload), dtype=str, keep_default_na=False)
     frame = frame.rename(columns={data.text_column: "text", data.label_column: "label"})[["text", "label"]]
@@ -88,20 +136,35 @@ def _read_builtin(name: str, data: DataParams) -> RawSource:
     return RawSource(frame, batch_id=f"builtin:{name}@{builtin.fingerprint}", description=builtin.description)
 
 
-def read_file_source(path: Path, data: DataParams) -> RawSource:
-    from components.readers import read_labelled_file
+def _read_builtin_splits(name: str) -> RawSource:
+    """A built-in CoNLL-style dataset with an official split: one frame, train then validation then test."""
+    from components.readers import parse_conll
 
-    frame = read_labelled_file(path, data)
+    builtin = read_builtin_split_dataset(name)
+    frames = []
+    for split, payload in builtin.payloads.items():
+        frame = parse_conll(Path(builtin.members[split]), payload)  # source_row: line in that split's file
+        frames.append(frame.assign(**{SPLIT_COLUMN: split}))
+    return RawSource(pd.concat(frames, ignore_index=True), batch_id=f"builtin:{name}@{builtin.fingerprint}",
+                     description=builtin.description)
+
+
+def read_file_source(path: Path, data: DataParams, *, task: Task = SEQUENCE_CLASSIFICATION) -> RawSource:
+    """A user's file: a table of texts and labels, or (task token-classification) CoNLL-style text or
+    JSON Lines of token and tag lists."""
+    from components.readers import read_labelled_file, read_token_file
+
+    frame = read_token_file(path, data) if _is_token_task(task) else read_labelled_file(path, data)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
     return RawSource(frame, batch_id=f"{path.name}@{digest}", description=f"{path} (sha256 {digest})")
 
 
-def read_configured_source(data: DataParams, project_root: Path) -> RawSource:
+def read_configured_source(data: DataParams, project_root: Path, *, task: Task = SEQUENCE_CLASSIFICATION) -> RawSource:
     builtin = split_builtin(data.source)
     if builtin is not None:
-        return _read_builtin(builtin, data)
+        return _read_builtin(builtin, data, task)
     path = Path(data.source).expanduser()
-    return read_file_source(path if path.is_absolute() else project_root / path, data)
+    return read_file_source(path if path.is_absolute() else project_root / path, data, task=task)
 
 
 # --- the dataset on disk ----------------------------------------------------------------------
@@ -122,13 +185,20 @@ class DataStore:
         scratch.replace(self.manifest_path)  # readers never see half a manifest
 
     def read(self, batches: list[BatchRecord] | None = None) -> pd.DataFrame:
-        """The accepted rows of `batches` (default: all), in ingestion order."""
+        """The accepted rows of `batches` (default: all), in ingestion order.
+
+        The column `split` is there when some batch file has it, "" on the rows of those without it.
+        """
         chosen = self.batches() if batches is None else batches
-        frames = [pd.read_csv(self.data_dir / b.batch_file, dtype={c: str for c in DATASET_COLUMNS[:4]},
+        frames = [pd.read_csv(self.data_dir / b.batch_file,
+                              dtype={c: str for c in DATASET_COLUMNS[:4] + [SPLIT_COLUMN]},
                               keep_default_na=False) for b in chosen]
         if not frames:
             return pd.DataFrame({c: pd.Series(dtype=str) for c in DATASET_COLUMNS})
-        return pd.concat(frames, ignore_index=True)
+        combined = pd.concat(frames, ignore_index=True)
+        if SPLIT_COLUMN in combined.columns:
+            combined[SPLIT_COLUMN] = combined[SPLIT_COLUMN].fillna("")
+        return combined
 
     def quarantined_rows(self) -> int:
         return sum(b.quarantined for b in self.batches())
@@ -154,8 +224,26 @@ def canonical_label(label: str, labels: list[str]) -> str:
     return matches[0] if len(matches) == 1 else label
 
 
-def build_dataset(raw: RawSource, data: DataParams) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Map labels, normalize text and give each row its id; returns (rows, rows excluded by label)."""
+def map_tag(tag: str, data: DataParams) -> str:
+    """'B-PERSON' with label_map {PERSON: PER} is 'B-PER'; 'i-per' stays (the tag check reports it);
+    'B-per' is 'B-PER' (entity types are matched like labels, ignoring case)."""
+    prefix, dash, kind = tag.partition("-")
+    if not dash or prefix not in ("B", "I"):
+        return tag
+    return f"{prefix}-{canonical_label(data.label_map.get(kind, kind), data.labels)}"
+
+
+def build_dataset(raw: RawSource, data: DataParams, *, task: Task = SEQUENCE_CLASSIFICATION
+                  ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Map labels, normalize text and give each row its id; returns (rows, rows excluded by label).
+
+    Token data: tokens normalized to NFC (each kept as one token, whitespace and all: validation
+    quarantines a token with whitespace), tags mapped by `map_tag`; the rows also keep the lists in
+    columns tokens and tags for the row checks (they are not written to the dataset).
+    data.exclude_labels does not apply to token data: nothing is excluded.
+    """
+    if _check_task(raw, task):
+        return _build_token_dataset(raw, data)
     frame = raw.frame.reset_index(drop=True)
     raw_labels = frame["label"].astype(str).str.strip()
     excluded = raw_labels.isin(data.exclude_labels)
@@ -173,6 +261,71 @@ def build_dataset(raw: RawSource, data: DataParams) -> tuple[pd.DataFrame, pd.Da
     return rows[~excluded].reset_index(drop=True), set_aside.reset_index(drop=True)
 
 
+def _build_token_dataset(raw: RawSource, data: DataParams) -> tuple[pd.DataFrame, pd.DataFrame]:
+    frame = raw.frame.reset_index(drop=True)
+    tokens = frame["tokens"].map(lambda words: [unicodedata.normalize("NFC", w) for w in words])
+    tag_memo: dict[str, str] = {}  # a few dozen distinct tags in a million words
+
+    def mapped(tags: list[str]) -> list[str]:
+        return [tag_memo[t] if t in tag_memo else tag_memo.setdefault(t, map_tag(t, data)) for t in tags]
+
+    tags = frame["tags"].map(mapped)
+    texts = tokens.map(" ".join)
+    ids = text_ids(texts)
+    split = frame[SPLIT_COLUMN].fillna("").astype(str) if SPLIT_COLUMN in frame.columns else None
+    if split is not None:
+        official = split != ""
+        ids = ids.where(~official, official_split_ids(split, frame["source_row"], texts))
+    columns = {
+        "id": ids,
+        "text": texts,
+        "label": tags.map(" ".join),
+        "batch_id": raw.batch_id,
+        "source_row": frame["source_row"],
+    }
+    if split is not None:
+        columns[SPLIT_COLUMN] = split
+    rows = pd.DataFrame(columns).assign(tokens=tokens, tags=tags)
+    return rows, rows.iloc[:0].drop(columns=TOKEN_COLUMNS)
+
+
+def _written_columns(frame: pd.DataFrame) -> list[str]:
+    return DATASET_COLUMNS + ([SPLIT_COLUMN] if SPLIT_COLUMN in frame.columns else [])
+
+
+def _duplicates(clean: pd.DataFrame, existing: pd.DataFrame, token_task: bool) -> pd.Series:
+    """Rows of `clean` whose example the dataset already holds (same id; token data: same sentence)."""
+    duplicate = clean["id"].isin(existing["id"])
+    if not token_task:
+        return duplicate
+    # Rows of an official split are never duplicates; any other sentence is one when the dataset
+    # already has it, also as a row of an official split (whose id is not the text's hash).
+    seen = text_ids(existing["text"]) if len(existing) else existing["id"]
+    duplicate |= clean["id"].isin(seen)
+    if SPLIT_COLUMN in clean.columns:
+        duplicate &= clean[SPLIT_COLUMN] == ""
+    return duplicate
+
+
+def entity_counts(labels: pd.Series) -> pd.Series:
+    """Entities per type in IOB2 tag strings (one B- tag per entity), indexed by type, sorted by type."""
+    from components.entities import entity_type_counts
+
+    return pd.Series(entity_type_counts(labels.tolist()), dtype="int64").sort_index()
+
+
+# DataParams fields added after datasets were first fingerprinted: left out of the fingerprint while
+# they hold their defaults, so that a dataset checked before they existed is not checked (and
+# rewritten, and given a new DVC hash) again for nothing.
+LATER_DATA_FIELDS = ("tokens_column", "tags_column")
+
+
+def rules_fingerprint(data: DataParams) -> str:
+    """Short hash of the data params a batch is checked under (BatchRecord.rules)."""
+    defaults = {name for name in LATER_DATA_FIELDS if getattr(data, name) == DataParams.model_fields[name].default}
+    return hashlib.sha256(data.model_dump_json(exclude=defaults or None).encode()).hexdigest()[:12]
+
+
 def ingest_batch(
     raw: RawSource,
     data: DataParams,
@@ -182,30 +335,36 @@ def ingest_batch(
     drift: DriftParams | None = None,
     reference: pd.DataFrame | None = None,
     tokenizer_factory: Callable[[], Any] | None = None,
+    task: Task = SEQUENCE_CLASSIFICATION,
 ) -> IngestResult:
     """Quarantine bad rows, check the batch as a whole (and for drift), then add it to the dataset.
 
     A batch that fails a batch-level check or drifts beyond `fail` raises and adds nothing; its
-    reports are still written so the reason can be read.
+    reports are still written so the reason can be read. `task` must match the source (raw): token
+    lists for token-classification.
     """
     from components.validate import DataValidationError, quarantine_rows, validate_batch
 
+    token_task = _check_task(raw, task)
+
     batches = store.batches()
-    rules = hashlib.sha256(data.model_dump_json().encode()).hexdigest()[:12]
+    rules = rules_fingerprint(data)
     known = next((b for b in batches if b.batch_id == raw.batch_id), None)
     # The base batch is checked again when the rules change (say data.max_chars): data.source is
     # what params.yaml says it is, under the rules params.yaml gives now.
     if known is not None and (not base or known.rules == rules):
-        return _result(known, store.read()["label"], already_present=True)
+        return _result(known, store.read()["label"], already_present=True, token_task=token_task)
     kept = [b for b in batches if not b.base] if base else batches  # a new data.source replaces the old base
     existing = store.read(kept)
 
-    rows, excluded = build_dataset(raw, data)
-    checked = quarantine_rows(rows, data)
-    duplicate = checked.clean["id"].isin(existing["id"])
+    rows, excluded = build_dataset(raw, data, task=task)
+    checked = quarantine_rows(rows, data, task=task)
+    duplicate = _duplicates(checked.clean, existing, token_task)
     sequence = 0 if base else max((int(Path(b.batch_file).stem[:4]) for b in batches), default=0) + 1
     batch_file, quarantine_file, report_dir = store.paths_for(sequence, raw.batch_id)
     quarantined = pd.concat([checked.quarantined, excluded], ignore_index=True)
+    if token_task:  # the lists are in text and label already; a CSV cell cannot hold a list
+        quarantined = quarantined.drop(columns=TOKEN_COLUMNS, errors="ignore")
     record = BatchRecord(batch_id=raw.batch_id, source=raw.description, base=base,
                          ingested_at=None if base else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                          rows_read=len(raw.frame), accepted=int((~duplicate).sum()), quarantined=len(quarantined),
@@ -214,7 +373,8 @@ def ingest_batch(
     reports = store.data_dir / report_dir
     reports.mkdir(parents=True, exist_ok=True)
     report = validate_batch(checked.clean, rows_in=len(rows), quarantined=len(checked.quarantined),
-                            existing=existing, data=data, source=f"{raw.description} (batch {raw.batch_id})")
+                            existing=existing, data=data, source=f"{raw.description} (batch {raw.batch_id})",
+                            task=task)
     report.write(reports / "validation.json")
     if not report.success:
         raise DataValidationError(report)
@@ -223,7 +383,7 @@ def ingest_batch(
     if drift is not None and reference is not None and not reference.empty and tokenizer_factory is not None:
         from components.drift import drift_report
 
-        drifted = drift_report(reference, checked.clean, tokenizer_factory(), drift)
+        drifted = drift_report(reference, checked.clean, tokenizer_factory(), drift, task=task)
         drifted.write(reports / "drift.json")
         record.drift_status, drift_summary = drifted.status, drifted.summary()
         if drifted.status == "fail":
@@ -231,7 +391,7 @@ def ingest_batch(
 
     (store.data_dir / "batches").mkdir(parents=True, exist_ok=True)
     (store.data_dir / "quarantine").mkdir(parents=True, exist_ok=True)
-    accepted = checked.clean[~duplicate][DATASET_COLUMNS]
+    accepted = checked.clean[~duplicate][_written_columns(checked.clean)]
     accepted.to_csv(store.data_dir / batch_file, index=False, lineterminator="\n")
     quarantined.to_csv(store.data_dir / quarantine_file, index=False, lineterminator="\n")
     if base:
@@ -244,11 +404,14 @@ def ingest_batch(
         store.write_manifest(batches + [record])
     # The dataset is what was there plus what this batch added: no need to read it all back.
     return _result(record, pd.concat([existing["label"], accepted["label"]]), already_present=False,
-                   drift_summary=drift_summary)
+                   drift_summary=drift_summary, token_task=token_task)
 
 
-def _result(record: BatchRecord, labels: pd.Series, already_present: bool, drift_summary: str | None = None) -> IngestResult:
-    counts = {str(k): int(v) for k, v in labels.value_counts().sort_index().items()}
+def _result(record: BatchRecord, labels: pd.Series, already_present: bool, drift_summary: str | None = None,
+            token_task: bool = False) -> IngestResult:
+    # Token data: entities per type, not the (all different) tag strings of the sentences.
+    counted = entity_counts(labels) if token_task else labels.value_counts().sort_index()
+    counts = {str(k): int(v) for k, v in counted.items()}
     return IngestResult(record, already_present, len(labels), counts, drift_summary)
 
 

@@ -47,6 +47,25 @@ class ProjectLayout:
         return self.tokenized_dir / f"{split}.parquet"
 
     @property
+    def adapted_dir(self) -> Path:
+        """The base model after domain-adaptive pretraining (or a card saying it was skipped)."""
+        return self.artifacts / "adapted"
+
+    @property
+    def start_dir(self) -> Path:
+        """Where fine-tuning starts: a card naming the base model, or the champion's weights."""
+        return self.artifacts / "start"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        # Outside artifacts/: DVC deletes a stage's outputs before running it, checkpoints included.
+        return self.root / ".tunegate" / "checkpoints"
+
+    @property
+    def sweep_dir(self) -> Path:
+        return self.artifacts / "sweep"
+
+    @property
     def model_dir(self) -> Path:
         return self.artifacts / "model"
 

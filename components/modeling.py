@@ -47,12 +47,14 @@ def load_tokenizer(source: str):
         raise _hub_hint(source, error) from error
 
 
-def load_sequence_classifier(source: str, labels: list[str]):
-    """A classification model with a head for `labels`; a fresh head when the base has none."""
-    from transformers import AutoModelForSequenceClassification
+def load_classifier(source: str, labels: list[str], *, token_level: bool = False):
+    """A sequence (or, token_level, a token) classifier with a head for `labels`; a fresh head when the
+    base has none or was trained on other labels."""
+    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
 
+    model_class = AutoModelForTokenClassification if token_level else AutoModelForSequenceClassification
     try:
-        return AutoModelForSequenceClassification.from_pretrained(
+        return model_class.from_pretrained(
             source,
             num_labels=len(labels),
             id2label=dict(enumerate(labels)),

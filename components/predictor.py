@@ -1,8 +1,10 @@
-"""Text in, label probabilities out: an exported ONNX classifier plus its own tokenizer.
+"""Text in, label probabilities (or entities) out: an exported ONNX model plus its own tokenizer.
 
 This module is what a serving process imports, so it needs neither torch nor the training code:
 an export directory (see components.export) carries the graph, the tokenizer files and a small
-JSON card with the labels and the maximum sequence length.
+JSON card with the task, the labels and the maximum sequence length. `load_predictor` opens an
+export directory as the predictor of its task: an OnnxTextClassifier (one label per text) or an
+OnnxTokenTagger (IOB2 tags per word, entities with character offsets per text).
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 MODEL_FILE = "model.onnx"
 MODEL_CARD = "tunegate-model.json"
 CPU_PROVIDER = "CPUExecutionProvider"
+SEQUENCE_CLASSIFICATION = "sequence-classification"
+TOKEN_CLASSIFICATION = "token-classification"
+OUTSIDE_TAG = "O"
 
 
 class ModelCard(BaseModel):
@@ -27,7 +32,11 @@ class ModelCard(BaseModel):
     # A card written by a newer tunegate may carry more keys; they must not stop an older server.
     model_config = ConfigDict(extra="ignore", frozen=True)
 
-    labels: list[str] = Field(min_length=1, description="class names in logit order")
+    # Cards written before token classification existed carry no task: they are classifiers.
+    task: Literal["sequence-classification", "token-classification"] = SEQUENCE_CLASSIFICATION
+    labels: list[str] = Field(min_length=1, description="class names (or IOB2 tags) in logit order")
+    # Token classification only: the entity types behind the tags (PER, LOC, ...), in data.labels order.
+    entity_types: list[str] = Field(default_factory=list)
     max_length: int = Field(ge=1, description="tokens per text after truncation")
     precision: Literal["int8", "fp32"]
     opset: int
@@ -111,12 +120,8 @@ def open_session(model_path: Path, providers: Sequence[str], intra_op_threads: i
     return session
 
 
-class OnnxTextClassifier:
-    """An exported classifier directory, ready to label raw text.
-
-    `max_length` overrides the card's value; only parity checks against a model evaluated at another
-    length need it.
-    """
+class _OnnxModel:
+    """An export directory's card, tokenizer and onnxruntime session."""
 
     def __init__(
         self,
@@ -139,6 +144,10 @@ class OnnxTextClassifier:
         self._tokenizer_lock = threading.Lock()
 
     @property
+    def task(self) -> str:
+        return self.card.task
+
+    @property
     def labels(self) -> list[str]:
         return list(self.card.labels)
 
@@ -150,11 +159,7 @@ class OnnxTextClassifier:
     def providers(self) -> list[str]:
         return list(self._session.get_providers())
 
-    def _encode(self, texts: list[str]) -> dict[str, np.ndarray]:
-        with self._tokenizer_lock:
-            encoded = self._tokenizer(
-                texts, padding=True, truncation=True, max_length=self._max_length, return_tensors="np"
-            )
+    def _feed(self, encoded: Any) -> dict[str, np.ndarray]:
         feed: dict[str, np.ndarray] = {}
         for name in self._input_names:
             if name in encoded:
@@ -165,10 +170,42 @@ class OnnxTextClassifier:
                 raise ValueError(f"the tokenizer in {self.model_dir} does not produce the graph input {name!r}")
         return feed
 
-    def predict_logits(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
-        texts = check_texts(texts)
+    @staticmethod
+    def _check_batch_size(batch_size: int) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+
+
+class OnnxTextClassifier(_OnnxModel):
+    """An exported classifier directory, ready to label raw text.
+
+    `max_length` overrides the card's value; only parity checks against a model evaluated at another
+    length need it.
+    """
+
+    def __init__(
+        self,
+        model_dir: Path,
+        providers: Sequence[str] = (CPU_PROVIDER,),
+        intra_op_threads: int | None = None,
+        *,
+        max_length: int | None = None,
+    ) -> None:
+        super().__init__(model_dir, providers, intra_op_threads, max_length=max_length)
+        if self.card.task != SEQUENCE_CLASSIFICATION:
+            raise ValueError(f"{model_dir} holds a {self.card.task} model; open it with OnnxTokenTagger "
+                             "(or load_predictor, which picks the class from the card)")
+
+    def _encode(self, texts: list[str]) -> dict[str, np.ndarray]:
+        with self._tokenizer_lock:
+            encoded = self._tokenizer(
+                texts, padding=True, truncation=True, max_length=self._max_length, return_tensors="np"
+            )
+        return self._feed(encoded)
+
+    def predict_logits(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        texts = check_texts(texts)
+        self._check_batch_size(batch_size)
         if not texts:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
         batches = []
@@ -191,3 +228,135 @@ class OnnxTextClassifier:
                 "scores": {label: float(p) for label, p in zip(labels, row)},
             })
         return predictions
+
+
+def check_sentences(sentences: Any) -> list[list[str]]:
+    """Pre-split sentences as a list of lists of words, or a ValueError naming the wrong item."""
+    if isinstance(sentences, str) or not isinstance(sentences, Sequence):
+        raise ValueError(f"expected a list of sentences (lists of words), got {type(sentences).__name__}")
+    checked = []
+    for index, words in enumerate(sentences):
+        if isinstance(words, str) or not isinstance(words, Sequence):
+            raise ValueError(f"sentence {index} is {type(words).__name__}, not a list of words")
+        for position, word in enumerate(words):
+            if not isinstance(word, str):
+                raise ValueError(f"sentence {index}, word {position} is {type(word).__name__}, not a string")
+        checked.append(list(words))
+    return checked
+
+
+def first_subtoken_positions(word_ids: Sequence[int | None], n_words: int) -> np.ndarray:
+    """For each word, the position of its first sub-token; -1 for a word with none (cut off by
+    truncation, or made of characters the tokenizer drops)."""
+    positions = np.full(n_words, -1, dtype=np.int64)
+    previous = None
+    for position, word in enumerate(word_ids):
+        if word is not None and word != previous and word < n_words and positions[word] < 0:
+            positions[word] = position
+        previous = word
+    return positions
+
+
+class OnnxTokenTagger(_OnnxModel):
+    """An exported token classifier (NER) directory: IOB2 tags for words, entities for raw text.
+
+    Each word is tagged from its first sub-token, as the model was trained; a word that gets no
+    sub-token inside max_length is tagged O with probability 1.
+    """
+
+    def __init__(
+        self,
+        model_dir: Path,
+        providers: Sequence[str] = (CPU_PROVIDER,),
+        intra_op_threads: int | None = None,
+        *,
+        max_length: int | None = None,
+    ) -> None:
+        super().__init__(model_dir, providers, intra_op_threads, max_length=max_length)
+        if self.card.task != TOKEN_CLASSIFICATION:
+            raise ValueError(f"{model_dir} holds a {self.card.task} model, not a token classifier; "
+                             "open it with OnnxTextClassifier (or load_predictor)")
+        if OUTSIDE_TAG not in self.card.labels:
+            raise ValueError(f"{model_dir}: the tags {self.card.labels} have no {OUTSIDE_TAG!r}")
+        self._outside = self.card.labels.index(OUTSIDE_TAG)
+
+    @property
+    def entity_types(self) -> list[str]:
+        from components.entities import entity_types_of
+
+        return list(self.card.entity_types) or entity_types_of(self.card.labels)
+
+    def _word_proba_batch(self, sentences: list[list[str]]) -> list[np.ndarray]:
+        n_tags = len(self.card.labels)
+        results = [self._outside_rows(len(words), n_tags) for words in sentences]
+        todo = [i for i, words in enumerate(sentences) if words]  # an empty sentence has nothing to tag
+        if not todo:
+            return results
+        with self._tokenizer_lock:
+            encoded = self._tokenizer(
+                [sentences[i] for i in todo], is_split_into_words=True, padding=True, truncation=True,
+                max_length=self._max_length, return_tensors="np",
+            )
+            word_ids = [encoded.word_ids(row) for row in range(len(todo))]
+        logits = np.asarray(self._session.run(None, self._feed(encoded))[0], dtype=np.float32)
+        for row, index in enumerate(todo):
+            positions = first_subtoken_positions(word_ids[row], len(sentences[index]))
+            kept = positions >= 0
+            if kept.any():
+                results[index][kept] = softmax(logits[row, positions[kept]])
+        return results
+
+    def _outside_rows(self, n_words: int, n_tags: int) -> np.ndarray:
+        rows = np.zeros((n_words, n_tags), dtype=np.float32)
+        rows[:, self._outside] = 1.0
+        return rows
+
+    def predict_word_proba(self, sentences: list[list[str]], batch_size: int = 64) -> list[np.ndarray]:
+        """Per sentence, a [words, tags] array of tag probabilities (tags in `labels` order)."""
+        sentences = check_sentences(sentences)
+        self._check_batch_size(batch_size)
+        results: list[np.ndarray] = []
+        for start in range(0, len(sentences), batch_size):
+            results.extend(self._word_proba_batch(sentences[start:start + batch_size]))
+        return results
+
+    def predict_words(self, sentences: list[list[str]], batch_size: int = 64) -> list[list[str]]:
+        """An IOB2 tag per word of each pre-split sentence."""
+        labels = self.labels
+        return [[labels[i] for i in proba.argmax(axis=1)] for proba in self.predict_word_proba(sentences, batch_size)]
+
+    def predict(self, texts: list[str], batch_size: int = 64) -> list[dict[str, Any]]:
+        """Per raw text {"entities": [{"text", "type", "start", "end", "score"}, ...]}, where start/end
+        are character offsets into the text (text[start:end] is the entity's text) and score is the
+        mean probability of the entity's word tags."""
+        from components.entities import spans_from_tags, split_words
+
+        texts = check_texts(texts)
+        words = [split_words(text) for text in texts]
+        probabilities = self.predict_word_proba([[w for w, _, _ in ws] for ws in words], batch_size)
+        labels = self.labels
+        predictions = []
+        for text, text_words, proba in zip(texts, words, probabilities):
+            best = proba.argmax(axis=1) if len(proba) else np.zeros(0, dtype=np.int64)
+            tags = [labels[i] for i in best]
+            entities = []
+            for span in spans_from_tags(tags):
+                start, end = text_words[span.start][1], text_words[span.end - 1][2]
+                score = float(np.mean(proba[np.arange(span.start, span.end), best[span.start:span.end]]))
+                entities.append({"text": text[start:end], "type": span.kind, "start": start, "end": end,
+                                 "score": score})
+            predictions.append({"entities": entities})
+        return predictions
+
+
+def load_predictor(
+    model_dir: Path,
+    providers: Sequence[str] = (CPU_PROVIDER,),
+    intra_op_threads: int | None = None,
+    *,
+    max_length: int | None = None,
+) -> OnnxTextClassifier | OnnxTokenTagger:
+    """The predictor for an export directory's task (read from its card)."""
+    card = read_model_card(Path(model_dir))
+    cls = OnnxTokenTagger if card.task == TOKEN_CLASSIFICATION else OnnxTextClassifier
+    return cls(model_dir, providers, intra_op_threads, max_length=max_length)

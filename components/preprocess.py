@@ -18,7 +18,12 @@ import pyarrow.parquet as pq
 from components.config import SplitParams
 from components.layout import SPLITS
 
-SPLIT_COLUMNS = ["id", "text", "label"]
+# batch_id lets the gate score the test rows of earlier batches on their own (forgetting) and
+# training replay a share of earlier batches.
+SPLIT_COLUMNS = ["id", "text", "label", "batch_id"]
+OFFICIAL_SPLIT_COLUMN = "split"
+# Sub-tokens after a word's first, and special tokens, carry no label: the loss skips them.
+IGNORE_INDEX = -100
 
 
 def split_of(example_id: str, split: SplitParams) -> str:
@@ -35,16 +40,30 @@ def assign_splits(dataset: pd.DataFrame, split: SplitParams) -> dict[str, pd.Dat
     # Duplicates share an id, hence a split: no test example is also a training example.
     deduplicated = dataset.drop_duplicates(subset="id", keep="first")
     names = deduplicated["id"].map(lambda i: split_of(i, split))
+    if OFFICIAL_SPLIT_COLUMN in deduplicated:
+        # A source with an official split (CoNLL-2003's train/valid/test) keeps it: published scores
+        # are comparable only on the official test set.
+        official = deduplicated[OFFICIAL_SPLIT_COLUMN].fillna("").astype(str)
+        names = names.where(official == "", official)
     return {name: deduplicated.loc[names == name, SPLIT_COLUMNS].reset_index(drop=True) for name in SPLITS}
 
 
 @dataclass(frozen=True)
 class TokenizedSplit:
     input_ids: list[list[int]]
-    labels: list[int]
+    labels: list  # a class id per example, or (token classification) a list of tag ids per token
+    batch_ids: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    @property
+    def token_level(self) -> bool:
+        return bool(self.labels) and isinstance(self.labels[0], list)
+
+    def select(self, indices: list[int]) -> "TokenizedSplit":
+        return TokenizedSplit([self.input_ids[i] for i in indices], [self.labels[i] for i in indices],
+                              None if self.batch_ids is None else [self.batch_ids[i] for i in indices])
 
 
 def tokenize_split(frame: pd.DataFrame, tokenizer, labels: list[str], max_length: int) -> TokenizedSplit:
@@ -54,18 +73,47 @@ def tokenize_split(frame: pd.DataFrame, tokenizer, labels: list[str], max_length
         raise ValueError(f"labels {unknown} are not in data.labels {labels}; validation should have caught this")
     # No padding here: batches are padded to their own longest example at training time.
     encoded = tokenizer(frame["text"].tolist(), truncation=True, max_length=max_length, padding=False)
-    return TokenizedSplit(input_ids=encoded["input_ids"], labels=[label_ids[x] for x in frame["label"]])
+    return TokenizedSplit(input_ids=encoded["input_ids"], labels=[label_ids[x] for x in frame["label"]],
+                          batch_ids=_batch_ids(frame))
+
+
+def _batch_ids(frame: pd.DataFrame) -> list[str] | None:
+    return frame["batch_id"].astype(str).tolist() if "batch_id" in frame else None
+
+
+def tokenize_tagged_split(frame: pd.DataFrame, tokenizer, tags: list[str], max_length: int) -> TokenizedSplit:
+    """Words (text split on single spaces) with a tag each -> sub-tokens, the tag on each word's first
+    sub-token and IGNORE_INDEX elsewhere; the same alignment the served model reads back."""
+    tag_ids = {tag: i for i, tag in enumerate(tags)}
+    words = [text.split(" ") for text in frame["text"]]
+    word_tags = [label.split(" ") for label in frame["label"]]
+    encoded = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length, padding=False)
+    labels = []
+    for row, sentence_tags in enumerate(word_tags):
+        unknown = sorted(set(sentence_tags) - set(tag_ids))
+        if unknown:
+            raise ValueError(f"tags {unknown} are not in {tags}; validation should have caught this")
+        aligned, previous = [], None
+        for word in encoded.word_ids(row):
+            aligned.append(IGNORE_INDEX if word is None or word == previous else tag_ids[sentence_tags[word]])
+            previous = word
+        labels.append(aligned)
+    return TokenizedSplit(input_ids=encoded["input_ids"], labels=labels, batch_ids=_batch_ids(frame))
 
 
 def save_tokenized(split: TokenizedSplit, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    table = pa.table({
+    columns = {
         "input_ids": pa.array(split.input_ids, type=pa.list_(pa.int32())),
-        "label": pa.array(split.labels, type=pa.int32()),
-    })
-    pq.write_table(table, path)
+        "label": pa.array(split.labels, type=pa.list_(pa.int32()) if split.token_level else pa.int32()),
+    }
+    if split.batch_ids is not None:
+        columns["batch_id"] = pa.array(split.batch_ids, type=pa.string())
+    pq.write_table(pa.table(columns), path)
 
 
 def load_tokenized(path: Path) -> TokenizedSplit:
     table = pq.read_table(path)
-    return TokenizedSplit(input_ids=table.column("input_ids").to_pylist(), labels=table.column("label").to_pylist())
+    batch_ids = table.column("batch_id").to_pylist() if "batch_id" in table.column_names else None
+    return TokenizedSplit(input_ids=table.column("input_ids").to_pylist(), labels=table.column("label").to_pylist(),
+                          batch_ids=batch_ids)

@@ -13,6 +13,14 @@ Reading is done by pyarrow's C readers. Python-level, per-record checks run only
 already looks wrong (the C reader raised, or lines and records do not add up), so that a broken file
 gets an error naming the row and field while a clean million-row file is read in well under a second.
 Whatever is wrong, the reader raises `IngestError` rather than dropping or merging rows.
+
+Token-classification data (`read_token_file`) comes as CoNLL-style text (.conll, .txt, .iob: one
+token per line, whitespace-separated columns with the tag last, a blank line between sentences,
+`-DOCSTART-` lines skipped) or as JSON Lines with a list of tokens and a list of tags per record
+(data.tokens_column, data.tags_column). Its frame has the columns ``tokens`` and ``tags`` (lists of
+str; tags stripped, not yet mapped through data.label_map) and ``source_row``: the line of the
+sentence's first token (CoNLL) or of the record (JSON Lines). A sentence whose tokens and tags do not
+pair up is read as it is: validation quarantines it with its reason.
 """
 
 from __future__ import annotations
@@ -39,6 +47,15 @@ SUFFIX_KINDS: dict[str, str] = {
     ".ndjson": "jsonl",
     ".parquet": "parquet",
 }
+# Token-classification files: CoNLL-style text or JSON Lines of token and tag lists.
+TOKEN_SUFFIX_KINDS: dict[str, str] = {
+    ".conll": "conll",
+    ".txt": "conll",
+    ".iob": "conll",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+}
+DOCSTART = "-DOCSTART-"
 DELIMITERS: dict[str, str] = {"csv": ",", "tsv": "\t"}
 # Characters that, found in a lone header field, say the file was split on the wrong delimiter.
 SUSPECT_DELIMITERS: dict[str, str] = {";": "semicolon", "\t": "tab", "|": "pipe", ",": "comma"}
@@ -96,15 +113,21 @@ def read_labelled_file(path: Path, data: DataParams) -> pd.DataFrame:
 # --- checks shared by all formats -----------------------------------------------------------------
 
 
-def _file_kind(path: Path) -> str:
+def _file_kind(path: Path, kinds: dict[str, str] = SUFFIX_KINDS) -> str:
     if not path.exists():
         raise IngestError(path, "no such file")
     if path.is_dir():
         raise IngestError(path, "is a directory, expected a file")
-    kind = SUFFIX_KINDS.get(path.suffix.lower())
+    kind = kinds.get(path.suffix.lower())
     if kind is None:
-        supported = ", ".join(sorted(SUFFIX_KINDS))
-        raise IngestError(path, f"unsupported file type {path.suffix or '(no suffix)'!r}; supported: {supported}")
+        supported = ", ".join(sorted(kinds))
+        problem = f"unsupported file type {path.suffix or '(no suffix)'!r}; supported: {supported}"
+        if kinds is SUFFIX_KINDS and path.suffix.lower() in TOKEN_SUFFIX_KINDS:
+            problem += " (a CoNLL-style token file is read only with task: token-classification)"
+        elif kinds is TOKEN_SUFFIX_KINDS and path.suffix.lower() in SUFFIX_KINDS:
+            problem += (" for token-classification data (task: token-classification); "
+                        "a text-and-label table is read with task: sequence-classification")
+        raise IngestError(path, problem)
     if path.stat().st_size == 0:
         raise IngestError(path, "the file is empty (0 bytes)")
     return kind
@@ -218,7 +241,7 @@ def _reject_nul_bytes(path: Path, utf8: bytes, kind: str) -> None:
 
 def _text_position(prefix: str, kind: str) -> tuple[int, str | None]:
     """Row (and field name, where cheap to know) of the character that follows `prefix`."""
-    if kind == "jsonl":
+    if kind in ("jsonl", "conll"):
         return prefix.count("\n") + 1, None
     delimiter = DELIMITERS[kind]
     header: list[str] = []
@@ -513,6 +536,94 @@ def _json_type(value: Any) -> str:
 
 def _preview(value: Any) -> str:
     return json.dumps(value)[:60]
+
+
+# --- token classification: CoNLL-style text and JSON Lines of token lists --------------------------
+
+
+def read_token_file(path: Path, data: DataParams) -> pd.DataFrame:
+    """Read a token-classification file into a frame with columns tokens, tags (lists of str) and source_row."""
+    path = Path(path)
+    kind = _file_kind(path, TOKEN_SUFFIX_KINDS)
+    utf8 = _utf8_bytes(path, path.read_bytes(), kind)
+    if not utf8 or utf8.isspace():
+        raise IngestError(path, "the file is empty (only whitespace after decoding)")
+    _reject_nul_bytes(path, utf8, kind)
+    if kind == "jsonl":
+        return _read_token_jsonl(path, utf8, data)
+    return parse_conll(path, utf8)
+
+
+def parse_conll(path: Path, utf8: bytes) -> pd.DataFrame:
+    """Sentences of a CoNLL-style text (UTF-8 bytes): one token per line, whitespace-separated columns,
+    the token first and its tag last; a blank line ends a sentence; `-DOCSTART-` lines are skipped.
+    `path` names the source in errors (it need not exist: a member inside a wheel, say)."""
+    sentences: list[list[str]] = []
+    sentence_tags: list[list[str]] = []
+    starts: list[int] = []
+    tokens: list[str] = []
+    tags: list[str] = []
+    for number, line in enumerate(utf8.decode("utf-8").split("\n"), start=1):
+        columns = line.split()
+        if not columns or columns[0] == DOCSTART:
+            if tokens:
+                sentences.append(tokens)
+                sentence_tags.append(tags)
+                tokens, tags = [], []
+            continue
+        if len(columns) < 2:
+            raise IngestError(
+                path,
+                f"line has 1 column ({line.strip()[:60]!r}); expected a token and its tag, separated by whitespace, "
+                "with the tag in the last column (a blank line ends a sentence)",
+                row=number, field="tag",
+            )
+        if not tokens:
+            starts.append(number)
+        tokens.append(columns[0])
+        tags.append(columns[-1])
+    if tokens:
+        sentences.append(tokens)
+        sentence_tags.append(tags)
+    if not sentences:
+        raise IngestError(path, "has no sentences (only blank and -DOCSTART- lines)")
+    return _token_frame(sentences, sentence_tags, starts)
+
+
+def _token_frame(tokens: list[list[str]], tags: list[list[str]], source_rows: list[int]) -> pd.DataFrame:
+    frame = pd.DataFrame({"tokens": pd.Series(tokens, dtype=object), "tags": pd.Series(tags, dtype=object)})
+    frame["source_row"] = pd.Series(np.asarray(source_rows, dtype="int64"))
+    return frame
+
+
+def _read_token_jsonl(path: Path, utf8: bytes, data: DataParams) -> pd.DataFrame:
+    tokens: list[list[str]] = []
+    tags: list[list[str]] = []
+    rows: list[int] = []
+    for number, line in _numbered_lines(utf8):
+        record = _parse_json_line(path, number, line)
+        tokens.append(_json_strings(path, number, record, data.tokens_column, "token"))
+        # Tags come from hand-written files too: "B-PER " and "B-PER" are one tag.
+        tags.append([tag.strip() for tag in _json_strings(path, number, record, data.tags_column, "tag")])
+        rows.append(number)
+    if not rows:
+        raise IngestError(path, "the file has no JSON records")
+    return _token_frame(tokens, tags, rows)
+
+
+def _json_strings(path: Path, number: int, record: dict[str, Any], name: str, role: str) -> list[str]:
+    if name not in record:
+        raise IngestError(path, f"record has no {name!r} field (data.{role}s_column); fields: {sorted(record)}",
+                          row=number, field=name)
+    value = record[name]
+    if not isinstance(value, list):
+        raise IngestError(path, f"{role}s must be a JSON array of strings, got {_json_type(value)} {_preview(value)}",
+                          row=number, field=name)
+    for index, item in enumerate(value):
+        if not isinstance(item, str):
+            raise IngestError(path, f"{role} {index + 1} (of {len(value)}) must be a string, got {_json_type(item)} "
+                                    f"{_preview(item)}", row=number, field=name)
+    return value
 
 
 # --- Parquet --------------------------------------------------------------------------------------

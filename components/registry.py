@@ -105,6 +105,13 @@ class ModelRegistry:
         )
         return self.version(created.version)
 
+    def download_run_artifact(self, run_id: str, artifact_path: str, destination: Path) -> Path:
+        import mlflow
+
+        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path,
+                                                   dst_path=str(destination), tracking_uri=self.tracking_uri)
+        return Path(path)
+
     def version(self, version: str) -> VersionInfo:
         found = self.client.get_model_version(self.model_name, str(version))
         return VersionInfo(self.model_name, str(found.version), dict(found.tags), found.run_id, found.source)

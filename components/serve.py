@@ -1,6 +1,9 @@
 """HTTP inference for a classifier that may change while it serves: tunegate's own /predict, MLflow's
 /invocations protocol, /health, /metadata and Prometheus /metrics.
 
+A text classifier answers each text with {"label", "score", "scores"}; a token classifier (NER) with
+{"entities": [{"text", "type", "start", "end", "score"}, ...]} (character offsets into the text).
+
 Every malformed request gets a 4xx with a JSON body {"error_code": ..., "message": ...} (the shape
 MLflow's scoring server uses); a 500 only ever means a bug or a broken model.
 
@@ -211,15 +214,19 @@ class ServiceMetrics:
         self.batch_seconds = HistogramMetric("tunegate_batch_duration_seconds", "Time per onnxruntime call, seconds.",
                                        LATENCY_BUCKETS_S)
         self.inference_errors = CounterMetric("tunegate_inference_errors_total", "Batches whose prediction raised.")
+        # NER predictions have no label: they count as label "entities" (some found) or "no_entities".
         self.predictions = CounterMetric("tunegate_predictions_total", "Texts labelled, by model version and label.",
                                    ("version", "label"))
+        self.entities = CounterMetric("tunegate_entities_total", "Entities found (token classification), by model "
+                                      "version and entity type.", ("version", "type"))
         self.prediction_log_errors = CounterMetric("tunegate_prediction_log_errors_total",
                                              "Sampled predictions that could not be written to the log.")
 
     def render(self, model: ServedModel, reloads: ReloadStats, queued_texts: int) -> str:
         lines: list[str] = []
         for metric in (self.requests, self.latency, self.errors, self.batch_texts, self.batch_requests,
-                       self.batch_seconds, self.inference_errors, self.predictions, self.prediction_log_errors):
+                       self.batch_seconds, self.inference_errors, self.predictions, self.entities,
+                       self.prediction_log_errors):
             lines += metric.render()
         # Read at scrape time, so a version that stopped serving leaves no stale series behind.
         model_labels = {"model_name": str(model.metadata.get("model_name", "")), "version": model.version or ""}
@@ -240,8 +247,44 @@ class ServiceMetrics:
 
 # --- sampled prediction log -----------------------------------------------------------------------
 
+def prediction_label(prediction: dict[str, Any]) -> str:
+    """What a prediction is counted as: a classifier's label; for NER "entities" or "no_entities"."""
+    if "label" in prediction:
+        return str(prediction["label"])
+    return "entities" if prediction.get("entities") else "no_entities"
+
+
+def _tags_of_entities(text: str, entities: list[dict[str, Any]]) -> str:
+    """The text's words' IOB2 tags implied by character-offset entities, space-joined: the shape of an
+    NER split's `label` column, so logged traffic compares with training data."""
+    from components.entities import split_words
+
+    words = split_words(text)
+    tags = ["O"] * len(words)
+    for entity in entities:
+        first, last = entity.get("start"), entity.get("end")
+        if not isinstance(first, int) or not isinstance(last, int):
+            continue  # a predictor without offsets: its entities cannot be placed on words
+        inside = [i for i, (_, start, end) in enumerate(words) if start >= first and end <= last]
+        for rank, index in enumerate(inside):
+            tags[index] = f"{'B' if rank == 0 else 'I'}-{entity.get('type')}"
+    return " ".join(tags)
+
+
+def _log_fields(text: str, prediction: dict[str, Any]) -> dict[str, Any]:
+    if "label" in prediction:
+        return {"label": prediction["label"], "score": prediction.get("score")}
+    # NER: label is the words' predicted tags (space-joined), score the entities' mean score.
+    entities = prediction.get("entities", [])
+    scores = [float(entity["score"]) for entity in entities if isinstance(entity.get("score"), (int, float))]
+    return {"label": _tags_of_entities(text, entities), "score": sum(scores) / len(scores) if scores else None,
+            "entities": [{key: entity.get(key) for key in ("type", "start", "end", "score")} for entity in entities]}
+
+
 class PredictionLog:
     """Appends JSON lines {time, version, text, label, score} for a sample of requests (drift monitoring).
+    NER lines have label = the predicted IOB2 tags of the text's words (space-joined, as in an NER
+    split), score = the entities' mean score (null without entities) and entities (type, start, end, score).
 
     A log that cannot be written costs a warning and a counter, never a request.
     """
@@ -258,7 +301,7 @@ class PredictionLog:
 
     def write(self, version: str | None, texts: list[str], predictions: list[dict[str, Any]]) -> None:
         stamp = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-        lines = [json.dumps({"time": stamp, "version": version, "text": text, "label": p["label"], "score": p["score"]},
+        lines = [json.dumps({"time": stamp, "version": version, "text": text, **_log_fields(text, p)},
                             ensure_ascii=False) for text, p in zip(texts, predictions)]
         with self._lock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -411,14 +454,16 @@ class MicroBatcher:
             start += len(pending.texts)
             pending.future.set_result(BatchAnswer(version, mine))
             for prediction in mine:
-                self.metrics.predictions.inc(version or "", str(prediction["label"]))
+                self.metrics.predictions.inc(version or "", prediction_label(prediction))
+                for entity in prediction.get("entities", ()):
+                    self.metrics.entities.inc(version or "", str(entity.get("type", "")))
             if pending.log and self.prediction_log is not None:
                 self._log(version, pending.texts, mine)
 
     def _log(self, version: str | None, texts: list[str], predictions: list[dict[str, Any]]) -> None:
         try:
             self.prediction_log.write(version, texts, predictions)
-        except OSError as error:
+        except Exception as error:  # noqa: BLE001 - a disk error or an odd prediction: never the other requests
             self.metrics.prediction_log_errors.inc(amount=len(texts))
             logger.warning("could not write the prediction log %s: %s", self.prediction_log.path, error)
 
@@ -712,7 +757,10 @@ def create_app(model: ServedModel | ModelHolder, settings: ServiceSettings | Non
         return JSONResponse(jsonable_encoder({
             **served.metadata,
             "model_version": served.version,
+            "task": getattr(served.predictor, "task", "sequence-classification"),
             "labels": list(served.predictor.labels),
+            **({"entity_types": list(served.predictor.entity_types)}
+               if hasattr(served.predictor, "entity_types") else {}),
             "providers": list(getattr(served.predictor, "providers", []) or []),
             "max_texts": settings.max_texts_per_request,
             "limits": {"max_texts_per_request": settings.max_texts_per_request,

@@ -4,6 +4,8 @@ step's functions and writes its outputs back. `dvc repro` and the Prefect flow b
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Callable
 
 from components.config import Params
@@ -15,10 +17,10 @@ def validate(layout: ProjectLayout, params: Params) -> None:
     from components.validate import assert_valid, build_data_docs, validate_dataset
 
     dataset = read_dataset(layout.data_dir)
-    report = validate_dataset(dataset, params.data, source=str(layout.data_dir))
+    report = validate_dataset(dataset, params.data, source=str(layout.data_dir), task=params.task)
     report.write(layout.validation_report)
     # Written pass or fail: the HTML is where a person looks first when a run stops here.
-    docs = build_data_docs(dataset, params.data, layout.validation_docs, source=str(layout.data_dir))
+    docs = build_data_docs(dataset, params.data, layout.validation_docs, source=str(layout.data_dir), task=params.task)
     print(f"{report.summary()}\nData Docs: {docs}")
     assert_valid(report)  # a failing suite stops the pipeline before training
 
@@ -26,49 +28,142 @@ def validate(layout: ProjectLayout, params: Params) -> None:
 def preprocess(layout: ProjectLayout, params: Params) -> None:
     from components.ingest import read_dataset
     from components.modeling import load_tokenizer, resolve_model_source
-    from components.preprocess import assign_splits, save_tokenized, tokenize_split
+    from components.preprocess import assign_splits, save_tokenized, tokenize_split, tokenize_tagged_split
 
     tokenizer = load_tokenizer(resolve_model_source(params.model.base_model))
     splits = assign_splits(read_dataset(layout.data_dir), params.split)
     layout.splits_dir.mkdir(parents=True, exist_ok=True)
     for name in SPLITS:
         splits[name].to_csv(layout.split_file(name), index=False, lineterminator="\n")
-        tokenized = tokenize_split(splits[name], tokenizer, params.data.labels, params.model.max_length)
+        if params.is_token_task:
+            tokenized = tokenize_tagged_split(splits[name], tokenizer, params.model_labels, params.model.max_length)
+        else:
+            tokenized = tokenize_split(splits[name], tokenizer, params.data.labels, params.model.max_length)
         save_tokenized(tokenized, layout.tokenized_file(name))
         print(f"{name}: {len(tokenized)} examples")
 
 
-def train(layout: ProjectLayout, params: Params) -> None:
-    from components.modeling import load_sequence_classifier, load_tokenizer, resolve_model_source
+def adapt(layout: ProjectLayout, params: Params) -> None:
+    """Masked-language-model training on the training split's text (when adapt.enabled)."""
+    import shutil
+
+    import pandas as pd
+
+    from components.adapt import AdaptResult, adapt_language_model, write_card
+    from components.modeling import resolve_model_source
+
+    if layout.adapted_dir.exists():
+        shutil.rmtree(layout.adapted_dir)
+    if not params.adapt.enabled:
+        write_card(AdaptResult(enabled=False, base_model=params.model.base_model), layout.adapted_dir)
+        print("adapt: disabled (adapt.enabled: false); fine-tuning starts from the base model")
+        return
+    texts = pd.read_csv(layout.split_file("train"), dtype=str, keep_default_na=False)["text"].tolist()
+    result = adapt_language_model(resolve_model_source(params.model.base_model), params.model.base_model, texts,
+                                  params.adapt, params.model.max_length, layout.adapted_dir)
+    print(f"adapt: MLM loss {result.mlm_loss_first_epoch:.4f} -> {result.mlm_loss_last_epoch:.4f} over "
+          f"{result.epochs} epoch(s) on {result.texts} texts in {result.seconds:.0f} s")
+
+
+def start(layout: ProjectLayout, params: Params) -> None:
+    """Where fine-tuning starts: the base model, or the champion's weights (train.init_from)."""
+    from components.continual import prepare_starting_point
+    from components.tracking import open_registry
+
+    point = prepare_starting_point(params.train.init_from, params.model.base_model, layout.start_dir,
+                                   lambda: open_registry(params, layout))
+    where = f"champion v{point.champion_version}" if point.source == "champion" else params.model.base_model
+    print(f"start: fine-tuning starts from {where}" + (f" ({point.note})" if point.note else ""))
+
+
+@dataclass(frozen=True)
+class TrainOutputs:
+    model_dir: Path
+    history_file: Path
+    checkpoint_dir: Path
+
+
+def train_outputs(layout: ProjectLayout, params: Params) -> TrainOutputs:
+    """The train stage's own outputs; checkpoints keyed by everything that shapes the run."""
+    return TrainOutputs(layout.model_dir, layout.train_history,
+                        layout.checkpoints_dir / training_fingerprint(layout, params))
+
+
+def training_fingerprint(layout: ProjectLayout, params: Params) -> str:
+    import hashlib
+
+    digest = hashlib.sha256(params.model_dump_json(include={"task", "model", "adapt", "train"}).encode())
+    digest.update(json.dumps(params.model_labels).encode())
+    for path in (layout.tokenized_file("train"), layout.tokenized_file("validation"),
+                 layout.adapted_dir / "tunegate-adapt.json", layout.start_dir / "start.json"):
+        digest.update(path.read_bytes() if path.is_file() else b"-")
+    return digest.hexdigest()[:16]
+
+
+def train_model(layout: ProjectLayout, params: Params, outputs: TrainOutputs):
+    """Fine-tune from the starting point on the tokenized splits; the best epoch's model goes to outputs."""
+    from components.adapt import adapted_source
+    from components.checkpoints import Checkpointer
+    from components.continual import START_MODEL, read_starting_point, replay_mix
+    from components.modeling import load_classifier, load_tokenizer, resolve_model_source
     from components.preprocess import load_tokenized
     from components.train import save_model, seed_everything, train_classifier
 
-    source = resolve_model_source(params.model.base_model)
-    tokenizer = load_tokenizer(source)
+    point = read_starting_point(layout.start_dir)
+    base = resolve_model_source(params.model.base_model)
+    if point is not None and point.source == "champion":
+        source = str(layout.start_dir / START_MODEL)
+    else:
+        source = adapted_source(layout.adapted_dir) or base
+    tokenizer = load_tokenizer(base)  # the base model's tokenizer throughout: ids must mean the same
     seed_everything(params.train.seed)  # before the new head is initialised, not just before training
-    model = load_sequence_classifier(source, params.data.labels)
-    result, best_state = train_classifier(
-        model, load_tokenized(layout.tokenized_file("train")), load_tokenized(layout.tokenized_file("validation")),
-        params.data.labels, params.train, pad_id=tokenizer.pad_token_id,
+    model = load_classifier(source, params.model_labels, token_level=params.is_token_task)
+    train_split = load_tokenized(layout.tokenized_file("train"))
+    mix = None
+    if point is not None and point.source == "champion":
+        train_split, mix = replay_mix(train_split, point.champion_batches, params.train.replay_fraction,
+                                      params.train.seed)
+        print(f"continual: {mix['new_rows']} new rows + {mix['replayed_rows']} of {mix['old_rows']} rows the "
+              f"champion v{point.champion_version} learned (replay_fraction {params.train.replay_fraction})")
+    checkpoints = Checkpointer(outputs.checkpoint_dir)
+    result, model = train_classifier(
+        model, train_split, load_tokenized(layout.tokenized_file("validation")), params.model_labels, params.train,
+        pad_id=tokenizer.pad_token_id, entity_types=params.data.labels if params.is_token_task else None,
+        checkpoints=checkpoints,
     )
     tokenizer.model_max_length = params.model.max_length
-    save_model(model, tokenizer, best_state, layout.model_dir)
-    result.write(layout.train_history)
+    save_model(model, tokenizer, outputs.model_dir)
+    extra = {"start": point.source if point else "base", "adapted": adapted_source(layout.adapted_dir) is not None}
+    if mix:
+        extra["replay"] = mix
+    result = replace(result, extra=extra)
+    result.write(outputs.history_file)
+    checkpoints.clear()  # the run finished: the saved model is the result
+    return result
+
+
+def train(layout: ProjectLayout, params: Params) -> None:
+    train_model(layout, params, train_outputs(layout, params))
 
 
 def evaluate(layout: ProjectLayout, params: Params) -> None:
     import pandas as pd
 
-    from components.evaluate import evaluate_frame, predict_proba_torch, write_evaluation
+    from components.evaluate import evaluate_frame, evaluate_tokens_torch, predict_proba_torch, write_evaluation
     from components.export import load_torch_classifier
 
     model, tokenizer = load_torch_classifier(layout.model_dir)  # the same model the parity check compares
     test = pd.read_csv(layout.split_file("test"), dtype=str, keep_default_na=False)
-    probabilities = predict_proba_torch(model, tokenizer, test["text"].tolist(), params.model.max_length,
-                                        params.train.eval_batch_size)
-    metrics, predictions = evaluate_frame(test, probabilities, params.data.labels)
+    if params.is_token_task:
+        metrics, predictions = evaluate_tokens_torch(model, tokenizer, test, params.data.labels,
+                                                     params.model.max_length, params.train.eval_batch_size)
+    else:
+        probabilities = predict_proba_torch(model, tokenizer, test["text"].tolist(), params.model.max_length,
+                                            params.train.eval_batch_size)
+        metrics, predictions = evaluate_frame(test, probabilities, params.data.labels)
     write_evaluation(metrics, predictions, layout.eval_dir)
-    print(f"test: accuracy={metrics['accuracy']:.4f} macro_f1={metrics['macro_f1']:.4f} (n={metrics['n']})")
+    entity = f"entity_f1={metrics['entity_f1']:.4f} " if "entity_f1" in metrics else ""
+    print(f"test: {entity}accuracy={metrics['accuracy']:.4f} macro_f1={metrics['macro_f1']:.4f} (n={metrics['n']})")
 
 
 def export(layout: ProjectLayout, params: Params) -> None:
@@ -93,6 +188,8 @@ def export(layout: ProjectLayout, params: Params) -> None:
 STAGES: dict[str, Callable[[ProjectLayout, Params], None]] = {
     "validate": validate,
     "preprocess": preprocess,
+    "adapt": adapt,
+    "start": start,
     "train": train,
     "evaluate": evaluate,
     "export": export,

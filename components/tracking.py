@@ -15,7 +15,8 @@ from components.registry import ModelRegistry, resolve_tracking_uri
 from components.versioning import stage_output_hash
 
 # Settings that shape the model; runtime settings (registry, approval, serve) are not model lineage.
-MODEL_SECTIONS = {"task", "data", "split", "model", "train", "gate", "export", "drift"}
+MODEL_SECTIONS = {"task", "data", "split", "model", "adapt", "train", "sweep", "gate", "export", "drift"}
+ENTITY_METRICS = ("entity_f1", "entity_precision", "entity_recall")
 
 
 def open_registry(params: Params, layout: ProjectLayout) -> ModelRegistry:
@@ -45,7 +46,8 @@ def start_run(registry: ModelRegistry, params: Params, layout: ProjectLayout, da
             "data_source": data["source"], "task": params.task, "mlflow.source.name": "tunegate retrain"}
     run_id = registry.start_run(params.registry.experiment, time.strftime("retrain-%Y%m%d-%H%M%S"), tags)
     registry.log_params(run_id, flatten(model_params(params)))
-    counts = {f"data_rows_{label}": n for label, n in data["label_counts"].items()}
+    # Token data: counts are per entity type (a per-tag-sequence count would be one metric per sentence).
+    counts = {f"data_rows_{label}": n for label, n in data["label_counts"].items() if label in params.data.labels}
     registry.log_metrics(run_id, {"data_rows": data["rows"], "data_rows_quarantined": data["quarantined"],
                                   "data_batches": len(data["batches"]), **counts})
     return run_id
@@ -62,21 +64,29 @@ def _read_json(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def log_stage_outputs(registry: ModelRegistry, run_id: str, layout: ProjectLayout) -> None:
+def log_stage_outputs(registry: ModelRegistry, run_id: str, layout: ProjectLayout, token_task: bool = False) -> None:
     history = _read_json(layout.train_history)
     for record in history["history"]:
-        registry.log_metrics(run_id, {k: v for k, v in record.items() if k != "epoch"}, step=record["epoch"])
+        registry.log_metrics(run_id, {k: v for k, v in record.items() if k != "epoch" and v is not None},
+                             step=record["epoch"])
     registry.log_metrics(run_id, {"best_epoch": history["best_epoch"], "train_examples": history["train_examples"]})
+
+    registry.log_metrics(run_id, {k: v for k, v in history.items() if isinstance(v, (int, float)) and
+                                  not isinstance(v, bool) and k not in ("best_epoch", "train_examples")})
+    for key in ("replay",):  # continual learning: rows new, replayed and held back
+        if key in history:
+            registry.log_metrics(run_id, {f"{key}_{k}": v for k, v in history[key].items()})
 
     metrics = _read_json(layout.metrics_file)
     scores = {"test_accuracy": metrics["accuracy"], "test_macro_f1": metrics["macro_f1"]}
+    scores.update({f"test_{k}": metrics[k] for k in ENTITY_METRICS if k in metrics})
     for label, per_class in metrics["per_class"].items():
         scores.update({f"test_{label}_{k}": per_class[k] for k in ("precision", "recall", "f1")})
     parity = _read_json(layout.parity_file)
     scores.update({f"export_{k}": v for k, v in parity.items() if isinstance(v, (int, float))})
     registry.log_metrics(run_id, scores)
 
-    log_split_inputs(registry, run_id, layout)
+    log_split_inputs(registry, run_id, layout, token_task)
     registry.set_run_tags(run_id, {"model_md5": output_md5(layout, "export", "artifacts/onnx"),
                                    "torch_model_md5": output_md5(layout, "train", "artifacts/model")})
     registry.log_artifact(run_id, layout.validation_docs, "validation/data_docs")
@@ -89,7 +99,16 @@ def log_stage_outputs(registry: ModelRegistry, run_id: str, layout: ProjectLayou
         registry.log_artifact(run_id, path, folder)
 
 
-def log_split_inputs(registry: ModelRegistry, run_id: str, layout: ProjectLayout) -> None:
+def label_counts(labels, token_task: bool) -> dict[str, int]:
+    """Examples per class, or (token data: space-joined IOB2 tags) entities per type."""
+    if not token_task:
+        return {str(k): int(v) for k, v in labels.value_counts().items()}
+    begins = labels.str.split(" ").explode()
+    begins = begins[begins.str.startswith("B-")].str[2:]
+    return {f"entities_{k}": int(v) for k, v in begins.value_counts().items()}
+
+
+def log_split_inputs(registry: ModelRegistry, run_id: str, layout: ProjectLayout, token_task: bool = False) -> None:
     """Rows per split and label as metrics, and each split as an MLflow dataset input of the run."""
     import mlflow.data
     import pandas as pd
@@ -102,7 +121,7 @@ def log_split_inputs(registry: ModelRegistry, run_id: str, layout: ProjectLayout
     for split in SPLITS:
         frame = pd.read_csv(layout.split_file(split), dtype=str, keep_default_na=False)
         counts[f"split_{split}_rows"] = len(frame)
-        counts.update({f"split_{split}_rows_{label}": n for label, n in frame["label"].value_counts().items()})
+        counts.update({f"split_{split}_rows_{label}": n for label, n in label_counts(frame["label"], token_task).items()})
         with warnings.catch_warnings():  # MLflow cannot tell which of two local-file sources a path is
             warnings.simplefilter("ignore", UserWarning)
             dataset = mlflow.data.from_pandas(frame, source=str(layout.split_file(split)), targets="label",
@@ -114,7 +133,8 @@ def log_split_inputs(registry: ModelRegistry, run_id: str, layout: ProjectLayout
 
 def log_gate(registry: ModelRegistry, run_id: str, verdict: dict) -> None:
     served = verdict["challenger_metrics"]
-    registry.log_metrics(run_id, {"int8_test_accuracy": served["accuracy"], "int8_test_macro_f1": served["macro_f1"]})
+    registry.log_metrics(run_id, {"int8_test_accuracy": served["accuracy"], "int8_test_macro_f1": served["macro_f1"],
+                                  **{f"int8_test_{k}": served[k] for k in ENTITY_METRICS if k in served}})
     registry.set_run_tags(run_id, {"gate": "passed" if verdict["passed"] else "failed"})
     registry.log_json(run_id, verdict["decision"], "gate/decision.json")
 
@@ -135,13 +155,15 @@ def version_tags(params: Params, layout: ProjectLayout, data: dict, verdict: dic
         "test_accuracy": f"{served['accuracy']:.4f}",
         "test_macro_f1": f"{served['macro_f1']:.4f}",
         "test_rows": str(served["n"]),
+        **{f"test_{k}": f"{served[k]:.4f}" for k in ENTITY_METRICS if k in served},
     }
 
 
 def approval_description(model_name: str, version: str, verdict: dict) -> str:
     served = verdict["challenger_metrics"]
+    entity = f"entity F1 {served['entity_f1']:.4f}, " if "entity_f1" in served else ""
     return (f"## Approve {model_name} v{version} for production?\n\n"
-            f"Test accuracy {served['accuracy']:.4f}, macro-F1 {served['macro_f1']:.4f} "
+            f"Test {entity}accuracy {served['accuracy']:.4f}, macro-F1 {served['macro_f1']:.4f} "
             f"on {served['n']} rows (int8 ONNX, as served).\n\n```\n{verdict['summary']}\n```")
 
 

@@ -1,7 +1,10 @@
-"""Train: fine-tune a sequence classifier with a plain torch loop.
+"""Train: fine-tune a sequence or token classifier with a plain torch loop.
 
 Batches are grouped by length and padded only to their own longest example, which on short
-texts is several times cheaper than padding everything to max_length.
+texts is several times cheaper than padding everything to max_length. Options (all in params'
+`train:` section): frozen embeddings and lower layers, LoRA adapters (merged before saving), class
+weights, warmup with linear or cosine decay, gradient clipping, early stopping, and checkpoints
+after every epoch and every K steps from which a killed run resumes to the same result.
 """
 
 from __future__ import annotations
@@ -10,16 +13,19 @@ import json
 import math
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from components.checkpoints import Checkpointer, TrainingState
 from components.config import TrainParams
-from components.metrics import classification_metrics
-from components.preprocess import TokenizedSplit
+from components.preprocess import IGNORE_INDEX, TokenizedSplit
+
+StepHook = Callable[[int], None]  # called with the global step after each optimizer step
 
 
 @dataclass(frozen=True)
@@ -31,6 +37,7 @@ class EpochRecord:
     validation_macro_f1: float
     seconds: float
     examples_per_second: float
+    validation_entity_f1: float | None = None
 
 
 @dataclass(frozen=True)
@@ -38,10 +45,20 @@ class TrainResult:
     history: list[EpochRecord]
     best_epoch: int
     train_examples: int
+    metric: str = "macro_f1"  # the validation metric that picked the best epoch
+    best_score: float = 0.0
+    stopped_early: bool = False
+    resumed_from_step: int | None = None
+    trainable_parameters: int = 0
+    total_parameters: int = 0
+    extra: dict = field(default_factory=dict)
 
     def write(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"best_epoch": self.best_epoch, "train_examples": self.train_examples,
+        payload = {"best_epoch": self.best_epoch, "train_examples": self.train_examples, "metric": self.metric,
+                   "best_score": self.best_score, "stopped_early": self.stopped_early,
+                   "resumed_from_step": self.resumed_from_step, "trainable_parameters": self.trainable_parameters,
+                   "total_parameters": self.total_parameters, **self.extra,
                    "history": [asdict(r) for r in self.history]}
         path.write_text(json.dumps(payload, indent=2) + "\n")
 
@@ -65,6 +82,11 @@ def length_grouped_batches(lengths: list[int], batch_size: int, rng: random.Rand
     return batches
 
 
+def epoch_batches(split: TokenizedSplit, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    # Each epoch's order is a function of (seed, epoch) alone, so a resumed run can rebuild it.
+    return length_grouped_batches([len(x) for x in split.input_ids], batch_size, random.Random(f"{seed}:{epoch}"))
+
+
 def collate(split: TokenizedSplit, indices: list[int], pad_id: int) -> dict[str, torch.Tensor]:
     width = max(len(split.input_ids[i]) for i in indices)
     input_ids = torch.full((len(indices), width), pad_id, dtype=torch.long)
@@ -73,86 +95,209 @@ def collate(split: TokenizedSplit, indices: list[int], pad_id: int) -> dict[str,
         ids = split.input_ids[i]
         input_ids[row, :len(ids)] = torch.tensor(ids, dtype=torch.long)
         attention_mask[row, :len(ids)] = 1
-    labels = torch.tensor([split.labels[i] for i in indices], dtype=torch.long)
+    if split.token_level:
+        labels = torch.full((len(indices), width), IGNORE_INDEX, dtype=torch.long)
+        for row, i in enumerate(indices):
+            labels[row, :len(split.labels[i])] = torch.tensor(split.labels[i], dtype=torch.long)
+    else:
+        labels = torch.tensor([split.labels[i] for i in indices], dtype=torch.long)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
 def subsample(split: TokenizedSplit, limit: int | None, seed: int) -> TokenizedSplit:
     if limit is None or limit >= len(split):
         return split
-    chosen = sorted(random.Random(seed).sample(range(len(split)), limit))
-    return TokenizedSplit([split.input_ids[i] for i in chosen], [split.labels[i] for i in chosen])
+    return split.select(sorted(random.Random(seed).sample(range(len(split)), limit)))
+
+
+def class_weights(split: TokenizedSplit, num_labels: int) -> torch.Tensor:
+    """n / (k * count_c): each class contributes as much loss as if classes were balanced."""
+    flat = [y for ys in split.labels for y in ys] if split.token_level else list(split.labels)
+    counts = np.bincount([y for y in flat if y != IGNORE_INDEX], minlength=num_labels).astype(np.float64)
+    present = counts > 0
+    weights = np.ones(num_labels)
+    weights[present] = counts[present].sum() / (present.sum() * counts[present])
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def freeze(model, *, embeddings: bool, layers: int) -> None:
+    """Stop gradients to the embeddings and the lowest `layers` encoder layers."""
+    encoder_model = model.base_model
+    if embeddings:
+        encoder_model.embeddings.requires_grad_(False)
+    if layers:
+        stack = encoder_model.encoder.layer
+        if layers > len(stack):
+            raise ValueError(f"train.freeze_layers is {layers} but the model has only {len(stack)} layers")
+        for layer in stack[:layers]:
+            layer.requires_grad_(False)
+
+
+def add_lora(model, params: TrainParams, token_level: bool):
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    config = LoraConfig(task_type=TaskType.TOKEN_CLS if token_level else TaskType.SEQ_CLS, r=params.lora.r,
+                        lora_alpha=params.lora.alpha, lora_dropout=params.lora.dropout,
+                        target_modules=params.lora.target_modules)
+    return get_peft_model(model, config)
 
 
 def _optimizer(model: torch.nn.Module, params: TrainParams) -> torch.optim.Optimizer:
-    # Biases and LayerNorm weights are not decayed: decaying them only hurts.
+    # Biases and LayerNorm weights are not decayed: decaying them only hurts. Frozen weights stay out.
     decay, no_decay = [], []
-    for name, parameter in model.named_parameters():
-        (no_decay if parameter.ndim < 2 else decay).append(parameter)
+    for _, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            (no_decay if parameter.ndim < 2 else decay).append(parameter)
     groups = [{"params": decay, "weight_decay": params.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=params.learning_rate)
 
 
+def _scheduler(optimizer, params: TrainParams, total_steps: int):
+    from transformers import (get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup,
+                              get_linear_schedule_with_warmup)
+
+    warmup = int(params.warmup_ratio * total_steps)
+    if params.lr_schedule == "constant":
+        return get_constant_schedule_with_warmup(optimizer, warmup)
+    build = get_cosine_schedule_with_warmup if params.lr_schedule == "cosine" else get_linear_schedule_with_warmup
+    return build(optimizer, warmup, total_steps)
+
+
+def _loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                             weight=weights, ignore_index=IGNORE_INDEX)
+
+
 @torch.no_grad()
-def evaluate_split(model, split: TokenizedSplit, labels: list[str], batch_size: int, pad_id: int) -> dict:
+def evaluate_split(model, split: TokenizedSplit, labels: list[str], batch_size: int, pad_id: int,
+                   entity_types: list[str] | None = None) -> dict:
+    """Validation loss and scores: accuracy/macro-F1 for classes, entity F1 (CoNLL) for tags."""
+    from components.entities import entity_scores
+    from components.metrics import classification_metrics
+
     model.eval()
     order = sorted(range(len(split)), key=lambda i: len(split.input_ids[i]))
-    total_loss, predictions = 0.0, [0] * len(split)
+    total_loss = 0.0
+    predictions: list = [None] * len(split)
     for start in range(0, len(order), batch_size):
         indices = order[start:start + batch_size]
-        output = model(**collate(split, indices, pad_id))
-        total_loss += output.loss.item() * len(indices)
-        for i, p in zip(indices, output.logits.argmax(-1).tolist()):
-            predictions[i] = p
-    scores = classification_metrics([labels[y] for y in split.labels], [labels[p] for p in predictions], labels)
-    return {"loss": total_loss / max(len(split), 1), "accuracy": scores["accuracy"], "macro_f1": scores["macro_f1"]}
+        batch = collate(split, indices, pad_id)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        total_loss += _loss(logits, batch["labels"], None).item() * len(indices)
+        best = logits.argmax(-1).tolist()
+        for row, i in enumerate(indices):
+            predictions[i] = best[row]
+    loss = total_loss / max(len(split), 1)
+    if not split.token_level:
+        scores = classification_metrics([labels[y] for y in split.labels], [labels[p] for p in predictions], labels)
+        return {"loss": loss, "accuracy": scores["accuracy"], "macro_f1": scores["macro_f1"]}
+    gold, predicted = [], []
+    for i, ys in enumerate(split.labels):  # word-level: the positions that carry a label (first sub-tokens)
+        kept = [(y, p) for y, p in zip(ys, predictions[i]) if y != IGNORE_INDEX]
+        gold.append([labels[y] for y, _ in kept])
+        predicted.append([labels[p] for _, p in kept])
+    scores = entity_scores(gold, predicted, entity_types or [])
+    return {"loss": loss, "accuracy": scores["accuracy"], "macro_f1": scores["macro_f1"], "entity_f1": scores["entity_f1"]}
+
+
+def _trainable_state(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def train_classifier(model, train: TokenizedSplit, validation: TokenizedSplit, labels: list[str],
-                     params: TrainParams, pad_id: int) -> tuple[TrainResult, dict[str, torch.Tensor]]:
-    """Fine-tune `model` in place; returns the history and the weights of the best validation epoch."""
-    from transformers import get_linear_schedule_with_warmup
+                     params: TrainParams, pad_id: int, *, entity_types: list[str] | None = None,
+                     checkpoints: Checkpointer | None = None,
+                     on_step: StepHook | None = None) -> tuple[TrainResult, object]:
+    """Fine-tune `model`; returns the history and the model holding the best validation epoch's weights
+    (LoRA adapters merged in, so it saves as a plain transformers model).
 
+    With `checkpoints`, state is saved after every epoch (and every train.checkpoint_every_steps) and a
+    matching checkpoint left by a killed run is resumed from, reaching the same weights.
+    """
     seed_everything(params.seed)
     if params.num_threads:
         torch.set_num_threads(params.num_threads)
+    token_level = train.token_level
     train = subsample(train, params.max_train_examples, params.seed)
-    rng = random.Random(params.seed)
+    freeze(model, embeddings=params.freeze_embeddings, layers=params.freeze_layers)
+    if params.lora.enabled:
+        model = add_lora(model, params, token_level)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    weights = class_weights(train, len(labels)) if params.class_weights == "balanced" else None
+    metric = "entity_f1" if token_level else "macro_f1"
+
     steps_per_epoch = math.ceil(len(train) / params.batch_size)
     optimizer = _optimizer(model, params)
-    total_steps = steps_per_epoch * params.epochs
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(params.warmup_ratio * total_steps), total_steps)
-    history: list[EpochRecord] = []
-    best_state, best_score, best_epoch = None, -1.0, 0
-    for epoch in range(1, params.epochs + 1):
+    scheduler = _scheduler(optimizer, params, steps_per_epoch * params.epochs)
+    state = TrainingState()
+    resumed = checkpoints.restore(model, optimizer, scheduler, state) if checkpoints else False
+    resumed_from = state.global_step if resumed else None
+    if resumed:
+        tqdm.write(f"resuming from the checkpoint at epoch {state.epoch}, step {state.step_in_epoch} "
+                   f"(global step {state.global_step})")
+    best_state = checkpoints.load_best() if resumed and checkpoints and state.best_epoch else None
+
+    while state.epoch <= params.epochs and not state.stopped:
+        epoch = state.epoch
         model.train()
-        started, running = time.perf_counter(), 0.0
-        batches = length_grouped_batches([len(x) for x in train.input_ids], params.batch_size, rng)
-        progress = tqdm(batches, desc=f"epoch {epoch}/{params.epochs}", unit="batch", leave=True)
-        for step, indices in enumerate(progress, start=1):
-            loss = model(**collate(train, indices, pad_id)).loss
+        started, seconds_before = time.perf_counter(), state.seconds_in_epoch  # a resumed epoch counts its first part
+        batches = epoch_batches(train, params.batch_size, params.seed, epoch)
+        progress = tqdm(batches, desc=f"epoch {epoch}/{params.epochs}", unit="batch", leave=True,
+                        initial=state.step_in_epoch)
+        for indices in batches[state.step_in_epoch:]:
+            batch = collate(train, indices, pad_id)
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            loss = _loss(logits, batch["labels"], weights)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), params.max_grad_norm)
+            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], params.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            running += loss.item()
-            progress.set_postfix(loss=f"{running / step:.4f}")
-        seconds = time.perf_counter() - started
-        scores = evaluate_split(model, validation, labels, params.eval_batch_size, pad_id)
-        record = EpochRecord(epoch, running / max(len(batches), 1), scores["loss"], scores["accuracy"],
-                             scores["macro_f1"], seconds, len(train) / seconds)
-        history.append(record)
+            state.running_loss += loss.item()
+            state.step_in_epoch += 1
+            state.global_step += 1
+            progress.update(1)
+            progress.set_postfix(loss=f"{state.running_loss / state.step_in_epoch:.4f}")
+            if checkpoints and params.checkpoint_every_steps and state.global_step % params.checkpoint_every_steps == 0:
+                state.seconds_in_epoch = seconds_before + time.perf_counter() - started
+                checkpoints.save(model, optimizer, scheduler, state)
+            if on_step is not None:
+                on_step(state.global_step)
+        progress.close()
+        seconds = seconds_before + time.perf_counter() - started
+        scores = evaluate_split(model, validation, labels, params.eval_batch_size, pad_id, entity_types)
+        record = EpochRecord(epoch, state.running_loss / max(len(batches), 1), scores["loss"], scores["accuracy"],
+                             scores["macro_f1"], seconds, len(train) / seconds, scores.get("entity_f1"))
+        state.history.append(asdict(record))
         tqdm.write(f"epoch {epoch}: train_loss={record.train_loss:.4f} val_loss={record.validation_loss:.4f} "
-                   f"val_accuracy={record.validation_accuracy:.4f} val_macro_f1={record.validation_macro_f1:.4f}")
-        if record.validation_macro_f1 > best_score:
-            best_score, best_epoch = record.validation_macro_f1, epoch
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    return TrainResult(history, best_epoch, len(train)), best_state
+                   f"val_accuracy={record.validation_accuracy:.4f} val_{metric}={scores[metric]:.4f}")
+        if scores[metric] > state.best_score:
+            state.best_score, state.best_epoch, state.epochs_without_improvement = scores[metric], epoch, 0
+            best_state = _trainable_state(model)
+            if checkpoints:
+                checkpoints.save_best(best_state)
+        else:
+            state.epochs_without_improvement += 1
+            if params.early_stopping_patience and state.epochs_without_improvement >= params.early_stopping_patience:
+                state.stopped = True
+                tqdm.write(f"early stopping: no better val_{metric} for {state.epochs_without_improvement} epoch(s)")
+        state.epoch, state.step_in_epoch, state.running_loss, state.seconds_in_epoch = epoch + 1, 0, 0.0, 0.0
+        if checkpoints:
+            checkpoints.save(model, optimizer, scheduler, state)
 
-
-def save_model(model, tokenizer, best_state: dict[str, torch.Tensor], output_dir: Path) -> None:
     model.load_state_dict(best_state)
+    if params.lora.enabled:
+        model = model.merge_and_unload()  # a plain model: export and serving need no peft
+    result = TrainResult(
+        history=[EpochRecord(**r) for r in state.history], best_epoch=state.best_epoch, train_examples=len(train),
+        metric=metric, best_score=state.best_score, stopped_early=state.stopped, resumed_from_step=resumed_from,
+        trainable_parameters=trainable, total_parameters=total,
+    )
+    return result, model
+
+
+def save_model(model, tokenizer, output_dir: Path) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(output_dir)  # safetensors
     tokenizer.save_pretrained(output_dir)

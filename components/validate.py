@@ -11,6 +11,16 @@ Two more entry points serve new batches (see their sections below): `quarantine_
 the rows that fail a row-level check, each with its reason, so that the rest can be used and no row
 is lost; `validate_batch` then decides whether the batch as a whole may join the existing data.
 
+Token classification (task="token-classification"): a row is a sentence, `text` its tokens joined by
+single spaces and `label` its IOB2 tags joined likewise (or, from ingest, the lists in columns
+tokens and tags). The per-sentence checks (no tokens, token/tag counts differ, a token with
+whitespace or control characters, a tag outside O/B-/I- of data.labels, an I- tag that continues no
+entity) are computed in Python into helper columns holding the reason (null when the sentence is
+fine), each expected to be all null by GX. The label checks become entity-type checks (each type of
+data.labels has an entity; examples per label are entities per type). Duplicates and conflicting
+labels are found by sentence text; rows of an official split (column `split` not empty) are never
+counted as either, since the official data keeps each occurrence.
+
 GX is imported inside the entry points only: importing it costs about two seconds.
 """
 
@@ -20,6 +30,7 @@ import logging
 import re
 import shutil
 import tempfile
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +40,8 @@ import pandas as pd
 from pydantic import BaseModel, Field
 
 from components.reports import JsonReport
-from components.config import DataParams
+from components.config import TOKEN_CLASSIFICATION, DataParams, Task, iob2_tags
+from components.entities import OUTSIDE, entity_type_counts, tag_parts
 
 REQUIRED_COLUMNS = ("text", "label")
 # Helper columns added to the frame for the group-by checks.
@@ -44,6 +56,14 @@ SUMMARY_VALUE_CHARS = 60
 # same pattern means the same thing to RE2 (pandas' pyarrow strings) and to Python's re.
 _WHITESPACE = "".join(c for c in map(chr, range(0x3001)) if c.isspace())
 BLANK_TEXT_REGEX = f"^[{_WHITESPACE}]*$"
+# Token data: the lists ingest passes along, and the column of an official split.
+TOKEN_LIST_COLUMNS = ("tokens", "tags")
+SPLIT_COLUMN = "split"
+# Helper columns of the token checks: the check's reason for the sentence, null when it passes.
+ISSUE_PREFIX = "issue_"
+# Helper columns of the entity-type presence checks: the type when the sentence has such an entity.
+ENTITY_PREFIX = "entity_"
+ISSUE_EXAMPLES = 3  # bad tokens or tags named in one reason; the rest are counted
 
 
 class FailedExpectation(BaseModel):
@@ -97,16 +117,24 @@ class _Check:
     expectation: Any  # a GX Expectation; typed loosely because GX is imported lazily
 
 
-def validate_dataset(frame: pd.DataFrame, data: DataParams, *, source: str) -> ValidationReport:
+def _token_task(task: str) -> bool:
+    if task not in ("sequence-classification", TOKEN_CLASSIFICATION):
+        raise ValueError(f"unknown task {task!r}")
+    return task == TOKEN_CLASSIFICATION
+
+
+def validate_dataset(frame: pd.DataFrame, data: DataParams, *, source: str,
+                     task: Task = "sequence-classification") -> ValidationReport:
     """Run the suite over `frame` and return what failed, with example rows; raises nothing on bad data."""
     import great_expectations as gx
 
     given_columns = [str(c) for c in frame.columns]
-    frame, checks = _dataset_suite(gx, frame, data)
+    token_task = _token_task(task)
+    frame, checks = _dataset_suite(gx, frame, data, token_task)
     result = _run_suite(gx, frame, checks)
     by_name = {r.expectation_config.meta["check"]: r for r in result.results}
     failures = [
-        _failure(check, by_name[check.name], frame, given_columns)
+        _failure(check, by_name[check.name], frame, given_columns, token_task)
         for check in checks
         if not by_name[check.name].success
     ]
@@ -122,27 +150,155 @@ def validate_dataset(frame: pd.DataFrame, data: DataParams, *, source: str) -> V
 # --- the suite ------------------------------------------------------------------------------------
 
 
-def _dataset_suite(gx: Any, frame: pd.DataFrame, data: DataParams) -> tuple[pd.DataFrame, list[_Check]]:
+def _dataset_suite(gx: Any, frame: pd.DataFrame, data: DataParams,
+                   token_task: bool = False) -> tuple[pd.DataFrame, list[_Check]]:
     """The frame the dataset suite runs on (0..n-1 index, helper columns added) and its checks."""
-    frame = _with_helper_columns(frame.reset_index(drop=True))
-    return frame, _checks(gx, data, set(frame.columns))
+    frame = _with_helper_columns(frame.reset_index(drop=True), token_task)
+    if token_task and {"text", "label"} <= set(frame.columns):
+        frame = pd.concat([frame.drop(columns=list(TOKEN_LIST_COLUMNS), errors="ignore"),
+                           _token_issues(frame, data, DATASET_TOKEN_CHECKS), _entity_columns(frame, data)], axis=1)
+    return frame, _checks(gx, data, set(frame.columns), token_task)
 
 
-def _duplicate_key(frame: pd.DataFrame) -> pd.Series | None:
+def _duplicate_key(frame: pd.DataFrame, token_task: bool = False) -> pd.Series | None:
     # The id is the hash of the normalized text: texts that differ only in case or spacing collide.
-    if "id" in frame.columns:
+    # Token data: ids of official-split rows are not the text's hash, so the sentence itself is the key.
+    if "id" in frame.columns and not (token_task and "text" in frame.columns):
         return frame["id"]
     return frame["text"] if "text" in frame.columns else None
 
 
-def _with_helper_columns(frame: pd.DataFrame) -> pd.DataFrame:
-    key = _duplicate_key(frame)
+def _official(frame: pd.DataFrame, token_task: bool) -> np.ndarray:
+    """Rows of an official split: never duplicates, never conflicting (the official data keeps them)."""
+    if not token_task or SPLIT_COLUMN not in frame.columns:
+        return np.zeros(len(frame), dtype=bool)
+    return (frame[SPLIT_COLUMN].fillna("").astype(str) != "").to_numpy()
+
+
+def _with_helper_columns(frame: pd.DataFrame, token_task: bool = False) -> pd.DataFrame:
+    key = _duplicate_key(frame, token_task)
     if key is None:
         return frame
-    helpers = {DUPLICATE_FLAG: key.duplicated(keep="first")}  # the first occurrence is not a duplicate
+    official = _official(frame, token_task)
+    helpers = {DUPLICATE_FLAG: key.duplicated(keep="first") & ~official}  # the first occurrence is not a duplicate
     if "label" in frame.columns:
-        helpers[CONFLICT_FLAG] = _conflicting_label_flags(key, frame["label"])
+        helpers[CONFLICT_FLAG] = _conflicting_label_flags(key, frame["label"]) & ~official
     return frame.assign(**helpers)
+
+
+# --- token data: per-sentence checks as helper columns ----------------------------------------------
+
+
+def _token_lists(frame: pd.DataFrame) -> tuple[list[Any], list[Any]]:
+    """Each row's tokens and tags: the lists ingest passes along, else text and label split on spaces."""
+    if all(c in frame.columns for c in TOKEN_LIST_COLUMNS):
+        return frame["tokens"].tolist(), frame["tags"].tolist()
+
+    def words(value: Any) -> list[str]:
+        return value.split(" ") if isinstance(value, str) and value else []
+
+    return [words(v) for v in frame["text"].tolist()], [words(v) for v in frame["label"].tolist()]
+
+
+def _more(count: int, what: str) -> str:
+    return f" ({count:,} {what} in all)" if count > 1 else ""
+
+
+def _issue_empty(tokens: list[str], tags: list[str], data: DataParams) -> str | None:
+    return "sentence has no tokens" if not tokens else None
+
+
+def _issue_counts(tokens: list[str], tags: list[str], data: DataParams) -> str | None:
+    if len(tokens) == len(tags):
+        return None
+    return f"sentence has {len(tokens):,} token(s) but {len(tags):,} tag(s); each token needs exactly one tag"
+
+
+def _bad_character(token: str) -> tuple[int, str] | None:
+    for position, char in enumerate(token):
+        if char.isspace():
+            return position, "whitespace"
+        if unicodedata.category(char) == "Cc":
+            return position, "a control character"
+    return None
+
+
+def _issue_token_characters(tokens: list[str], tags: list[str], data: DataParams) -> str | None:
+    bad = []
+    for word, token in enumerate(tokens, start=1):
+        if token == "":
+            bad.append(f"token at word {word} is empty")
+            continue
+        found = _bad_character(token)
+        if found is not None:
+            position, kind = found
+            bad.append(f"token {token[:40]!r} at word {word} contains {kind} "
+                       f"(U+{ord(token[position]):04X} at character {position + 1})")
+    if not bad:
+        return None
+    return "; ".join(bad[:ISSUE_EXAMPLES]) + _more(len(bad), "bad tokens") + (
+        "; a token is one word without whitespace or control characters")
+
+
+def _issue_tag_set(tokens: list[str], tags: list[str], data: DataParams) -> str | None:
+    known = set(iob2_tags(list(data.labels)))
+    bad = [f"tag {tag!r} at word {word}" for word, tag in enumerate(tags, start=1) if tag not in known]
+    if not bad:
+        return None
+    return (", ".join(bad[:ISSUE_EXAMPLES]) + _more(len(bad), "unknown tags")
+            + f" not among the tags of data.labels {list(data.labels)} (O, B-X, I-X)")
+
+
+def _issue_iob2(tokens: list[str], tags: list[str], data: DataParams) -> str | None:
+    bad = []
+    previous = None
+    for word, tag in enumerate(tags, start=1):
+        prefix, kind = tag_parts(tag)
+        if prefix == "I":
+            before = tag_parts(previous) if previous is not None else (OUTSIDE, None)
+            if before[0] not in ("B", "I") or before[1] != kind:
+                after = f"follows {previous!r}" if previous is not None else "starts the sentence"
+                bad.append(f"tag {tag!r} at word {word} {after}")
+        previous = tag
+    if not bad:
+        return None
+    return ("; ".join(bad[:ISSUE_EXAMPLES]) + _more(len(bad), "broken entities")
+            + "; in IOB2 an I-X tag must follow B-X or I-X")
+
+
+# check name -> (description, reason of one sentence or None)
+_TOKEN_ISSUES = {
+    "sentence_not_empty": ("every sentence has at least one token", _issue_empty),
+    "tokens_match_tags": ("every sentence has as many tags as tokens", _issue_counts),
+    "token_characters": ("no token is empty or contains whitespace or control characters", _issue_token_characters),
+    "tags_in_tag_set": ("every tag is O or B-/I- of a type in data.labels", _issue_tag_set),
+    "iob2_consistent": ("every I-X tag follows B-X or I-X (IOB2)", _issue_iob2),
+}
+DATASET_TOKEN_CHECKS = tuple(_TOKEN_ISSUES)
+
+
+def _token_issues(frame: pd.DataFrame, data: DataParams, names: tuple[str, ...]) -> pd.DataFrame:
+    """One helper column per check in `names`: each row's reason, or None when it passes."""
+    all_tokens, all_tags = _token_lists(frame)
+    columns: dict[str, list[str | None]] = {ISSUE_PREFIX + name: [] for name in names}
+    issues = [(ISSUE_PREFIX + name, _TOKEN_ISSUES[name][1]) for name in names]
+    for tokens, tags in zip(all_tokens, all_tags):
+        tokens = list(tokens) if isinstance(tokens, (list, tuple, np.ndarray)) else []
+        tags = list(tags) if isinstance(tags, (list, tuple, np.ndarray)) else []
+        for column, issue in issues:
+            columns[column].append(issue(tokens, tags, data))
+    return pd.DataFrame({name: pd.Series(values, dtype=object) for name, values in columns.items()},
+                        index=frame.index)
+
+
+def _entity_columns(frame: pd.DataFrame, data: DataParams) -> pd.DataFrame:
+    """entity_<TYPE>: the type on each sentence with an entity of it (a B-TYPE tag), else None."""
+    _, all_tags = _token_lists(frame)
+    begins = [{tag[2:] for tag in tags if isinstance(tag, str) and tag.startswith("B-")}
+              if isinstance(tags, (list, tuple, np.ndarray)) else set() for tags in all_tags]
+    return pd.DataFrame({ENTITY_PREFIX + kind: pd.Series([kind if kind in found else None for found in begins],
+                                                         dtype=object)
+                         for kind in data.labels}, index=frame.index)
 
 
 def _conflicting_label_flags(key: pd.Series, labels: pd.Series) -> pd.Series:
@@ -153,7 +309,7 @@ def _conflicting_label_flags(key: pd.Series, labels: pd.Series) -> pd.Series:
     return key.isin(conflicting_keys.unique())
 
 
-def _checks(gx: Any, data: DataParams, columns: set[str]) -> list[_Check]:
+def _checks(gx: Any, data: DataParams, columns: set[str], token_task: bool = False) -> list[_Check]:
     """The checks that can run on these columns; a missing column fails the first check instead of
     making every check on it raise."""
     E = gx.expectations
@@ -175,7 +331,15 @@ def _checks(gx: Any, data: DataParams, columns: set[str]) -> list[_Check]:
                    E.ExpectColumnValueLengthsToBeBetween(column="text", min_value=data.min_chars,
                                                          max_value=data.max_chars)),
         ]
-    if "label" in columns:
+    if "label" in columns and token_task:
+        checks.append(_Check("label_not_null", "every row has a label",
+                             E.ExpectColumnValuesToNotBeNull(column="label")))
+        checks += [_Check(name, description, E.ExpectColumnValuesToBeNull(column=ISSUE_PREFIX + name))
+                   for name, (description, _) in _TOKEN_ISSUES.items() if ISSUE_PREFIX + name in columns]
+        checks += [_Check(f"entity_type_present[{kind}]", f"some sentence has a {kind} entity (a B-{kind} tag)",
+                          E.ExpectColumnDistinctValuesToContainSet(column=ENTITY_PREFIX + kind, value_set=[kind]))
+                   for kind in labels if ENTITY_PREFIX + kind in columns]
+    elif "label" in columns:
         checks += [
             _Check("label_not_null", "every row has a label",
                    E.ExpectColumnValuesToNotBeNull(column="label")),
@@ -184,18 +348,20 @@ def _checks(gx: Any, data: DataParams, columns: set[str]) -> list[_Check]:
             _Check("all_labels_present", f"each of {labels} appears at least once",
                    E.ExpectColumnDistinctValuesToContainSet(column="label", value_set=labels)),
         ]
+    same = "sentence" if token_task else "id"
     if DUPLICATE_FLAG in columns:
         # "mostly" is the fraction of rows that must pass. The epsilon keeps the limit inclusive:
         # 1 - 0.18 is 0.8200000000000001 in floats, above the 41/50 = 0.82 GX compares it with.
         mostly = max(0.0, 1.0 - data.max_duplicate_fraction - 1e-12)
         checks.append(_Check(
             "duplicate_texts",
-            f"at most {data.max_duplicate_fraction:.2%} of rows repeat an earlier text (same id; "
-            "data.max_duplicate_fraction)",
+            f"at most {data.max_duplicate_fraction:.2%} of rows repeat an earlier text (same {same}; "
+            "data.max_duplicate_fraction)" + ("; rows of an official split are not counted" if token_task else ""),
             E.ExpectColumnValuesToBeInSet(column=DUPLICATE_FLAG, value_set=[False], mostly=mostly)))
     if CONFLICT_FLAG in columns:
         checks.append(_Check(
-            "conflicting_labels", "no text appears with two different labels (same id)",
+            "conflicting_labels", f"no text appears with two different labels (same {same})"
+                                  + ("; rows of an official split are not counted" if token_task else ""),
             E.ExpectColumnValuesToBeInSet(column=CONFLICT_FLAG, value_set=[False])))
     for check in checks:
         check.expectation.meta = {"check": check.name}
@@ -243,7 +409,8 @@ class _quiet_gx_logging:
 # --- turning GX results into the report -----------------------------------------------------------
 
 
-def _failure(check: _Check, result: Any, frame: pd.DataFrame, given_columns: list[str]) -> FailedExpectation:
+def _failure(check: _Check, result: Any, frame: pd.DataFrame, given_columns: list[str],
+             token_task: bool = False) -> FailedExpectation:
     config = result.expectation_config
     details = result.result or {}
     indices = details.get("partial_unexpected_index_list") or []
@@ -255,7 +422,7 @@ def _failure(check: _Check, result: Any, frame: pd.DataFrame, given_columns: lis
         observed=_observed(check, result, given_columns),
         unexpected_count=details.get("unexpected_count"),
         unexpected_percent=details.get("unexpected_percent"),
-        examples=_examples(check, frame, [int(i) for i in indices[:MAX_EXAMPLES]]),
+        examples=_examples(check, frame, [int(i) for i in indices[:MAX_EXAMPLES]], token_task),
     )
 
 
@@ -271,6 +438,8 @@ def _observed(check: _Check, result: Any, given_columns: list[str]) -> str:
         return f"{details.get('observed_value')} rows"
     if check.name == "all_labels_present":
         return f"no rows for {details.get('partial_missing_list')}"
+    if check.name.startswith("entity_type_present["):
+        return f"no sentence has an entity of type {details.get('partial_missing_list')}"
     count, percent = details.get("unexpected_count"), details.get("unexpected_percent")
     if count is None:  # some GX failures carry only a flag; say so rather than invent numbers
         return "failed (GX gave no count)"
@@ -287,10 +456,14 @@ def _exception_message(info: dict[str, Any]) -> str | None:
     return "; ".join(messages) or None
 
 
-def _examples(check: _Check, frame: pd.DataFrame, positions: list[int]) -> list[dict[str, Any]]:
+def _examples(check: _Check, frame: pd.DataFrame, positions: list[int],
+              token_task: bool = False) -> list[dict[str, Any]]:
     examples = _example_rows(frame, positions)
+    column = ISSUE_PREFIX + check.name
     for example, position in zip(examples, positions):
-        example.update(_group_context(check, frame, position))
+        example.update(_group_context(check, frame, position, token_task))
+        if column in frame.columns:  # a token check: its reason for this sentence
+            example["reason"] = _json_value(frame[column].iloc[position])
     return examples
 
 
@@ -307,11 +480,11 @@ def _example_rows(frame: pd.DataFrame, positions: list[int]) -> list[dict[str, A
     return examples
 
 
-def _group_context(check: _Check, frame: pd.DataFrame, position: int) -> dict[str, Any]:
+def _group_context(check: _Check, frame: pd.DataFrame, position: int, token_task: bool = False) -> dict[str, Any]:
     """For the group-by checks: where the text was first seen, and which labels it carries."""
     if check.name not in ("duplicate_texts", "conflicting_labels"):
         return {}
-    key = _duplicate_key(frame)
+    key = _duplicate_key(frame, token_task)
     group = frame.loc[key == key.iloc[position]]
     if group.empty:  # a null key matches nothing
         return {}
@@ -348,6 +521,8 @@ def _quote_example(failure: FailedExpectation, example: dict[str, Any]) -> str:
     else:
         where = "a row"
     field = {"duplicate_texts": "text", "conflicting_labels": "label"}.get(failure.check, failure.column or "text")
+    if (failure.column or "").startswith(ISSUE_PREFIX):  # a token check: quote its reason
+        field = "reason"
     value = example.get(field)
     if isinstance(value, str) and len(value) > SUMMARY_VALUE_CHARS:
         value = value[:SUMMARY_VALUE_CHARS] + "..."
@@ -381,6 +556,10 @@ ROW_RESULT_FORMAT = {"result_format": "COMPLETE", "partial_unexpected_count": MA
 # The row checks, in the order that decides which one a row failing several is quarantined under.
 ROW_CHECK_ORDER = ("text_not_null", "text_not_blank", "text_length", "text_decodable",
                    "text_no_control_characters", "label_not_null", "label_in_labels")
+# The same for token data (a row is a sentence). text_decodable and text_length are the checks above,
+# on the sentence's text (its tokens joined by single spaces).
+TOKEN_ROW_CHECK_ORDER = ("sentence_not_empty", "tokens_match_tags", "token_characters", "text_decodable",
+                         "text_length", "tags_in_tag_set", "iob2_consistent")
 
 
 @dataclass(frozen=True)
@@ -397,7 +576,8 @@ class QuarantineResult:
     def counts_by_check(self) -> dict[str, int]:
         """Quarantined rows per (first failing) check, in the order the checks run."""
         counts = self.quarantined["check"].value_counts()
-        return {name: int(counts[name]) for name in ROW_CHECK_ORDER if name in counts.index}
+        order = list(dict.fromkeys(ROW_CHECK_ORDER + TOKEN_ROW_CHECK_ORDER))
+        return {name: int(counts[name]) for name in order if name in counts.index}
 
     def summary(self) -> str:
         line = f"{len(self.quarantined):,} of {self.rows:,} rows quarantined, {len(self.clean):,} clean"
@@ -407,14 +587,18 @@ class QuarantineResult:
         return line
 
 
-def quarantine_rows(frame: pd.DataFrame, data: DataParams) -> QuarantineResult:
+def quarantine_rows(frame: pd.DataFrame, data: DataParams, *, task: Task = "sequence-classification") -> QuarantineResult:
     """Split `frame` into clean rows and quarantined rows, checked by a GX suite of row-level checks.
 
     A row failing several checks is quarantined once: `check` and `expectation` name the first
-    failing check (in ROW_CHECK_ORDER), `reason` gives every failing check's reason joined by "; ".
+    failing check (in ROW_CHECK_ORDER; token data: TOKEN_ROW_CHECK_ORDER), `reason` gives every
+    failing check's reason joined by "; ". Token data is judged on the lists in columns tokens and
+    tags when the frame has them (as ingest's does), else on text and label split on spaces.
     Raises ValueError when a required column is missing (no row can be judged) and RuntimeError
     when a check could not run (its rows would otherwise pass unchecked).
     """
+    if _token_task(task):
+        return _quarantine_token_rows(frame, data)
     missing = [column for column in REQUIRED_COLUMNS if column not in frame.columns]
     if missing:
         raise ValueError(f"cannot quarantine rows: missing columns {missing}; columns found: "
@@ -428,6 +612,35 @@ def quarantine_rows(frame: pd.DataFrame, data: DataParams) -> QuarantineResult:
     result = _run_suite(gx, by_position, checks, name="tunegate rows", result_format=ROW_RESULT_FORMAT)
     verdicts = _row_verdicts(by_position, checks, _failing_positions(checks, result), data)
     return _split(frame, verdicts)
+
+
+def _quarantine_token_rows(frame: pd.DataFrame, data: DataParams) -> QuarantineResult:
+    missing = [column for column in REQUIRED_COLUMNS if column not in frame.columns]
+    if missing:
+        raise ValueError(f"cannot quarantine rows: missing columns {missing}; columns found: "
+                         f"{[str(c) for c in frame.columns]}")
+    import great_expectations as gx
+
+    by_position = frame.reset_index(drop=True)
+    # GX sees the text, the label and the reasons computed per sentence, never the lists themselves.
+    checked = pd.concat([by_position[list(REQUIRED_COLUMNS)],
+                         _token_issues(by_position, data, DATASET_TOKEN_CHECKS)], axis=1)
+    checks = _token_row_checks(gx, data)
+    result = _run_suite(gx, checked, checks, name="tunegate sentences", result_format=ROW_RESULT_FORMAT)
+    verdicts = _row_verdicts(checked, checks, _failing_positions(checks, result), data)
+    return _split(frame, verdicts)
+
+
+def _token_row_checks(gx: Any, data: DataParams) -> list[_Check]:
+    E = gx.expectations
+    text_checks = {check.name: check for check in _row_checks(gx, data)}
+    checks = []
+    for name in TOKEN_ROW_CHECK_ORDER:
+        if name in _TOKEN_ISSUES:
+            checks.append(_Check(name, _TOKEN_ISSUES[name][0], E.ExpectColumnValuesToBeNull(column=ISSUE_PREFIX + name)))
+        else:
+            checks.append(text_checks[name])
+    return _tagged(checks)
 
 
 def _row_checks(gx: Any, data: DataParams) -> list[_Check]:
@@ -567,7 +780,12 @@ def _reason_label_unknown(values: list[Any], data: DataParams) -> list[str]:
     return [f"label {label!r} is not one of data.labels {list(data.labels)}" for label in values]
 
 
+def _reason_given(values: list[Any], data: DataParams) -> list[str]:
+    return [str(value) for value in values]  # the token checks' helper columns hold the reason itself
+
+
 _ROW_REASONS = {
+    **{name: _reason_given for name in _TOKEN_ISSUES},
     "text_not_null": _reason_text_null,
     "text_not_blank": _reason_text_blank,
     "text_length": _reason_text_length,
@@ -590,14 +808,18 @@ QUARANTINE_FRACTION_COLUMN = "quarantined_fraction"
 
 
 def validate_batch(batch_clean: pd.DataFrame, *, rows_in: int, quarantined: int, existing: pd.DataFrame | None,
-                   data: DataParams, source: str | None = None) -> ValidationReport:
+                   data: DataParams, source: str | None = None,
+                   task: Task = "sequence-classification") -> ValidationReport:
     """Batch-level checks on a batch's clean rows (from quarantine_rows) against the existing dataset.
 
     rows_in: rows given to quarantine_rows; quarantined: how many it set aside (rows_in must equal
     len(batch_clean) + quarantined: a row missing from both is refused, not ignored).
     existing: the dataset the batch joins (columns id or text, and label), or None for the first batch.
     source: the name in the report; by default the batch's batch_id.
+    Token data: examples per label are entities per type (B- tags), conflicts are found by sentence
+    text, and rows of an official split (column split) are never conflicting.
     """
+    token_task = _token_task(task)
     if rows_in != len(batch_clean) + quarantined:
         raise ValueError(f"rows do not add up: rows_in={rows_in:,} but {len(batch_clean):,} clean + "
                          f"{quarantined:,} quarantined = {len(batch_clean) + quarantined:,}")
@@ -607,10 +829,11 @@ def validate_batch(batch_clean: pd.DataFrame, *, rows_in: int, quarantined: int,
     import great_expectations as gx
 
     existing = existing if existing is not None else batch_clean.iloc[:0]
-    batch = _batch_table(batch_clean.reset_index(drop=True), existing)
+    batch = _batch_table(batch_clean.reset_index(drop=True).drop(columns=list(TOKEN_LIST_COLUMNS), errors="ignore"),
+                         existing, token_task)
     tables = [
         (batch, _batch_row_checks(gx, data)),
-        (_label_count_table(batch, existing, data), _label_count_checks(gx, data)),
+        (_label_count_table(batch, existing, data, token_task), _label_count_checks(gx, data, token_task)),
         (_quarantine_table(rows_in, quarantined), _quarantine_checks(gx, data)),
     ]
     failures, checked = [], 0
@@ -618,7 +841,7 @@ def validate_batch(batch_clean: pd.DataFrame, *, rows_in: int, quarantined: int,
         result = _run_suite(gx, table, checks, name="tunegate batch")
         by_name = {r.expectation_config.meta["check"]: r for r in result.results}
         checked += int(result.statistics["evaluated_expectations"])
-        failures += [_batch_failure(check, by_name[check.name], table, existing, rows_in, quarantined)
+        failures += [_batch_failure(check, by_name[check.name], table, existing, rows_in, quarantined, token_task)
                      for check in checks if not by_name[check.name].success]
     return ValidationReport(success=not failures, source=source or _batch_source(batch_clean), rows=len(batch_clean),
                             checked=checked, failures=failures)
@@ -630,9 +853,9 @@ def _batch_source(batch_clean: pd.DataFrame) -> str:
     return "batch " + ", ".join(str(b) for b in batch_clean["batch_id"].dropna().unique()[:3])
 
 
-def _batch_table(batch: pd.DataFrame, existing: pd.DataFrame) -> pd.DataFrame:
+def _batch_table(batch: pd.DataFrame, existing: pd.DataFrame, token_task: bool = False) -> pd.DataFrame:
     """The batch with a flag on each row whose text has another label in the batch or in `existing`."""
-    batch_key, existing_key = _duplicate_key(batch), _duplicate_key(existing)
+    batch_key, existing_key = _duplicate_key(batch, token_task), _duplicate_key(existing, token_task)
     if existing_key is None or "label" not in existing.columns:
         existing_key, existing_labels = batch_key.iloc[:0], batch["label"].iloc[:0]
     else:
@@ -640,7 +863,7 @@ def _batch_table(batch: pd.DataFrame, existing: pd.DataFrame) -> pd.DataFrame:
     key = pd.concat([batch_key, existing_key], ignore_index=True)
     labels = pd.concat([batch["label"], existing_labels], ignore_index=True)
     # Conflicts inside `existing` alone were there before this batch: only the batch's rows are judged.
-    flags = _conflicting_label_flags(key, labels).iloc[: len(batch)].to_numpy()
+    flags = _conflicting_label_flags(key, labels).iloc[: len(batch)].to_numpy() & ~_official(batch, token_task)
     return batch.assign(**{CONFLICT_FLAG: flags})
 
 
@@ -656,12 +879,19 @@ def _batch_row_checks(gx: Any, data: DataParams) -> list[_Check]:
     return _tagged(checks)
 
 
-def _label_count_table(batch: pd.DataFrame, existing: pd.DataFrame, data: DataParams) -> pd.DataFrame:
-    """One row per label in data.labels: examples in the existing data, in the batch, and both."""
+def _label_count_table(batch: pd.DataFrame, existing: pd.DataFrame, data: DataParams,
+                       token_task: bool = False) -> pd.DataFrame:
+    """One row per label in data.labels: examples in the existing data, in the batch, and both.
+    Token data: one row per entity type, counting entities (B- tags)."""
     labels = list(data.labels)
-    in_existing = (existing["label"].value_counts().reindex(labels, fill_value=0) if "label" in existing.columns
-                   else pd.Series(0, index=labels))
-    in_batch = batch["label"].value_counts().reindex(labels, fill_value=0)
+
+    def counts(labels_column: pd.Series) -> pd.Series:
+        if token_task:
+            return pd.Series(entity_type_counts(labels_column.tolist()), dtype="int64").reindex(labels, fill_value=0)
+        return labels_column.value_counts().reindex(labels, fill_value=0)
+
+    in_existing = counts(existing["label"]) if "label" in existing.columns else pd.Series(0, index=labels)
+    in_batch = counts(batch["label"])
     return pd.DataFrame({
         "label": pd.Series(labels, dtype="str"),
         "in_existing": in_existing.to_numpy(dtype="int64"),
@@ -670,10 +900,11 @@ def _label_count_table(batch: pd.DataFrame, existing: pd.DataFrame, data: DataPa
     })
 
 
-def _label_count_checks(gx: Any, data: DataParams) -> list[_Check]:
+def _label_count_checks(gx: Any, data: DataParams, token_task: bool = False) -> list[_Check]:
+    what = "entities (B- tags)" if token_task else "example(s)"
     return _tagged([_Check(
         "min_examples_per_label",
-        f"each of {list(data.labels)} has at least {data.min_examples_per_label} example(s) in the existing data "
+        f"each of {list(data.labels)} has at least {data.min_examples_per_label} {what} in the existing data "
         "and the batch together (data.min_examples_per_label)",
         gx.expectations.ExpectColumnValuesToBeBetween(column=LABEL_COUNT_COLUMN,
                                                       min_value=data.min_examples_per_label))])
@@ -703,7 +934,7 @@ def _tagged(checks: list[_Check]) -> list[_Check]:
 
 
 def _batch_failure(check: _Check, result: Any, table: pd.DataFrame, existing: pd.DataFrame, rows_in: int,
-                   quarantined: int) -> FailedExpectation:
+                   quarantined: int, token_task: bool = False) -> FailedExpectation:
     details = result.result or {}
     positions = [int(i) for i in (details.get("partial_unexpected_index_list") or [])[:MAX_EXAMPLES]]
     problem = _exception_message(result.exception_info or {})
@@ -716,7 +947,8 @@ def _batch_failure(check: _Check, result: Any, table: pd.DataFrame, existing: pd
         observed = f"{quarantined:,} of {rows_in:,} input rows quarantined ({quarantined / rows_in:.2%})"
     elif check.name == "min_examples_per_label":
         short = table.iloc[positions]
-        observed = "; ".join(f"label {row.label!r} has {row.examples:,} example(s) ({row.in_existing:,} existing + "
+        kind, what = ("entity type", "entities") if token_task else ("label", "example(s)")
+        observed = "; ".join(f"{kind} {row.label!r} has {row.examples:,} {what} ({row.in_existing:,} existing + "
                              f"{row.in_batch:,} in the batch)" for row in short.itertuples())
     else:
         observed = _observed(check, result, [str(c) for c in table.columns])
@@ -724,7 +956,7 @@ def _batch_failure(check: _Check, result: Any, table: pd.DataFrame, existing: pd
         examples = [{name: _json_value(value) for name, value in row.items()}
                     for row in table.iloc[positions].to_dict("records")]
     elif check.name == "conflicting_labels":
-        examples = _conflict_examples(table, existing, positions)
+        examples = _conflict_examples(table, existing, positions, token_task)
     else:
         examples = []
     count, percent = details.get("unexpected_count"), details.get("unexpected_percent")
@@ -742,10 +974,11 @@ def _batch_failure(check: _Check, result: Any, table: pd.DataFrame, existing: pd
     )
 
 
-def _conflict_examples(batch: pd.DataFrame, existing: pd.DataFrame, positions: list[int]) -> list[dict[str, Any]]:
+def _conflict_examples(batch: pd.DataFrame, existing: pd.DataFrame, positions: list[int],
+                       token_task: bool = False) -> list[dict[str, Any]]:
     """The batch's offending rows, each with every label its text has in the batch and the existing data."""
     examples = _example_rows(batch, positions)
-    batch_key, existing_key = _duplicate_key(batch), _duplicate_key(existing)
+    batch_key, existing_key = _duplicate_key(batch, token_task), _duplicate_key(existing, token_task)
     for example, position in zip(examples, positions):
         key = batch_key.iloc[position]
         labels = set(batch.loc[batch_key == key, "label"].dropna())
@@ -769,7 +1002,8 @@ DATA_DOCS_RESULT_FORMAT = {"result_format": "SUMMARY", "partial_unexpected_count
 _DATA_DOCS_SITE = "local_site"
 
 
-def build_data_docs(frame: pd.DataFrame, data: DataParams, out_dir: Path, *, source: str) -> Path:
+def build_data_docs(frame: pd.DataFrame, data: DataParams, out_dir: Path, *, source: str,
+                    task: Task = "sequence-classification") -> Path:
     """Render the dataset suite's result on `frame` as a GX Data Docs site in `out_dir`; return its index.html.
 
     The expectations are validate_dataset's (same helper columns, same checks); each carries a note
@@ -786,7 +1020,7 @@ def build_data_docs(frame: pd.DataFrame, data: DataParams, out_dir: Path, *, sou
     from great_expectations.core.run_identifier import RunIdentifier
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
-    frame, checks = _dataset_suite(gx, frame, data)
+    frame, checks = _dataset_suite(gx, frame, data, _token_task(task))
     for check in checks:
         # GX renders a description in place of its own sentence for the expectation; ours names
         # tunegate's check and the GX type too.

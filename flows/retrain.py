@@ -8,6 +8,7 @@ A failure anywhere before `deploy` leaves the registry's champion exactly as it 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Literal
 
@@ -22,7 +23,7 @@ from components.registry import CHAMPION
 from flows.approval import PENDING, RETRAIN_FLOW_NAME, Approval, apply_decision, auto_approval, wait_for_approval
 from components import tracking
 
-ML_STAGES = ("validate", "preprocess", "train", "evaluate", "export")
+ML_STAGES = ("validate", "preprocess", "adapt", "start", "train", "evaluate", "export")
 ONNX_OUT = "artifacts/onnx"
 
 
@@ -62,7 +63,8 @@ def ingest_data(params: Params, layout: ProjectLayout) -> dict:
     from components.versioning import git_commit, version_data
 
     store = DataStore(layout.data_dir)
-    result = ingest_batch(read_configured_source(params.data, layout.root), params.data, store, base=True)
+    result = ingest_batch(read_configured_source(params.data, layout.root, task=params.task), params.data, store,
+                          base=True, task=params.task)
     data_hash = version_data(layout.root, layout.data_dir)
     commit = git_commit(layout.root)  # once: the code this run started from, whatever is committed meanwhile
     get_run_logger().info("%s; data version %s", describe(result), data_hash)
@@ -79,27 +81,49 @@ def reproduce(layout: ProjectLayout, stage: str) -> None:
 
 
 @task(name="score-int8", cache_policy=TASK_SOURCE + INPUTS, persist_result=True, result_serializer="json")
-def score_registered_version(tracking_uri: str, model_name: str, version: str, test_split_md5: str,
-                             layout: ProjectLayout, labels: list[str]) -> dict:
-    """Re-score a registered model on today's test rows; cached per (version, test split content)."""
+def score_registered_version(tracking_uri: str, model_name: str, version: str, rows_md5: str,
+                             rows_csv: Path, labels: list[str]) -> dict:
+    """Re-score a registered model on labelled rows; cached per (version, content of the rows)."""
     import tempfile
 
     from components.registry import ModelRegistry
 
     with tempfile.TemporaryDirectory() as scratch:
         model_dir = ModelRegistry(tracking_uri, model_name).download(version, Path(scratch))
-        return score_onnx_dir(model_dir, layout.split_file("test"), labels)
+        return score_onnx_dir(model_dir, rows_csv, labels)
+
+
+def earlier_test_rows(layout: ProjectLayout, champion_batches: list[str]) -> tuple[Path, str] | None:
+    """The test rows of the batches the champion was trained on, written beside the test split, and
+    their md5; None when they are all of today's test rows (vs_champion already covers them)."""
+    import hashlib
+
+    import pandas as pd
+
+    test = pd.read_csv(layout.split_file("test"), dtype=str, keep_default_na=False)
+    earlier = test[test["batch_id"].isin(champion_batches)] if "batch_id" in test else test
+    if earlier.empty or len(earlier) == len(test):
+        return None
+    path = layout.eval_dir / "earlier_test_rows.csv"
+    earlier.to_csv(path, index=False, lineterminator="\n")
+    return path, hashlib.md5(path.read_bytes()).hexdigest()
 
 
 @task(name="gate", cache_policy=NO_CACHE)
-def gate(params: Params, layout: ProjectLayout, champion: dict | None, champion_version: str | None) -> dict:
+def gate(params: Params, layout: ProjectLayout, champion: dict | None, champion_version: str | None,
+         earlier_rows: tuple[Path, dict] | None = None) -> dict:
+    """`earlier_rows`: the champion's own test rows and the champion's metrics on them."""
     import json
 
     from components.gate import decide
 
     challenger = score_onnx_dir(layout.onnx_dir, layout.split_file("test"), params.data.labels)
     parity = json.loads(layout.parity_file.read_text())
-    decision = decide(challenger, parity, champion, champion_version, params.gate, params.export)
+    forgetting = None
+    if earlier_rows is not None:
+        rows_csv, champion_on_earlier = earlier_rows
+        forgetting = (score_onnx_dir(layout.onnx_dir, rows_csv, params.data.labels), champion_on_earlier)
+    decision = decide(challenger, parity, champion, champion_version, params.gate, params.export, forgetting)
     get_run_logger().info(decision.summary())
     return {"decision": decision.model_dump(), "summary": decision.summary(), "passed": decision.passed,
             "challenger_metrics": challenger}
@@ -109,8 +133,13 @@ def gate(params: Params, layout: ProjectLayout, champion: dict | None, champion_
 def register(registry, run_id: str, layout: ProjectLayout, tags: dict, passed: bool) -> str:
     from components.registry import CHALLENGER
 
+    from components.continual import PYTORCH_ARTIFACT
+
     # A retry after a failure past create_model_version must not register the model twice.
     earlier = [v for v in registry.find_versions(model_md5=tags["model_md5"]) if v.run_id == run_id]
+    if not earlier:
+        # The PyTorch weights travel with the version's run: continual learning starts from them.
+        registry.log_artifact(run_id, layout.model_dir, PYTORCH_ARTIFACT)
     version = earlier[0] if earlier else registry.register(run_id, layout.onnx_dir, tags)
     if passed:
         registry.set_alias(CHALLENGER, version.version)
@@ -148,7 +177,7 @@ def _retrain(layout: ProjectLayout, params: Params, profile: str) -> dict:
     try:
         for stage in ML_STAGES:
             reproduce.with_options(name=stage)(layout, stage)
-        tracking.log_stage_outputs(registry, run_id, layout)
+        tracking.log_stage_outputs(registry, run_id, layout, params.is_token_task)
 
         model_md5 = tracking.output_md5(layout, "export", ONNX_OUT)
         champion = registry.by_alias(CHAMPION)
@@ -157,12 +186,17 @@ def _retrain(layout: ProjectLayout, params: Params, profile: str) -> dict:
                                     message=f"champion v{champion.version} was built from the same data, code and "
                                             "params; nothing new to ship")
 
-        champion_metrics = None
+        champion_metrics = earlier = None
         if champion is not None:
             champion_metrics = score_registered_version(
                 registry.tracking_uri, registry.model_name, champion.version,
-                tracking.output_md5(layout, "preprocess", "artifacts/splits"), layout, params.data.labels)
-        verdict = gate(params, layout, champion_metrics, champion.version if champion else None)
+                tracking.output_md5(layout, "preprocess", "artifacts/splits"), layout.split_file("test"),
+                params.data.labels)
+            rows = earlier_test_rows(layout, json.loads(champion.tags.get("data_batches", "[]")))
+            if rows is not None:  # new batches since the champion: did the challenger forget the old ones?
+                earlier = (rows[0], score_registered_version.with_options(name="score-int8-earlier-rows")(
+                    registry.tracking_uri, registry.model_name, champion.version, rows[1], rows[0], params.data.labels))
+        verdict = gate(params, layout, champion_metrics, champion.version if champion else None, earlier)
         tracking.log_gate(registry, run_id, verdict)
 
         # A version an earlier, interrupted run registered and left waiting is asked about again, not

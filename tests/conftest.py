@@ -28,3 +28,11 @@ def prefect_api():
 
     with prefect_test_harness(server_startup_timeout=60):
         yield
+
+
+@pytest.fixture(scope="session")
+def tiny_ner_base_model(tmp_path_factory) -> Path:
+    """The tiny BERT with a word-piece vocabulary trained on NER-style sentences."""
+    from tests.tiny import ner_corpus
+
+    return build_tiny_base_model(tmp_path_factory.mktemp("tiny-ner-bert"), ner_corpus())

@@ -29,10 +29,10 @@ def train_tiny_classifier(base_dir: Path, out_dir: Path, *, steps: int = 200, se
     """Fine-tune the tiny base on easy reviews and save model + tokenizer as a pipeline would."""
     import torch
 
-    from components.modeling import load_sequence_classifier, load_tokenizer
+    from components.modeling import load_classifier, load_tokenizer
 
     torch.manual_seed(seed)
-    model = load_sequence_classifier(str(base_dir), LABELS)
+    model = load_classifier(str(base_dir), LABELS)
     tokenizer = load_tokenizer(str(base_dir))
     frame = sentiment_frame(512, seed=seed + 1)
     texts = frame["review"].tolist()
@@ -65,10 +65,10 @@ def save_untrained_classifier(base_dir: Path, out_dir: Path, *, seed: int = 0) -
     """Same architecture and labels with a fresh head: a model that must disagree with the trained one."""
     import torch
 
-    from components.modeling import load_sequence_classifier, load_tokenizer
+    from components.modeling import load_classifier, load_tokenizer
 
     torch.manual_seed(seed)
-    load_sequence_classifier(str(base_dir), LABELS).save_pretrained(out_dir)
+    load_classifier(str(base_dir), LABELS).save_pretrained(out_dir)
     load_tokenizer(str(base_dir)).save_pretrained(out_dir)
     return out_dir
 

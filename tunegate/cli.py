@@ -112,12 +112,13 @@ def cmd_ingest(args) -> int:
     params = _params(layout)
     store = DataStore(layout.data_dir)
     if args.path is None:
-        result = ingest_batch(read_configured_source(params.data, layout.root), params.data, store, base=True)
+        result = ingest_batch(read_configured_source(params.data, layout.root, task=params.task), params.data, store,
+                              base=True, task=params.task)
     else:
         result = ingest_batch(
-            read_file_source(Path(args.path).resolve(), params.data), params.data, store, base=False,
+            read_file_source(Path(args.path).resolve(), params.data, task=params.task), params.data, store, base=False,
             drift=params.drift, reference=_champion_training_data(layout, store),
-            tokenizer_factory=lambda: load_tokenizer(resolve_model_source(params.model.base_model)),
+            tokenizer_factory=lambda: load_tokenizer(resolve_model_source(params.model.base_model)), task=params.task,
         )
     print(describe(result))
     print(f"data.dvc: {version_data(layout.root, layout.data_dir)} (commit data.dvc to record this version)")
@@ -141,7 +142,8 @@ def cmd_monitor(args) -> int:
         raise ConfigError("serve.prediction_log is not set: the service keeps no sample of live traffic to check")
     traffic = read_prediction_log(layout.root / params.serve.prediction_log, last=args.last)
     reference = _champion_training_data(layout, DataStore(layout.data_dir))
-    report = drift_report(reference, traffic, load_tokenizer(resolve_model_source(params.model.base_model)), params.drift)
+    report = drift_report(reference, traffic, load_tokenizer(resolve_model_source(params.model.base_model)), params.drift,
+                          task=params.task)
     path = layout.root / ".tunegate" / "monitor" / time.strftime("drift-%Y%m%dT%H%M%SZ.json", time.gmtime())
     path.parent.mkdir(parents=True, exist_ok=True)
     report.write(path)
@@ -154,11 +156,13 @@ def cmd_monitor(args) -> int:
 
 
 def cmd_fetch(args) -> int:
-    from components.assets import builtin_model_dir, read_builtin_dataset, split_builtin
+    from components.assets import BUILTIN_SPLIT_DATASETS, builtin_model_dir, read_builtin_dataset, \
+        read_builtin_split_dataset, split_builtin
 
     params = _params(_layout(args))
     if (name := split_builtin(params.data.source)) is not None:
-        print(f"data {params.data.source}: {read_builtin_dataset(name).description}")
+        read = read_builtin_split_dataset if name in BUILTIN_SPLIT_DATASETS else read_builtin_dataset
+        print(f"data {params.data.source}: {read(name).description}")
     if (name := split_builtin(params.model.base_model)) is not None:
         print(f"model {params.model.base_model}: {builtin_model_dir(name)}")
     return 0
@@ -296,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     promote.set_defaults(handler=cmd_promote)
 
     stage = verbs.add_parser("stage", help="run one ML stage (dvc.yaml calls these)")
-    stage.add_argument("name", choices=["validate", "preprocess", "train", "evaluate", "export"])
+    stage.add_argument("name", choices=["validate", "preprocess", "adapt", "start", "train", "evaluate", "export"])
     stage.set_defaults(handler=cmd_stage)
     return parser
 

@@ -1,0 +1,89 @@
+"""Training checkpoints: enough state to continue a killed run exactly where it stopped.
+
+A checkpoint holds the model and optimizer tensors, the scheduler position, the loop position
+(epoch, step within it), the RNG state and the history so far; the best epoch's weights are kept
+beside it. Files are written to a temporary name and renamed, so a kill mid-write leaves the previous
+checkpoint intact. Checkpoints live in a directory keyed by a fingerprint of everything that shapes
+the run (params, data, base model): a run never resumes from another configuration's state.
+Loading uses torch.load(weights_only=True): tensors and plain values only, no pickled code.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+STATE_FILE = "last.pt"
+BEST_FILE = "best.pt"
+
+
+@dataclass
+class TrainingState:
+    epoch: int = 1  # the epoch in progress (or next to start)
+    step_in_epoch: int = 0  # optimizer steps already taken in that epoch
+    global_step: int = 0
+    running_loss: float = 0.0
+    seconds_in_epoch: float = 0.0
+    best_score: float = -1.0
+    best_epoch: int = 0
+    epochs_without_improvement: int = 0
+    stopped: bool = False
+    history: list[dict] = field(default_factory=list)
+
+
+def _atomic_save(payload: dict, path: Path) -> None:
+    scratch = path.with_suffix(".tmp")
+    torch.save(payload, scratch)
+    scratch.replace(path)
+
+
+class Checkpointer:
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+
+    @property
+    def state_path(self) -> Path:
+        return self.directory / STATE_FILE
+
+    def save(self, model, optimizer, scheduler, state: TrainingState) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        _atomic_save({
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "state": asdict(state),
+            "torch_rng": torch.get_rng_state(),
+            # Python's RNG state is a tuple of ints: stored as a list so weights_only loading takes it.
+            "python_rng": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+        }, self.state_path)
+
+    def restore(self, model, optimizer, scheduler, state: TrainingState) -> bool:
+        """Load the last checkpoint into the given objects; False when there is none."""
+        if not self.state_path.is_file():
+            return False
+        saved = torch.load(self.state_path, weights_only=True)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        for key, value in saved["state"].items():
+            setattr(state, key, value)
+        torch.set_rng_state(saved["torch_rng"])
+        version, internal, gauss = saved["python_rng"]
+        random.setstate((version, tuple(internal), gauss))
+        return True
+
+    def save_best(self, weights: dict[str, torch.Tensor]) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        _atomic_save(weights, self.directory / BEST_FILE)
+
+    def load_best(self) -> dict[str, torch.Tensor] | None:
+        path = self.directory / BEST_FILE
+        return torch.load(path, weights_only=True) if path.is_file() else None
+
+    def clear(self) -> None:
+        """After a finished run: the saved model is the result, the checkpoints only take space."""
+        shutil.rmtree(self.directory, ignore_errors=True)
