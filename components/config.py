@@ -350,15 +350,32 @@ def load_params(path: Path, env: Mapping[str, str] | None = None) -> Params:
 def set_param(path: Path, dotted_key: str, value: Any) -> Any:
     """Write one override into params.yaml, as `dvc exp run --set-param` does, and return the old value.
 
-    Overrides go through the file so that DVC's stage cache and the MLflow record both see them.
+    Overrides go through the file so that DVC's stage cache and the MLflow record both see them. The
+    file is edited round-trip (ruamel.yaml, as DVC itself does): its comments and order survive.
     """
-    raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    from ruamel.yaml import YAML
+
+    editor = YAML()  # round-trip mode
+    editor.preserve_quotes = True
+    editor.width = 4096  # never re-wrap a user's long lines
+    editor.representer.add_representer(  # `null` stays `null`, not an empty value
+        type(None), lambda representer, _: representer.represent_scalar("tag:yaml.org,2002:null", "null"))
+    raw = editor.load(Path(path).read_text(encoding="utf-8")) or {}
     node = raw
     *parents, leaf = dotted_key.split(".")
     for part in parents:
         node = node.setdefault(part, {})
     old = node.get(leaf)
     node[leaf] = value
-    parse_params(raw, source=f"{path} with {dotted_key}={value!r}")  # refuse a bad override before writing
-    Path(path).write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    plain = yaml.safe_load(_dump(editor, raw))
+    parse_params(plain, source=f"{path} with {dotted_key}={value!r}")  # refuse a bad override before writing
+    Path(path).write_text(_dump(editor, raw), encoding="utf-8")
     return old
+
+
+def _dump(editor, data) -> str:
+    import io
+
+    buffer = io.StringIO()
+    editor.dump(data, buffer)
+    return buffer.getvalue()

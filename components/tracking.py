@@ -45,12 +45,21 @@ def start_run(registry: ModelRegistry, params: Params, layout: ProjectLayout, da
     tags = {"git_commit": data["git_commit"], "data_hash": data["data_hash"], "data_batches": data["batches"],
             "data_source": data["source"], "task": params.task, "mlflow.source.name": "tunegate retrain"}
     run_id = registry.start_run(params.registry.experiment, time.strftime("retrain-%Y%m%d-%H%M%S"), tags)
-    registry.log_params(run_id, flatten(model_params(params)))
+    swept = swept_params(params)  # logged once the sweep has chosen them
+    registry.log_params(run_id, {k: v for k, v in flatten(model_params(params)).items() if k not in swept})
     # Token data: counts are per entity type (a per-tag-sequence count would be one metric per sentence).
     counts = {f"data_rows_{label}": n for label, n in data["label_counts"].items() if label in params.data.labels}
     registry.log_metrics(run_id, {"data_rows": data["rows"], "data_rows_quarantined": data["quarantined"],
                                   "data_batches": len(data["batches"]), **counts})
     return run_id
+
+
+def swept_params(params: Params) -> dict[str, str]:
+    """The flattened params a sweep will set (empty without a sweep), with today's values."""
+    if not params.sweep.enabled:
+        return {}
+    flat = flatten(model_params(params))
+    return {key: flat[key] for key in params.sweep.space if key in flat}
 
 
 def output_md5(layout: ProjectLayout, stage: str, path: str) -> str:

@@ -53,6 +53,10 @@ def check_config(params: Params, layout: ProjectLayout) -> str:
 
     if not (layout.root / ".dvc").is_dir():
         raise RuntimeError(f"{layout.root} is not a DVC project: run `git init && dvc init` there first")
+    if params.sweep.enabled:
+        from components.sweep import check_trials
+
+        check_trials(params)  # every trial's values valid before the first one trains
     return resolve_model_source(params.model.base_model)
 
 
@@ -151,6 +155,18 @@ def deploy(registry, version: str, approval: Approval) -> str | None:
     return apply_decision(registry, version, approval)
 
 
+def sweep_then_reload(params: Params, layout: ProjectLayout, registry, run_id: str) -> Params:
+    """Run the sweep; the winner's values are then in params.yaml and its model is the train stage's output."""
+    from flows.sweep import run_sweep
+
+    summary = run_sweep(params, layout, registry, run_id)
+    print(f"sweep: trial {summary['best_trial']} won with {summary['metric']} {summary['best_score']:.4f} "
+          f"({summary['best_overrides']}); params.yaml now holds its values")
+    params = load_params(layout.params_file)
+    registry.log_params(run_id, tracking.swept_params(params))  # held back at start: MLflow params are write-once
+    return params
+
+
 @flow(name=RETRAIN_FLOW_NAME, log_prints=True)
 def retrain(
     project_dir: str = ".",
@@ -176,6 +192,8 @@ def _retrain(layout: ProjectLayout, params: Params, profile: str) -> dict:
     run_id = tracking.start_run(registry, params, layout, data)
     try:
         for stage in ML_STAGES:
+            if stage == "train" and params.sweep.enabled:
+                params = sweep_then_reload(params, layout, registry, run_id)
             reproduce.with_options(name=stage)(layout, stage)
         tracking.log_stage_outputs(registry, run_id, layout, params.is_token_task)
 

@@ -1,0 +1,163 @@
+"""The hyperparameter sweep as a Prefect subflow: one task per trial, at most sweep.max_concurrency at
+a time, each trial a nested MLflow run under the retraining run; the best trial by its validation
+metric becomes the train stage's result, so the chain goes on with it without training again.
+
+Call `run_sweep` between `dvc repro preprocess` and `dvc repro train`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from components.config import Params
+from components.layout import ProjectLayout
+from components.registry import ModelRegistry
+from components.sweep import (
+    SUMMARY_FILE,
+    SweepSummary,
+    TrialFailure,
+    TrialResult,
+    all_failed,
+    apply_trial,
+    best_trial,
+    check_trials,
+    previous_summary,
+    sweep_dir,
+    threads_per_trial,
+    train_trial,
+    trial_name,
+)
+from components.tracking import flatten
+
+PARENT_TAG = "mlflow.parentRunId"
+# MLflow's SQLite store takes one writer at a time; trials finishing together queue here instead.
+_mlflow_lock = threading.Lock()
+
+
+def _log_history(registry: ModelRegistry, run_id: str, history_file: Path) -> None:
+    history = json.loads(history_file.read_text())
+    for record in history.get("history", []):
+        metrics = {k: v for k, v in record.items() if k != "epoch" and isinstance(v, (int, float))}
+        registry.log_metrics(run_id, metrics, step=record["epoch"])
+
+
+@task(name="sweep-trial", task_run_name="trial-{index}", cache_policy=NO_CACHE, persist_result=False)
+def sweep_trial(params: Params, layout: ProjectLayout, registry: ModelRegistry, parent_run_id: str, index: int,
+                overrides: dict[str, Any], threads: int) -> TrialResult:
+    from components.sweep import params_with
+
+    trial_params = params_with(params, overrides)
+    with _mlflow_lock:
+        run_id = registry.start_run(params.registry.experiment, trial_name(index), {
+            PARENT_TAG: parent_run_id, "sweep_trial": str(index), "sweep_overrides": overrides,
+            "mlflow.source.name": "tunegate sweep"})
+        registry.log_params(run_id, {**flatten({"train": trial_params.train.model_dump(mode="json")}),
+                                     "sweep.trial": str(index), "sweep.threads": str(threads)})
+    get_run_logger().info("%s %s: training with %d torch thread(s), MLflow run %s",
+                          trial_name(index), overrides, threads, run_id)
+    try:
+        result = train_trial(layout, params, index, overrides, threads, run_id=run_id)
+    except BaseException as error:
+        with _mlflow_lock:
+            registry.set_run_tags(run_id, {"error": str(error)[-4000:]})
+            registry.end_run(run_id, failed=True)
+        raise
+    with _mlflow_lock:
+        _log_history(registry, run_id, result.history_file)
+        registry.log_metrics(run_id, {"best_score": result.best_score, "best_epoch": result.best_epoch,
+                                      "trial_seconds": result.seconds})
+        registry.set_run_tags(run_id, {"metric": result.metric})
+        registry.end_run(run_id)
+    get_run_logger().info("%s: best %s %.4f (epoch %d) in %.0f s", trial_name(index), result.metric,
+                          result.best_score, result.best_epoch, result.seconds)
+    return result
+
+
+@task(name="apply-best-trial", cache_policy=NO_CACHE, persist_result=False)
+def apply_best(params: Params, layout: ProjectLayout, best: TrialResult) -> dict[str, Any]:
+    return apply_trial(layout, params, best)
+
+
+def _log_summary(registry: ModelRegistry, run_id: str, summary: dict) -> None:
+    tags = {"sweep_best_trial": trial_name(summary["best_trial"]), "sweep_metric": summary["metric"],
+            "sweep_method": summary["method"], "sweep_best_overrides": summary["best_overrides"],
+            "sweep_cached": str(summary["cached"]).lower()}
+    tags.update({f"sweep_best.{key}": value for key, value in summary["best_overrides"].items()})
+    if summary.get("best_run_id"):
+        tags["sweep_best_run_id"] = summary["best_run_id"]
+    with _mlflow_lock:
+        registry.set_run_tags(run_id, tags)
+        per_trial = {f"sweep_{trial_name(row['trial']).replace('-', '_')}_best_score": row["best_score"]
+                     for row in summary["trials"] if row.get("best_score") is not None}
+        registry.log_metrics(run_id, {"sweep_best_score": summary["best_score"], "sweep_trials": len(summary["trials"]),
+                                      "sweep_trials_failed": summary["failed"], **per_trial})
+        registry.log_json(run_id, summary, "sweep/summary.json")
+
+
+@flow(name="tunegate-sweep", validate_parameters=False)
+def sweep_flow(params: Params, layout: ProjectLayout, registry: ModelRegistry, parent_run_id: str) -> dict:
+    """Run the trials (the task runner, set by run_sweep, bounds how many at once), apply the best."""
+    logger = get_run_logger()
+    earlier = previous_summary(layout, params)
+    if earlier is not None:
+        logger.info("the train stage still holds the sweep's winner %s %s (%s %.4f): not sweeping again",
+                    trial_name(earlier["best_trial"]), earlier["best_overrides"], earlier["metric"],
+                    earlier["best_score"])
+        earlier = {**earlier, "cached": True}
+        _log_summary(registry, parent_run_id, earlier)
+        return earlier
+
+    trials = check_trials(params)
+    threads = threads_per_trial(params.sweep.max_concurrency, len(trials))
+    directory = sweep_dir(layout)
+    if directory.exists():
+        shutil.rmtree(directory)  # the previous sweep's trials: none of them is comparable any more
+    logger.info("%s sweep: %d trials, at most %d at once, %d torch thread(s) each",
+                params.sweep.method, len(trials), params.sweep.max_concurrency, threads)
+    futures = [sweep_trial.submit(params, layout, registry, parent_run_id, index, overrides, threads)
+               for index, overrides in enumerate(trials)]
+
+    results: list[TrialResult] = []
+    failures: list[TrialFailure] = []
+    for index, (overrides, future) in enumerate(zip(trials, futures)):
+        outcome = future.result(raise_on_failure=False)  # one failed trial does not stop the others
+        if isinstance(outcome, TrialResult):
+            results.append(outcome)
+        else:
+            failures.append(TrialFailure(index, overrides, str(outcome)))
+            logger.warning("%s %s failed: %s", trial_name(index), overrides, outcome)
+    if not results:
+        raise all_failed(failures)
+
+    best = best_trial(results)
+    logger.info("best: %s %s with %s %.4f", trial_name(best.index), best.overrides, best.metric, best.best_score)
+    previous = apply_best(params, layout, best)
+    for result in results:  # the losers' weights: their history, params and log stay for reading
+        if result.index != best.index and result.model_dir.exists():
+            shutil.rmtree(result.model_dir)
+    summary = SweepSummary(params.sweep.method, best.metric, best, results, failures, previous)
+    summary = summary.to_dict(params, layout.root)
+    (directory / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    _log_summary(registry, parent_run_id, summary)
+    return summary
+
+
+def run_sweep(params: Params, layout: ProjectLayout, registry: ModelRegistry, parent_run_id: str) -> dict:
+    """Sweep, apply the best trial to params.yaml and the train stage's outputs (committed to DVC).
+
+    Returns the summary: method, metric, best_trial, best_score, best_overrides, best_run_id,
+    previous_values (params.yaml's values before), trials (one row per trial), failed, cached
+    (true when the train stage still held this sweep's winner and nothing ran). Raises
+    SweepFailed when every trial failed, ConfigError when a trial's values are not valid settings.
+    After it returns, reload params.yaml: its train.* values are the winner's.
+    """
+    runner = ThreadPoolTaskRunner(max_workers=params.sweep.max_concurrency)
+    return sweep_flow.with_options(task_runner=runner)(params, layout, registry, parent_run_id)
