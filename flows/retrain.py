@@ -81,7 +81,9 @@ def ingest_data(params: Params, layout: ProjectLayout) -> dict:
 def reproduce(layout: ProjectLayout, stage: str) -> None:
     from components.versioning import run_dvc
 
-    run_dvc(layout.root, "repro", stage)  # a no-op when the stage's deps and params are unchanged
+    # --single-item: the flow runs the stages in order itself; without it every call would also re-check
+    # (and re-run the always-changed `start` stage of) everything upstream.
+    run_dvc(layout.root, "repro", "--single-item", stage)  # a no-op when the stage's deps and params are unchanged
 
 
 @task(name="score-int8", cache_policy=TASK_SOURCE + INPUTS, persist_result=True, result_serializer="json")

@@ -15,8 +15,6 @@ ENTITY_TYPES = ["PER", "LOC", "ORG"]
 
 
 def sentiment_splits(tokenizer, n_train: int = 640, n_validation: int = 160):
-    import pandas as pd
-
     from components.preprocess import tokenize_split
 
     frame = sentiment_frame(n_train + n_validation, seed=3).rename(columns={"review": "text", "sentiment": "label"})

@@ -1,0 +1,71 @@
+"""Continual learning through the real flow: a champion, a new batch, then a retraining that starts
+from the champion's weights with a replayed share of the old batches and a gate that checks the
+old batches' test rows for forgetting. Also domain-adaptive (MLM) pretraining as a stage."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from components.config import set_param
+from components.layout import ProjectLayout
+from components.registry import CHAMPION, ModelRegistry, resolve_tracking_uri
+from flows.retrain import retrain
+from tests.project import git, make_project
+from tests.tiny import sentiment_frame
+from tunegate.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+def test_retraining_from_the_champion_replays_old_batches_and_checks_forgetting(tmp_path, tiny_base_model, prefect_api):
+    root = make_project(tmp_path / "project", tiny_base_model, approval={"profile": "local"})
+    first = retrain(project_dir=str(root))
+    assert first["status"] == "promoted", first
+
+    new_rows = sentiment_frame(300, seed=9)
+    new_rows["review"] = "new batch " + new_rows["review"]
+    new_rows.to_csv(root / "incoming" / "more.csv", index=False)
+    assert main(["--project", str(root), "ingest", str(root / "incoming" / "more.csv"), "--no-retrain"]) == 0
+    set_param(root / "params.yaml", "train.init_from", "champion")
+    set_param(root / "params.yaml", "train.replay_fraction", 0.5)
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", "new batch; continue from the champion")
+
+    second = retrain(project_dir=str(root))
+    layout = ProjectLayout(root)
+    start = json.loads((layout.start_dir / "start.json").read_text())
+    assert (start["source"], start["champion_version"]) == ("champion", first["version"])
+    assert (layout.start_dir / "model" / "model.safetensors").is_file()  # the champion's PyTorch weights
+
+    history = json.loads(layout.train_history.read_text())
+    replay = history["replay"]
+    assert replay["new_rows"] > 150 and replay["replayed_rows"] == round(0.5 * replay["old_rows"])
+    assert history["train_examples"] == replay["new_rows"] + replay["replayed_rows"]
+
+    registry = ModelRegistry(resolve_tracking_uri(None, layout.mlflow_dir), "tiny-sentiment")
+    run = registry.client.get_run(second["run_id"])
+    assert run.data.metrics["replay_replayed_rows"] == replay["replayed_rows"]
+    decision = json.loads(open(registry.client.download_artifacts(second["run_id"], "gate/decision.json")).read())
+    forgetting = [c for c in decision["checks"] if c["name"] == "no_forgetting"]
+    assert len(forgetting) == 1 and "test rows of the batches" in forgetting[0]["detail"]
+    assert second["status"] in ("promoted", "rejected-by-gate"), second
+    if second["status"] == "promoted":
+        assert registry.by_alias(CHAMPION).version == second["version"]
+
+
+def test_adaptive_pretraining_lowers_the_mlm_loss_and_feeds_fine_tuning(tmp_path, tiny_base_model):
+    from components.adapt import adapt_language_model, adapted_source, read_card
+    from components.config import AdaptParams
+    from components.modeling import load_classifier
+
+    texts = sentiment_frame(400, seed=4)["review"].tolist()
+    out = tmp_path / "adapted"
+    result = adapt_language_model(str(tiny_base_model), "tiny", texts,
+                                  AdaptParams(enabled=True, epochs=3, learning_rate=5e-3, batch_size=32), 32, out)
+    assert result.mlm_loss_last_epoch < result.mlm_loss_first_epoch
+    assert read_card(out).enabled and adapted_source(out) == str(out)
+    assert (out / "model.safetensors").is_file() and not list(out.glob("*.bin"))
+    model = load_classifier(str(out), ["negative", "positive"])  # the MLM head is dropped, a new head added
+    assert model.config.num_labels == 2
