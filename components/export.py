@@ -293,25 +293,84 @@ class QuantizationPlan:
     per_channel: bool = False
     op_types: tuple[str, ...] = ()  # empty: every op type the quantizer supports
     keep_float: tuple[str, ...] = ()  # regexes on node names left in float
+    # > 0: every MatMul with a constant weight (not in keep_float) becomes onnxruntime's MatMulNBits with
+    # 8-bit weights in blocks of this many input channels and activations quantized per row and block
+    # at run time, instead of one activation range per batch. op_types then lists only what dynamic
+    # quantization still does besides (empty: nothing).
+    matmul_block_size: int = 0
 
 
 def quantize_int8(fp32_path: Path, int8_path: Path, plan: QuantizationPlan = QuantizationPlan()) -> None:
     import re
 
     import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
 
     graph = onnx.load(str(fp32_path), load_external_data=False)
     keep_float = [node.name for node in graph.graph.node if any(re.search(p, node.name) for p in plan.keep_float)]
+    op_types = plan.op_types
+    source = fp32_path
+    if plan.matmul_block_size:
+        graph = onnx.load(str(fp32_path))
+        _matmuls_to_8bit_blocks(graph, plan.matmul_block_size, set(keep_float))
+        onnx.save(graph, str(int8_path))
+        op_types = tuple(op for op in plan.op_types if op != "MatMul")
+        if not op_types:
+            return
+        source = int8_path
+    _quantize_dynamic(source, int8_path, plan.per_channel, op_types, keep_float)
+
+
+def _matmuls_to_8bit_blocks(model, block_size: int, skip: set[str]) -> None:
+    """MatMul x W (W constant, [K, N]) -> MatMulNBits with W symmetric 8-bit per block of `block_size`
+    rows of K; accuracy_level 4 computes in int8 with activations quantized per block."""
+    from onnx import helper, numpy_helper
+
+    initializers = {init.name: init for init in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type != "MatMul" or node.name in skip or node.input[1] not in initializers:
+            continue
+        weight = numpy_helper.to_array(initializers[node.input[1]]).astype(np.float32)
+        if weight.ndim != 2:
+            continue
+        k, n = weight.shape
+        block = block_size
+        while k % block and block > 16:  # a narrow layer (K=32, 64) takes the largest block that divides it
+            block //= 2
+        if k % block:
+            continue
+        blocks = weight.T.reshape(n, k // block, block)
+        scales = np.abs(blocks).max(axis=2) / 127.0
+        scales[scales == 0] = 1.0
+        packed = (np.clip(np.round(blocks / scales[:, :, None]), -127, 127) + 128).astype(np.uint8)  # zero point 128
+        packed_name, scales_name = f"{node.name}_Q8", f"{node.name}_scales"
+        model.graph.initializer.extend([numpy_helper.from_array(packed, packed_name),
+                                        numpy_helper.from_array(scales.reshape(-1).astype(np.float32), scales_name)])
+        node.CopyFrom(helper.make_node(
+            "MatMulNBits", [node.input[0], packed_name, scales_name], list(node.output), name=f"{node.name}_Q8",
+            domain="com.microsoft", K=k, N=n, bits=8, block_size=block, accuracy_level=4,
+        ))
+    used = {name for node in model.graph.node for name in node.input}
+    kept = [init for init in model.graph.initializer if init.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+    if not any(opset.domain == "com.microsoft" for opset in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+
+
+def _quantize_dynamic(source: Path, target: Path, per_channel: bool, op_types: tuple[str, ...],
+                      keep_float: list[str]) -> None:
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
     # quant_pre_process is skipped on purpose: it leaves temp files in the working directory and
     # gains nothing for MatMul-heavy encoders.
     with _root_log_without("consider to run pre-processing"):
         quantize_dynamic(
-            str(fp32_path),
-            str(int8_path),
+            str(source),
+            str(target),
             weight_type=QuantType.QInt8,
-            per_channel=plan.per_channel,
-            op_types_to_quantize=list(plan.op_types) or None,
+            per_channel=per_channel,
+            op_types_to_quantize=list(op_types) or None,
             nodes_to_exclude=keep_float,
             # Fused contrib ops carry no type information; without this the quantizer gives up on them.
             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},

@@ -45,7 +45,8 @@ def assign_splits(dataset: pd.DataFrame, split: SplitParams) -> dict[str, pd.Dat
         # are comparable only on the official test set.
         official = deduplicated[OFFICIAL_SPLIT_COLUMN].fillna("").astype(str)
         names = names.where(official == "", official)
-    return {name: deduplicated.loc[names == name, SPLIT_COLUMNS].reset_index(drop=True) for name in SPLITS}
+    columns = [c for c in SPLIT_COLUMNS if c in deduplicated]  # batch_id: absent from a bare frame
+    return {name: deduplicated.loc[names == name, columns].reset_index(drop=True) for name in SPLITS}
 
 
 @dataclass(frozen=True)

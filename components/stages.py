@@ -171,7 +171,8 @@ def export(layout: ProjectLayout, params: Params) -> None:
 
     from components.export import QuantizationPlan, check_parity, export_onnx
 
-    plan = QuantizationPlan(params.export.per_channel, tuple(params.export.quantize_ops), tuple(params.export.keep_float))
+    plan = QuantizationPlan(params.export.per_channel, tuple(params.export.quantize_ops),
+                            tuple(params.export.keep_float), params.export.matmul_block_size)
     result = export_onnx(layout.model_dir, layout.onnx_dir, opset=params.export.opset,
                          quantize=params.export.quantize, max_length=params.model.max_length, plan=plan)
     print(f"exported {result.model_path} ({result.precision}, {result.int8_bytes or result.fp32_bytes:,} bytes; "

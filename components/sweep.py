@@ -202,13 +202,8 @@ def _child_main(directory: Path, root: Path, threads: int) -> None:
     torch.set_num_threads(threads)
     params = parse_params(json.loads((directory / TRIAL_PARAMS).read_text()), source=str(directory), env={})
     result = train_model(ProjectLayout(root), params, trial_outputs(directory))
-    best_score = getattr(result, "best_score", None)
-    metric = getattr(result, "metric", None)
-    if best_score is None:  # a TrainResult without the summary fields: the best epoch's macro-F1
-        best = next(r for r in result.history if r.epoch == result.best_epoch)
-        best_score, metric = best.validation_macro_f1, "macro_f1"
     (directory / TRIAL_RESULT).write_text(json.dumps({
-        "best_score": float(best_score), "metric": metric, "best_epoch": result.best_epoch,
+        "best_score": float(result.best_score), "metric": result.metric, "best_epoch": result.best_epoch,
         "train_examples": result.train_examples}, indent=2) + "\n")
 
 
@@ -223,18 +218,6 @@ def best_trial(results: list[TrialResult]) -> TrialResult:
 def all_failed(failures: list[TrialFailure]) -> SweepFailed:
     detail = "\n\n".join(f"{trial_name(f.index)} {f.overrides}:\n{f.error}" for f in failures)
     return SweepFailed(f"all {len(failures)} sweep trials failed:\n\n{detail}")
-
-
-def _train_stage(root: Path) -> dict:
-    return ((yaml.safe_load((root / "dvc.yaml").read_text()) or {}).get("stages") or {}).get("train") or {}
-
-
-def _out_paths(stage: dict) -> set[str]:
-    paths = set()
-    for section in ("outs", "metrics", "plots"):
-        for out in stage.get(section) or []:
-            paths.update(out if isinstance(out, dict) else [out])
-    return paths
 
 
 def _replace(source: Path, target: Path) -> None:
@@ -267,10 +250,6 @@ def apply_trial(layout: ProjectLayout, params: Params, trial: TrialResult) -> di
     source = trial_outputs(trial.model_dir.parent)
     _replace(source.model_dir, outputs.model_dir)
     _replace(source.history_file, outputs.history_file)
-    stage_outs = _out_paths(_train_stage(layout.root))
-    checkpoint = outputs.checkpoint_dir.relative_to(layout.root).as_posix()
-    if checkpoint in stage_outs and source.checkpoint_dir.exists():  # only when DVC tracks it
-        _replace(source.checkpoint_dir, outputs.checkpoint_dir)
     run_dvc(layout.root, "commit", "--force", "--quiet", "train", capture=True)
     return previous
 

@@ -200,7 +200,7 @@ def evaluate_split(model, split: TokenizedSplit, labels: list[str], batch_size: 
     return {"loss": loss, "accuracy": scores["accuracy"], "macro_f1": scores["macro_f1"], "entity_f1": scores["entity_f1"]}
 
 
-def _trainable_state(model) -> dict[str, torch.Tensor]:
+def _state_copy(model) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
@@ -274,7 +274,7 @@ def train_classifier(model, train: TokenizedSplit, validation: TokenizedSplit, l
                    f"val_accuracy={record.validation_accuracy:.4f} val_{metric}={scores[metric]:.4f}")
         if scores[metric] > state.best_score:
             state.best_score, state.best_epoch, state.epochs_without_improvement = scores[metric], epoch, 0
-            best_state = _trainable_state(model)
+            best_state = _state_copy(model)
             if checkpoints:
                 checkpoints.save_best(best_state)
         else:
