@@ -119,7 +119,6 @@ def earlier_test_rows(layout: ProjectLayout, champion_batches: list[str]) -> tup
 def gate(params: Params, layout: ProjectLayout, champion: dict | None, champion_version: str | None,
          earlier_rows: tuple[Path, dict] | None = None) -> dict:
     """`earlier_rows`: the champion's own test rows and the champion's metrics on them."""
-    import json
 
     from components.gate import decide
 

@@ -229,3 +229,21 @@ def test_a_failed_trial_does_not_stop_the_others_and_all_failing_fails_the_sweep
     with pytest.raises(SweepFailed) as caught:
         run_sweep(load_params(layout.params_file), layout, registry, registry.start_run("tunegate", "p", {}))
     assert "trial-00 boom" in str(caught.value) and "trial-01 boom" in str(caught.value)
+
+
+@pytest.mark.slow
+def test_the_retrain_flow_sweeps_then_ships_the_winner(tmp_path, tiny_base_model, prefect_api):
+    from components.registry import resolve_tracking_uri
+    from flows.retrain import retrain
+
+    root = tmp_path / "project"
+    make_project(root, tiny_base_model, approval={"profile": "local"},
+                 sweep={"enabled": True, "method": "grid", "max_concurrency": 2, "space": SWEEP_SPACE})
+    result = retrain(project_dir=str(root))
+    assert result["status"] == "promoted", result
+    assert read_params(root)["train"]["learning_rate"] == 0.005
+    registry = ModelRegistry(resolve_tracking_uri(None, ProjectLayout(root).mlflow_dir), "tiny-sentiment")
+    run = registry.client.get_run(result["run_id"])
+    assert run.data.params["train.learning_rate"] == "0.005"  # logged after the sweep chose it
+    assert len(child_runs(registry, result["run_id"])) == 2
+    assert float(registry.version(result["version"]).tags["test_accuracy"]) >= 0.8

@@ -94,8 +94,8 @@ def test_class_weights_favour_the_rare_class():
 
 
 def test_balanced_class_weights_train(tiny_base_model):
-    result, _ = run(tiny_base_model, None, epochs=1, class_weights="balanced")
-    assert result.best_score > 0.5
+    result, _ = run(tiny_base_model, None, class_weights="balanced")
+    assert result.best_score >= 0.8, result.history
 
 
 def test_early_stopping_stops_when_the_metric_stalls(tiny_base_model):
