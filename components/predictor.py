@@ -123,6 +123,8 @@ def open_session(model_path: Path, providers: Sequence[str], intra_op_threads: i
 class _OnnxModel:
     """An export directory's card, tokenizer and onnxruntime session."""
 
+    TASK: str  # the card's task each subclass serves
+
     def __init__(
         self,
         model_dir: Path,
@@ -135,6 +137,9 @@ class _OnnxModel:
 
         self.model_dir = Path(model_dir)
         self.card = read_model_card(self.model_dir)
+        if self.card.task != self.TASK:
+            raise ValueError(f"{model_dir} holds a {self.card.task} model, not a {self.TASK} one; "
+                             "open it with load_predictor, which picks the class from the card")
         self._max_length = max_length if max_length is not None else self.card.max_length
         self._tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir), trust_remote_code=False)
         self._session = open_session(self.model_dir / MODEL_FILE, providers, intra_op_threads)
@@ -183,18 +188,7 @@ class OnnxTextClassifier(_OnnxModel):
     length need it.
     """
 
-    def __init__(
-        self,
-        model_dir: Path,
-        providers: Sequence[str] = (CPU_PROVIDER,),
-        intra_op_threads: int | None = None,
-        *,
-        max_length: int | None = None,
-    ) -> None:
-        super().__init__(model_dir, providers, intra_op_threads, max_length=max_length)
-        if self.card.task != SEQUENCE_CLASSIFICATION:
-            raise ValueError(f"{model_dir} holds a {self.card.task} model; open it with OnnxTokenTagger "
-                             "(or load_predictor, which picks the class from the card)")
+    TASK = SEQUENCE_CLASSIFICATION
 
     def _encode(self, texts: list[str]) -> dict[str, np.ndarray]:
         with self._tokenizer_lock:
@@ -264,6 +258,8 @@ class OnnxTokenTagger(_OnnxModel):
     sub-token inside max_length is tagged O with probability 1.
     """
 
+    TASK = TOKEN_CLASSIFICATION
+
     def __init__(
         self,
         model_dir: Path,
@@ -273,9 +269,6 @@ class OnnxTokenTagger(_OnnxModel):
         max_length: int | None = None,
     ) -> None:
         super().__init__(model_dir, providers, intra_op_threads, max_length=max_length)
-        if self.card.task != TOKEN_CLASSIFICATION:
-            raise ValueError(f"{model_dir} holds a {self.card.task} model, not a token classifier; "
-                             "open it with OnnxTextClassifier (or load_predictor)")
         if OUTSIDE_TAG not in self.card.labels:
             raise ValueError(f"{model_dir}: the tags {self.card.labels} have no {OUTSIDE_TAG!r}")
         self._outside = self.card.labels.index(OUTSIDE_TAG)
