@@ -206,22 +206,29 @@ def text_lengths(texts: pd.Series) -> np.ndarray:
 
 
 def length_shift_check(reference_texts: pd.Series, batch_texts: pd.Series, thresholds: DriftThresholds) -> DriftCheck:
-    reference, batch = text_lengths(reference_texts), text_lengths(batch_texts)
-    empty = _empty_side(pd.Series(reference), pd.Series(batch), "texts")
+    return _length_shift(text_lengths(reference_texts), text_lengths(batch_texts), thresholds, items="texts",
+                         key="chars", unit="characters",
+                         what="text lengths in characters (the largest gap between the shares of texts up to "
+                              "any one length)")
+
+
+def _length_shift(reference: np.ndarray, batch: np.ndarray, thresholds: DriftThresholds, *, items: str, key: str,
+                  unit: str, what: str) -> DriftCheck:
+    """The KS statistic between two samples of lengths, with medians, 90th percentiles and the chance level."""
+    empty = _empty_side(pd.Series(reference), pd.Series(batch), items)
     if empty:
         return DriftCheck(name="length_shift", value=None, warn=thresholds.warn, fail=thresholds.fail,
                           status="skipped", detail=empty)
     statistic = ks_statistic(reference, batch)
     chance = KS_CRITICAL_COEFFICIENT * np.sqrt((len(reference) + len(batch)) / (len(reference) * len(batch)))
     measures = {
-        "reference_median_chars": float(np.median(reference)), "batch_median_chars": float(np.median(batch)),
-        "reference_p90_chars": float(np.percentile(reference, 90)), "batch_p90_chars": float(np.percentile(batch, 90)),
+        f"reference_median_{key}": float(np.median(reference)), f"batch_median_{key}": float(np.median(batch)),
+        f"reference_p90_{key}": float(np.percentile(reference, 90)), f"batch_p90_{key}": float(np.percentile(batch, 90)),
         "chance_level": float(chance),
     }
-    detail = (f"KS statistic {statistic:.3f} between the text lengths in characters (the largest gap between "
-              f"the shares of texts up to any one length); median {measures['reference_median_chars']:,.0f} -> "
-              f"{measures['batch_median_chars']:,.0f}, 90th percentile {measures['reference_p90_chars']:,.0f} -> "
-              f"{measures['batch_p90_chars']:,.0f} characters (reference -> batch); "
+    detail = (f"KS statistic {statistic:.3f} between the {what}; median {measures[f'reference_median_{key}']:,.0f} -> "
+              f"{measures[f'batch_median_{key}']:,.0f}, 90th percentile {measures[f'reference_p90_{key}']:,.0f} -> "
+              f"{measures[f'batch_p90_{key}']:,.0f} {unit} (reference -> batch); "
               f"noise alone reaches about {chance:.3f} at these sizes")
     return _check("length_shift", statistic, thresholds, detail, measures)
 
@@ -235,23 +242,8 @@ def token_counts(texts: pd.Series) -> np.ndarray:
 def token_length_shift_check(reference_texts: pd.Series, batch_texts: pd.Series,
                              thresholds: DriftThresholds) -> DriftCheck:
     """Token data: the KS statistic between the sentence lengths in tokens."""
-    reference, batch = token_counts(reference_texts), token_counts(batch_texts)
-    empty = _empty_side(pd.Series(reference), pd.Series(batch), "sentences")
-    if empty:
-        return DriftCheck(name="length_shift", value=None, warn=thresholds.warn, fail=thresholds.fail,
-                          status="skipped", detail=empty)
-    statistic = ks_statistic(reference, batch)
-    chance = KS_CRITICAL_COEFFICIENT * np.sqrt((len(reference) + len(batch)) / (len(reference) * len(batch)))
-    measures = {
-        "reference_median_tokens": float(np.median(reference)), "batch_median_tokens": float(np.median(batch)),
-        "reference_p90_tokens": float(np.percentile(reference, 90)), "batch_p90_tokens": float(np.percentile(batch, 90)),
-        "chance_level": float(chance),
-    }
-    detail = (f"KS statistic {statistic:.3f} between the sentence lengths in tokens; median "
-              f"{measures['reference_median_tokens']:,.0f} -> {measures['batch_median_tokens']:,.0f}, 90th percentile "
-              f"{measures['reference_p90_tokens']:,.0f} -> {measures['batch_p90_tokens']:,.0f} tokens "
-              f"(reference -> batch); noise alone reaches about {chance:.3f} at these sizes")
-    return _check("length_shift", statistic, thresholds, detail, measures)
+    return _length_shift(token_counts(reference_texts), token_counts(batch_texts), thresholds, items="sentences",
+                         key="tokens", unit="tokens", what="sentence lengths in tokens")
 
 
 # --- words the tokenizer cannot represent -----------------------------------------------------------
