@@ -140,18 +140,23 @@ def total_variation_distance(reference_shares: pd.Series, batch_shares: pd.Serie
 
 
 def label_shift_check(reference_labels: pd.Series, batch_labels: pd.Series, thresholds: DriftThresholds) -> DriftCheck:
-    reference_shares, batch_shares = label_shares(reference_labels), label_shares(batch_labels)
-    empty = _empty_side(reference_shares, batch_shares, "labels")
+    return _share_shift(label_shares(reference_labels), label_shares(batch_labels), thresholds, items="labels",
+                        what="the label shares (reference -> batch)")
+
+
+def _share_shift(reference_shares: pd.Series, batch_shares: pd.Series, thresholds: DriftThresholds, *, items: str,
+                 what: str) -> DriftCheck:
+    """Total variation distance between two distributions of shares, with every share in the detail."""
+    empty = _empty_side(reference_shares, batch_shares, items)
     if empty:
         return DriftCheck(name="label_shift", value=None, warn=thresholds.warn, fail=thresholds.fail,
                           status="skipped", detail=empty)
     distance = total_variation_distance(reference_shares, batch_shares)
-    labels = sorted(reference_shares.index.union(batch_shares.index), key=str)
-    shares = ", ".join(f"{label} {reference_shares.get(label, 0):.1%} -> {batch_shares.get(label, 0):.1%}"
-                       for label in labels)
-    detail = (f"total variation distance {distance:.3f} between the label shares (reference -> batch): {shares}")
-    measures = {f"reference_share[{label}]": float(reference_shares.get(label, 0)) for label in labels}
-    measures |= {f"batch_share[{label}]": float(batch_shares.get(label, 0)) for label in labels}
+    keys = sorted(reference_shares.index.union(batch_shares.index), key=str)
+    shares = ", ".join(f"{key} {reference_shares.get(key, 0):.1%} -> {batch_shares.get(key, 0):.1%}" for key in keys)
+    detail = f"total variation distance {distance:.3f} between {what}: {shares}"
+    measures = {f"reference_share[{key}]": float(reference_shares.get(key, 0)) for key in keys}
+    measures |= {f"batch_share[{key}]": float(batch_shares.get(key, 0)) for key in keys}
     return _check("label_shift", distance, thresholds, detail, measures)
 
 
@@ -165,20 +170,8 @@ def entity_type_shares(tag_strings: pd.Series) -> pd.Series:
 
 def entity_shift_check(reference_tags: pd.Series, batch_tags: pd.Series, thresholds: DriftThresholds) -> DriftCheck:
     """Token data: total variation distance between the entity-type shares (each entity = one B- tag)."""
-    reference_shares, batch_shares = entity_type_shares(reference_tags), entity_type_shares(batch_tags)
-    empty = _empty_side(reference_shares, batch_shares, "entities")
-    if empty:
-        return DriftCheck(name="label_shift", value=None, warn=thresholds.warn, fail=thresholds.fail,
-                          status="skipped", detail=empty)
-    distance = total_variation_distance(reference_shares, batch_shares)
-    kinds = sorted(reference_shares.index.union(batch_shares.index), key=str)
-    shares = ", ".join(f"{kind} {reference_shares.get(kind, 0):.1%} -> {batch_shares.get(kind, 0):.1%}"
-                       for kind in kinds)
-    detail = (f"total variation distance {distance:.3f} between the entity-type shares of the entities "
-              f"(B- tags; reference -> batch): {shares}")
-    measures = {f"reference_share[{kind}]": float(reference_shares.get(kind, 0)) for kind in kinds}
-    measures |= {f"batch_share[{kind}]": float(batch_shares.get(kind, 0)) for kind in kinds}
-    return _check("label_shift", distance, thresholds, detail, measures)
+    return _share_shift(entity_type_shares(reference_tags), entity_type_shares(batch_tags), thresholds,
+                        items="entities", what="the entity-type shares of the entities (B- tags; reference -> batch)")
 
 
 # --- text length ----------------------------------------------------------------------------------
