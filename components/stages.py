@@ -111,10 +111,11 @@ def train_model(layout: ProjectLayout, params: Params, outputs: TrainOutputs):
 
     point = read_starting_point(layout.start_dir)
     base = resolve_model_source(params.model.base_model)
+    adapted = adapted_source(layout.adapted_dir)
     if point is not None and point.source == "champion":
         source = str(layout.start_dir / START_MODEL)
     else:
-        source = adapted_source(layout.adapted_dir) or base
+        source = adapted or base
     tokenizer = load_tokenizer(base)  # the base model's tokenizer throughout: ids must mean the same
     seed_everything(params.train.seed)  # before the new head is initialised, not just before training
     model = load_classifier(source, params.model_labels, token_level=params.is_token_task)
@@ -133,7 +134,7 @@ def train_model(layout: ProjectLayout, params: Params, outputs: TrainOutputs):
     )
     tokenizer.model_max_length = params.model.max_length
     save_model(model, tokenizer, outputs.model_dir)
-    extra = {"start": point.source if point else "base", "adapted": adapted_source(layout.adapted_dir) is not None}
+    extra = {"start": point.source if point else "base", "adapted": adapted is not None}
     if mix:
         extra["replay"] = mix
     result = replace(result, extra=extra)

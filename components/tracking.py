@@ -78,13 +78,11 @@ def log_stage_outputs(registry: ModelRegistry, run_id: str, layout: ProjectLayou
     for record in history["history"]:
         registry.log_metrics(run_id, {k: v for k, v in record.items() if k != "epoch" and v is not None},
                              step=record["epoch"])
-    registry.log_metrics(run_id, {"best_epoch": history["best_epoch"], "train_examples": history["train_examples"]})
-
-    registry.log_metrics(run_id, {k: v for k, v in history.items() if isinstance(v, (int, float)) and
-                                  not isinstance(v, bool) and k not in ("best_epoch", "train_examples")})
-    for key in ("replay",):  # continual learning: rows new, replayed and held back
-        if key in history:
-            registry.log_metrics(run_id, {f"{key}_{k}": v for k, v in history[key].items()})
+    # best_epoch, train_examples, best_score, parameter counts: every number of the summary.
+    registry.log_metrics(run_id, {k: v for k, v in history.items()
+                                  if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    if "replay" in history:  # continual learning: rows new, replayed and held back
+        registry.log_metrics(run_id, {f"replay_{k}": v for k, v in history["replay"].items()})
 
     metrics = _read_json(layout.metrics_file)
     scores = {"test_accuracy": metrics["accuracy"], "test_macro_f1": metrics["macro_f1"]}

@@ -136,16 +136,17 @@ def gate(params: Params, layout: ProjectLayout, champion: dict | None, champion_
 
 @task(name="register", cache_policy=NO_CACHE, **RETRY)
 def register(registry, run_id: str, layout: ProjectLayout, tags: dict, passed: bool) -> str:
-    from components.registry import CHALLENGER
-
     from components.continual import PYTORCH_ARTIFACT
+    from components.registry import CHALLENGER
 
     # A retry after a failure past create_model_version must not register the model twice.
     earlier = [v for v in registry.find_versions(model_md5=tags["model_md5"]) if v.run_id == run_id]
-    if not earlier:
+    if earlier:
+        version = earlier[0]
+    else:
         # The PyTorch weights travel with the version's run: continual learning starts from them.
         registry.log_artifact(run_id, layout.model_dir, PYTORCH_ARTIFACT)
-    version = earlier[0] if earlier else registry.register(run_id, layout.onnx_dir, tags)
+        version = registry.register(run_id, layout.onnx_dir, tags)
     if passed:
         registry.set_alias(CHALLENGER, version.version)
     return version.version
