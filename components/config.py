@@ -96,6 +96,9 @@ class SplitParams(_Section):
 class ModelParams(_Section):
     base_model: str = Field(description="'builtin:<name>', a local directory, or a hub id")
     max_length: int = Field(default=128, ge=8, le=512)
+    # Token classification: feed each word's capitalization (lower/title/upper/mixed) through the
+    # token type ids, for base models whose tokenizer lowercases (see components/word_shapes.py).
+    word_shapes: bool = False
 
 
 class LoraParams(_Section):
@@ -304,6 +307,8 @@ class Params(_Section):
             raise ValueError(f"data.labels: give entity types (PER, LOC, ...), not tags: {self.data.labels}")
         if self.gate.compare_metric == "entity_f1" and not self.is_token_task:
             raise ValueError("gate.compare_metric: entity_f1 needs task: token-classification")
+        if self.model.word_shapes and not self.is_token_task:
+            raise ValueError("model.word_shapes: needs task: token-classification (words are tagged one by one)")
         return self
 
 
@@ -368,6 +373,7 @@ def set_param(path: Path, dotted_key: str, value: Any) -> Any:
     editor.width = 4096  # never re-wrap a user's long lines
     editor.representer.add_representer(  # `null` stays `null`, not an empty value
         type(None), lambda representer, _: representer.represent_scalar("tag:yaml.org,2002:null", "null"))
+    editor.representer.add_representer(float, _represent_float)
     raw = editor.load(Path(path).read_text(encoding="utf-8")) or {}
     node = raw
     *parents, leaf = dotted_key.split(".")
@@ -379,6 +385,20 @@ def set_param(path: Path, dotted_key: str, value: Any) -> Any:
     parse_params(plain, source=f"{path} with {dotted_key}={value!r}")  # refuse a bad override before writing
     Path(path).write_text(_dump(editor, raw), encoding="utf-8")
     return old
+
+
+def _represent_float(representer, value: float):
+    """A float as YAML 1.1 readers (PyYAML, hence DVC and this module) read back as a float: ruamel
+    writes 5e-05, which they take for a string; 5.0e-05 is a float to all of them."""
+    import math
+
+    if not math.isfinite(value):
+        return representer.represent_float(value)
+    text = repr(value)
+    mantissa, marker, exponent = text.partition("e")
+    if marker and "." not in mantissa:
+        text = f"{mantissa}.0e{exponent}"
+    return representer.represent_scalar("tag:yaml.org,2002:float", text)
 
 
 def _dump(editor, data) -> str:

@@ -50,6 +50,7 @@ def predict_tag_proba_torch(model, tokenizer, sentences: list[list[str]], max_le
     """Per sentence, a [words, tags] array of tag probabilities from each word's first sub-token (the
     model's label order). A word with no sub-token inside max_length gets O with probability 1."""
     from components.predictor import first_subtoken_positions
+    from components.word_shapes import token_shapes, uses_word_shapes
 
     model.eval()
     n_tags = model.config.num_labels
@@ -67,6 +68,9 @@ def predict_tag_proba_torch(model, tokenizer, sentences: list[list[str]], max_le
         indices = order[start:start + batch_size]
         batch = tokenizer([list(sentences[i]) for i in indices], is_split_into_words=True, truncation=True,
                           max_length=max_length, padding=True, return_tensors="pt")
+        if uses_word_shapes(model.config):
+            batch["token_type_ids"] = torch.tensor(
+                [token_shapes(sentences[i], batch.word_ids(row)) for row, i in enumerate(indices)])
         probabilities = torch.softmax(model(**batch).logits.float(), dim=-1).numpy()
         for row, index in enumerate(indices):
             positions = first_subtoken_positions(batch.word_ids(row), len(sentences[index]))

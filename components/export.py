@@ -34,6 +34,7 @@ from components.predictor import (
     softmax,
     write_model_card,
 )
+from components.word_shapes import uses_word_shapes
 
 __all__ = [
     "MODEL_CARD", "MODEL_FILE", "ExportError", "ExportResult", "ParityReport", "check_parity", "export_onnx",
@@ -462,6 +463,7 @@ def export_onnx(
         write_model_card(staged, ModelCard(
             task=task, labels=labels, entity_types=entity_types, max_length=max_length, precision="int8" if quantize else "fp32", opset=opset,
             input_names=input_names, output_names=["logits"], graph_optimized=bool(fused),
+            word_shapes=uses_word_shapes(model.config),
         ))
         shipped_bytes = model_path.stat().st_size
         _replace_dir(staged, out_dir)

@@ -43,6 +43,8 @@ class ModelCard(BaseModel):
     input_names: list[str] = Field(min_length=1)
     output_names: list[str] = ["logits"]
     graph_optimized: bool = False
+    # Token classification: token_type_ids carry each word's shape (components/word_shapes.py).
+    word_shapes: bool = False
 
 
 def read_model_card(model_dir: Path) -> ModelCard:
@@ -291,6 +293,11 @@ class OnnxTokenTagger(_OnnxModel):
                 max_length=self._max_length, return_tensors="np",
             )
             word_ids = [encoded.word_ids(row) for row in range(len(todo))]
+        if self.card.word_shapes:
+            from components.word_shapes import token_shapes
+
+            encoded["token_type_ids"] = np.asarray(
+                [token_shapes(sentences[i], ids) for i, ids in zip(todo, word_ids)], dtype=np.int64)
         logits = np.asarray(self._session.run(None, self._feed(encoded))[0], dtype=np.float32)
         for row, index in enumerate(todo):
             positions = first_subtoken_positions(word_ids[row], len(sentences[index]))

@@ -54,6 +54,7 @@ class TokenizedSplit:
     input_ids: list[list[int]]
     labels: list  # a class id per example, or (token classification) a list of tag ids per token
     batch_ids: list[str] | None = None
+    token_type_ids: list[list[int]] | None = None  # word shapes (model.word_shapes), else none
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -63,8 +64,10 @@ class TokenizedSplit:
         return bool(self.labels) and isinstance(self.labels[0], list)
 
     def select(self, indices: list[int]) -> "TokenizedSplit":
-        return TokenizedSplit([self.input_ids[i] for i in indices], [self.labels[i] for i in indices],
-                              None if self.batch_ids is None else [self.batch_ids[i] for i in indices])
+        def pick(values):
+            return None if values is None else [values[i] for i in indices]
+
+        return TokenizedSplit(pick(self.input_ids), pick(self.labels), pick(self.batch_ids), pick(self.token_type_ids))
 
 
 def tokenize_split(frame: pd.DataFrame, tokenizer, labels: list[str], max_length: int) -> TokenizedSplit:
@@ -82,14 +85,18 @@ def _batch_ids(frame: pd.DataFrame) -> list[str] | None:
     return frame["batch_id"].astype(str).tolist() if "batch_id" in frame else None
 
 
-def tokenize_tagged_split(frame: pd.DataFrame, tokenizer, tags: list[str], max_length: int) -> TokenizedSplit:
+def tokenize_tagged_split(frame: pd.DataFrame, tokenizer, tags: list[str], max_length: int, *,
+                          word_shapes: bool = False) -> TokenizedSplit:
     """Words (text split on single spaces) with a tag each -> sub-tokens, the tag on each word's first
-    sub-token and IGNORE_INDEX elsewhere; the same alignment the served model reads back."""
+    sub-token and IGNORE_INDEX elsewhere; the same alignment the served model reads back. With
+    word_shapes, each sub-token's token type is its word's shape."""
+    from components.word_shapes import token_shapes
+
     tag_ids = {tag: i for i, tag in enumerate(tags)}
     words = [text.split(" ") for text in frame["text"]]
     word_tags = [label.split(" ") for label in frame["label"]]
     encoded = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length, padding=False)
-    labels = []
+    labels, shapes = [], []
     for row, sentence_tags in enumerate(word_tags):
         unknown = sorted(set(sentence_tags) - set(tag_ids))
         if unknown:
@@ -99,7 +106,10 @@ def tokenize_tagged_split(frame: pd.DataFrame, tokenizer, tags: list[str], max_l
             aligned.append(IGNORE_INDEX if word is None or word == previous else tag_ids[sentence_tags[word]])
             previous = word
         labels.append(aligned)
-    return TokenizedSplit(input_ids=encoded["input_ids"], labels=labels, batch_ids=_batch_ids(frame))
+        if word_shapes:
+            shapes.append(token_shapes(words[row], encoded.word_ids(row)))
+    return TokenizedSplit(input_ids=encoded["input_ids"], labels=labels, batch_ids=_batch_ids(frame),
+                          token_type_ids=shapes if word_shapes else None)
 
 
 def save_tokenized(split: TokenizedSplit, path: Path) -> None:
@@ -110,11 +120,15 @@ def save_tokenized(split: TokenizedSplit, path: Path) -> None:
     }
     if split.batch_ids is not None:
         columns["batch_id"] = pa.array(split.batch_ids, type=pa.string())
+    if split.token_type_ids is not None:
+        columns["token_type_ids"] = pa.array(split.token_type_ids, type=pa.list_(pa.int32()))
     pq.write_table(pa.table(columns), path)
 
 
 def load_tokenized(path: Path) -> TokenizedSplit:
     table = pq.read_table(path)
-    batch_ids = table.column("batch_id").to_pylist() if "batch_id" in table.column_names else None
+    def optional(name: str):
+        return table.column(name).to_pylist() if name in table.column_names else None
+
     return TokenizedSplit(input_ids=table.column("input_ids").to_pylist(), labels=table.column("label").to_pylist(),
-                          batch_ids=batch_ids)
+                          batch_ids=optional("batch_id"), token_type_ids=optional("token_type_ids"))

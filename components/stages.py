@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from components.config import Params
+from components.config import ConfigError, Params
 from components.layout import SPLITS, ProjectLayout
 
 
@@ -36,7 +36,8 @@ def preprocess(layout: ProjectLayout, params: Params) -> None:
     for name in SPLITS:
         splits[name].to_csv(layout.split_file(name), index=False, lineterminator="\n")
         if params.is_token_task:
-            tokenized = tokenize_tagged_split(splits[name], tokenizer, params.model_labels, params.model.max_length)
+            tokenized = tokenize_tagged_split(splits[name], tokenizer, params.model_labels, params.model.max_length,
+                                              word_shapes=params.model.word_shapes)
         else:
             tokenized = tokenize_split(splits[name], tokenizer, params.data.labels, params.model.max_length)
         save_tokenized(tokenized, layout.tokenized_file(name))
@@ -108,6 +109,7 @@ def train_model(layout: ProjectLayout, params: Params, outputs: TrainOutputs):
     from components.modeling import load_classifier, load_tokenizer, resolve_model_source
     from components.preprocess import load_tokenized
     from components.train import save_model, seed_everything, train_classifier
+    from components.word_shapes import add_word_shapes, uses_word_shapes
 
     point = read_starting_point(layout.start_dir)
     base = resolve_model_source(params.model.base_model)
@@ -119,6 +121,10 @@ def train_model(layout: ProjectLayout, params: Params, outputs: TrainOutputs):
     tokenizer = load_tokenizer(base)  # the base model's tokenizer throughout: ids must mean the same
     seed_everything(params.train.seed)  # before the new head is initialised, not just before training
     model = load_classifier(source, params.model_labels, token_level=params.is_token_task)
+    if uses_word_shapes(model.config) and not params.model.word_shapes:
+        raise ConfigError(f"model.word_shapes: the starting model {source} reads word shapes; keep model.word_shapes: true")
+    if params.model.word_shapes:
+        add_word_shapes(model)
     train_split = load_tokenized(layout.tokenized_file("train"))
     mix = None
     if point is not None and point.source == "champion":

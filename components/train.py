@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from components.checkpoints import Checkpointer, TrainingState
 from components.config import TrainParams
 from components.preprocess import IGNORE_INDEX, TokenizedSplit
+from components.word_shapes import uses_word_shapes
 
 StepHook = Callable[[int], None]  # called with the global step after each optimizer step
 
@@ -101,7 +102,18 @@ def collate(split: TokenizedSplit, indices: list[int], pad_id: int) -> dict[str,
             labels[row, :len(split.labels[i])] = torch.tensor(split.labels[i], dtype=torch.long)
     else:
         labels = torch.tensor([split.labels[i] for i in indices], dtype=torch.long)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    if split.token_type_ids is not None:
+        token_types = torch.zeros((len(indices), width), dtype=torch.long)
+        for row, i in enumerate(indices):
+            token_types[row, :len(split.token_type_ids[i])] = torch.tensor(split.token_type_ids[i], dtype=torch.long)
+        batch["token_type_ids"] = token_types
+    return batch
+
+
+def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """What the model is called with: everything collate made except the labels."""
+    return {name: tensor for name, tensor in batch.items() if name != "labels"}
 
 
 def subsample(split: TokenizedSplit, limit: int | None, seed: int) -> TokenizedSplit:
@@ -125,6 +137,8 @@ def freeze(model, *, embeddings: bool, layers: int) -> None:
     encoder_model = model.base_model
     if embeddings:
         encoder_model.embeddings.requires_grad_(False)
+        if uses_word_shapes(model.config):  # the shape rows are new: they must learn
+            encoder_model.embeddings.token_type_embeddings.requires_grad_(True)
     if layers:
         stack = encoder_model.encoder.layer
         if layers > len(stack):
@@ -136,9 +150,11 @@ def freeze(model, *, embeddings: bool, layers: int) -> None:
 def add_lora(model, params: TrainParams, token_level: bool):
     from peft import LoraConfig, TaskType, get_peft_model
 
+    # New weights train in full beside the adapters: the word-shape rows (peft already adds the head).
+    extra = ["token_type_embeddings"] if uses_word_shapes(model.config) else None
     config = LoraConfig(task_type=TaskType.TOKEN_CLS if token_level else TaskType.SEQ_CLS, r=params.lora.r,
                         lora_alpha=params.lora.alpha, lora_dropout=params.lora.dropout,
-                        target_modules=params.lora.target_modules)
+                        target_modules=params.lora.target_modules, modules_to_save=extra)
     return get_peft_model(model, config)
 
 
@@ -182,7 +198,7 @@ def evaluate_split(model, split: TokenizedSplit, labels: list[str], batch_size: 
     for start in range(0, len(order), batch_size):
         indices = order[start:start + batch_size]
         batch = collate(split, indices, pad_id)
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logits = model(**model_inputs(batch)).logits
         total_loss += _loss(logits, batch["labels"], None).item() * len(indices)
         best = logits.argmax(-1).tolist()
         for row, i in enumerate(indices):
@@ -247,7 +263,7 @@ def train_classifier(model, train: TokenizedSplit, validation: TokenizedSplit, l
                         initial=state.step_in_epoch)
         for indices in batches[state.step_in_epoch:]:
             batch = collate(train, indices, pad_id)
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            logits = model(**model_inputs(batch)).logits
             loss = _loss(logits, batch["labels"], weights)
             loss.backward()
             torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], params.max_grad_norm)

@@ -24,7 +24,7 @@ NER_SECTIONS = {
     "task": "token-classification",
     "data": {"source": "incoming/sentences.jsonl", "labels": ["PER", "LOC", "ORG"], "min_rows": 100,
              "max_duplicate_fraction": 0.2, "text_column": "text", "label_column": "label"},
-    "model": {"max_length": 48},
+    "model": {"max_length": 48, "word_shapes": True},  # as examples/ner/params.yaml sets it
     "train": {"epochs": 6, "learning_rate": 0.005, "batch_size": 16},
     "gate": {"min_accuracy": 0.0, "min_macro_f1": 0.0, "min_entity_f1": 0.8, "compare_metric": "entity_f1"},
     "registry": {"model_name": "tiny-ner"},
@@ -57,6 +57,8 @@ def test_ner_run_is_gated_on_entity_f1_and_promoted(ner_project):
     run = registry.client.get_run(result["run_id"])
     assert {"test_entity_f1", "int8_test_entity_f1", "test_PER_f1", "export_agreement"} <= set(run.data.metrics)
     assert run.data.metrics["export_agreement"] >= 0.95  # entity F1 of int8 against PyTorch
+    card = json.loads((root / "artifacts" / "onnx" / "tunegate-model.json").read_text())
+    assert card["word_shapes"] is True  # the shape ids travel to the served model
 
     metrics = json.loads((root / "artifacts" / "eval" / "metrics.json").read_text())
     assert metrics["entity_f1"] >= 0.8 and set(metrics["per_class"]) == {"PER", "LOC", "ORG"}

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from components.config import ConfigError, ExportParams, GateParams, SplitParams, parse_params
+from components.config import ConfigError, ExportParams, GateParams, SplitParams, parse_params, set_param
 from components.gate import decide
 from components.ingest import RawSource, build_dataset
 from components.modeling import resolve_model_source
@@ -32,6 +32,26 @@ def test_runtime_settings_come_from_the_environment_but_ml_settings_do_not():
     assert params.serve.port == 9123
     with pytest.raises(ConfigError, match="params.yaml"):
         parse_params(BASE, env={"TUNEGATE_TRAIN__EPOCHS": "9"})
+
+
+def test_set_param_keeps_comments_and_writes_floats_every_yaml_reader_reads_as_floats(tmp_path):
+    import yaml
+
+    path = tmp_path / "params.yaml"
+    path.write_text("# top\ndata: {source: x.csv, labels: [negative, positive]}  # data\n"
+                    "model: {base_model: org/model}\ntrain:\n  learning_rate: 1.0e-04  # lr\n")
+    assert set_param(path, "train.learning_rate", 5e-05) == 1e-04
+    set_param(path, "sweep.space", {"train.learning_rate": [2e-05, 1e-4, 0.5]})
+    text = path.read_text()
+    assert "# top" in text and "# data" in text and "# lr" in text
+    loaded = yaml.safe_load(text)  # PyYAML (YAML 1.1), as DVC reads params: "5e-05" would be a string
+    assert loaded["train"]["learning_rate"] == 5e-05
+    assert loaded["sweep"]["space"]["train.learning_rate"] == [2e-05, 1e-4, 0.5]
+
+
+def test_word_shapes_need_a_token_task():
+    with pytest.raises(ConfigError, match="model.word_shapes"):
+        parse_params({**BASE, "model": {**BASE["model"], "word_shapes": True}}, env={})
 
 
 def test_missing_local_base_model_fails_with_what_to_do(tmp_path):
