@@ -8,16 +8,14 @@ A sequence classifier's graph gives logits [batch, labels]; a token classifier's
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import json
-import logging
 import shutil
 import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Literal, Sequence
 
 import numpy as np
 from pydantic import BaseModel
@@ -34,6 +32,7 @@ from components.predictor import (
     softmax,
     write_model_card,
 )
+from components.quantize import QuantizationPlan, quantize_int8
 from components.word_shapes import uses_word_shapes
 
 __all__ = [
@@ -70,6 +69,7 @@ class ExportResult(BaseModel):
     int8_bytes: int | None
     task: Task = SEQUENCE_CLASSIFICATION
     entity_types: list[str] = []  # token classification: the types behind the tags in `labels`
+    quantization: str | None = None  # the int8 scheme (components/quantize.py); None for fp32
 
 
 class ParityReport(BaseModel):
@@ -272,112 +272,6 @@ def fuse_bert_graph(fp32_path: Path, out_path: Path, config) -> dict[str, int]:
         return {}
 
 
-@contextlib.contextmanager
-def _root_log_without(fragment: str) -> Iterator[None]:
-    """Drop one known, irrelevant warning that a library logs on the root logger."""
-    root = logging.getLogger()
-
-    def keep(record: logging.LogRecord) -> bool:
-        return fragment not in record.getMessage()
-
-    root.addFilter(keep)
-    try:
-        yield
-    finally:
-        root.removeFilter(keep)
-
-
-@dataclass(frozen=True)
-class QuantizationPlan:
-    """What int8 dynamic quantization touches; the defaults are onnxruntime's (everything it can)."""
-
-    per_channel: bool = False
-    op_types: tuple[str, ...] = ()  # empty: every op type the quantizer supports
-    keep_float: tuple[str, ...] = ()  # regexes on node names left in float
-    # > 0: every MatMul with a constant weight (not in keep_float) becomes onnxruntime's MatMulNBits with
-    # 8-bit weights in blocks of this many input channels and activations quantized per row and block
-    # at run time, instead of one activation range per batch. op_types then lists only what dynamic
-    # quantization still does besides (empty: nothing).
-    matmul_block_size: int = 0
-
-
-def quantize_int8(fp32_path: Path, int8_path: Path, plan: QuantizationPlan = QuantizationPlan()) -> None:
-    import re
-
-    import onnx
-
-    graph = onnx.load(str(fp32_path), load_external_data=False)
-    keep_float = [node.name for node in graph.graph.node if any(re.search(p, node.name) for p in plan.keep_float)]
-    op_types = plan.op_types
-    source = fp32_path
-    if plan.matmul_block_size:
-        graph = onnx.load(str(fp32_path))
-        _matmuls_to_8bit_blocks(graph, plan.matmul_block_size, set(keep_float))
-        onnx.save(graph, str(int8_path))
-        op_types = tuple(op for op in plan.op_types if op != "MatMul")
-        if not op_types:
-            return
-        source = int8_path
-    _quantize_dynamic(source, int8_path, plan.per_channel, op_types, keep_float)
-
-
-def _matmuls_to_8bit_blocks(model, block_size: int, skip: set[str]) -> None:
-    """MatMul x W (W constant, [K, N]) -> MatMulNBits with W symmetric 8-bit per block of `block_size`
-    rows of K; accuracy_level 4 computes in int8 with activations quantized per block."""
-    from onnx import helper, numpy_helper
-
-    initializers = {init.name: init for init in model.graph.initializer}
-    for node in model.graph.node:
-        if node.op_type != "MatMul" or node.name in skip or node.input[1] not in initializers:
-            continue
-        weight = numpy_helper.to_array(initializers[node.input[1]]).astype(np.float32)
-        if weight.ndim != 2:
-            continue
-        k, n = weight.shape
-        block = block_size
-        while k % block and block > 16:  # a narrow layer (K=32, 64) takes the largest block that divides it
-            block //= 2
-        if k % block:
-            continue
-        blocks = weight.T.reshape(n, k // block, block)
-        scales = np.abs(blocks).max(axis=2) / 127.0
-        scales[scales == 0] = 1.0
-        packed = (np.clip(np.round(blocks / scales[:, :, None]), -127, 127) + 128).astype(np.uint8)  # zero point 128
-        packed_name, scales_name = f"{node.name}_Q8", f"{node.name}_scales"
-        model.graph.initializer.extend([numpy_helper.from_array(packed, packed_name),
-                                        numpy_helper.from_array(scales.reshape(-1).astype(np.float32), scales_name)])
-        node.CopyFrom(helper.make_node(
-            "MatMulNBits", [node.input[0], packed_name, scales_name], list(node.output), name=f"{node.name}_Q8",
-            domain="com.microsoft", K=k, N=n, bits=8, block_size=block, accuracy_level=4,
-        ))
-    used = {name for node in model.graph.node for name in node.input}
-    kept = [init for init in model.graph.initializer if init.name in used]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(kept)
-    if not any(opset.domain == "com.microsoft" for opset in model.opset_import):
-        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-
-
-def _quantize_dynamic(source: Path, target: Path, per_channel: bool, op_types: tuple[str, ...],
-                      keep_float: list[str]) -> None:
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    # quant_pre_process is skipped on purpose: it leaves temp files in the working directory and
-    # gains nothing for MatMul-heavy encoders.
-    with _root_log_without("consider to run pre-processing"):
-        quantize_dynamic(
-            str(source),
-            str(target),
-            weight_type=QuantType.QInt8,
-            per_channel=per_channel,
-            op_types_to_quantize=list(op_types) or None,
-            nodes_to_exclude=keep_float,
-            # Fused contrib ops carry no type information; without this the quantizer gives up on them.
-            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-        )
-
-
 def _check_replaceable(out_dir: Path) -> None:
     if not out_dir.exists():
         return
@@ -405,12 +299,17 @@ def export_onnx(
     optimize: bool = True,
     plan: QuantizationPlan = QuantizationPlan(),
     task: Task | None = None,
+    calibration_texts: Sequence[str] = (),
 ) -> ExportResult:
     """Export a saved sequence classifier or token classifier to `out_dir`, replacing an earlier export there.
 
     max_length: the truncation length servers will use (default: the tokenizer's and the model's limit).
-    optimize: try onnxruntime's BERT fusions; kept only when they compute the same logits.
+    optimize: try onnxruntime's BERT fusions; kept only when they compute the same logits. The
+        per-token int8 plan quantizes the plain graph (fused attention would hide Q, K and V);
+        onnxruntime's session fuses what it can when it loads the model.
     task: "sequence-classification" or "token-classification"; default: read from the saved config.
+    calibration_texts: texts like the training data (a sample of its training split) on which the
+        per-token plan measures activation ranges; without them, a few built-in probe texts.
     """
     from components.entities import entity_types_of
 
@@ -438,7 +337,7 @@ def export_onnx(
             raise ExportError(f"the exported graph's logits differ from PyTorch's by up to {gap:.3g} on probe batches")
 
         fused: dict[str, int] = {}
-        if optimize:
+        if optimize and not (quantize and plan.needs_plain_graph):
             fused_path = scratch / "fp32-fused.onnx"
             fused = fuse_bert_graph(graph_path, fused_path, model.config)
             if fused:
@@ -455,7 +354,10 @@ def export_onnx(
         staged.mkdir()
         model_path = staged / MODEL_FILE
         if quantize:
-            quantize_int8(graph_path, model_path, plan)
+            texts = list(calibration_texts) or [text for batch in probe_batches(max_length) for text in batch]
+            calibration = [encode(tokenizer, texts[start:start + 32], input_names, max_length)
+                           for start in range(0, len(texts), 32)] if plan.needs_calibration else []
+            quantize_int8(graph_path, model_path, plan, calibration)
         else:
             shutil.copyfile(graph_path, model_path)
         onnx_logits(model_path, probes[:1])  # the shipped file loads and runs
@@ -463,7 +365,7 @@ def export_onnx(
         write_model_card(staged, ModelCard(
             task=task, labels=labels, entity_types=entity_types, max_length=max_length, precision="int8" if quantize else "fp32", opset=opset,
             input_names=input_names, output_names=["logits"], graph_optimized=bool(fused),
-            word_shapes=uses_word_shapes(model.config),
+            word_shapes=uses_word_shapes(model.config), quantization=plan.scheme if quantize else None,
         ))
         shipped_bytes = model_path.stat().st_size
         _replace_dir(staged, out_dir)
@@ -483,6 +385,7 @@ def export_onnx(
         int8_bytes=shipped_bytes if quantize else None,
         task=task,
         entity_types=entity_types,
+        quantization=plan.scheme if quantize else None,
     )
 
 

@@ -176,14 +176,17 @@ def evaluate(layout: ProjectLayout, params: Params) -> None:
 def export(layout: ProjectLayout, params: Params) -> None:
     import pandas as pd
 
-    from components.export import QuantizationPlan, check_parity, export_onnx
+    from components.export import check_parity, export_onnx
 
-    plan = QuantizationPlan(params.export.per_channel, tuple(params.export.quantize_ops),
-                            tuple(params.export.keep_float), params.export.matmul_block_size)
+    train = pd.read_csv(layout.split_file("train"), dtype=str, keep_default_na=False)
+    calibration = train["text"].sample(n=min(params.export.calibration_texts, len(train)),
+                                       random_state=params.train.seed).tolist()
     result = export_onnx(layout.model_dir, layout.onnx_dir, opset=params.export.opset,
-                         quantize=params.export.quantize, max_length=params.model.max_length, plan=plan)
-    print(f"exported {result.model_path} ({result.precision}, {result.int8_bytes or result.fp32_bytes:,} bytes; "
-          f"fp32 {result.fp32_bytes:,}); fused: {result.fused_operators}")
+                         quantize=params.export.quantize, max_length=params.model.max_length,
+                         plan=params.export.plan(), calibration_texts=calibration)
+    scheme = f" {result.quantization}" if result.quantization else ""
+    print(f"exported {result.model_path} ({result.precision}{scheme}, {result.int8_bytes or result.fp32_bytes:,} "
+          f"bytes; fp32 {result.fp32_bytes:,}); fused: {result.fused_operators}")
     test = pd.read_csv(layout.split_file("test"), dtype=str, keep_default_na=False)
     parity = check_parity(layout.model_dir, layout.onnx_dir, test["text"].tolist(), test["label"].tolist(),
                           max_length=params.model.max_length)

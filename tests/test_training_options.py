@@ -56,10 +56,11 @@ def test_lora_trains_few_parameters_and_saves_a_plain_merged_model(tiny_base_mod
     warm_dir = tmp_path / "warm"
     save_model(warm, load_tokenizer(str(tiny_base_model)), warm_dir)
     base = _weights(load_classifier(str(warm_dir), LABELS))
-    result, model = run(warm_dir, None, epochs=5, learning_rate=1e-2,
+    # lr 5e-3: at 1e-2 the adapters learned on every base tried but on some plateaued early.
+    result, model = run(warm_dir, None, epochs=5, learning_rate=5e-3,
                         lora={"enabled": True, "r": 4, "alpha": 8, "dropout": 0.0})
     assert result.trainable_parameters < 0.15 * result.total_parameters
-    assert result.history[-1].train_loss < result.history[0].train_loss
+    assert result.history[-1].train_loss < 0.6 * result.history[0].train_loss, result.history
     save_model(model, load_tokenizer(str(tiny_base_model)), tmp_path / "merged")
     reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "merged")
     assert type(reloaded).__name__ == "BertForSequenceClassification"
