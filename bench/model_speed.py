@@ -90,14 +90,21 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 # --- the two predictors ---------------------------------------------------------------------------
 
-def onnx_predict_fn(onnx_dir: Path, threads: int, length_grouping: bool = True
-                    ) -> tuple[Callable[[list[str]], "np.ndarray"], int]:
-    """What tunegate serves: the batch split into calls of similar length (length_grouping), or, to
-    show what int8 alone gives, one call per batch padded to its longest text as PyTorch gets it."""
+def onnx_predict_fns(onnx_dir: Path, threads: int) -> tuple[Callable, Callable, int]:
+    """What tunegate serves (each batch split into calls of similar length) and, to show what int8
+    alone gives, the same session with one call per batch padded to its longest text, as PyTorch gets
+    it. One session for both: two sessions' spinning thread pools would slow each other down."""
     from components.predictor import OnnxTextClassifier
 
-    predictor = OnnxTextClassifier(onnx_dir, CPU, intra_op_threads=threads, length_grouping=length_grouping)
-    return (lambda texts: predictor.predict_proba(texts, batch_size=len(texts))), predictor.max_length
+    predictor = OnnxTextClassifier(onnx_dir, CPU, intra_op_threads=threads)
+
+    def run(grouping: bool) -> Callable[[list[str]], "np.ndarray"]:
+        def predict(texts: list[str]):
+            predictor.length_grouping = grouping
+            return predictor.predict_proba(texts, batch_size=len(texts))
+        return predict
+
+    return run(True), run(False), predictor.max_length
 
 
 def torch_predict_fn(torch_dir: Path, max_length: int, threads: int) -> Callable[[list[str]], "np.ndarray"]:
@@ -203,9 +210,9 @@ def main(argv: list[str] | None = None) -> int:
 
     onnx_dir, torch_dir, source = resolve_model_dirs(args)
     texts = load_texts(args.texts_csv, args.texts)
-    onnx_predict, max_length = onnx_predict_fn(onnx_dir, args.threads)
+    onnx_predict, padded_predict, max_length = onnx_predict_fns(onnx_dir, args.threads)
     predictors = {"onnxruntime int8": onnx_predict,
-                  "  same, one padded call": onnx_predict_fn(onnx_dir, args.threads, length_grouping=False)[0],
+                  "  same, one padded call": padded_predict,
                   "pytorch fp32": torch_predict_fn(torch_dir, max_length, args.threads)}
     for predict in predictors.values():  # first calls allocate; keep them out of the figures
         predict(texts[:32])

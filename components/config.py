@@ -196,10 +196,10 @@ class GateParams(_Section):
 class ExportParams(_Section):
     opset: int = Field(default=17, ge=13)
     quantize: bool = True
-    # The int8 scheme (components/quantize.py). Measured on a fine-tuned default model, test split,
-    # agreement with PyTorch / batch-32 throughput vs PyTorch, 2 threads: per-token 99.6% (every
-    # text the same label at batch 1 and 32) at the highest speed short of dynamic; per-block 99.0-99.7%
-    # and slower; dynamic (one range per batch) 96.6-98.7%, the fastest.
+    # The int8 scheme (components/quantize.py). Agreement with PyTorch on the default models' test
+    # splits: per-token 99.2-99.8%, every text the same label alone or in any batch; per-block
+    # 99.0-99.7% and about 30% slower (attention stays float); dynamic (one range per batch) 96.6-98.7%,
+    # the fastest.
     scheme: Literal["per-token", "per-block", "dynamic"] = "per-token"
     smoothing: float = Field(default=0.5, ge=0, le=1, description="per-token: SmoothQuant alpha (0: off)")
     calibration_texts: int = Field(default=2048, ge=1, description="per-token: training texts that set the smoothing")

@@ -188,3 +188,23 @@ def test_parity_refuses_labels_the_model_does_not_know(tiny_classifier, tiny_onn
         check_parity(tiny_classifier, tiny_onnx_export.out_dir, ["fine", "great"], ["neutral", "positive"])
     with pytest.raises(ValueError, match="2 texts but 1 labels"):
         check_parity(tiny_classifier, tiny_onnx_export.out_dir, ["fine", "great"], ["positive"])
+
+
+def test_length_groups_cover_every_row_once_and_split_only_where_padding_costs_more():
+    from components.predictor import length_groups
+
+    lengths = [60, 5, 7, 58, 6, 61, 30, 31]
+    groups = length_groups(lengths, call_cost=32)
+    assert sorted(i for group in groups for i in group) == list(range(len(lengths)))
+    assert [sorted(lengths[i] for i in group) for group in groups] == [[5, 6, 7], [30, 31], [58, 60, 61]]
+    assert length_groups([12] * 32) == [list(range(32))]  # nothing to save: one call
+    assert len(length_groups([5, 60], call_cost=1000)) == 1  # a call dearer than the padding: one call
+    assert length_groups([]) == []
+
+
+def test_length_grouped_calls_answer_as_one_padded_call(tiny_onnx_export):
+    texts, _ = held_out(48, seed=5)
+    texts = texts + [LONG_TEXT, "ok"]
+    grouped = OnnxTextClassifier(tiny_onnx_export.out_dir).predict_logits(texts, batch_size=64)
+    padded = OnnxTextClassifier(tiny_onnx_export.out_dir, length_grouping=False).predict_logits(texts, batch_size=64)
+    np.testing.assert_allclose(grouped, padded, atol=1e-5)
