@@ -70,17 +70,17 @@ def quantize_int8(fp32_path: Path, int8_path: Path, plan: QuantizationPlan = Qua
     elif plan.scheme == "per-block":
         _matmuls_to_8bit_blocks(graph, plan.matmul_block_size, skip)
         onnx.save(graph, str(int8_path))
-        if plan.op_types:  # e.g. [Attention]: dynamic int8 on top for what blocks do not cover
-            _quantize_dynamic(int8_path, int8_path, plan.per_channel,
-                              tuple(op for op in plan.op_types if op != "MatMul"), sorted(skip))
+        extra = tuple(op for op in plan.op_types if op != "MatMul")  # e.g. (Attention,): dynamic int8 on top
+        if extra:
+            _quantize_dynamic(int8_path, int8_path, plan.per_channel, extra, sorted(skip))
     else:
         _quantize_dynamic(fp32_path, int8_path, plan.per_channel, plan.op_types, sorted(skip))
 
 
-def _constant_matmuls(model, skip: set[str]) -> list:
-    """MatMul nodes x @ W with W a constant 2-D initializer, not named in skip."""
+def _constant_matmuls(model, skip: set[str]) -> list[tuple[int, object]]:
+    """(position, node) of the MatMul nodes x @ W with W a constant 2-D initializer, not named in skip."""
     initializers = {init.name: init for init in model.graph.initializer}
-    return [node for node in model.graph.node
+    return [(position, node) for position, node in enumerate(model.graph.node)
             if node.op_type == "MatMul" and node.name not in skip and node.input[1] in initializers
             and len(initializers[node.input[1]].dims) == 2]
 
@@ -93,7 +93,7 @@ def input_channel_ranges(fp32_path: Path, calibration: Feeds) -> dict[str, np.nd
     from onnx import TensorProto, helper
 
     model = onnx.load(str(fp32_path))
-    inputs = sorted({node.input[0] for node in _constant_matmuls(model, set())})
+    inputs = sorted({node.input[0] for _, node in _constant_matmuls(model, set())})
     present = {output.name for output in model.graph.output}
     model.graph.output.extend(helper.make_tensor_value_info(name, TensorProto.FLOAT, None)
                               for name in inputs if name not in present)
@@ -127,21 +127,23 @@ def _matmuls_to_per_token_int8(model, ranges: dict[str, np.ndarray], smoothing: 
 
     initializers = {init.name: init for init in model.graph.initializer}
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
-    groups: dict[str, list] = {}
-    for node in _constant_matmuls(model, skip):
-        groups.setdefault(node.input[0], []).append(node)
+    nodes_in_order = list(model.graph.node)
+    groups: dict[str, list[int]] = {}  # input -> positions of the MatMuls that read it
+    for position, node in _constant_matmuls(model, skip):
+        groups.setdefault(node.input[0], []).append(position)
     if not groups:
         return
     shared = [numpy_helper.from_array(np.array(1.0 / INT8_MAX, np.float32), "per_token_inv127"),
               numpy_helper.from_array(np.array(1e-12, np.float32), "per_token_tiny"),
               numpy_helper.from_array(np.array(128.0, np.float32), "per_token_offset"),
               numpy_helper.from_array(np.array(128, np.uint8), "per_token_zero_point")]
-    replaced: dict[str, list] = {}  # first node of a group -> its replacement nodes
-    dropped: set[str] = set()
-    for x, members in groups.items():
+    replaced: dict[int, list] = {}  # position of a group's first node -> its replacement nodes
+    dropped: set[int] = set()
+    for index, (x, positions) in enumerate(groups.items()):
+        members = [nodes_in_order[position] for position in positions]
         weights = [numpy_helper.to_array(initializers[node.input[1]]).astype(np.float32) for node in members]
         weight = np.concatenate(weights, axis=1)
-        prefix = f"{members[0].name}_per_token"
+        prefix = f"{members[0].name or f'matmul_{index}'}_per_token"
         nodes, source = [], x
         if smoothing > 0 and x in ranges:
             channel = np.maximum(ranges[x], 1e-5) ** smoothing / np.maximum(np.abs(weight).max(axis=1), 1e-5) ** (1 - smoothing)
@@ -174,13 +176,13 @@ def _matmuls_to_per_token_int8(model, ranges: dict[str, np.ndarray], smoothing: 
             sizes = numpy_helper.from_array(np.array([w.shape[1] for w in weights], np.int64), f"{prefix}_sizes")
             model.graph.initializer.append(sizes)
             nodes.append(helper.make_node("Split", [joined, f"{prefix}_sizes"], [m.output[0] for m in members], axis=-1))
-        replaced[members[0].name] = nodes
-        dropped.update(m.name for m in members[1:])
+        replaced[positions[0]] = nodes
+        dropped.update(positions[1:])
     rewritten = []
-    for node in model.graph.node:
-        if node.name in replaced:
-            rewritten.extend(replaced[node.name])  # at the first member: x exists, no consumer ran yet
-        elif node.name not in dropped:
+    for position, node in enumerate(nodes_in_order):
+        if position in replaced:
+            rewritten.extend(replaced[position])  # at the first member: x exists, no consumer ran yet
+        elif position not in dropped:
             rewritten.append(node)
     del model.graph.node[:]
     model.graph.node.extend(rewritten)

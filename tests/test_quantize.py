@@ -66,3 +66,11 @@ def test_smoothing_needs_calibration_and_can_be_turned_off(tiny_classifier, tmp_
     names = [node.name for node in onnx.load(str(tmp_path / "unsmoothed.onnx")).graph.node]
     assert not [name for name in names if name.endswith("_smooth")]
     assert sum(node.op_type == "MatMulInteger" for node in onnx.load(str(tmp_path / "unsmoothed.onnx")).graph.node) == 4 * LAYERS
+
+
+def test_per_token_on_opset_18_where_reduce_axes_are_an_input(tiny_classifier, tmp_path):
+    calibration, _ = held_out(32, seed=3)
+    result = export_onnx(tiny_classifier, tmp_path / "opset18", opset=18, calibration_texts=calibration)
+    assert _ops(result)["MatMulInteger"] == 4 * LAYERS
+    texts, labels = held_out(60)
+    assert check_parity(tiny_classifier, result.out_dir, texts, labels).agreement >= 0.95
