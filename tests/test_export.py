@@ -208,3 +208,13 @@ def test_length_grouped_calls_answer_as_one_padded_call(tiny_onnx_export):
     grouped = OnnxTextClassifier(tiny_onnx_export.out_dir).predict_logits(texts, batch_size=64)
     padded = OnnxTextClassifier(tiny_onnx_export.out_dir, length_grouping=False).predict_logits(texts, batch_size=64)
     np.testing.assert_allclose(grouped, padded, atol=1e-5)
+
+
+def test_an_int8_cpu_plan_meant_for_a_gpu_is_called_out():
+    from components.predictor import gpu_plan_warning
+
+    gpu = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert "quantize: false" in gpu_plan_warning("per-token", gpu)
+    assert "quantize: false" in gpu_plan_warning("per-block", gpu)
+    assert gpu_plan_warning("per-token", ["CPUExecutionProvider"]) is None
+    assert gpu_plan_warning(None, gpu) is None  # fp32: what a GPU should serve
