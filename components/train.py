@@ -90,24 +90,23 @@ def epoch_batches(split: TokenizedSplit, batch_size: int, seed: int, epoch: int)
 
 def collate(split: TokenizedSplit, indices: list[int], pad_id: int) -> dict[str, torch.Tensor]:
     width = max(len(split.input_ids[i]) for i in indices)
-    input_ids = torch.full((len(indices), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(indices), width), dtype=torch.long)
-    for row, i in enumerate(indices):
-        ids = split.input_ids[i]
-        input_ids[row, :len(ids)] = torch.tensor(ids, dtype=torch.long)
-        attention_mask[row, :len(ids)] = 1
-    if split.token_level:
-        labels = torch.full((len(indices), width), IGNORE_INDEX, dtype=torch.long)
-        for row, i in enumerate(indices):
-            labels[row, :len(split.labels[i])] = torch.tensor(split.labels[i], dtype=torch.long)
-    else:
-        labels = torch.tensor([split.labels[i] for i in indices], dtype=torch.long)
-    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+    def padded(rows: list, fill: int) -> torch.Tensor:
+        """The rows at `indices`, each padded with `fill` to the batch's longest example."""
+        out = torch.full((len(indices), width), fill, dtype=torch.long)
+        for slot, i in enumerate(indices):
+            out[slot, :len(rows[i])] = torch.tensor(rows[i], dtype=torch.long)
+        return out
+
+    lengths = torch.tensor([len(split.input_ids[i]) for i in indices])
+    batch = {
+        "input_ids": padded(split.input_ids, pad_id),
+        "attention_mask": (torch.arange(width) < lengths[:, None]).long(),
+        "labels": (padded(split.labels, IGNORE_INDEX) if split.token_level
+                   else torch.tensor([split.labels[i] for i in indices], dtype=torch.long)),
+    }
     if split.token_type_ids is not None:
-        token_types = torch.zeros((len(indices), width), dtype=torch.long)
-        for row, i in enumerate(indices):
-            token_types[row, :len(split.token_type_ids[i])] = torch.tensor(split.token_type_ids[i], dtype=torch.long)
-        batch["token_type_ids"] = token_types
+        batch["token_type_ids"] = padded(split.token_type_ids, 0)
     return batch
 
 
