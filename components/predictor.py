@@ -246,10 +246,12 @@ class _OnnxModel:
         for group in groups:
             width = max(len(ids[i]) for i in group)
             padded = {}
-            for name, rows in features.items():
+            for name in self._input_names:  # what the graph takes; _feed fills or refuses the rest
+                if name not in features:
+                    continue
                 array = np.full((len(group), width), pad_id if name == "input_ids" else 0, dtype=np.int64)
                 for slot, i in enumerate(group):
-                    array[slot, :len(rows[i])] = rows[i]
+                    array[slot, :len(features[name][i])] = features[name][i]
                 padded[name] = array
             logits = np.asarray(self._session.run(None, self._feed(padded))[0], dtype=np.float32)
             for slot, i in enumerate(group):
