@@ -140,17 +140,22 @@ def length_groups(lengths: Sequence[int], call_cost: float = CALL_COST_TOKENS) -
     does the grouping.
     """
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    cheapest = [0.0] + [math.inf] * len(order)  # cheapest[j]: the first j sorted rows
-    cut = [0] * (len(order) + 1)
-    for end in range(1, len(order) + 1):
-        width = lengths[order[end - 1]]  # rows start..end-1 padded to the longest of them
+    # Rows of equal length always share a call: moving them into the call whose longest row they are
+    # adds no padding and never a call. So calls start only where the length changes, and the search
+    # runs over those starts: at most max_length of them, however large the batch.
+    starts = [k for k in range(len(order)) if k == 0 or lengths[order[k]] != lengths[order[k - 1]]]
+    bounds = starts + [len(order)]
+    cheapest = [0.0] + [math.inf] * len(starts)  # cheapest[j]: the rows before bounds[j]
+    cut = [0] * len(bounds)
+    for end in range(1, len(bounds)):
+        width = lengths[order[bounds[end] - 1]]  # rows bounds[start]..bounds[end]-1 padded to the longest
         for start in range(end):
-            cost = cheapest[start] + (end - start) * width + call_cost
+            cost = cheapest[start] + (bounds[end] - bounds[start]) * width + call_cost
             if cost < cheapest[end]:
                 cheapest[end], cut[end] = cost, start
-    groups, end = [], len(order)
+    groups, end = [], len(starts)
     while end:
-        groups.append(order[cut[end]:end])
+        groups.append(order[bounds[cut[end]]:bounds[end]])
         end = cut[end]
     return groups[::-1]
 

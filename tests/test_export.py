@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 import warnings
 from pathlib import Path
@@ -200,6 +201,42 @@ def test_length_groups_cover_every_row_once_and_split_only_where_padding_costs_m
     assert length_groups([12] * 32) == [list(range(32))]  # nothing to save: one call
     assert len(length_groups([5, 60], call_cost=1000)) == 1  # a call dearer than the padding: one call
     assert length_groups([]) == []
+
+
+def test_length_groups_find_the_cheapest_partition_at_any_batch_size():
+    import itertools
+    import random
+    import time
+
+    from components.predictor import length_groups
+
+    def cost(groups, lengths, call_cost):
+        return sum(len(g) * max(lengths[i] for i in g) + call_cost for g in groups)
+
+    def cheapest_by_brute_force(lengths, call_cost):  # every partition of the sorted rows into runs
+        ranked = sorted(lengths)
+        best = math.inf
+        for cuts in itertools.product([False, True], repeat=len(ranked) - 1):
+            groups, current = [], [ranked[0]]
+            for value, cut in zip(ranked[1:], cuts):
+                if cut:
+                    groups.append(current)
+                    current = []
+                current.append(value)
+            groups.append(current)
+            best = min(best, sum(len(g) * max(g) + call_cost for g in groups))
+        return best
+
+    rng = random.Random(3)
+    for _ in range(40):
+        lengths = [rng.choice([4, 9, 9, 17, 30, 31, 64]) for _ in range(rng.randint(1, 11))]
+        call_cost = rng.choice([0, 8, 32, 200])
+        assert cost(length_groups(lengths, call_cost), lengths, call_cost) == cheapest_by_brute_force(lengths, call_cost)
+    many = [rng.randint(3, 128) for _ in range(20_000)]
+    started = time.perf_counter()
+    groups = length_groups(many)
+    assert time.perf_counter() - started < 2.0  # the search spans distinct lengths, not rows
+    assert sorted(i for group in groups for i in group) == list(range(len(many)))
 
 
 def test_length_grouped_calls_answer_as_one_padded_call(tiny_onnx_export):
