@@ -210,8 +210,8 @@ def test_length_groups_find_the_cheapest_partition_at_any_batch_size():
 
     from components.predictor import length_groups
 
-    def cost(groups, lengths, call_cost):
-        return sum(len(g) * max(lengths[i] for i in g) + call_cost for g in groups)
+    def cost(groups, call_cost):  # groups of lengths: padded tokens plus a price per call
+        return sum(len(g) * max(g) + call_cost for g in groups)
 
     def cheapest_by_brute_force(lengths, call_cost):  # every partition of the sorted rows into runs
         ranked = sorted(lengths)
@@ -224,14 +224,15 @@ def test_length_groups_find_the_cheapest_partition_at_any_batch_size():
                     current = []
                 current.append(value)
             groups.append(current)
-            best = min(best, sum(len(g) * max(g) + call_cost for g in groups))
+            best = min(best, cost(groups, call_cost))
         return best
 
     rng = random.Random(3)
     for _ in range(40):
         lengths = [rng.choice([4, 9, 9, 17, 30, 31, 64]) for _ in range(rng.randint(1, 11))]
         call_cost = rng.choice([0, 8, 32, 200])
-        assert cost(length_groups(lengths, call_cost), lengths, call_cost) == cheapest_by_brute_force(lengths, call_cost)
+        grouped = [[lengths[i] for i in group] for group in length_groups(lengths, call_cost)]
+        assert cost(grouped, call_cost) == cheapest_by_brute_force(lengths, call_cost)
     many = [rng.randint(3, 128) for _ in range(20_000)]
     started = time.perf_counter()
     groups = length_groups(many)
