@@ -27,7 +27,11 @@ sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(BENCH.parent))
 
 from model_speed import (  # noqa: E402
-    DEFAULT_MODEL_NAME, champion_onnx_dir, default_tracking_uri, load_texts, quiet_environment,
+    DEFAULT_MODEL_NAME,
+    champion_onnx_dir,
+    default_tracking_uri,
+    load_texts,
+    quiet_environment,
 )
 from service_speed import free_port, start_process, stop_process, thread_env  # noqa: E402
 
@@ -53,7 +57,7 @@ class Run:
 
 def register_twice(model_dir: Path, scratch: Path) -> str:
     """A scratch registry holding model_dir as versions 1 and 2, champion on 1; its tracking URI."""
-    from components.registry import CHAMPION, ModelRegistry
+    from components.lifecycle.registry import CHAMPION, ModelRegistry
 
     tracking_uri = f"sqlite:///{scratch / 'mlflow.db'}"
     registry = ModelRegistry(tracking_uri, SCRATCH_MODEL_NAME, artifact_root=scratch / "artifacts")
@@ -67,9 +71,10 @@ def register_twice(model_dir: Path, scratch: Path) -> str:
 
 def serve_registry(tracking_uri: str, cache_dir: Path, port: int, poll_interval_s: float) -> None:
     """The server process: what `tunegate serve` runs, following the scratch registry's champion."""
-    from components.deployment import build_service_app
-    from components.registry import ModelRegistry
-    from components.serve import ServiceSettings, serve_forever
+    from components.config import ServiceSettings
+    from components.lifecycle.registry import ModelRegistry
+    from components.serving.deployment import build_service_app
+    from components.serving.server import serve_forever
 
     registry = ModelRegistry(tracking_uri, SCRATCH_MODEL_NAME)
     settings = ServiceSettings(poll_interval_s=poll_interval_s)
@@ -95,7 +100,7 @@ async def client(http, texts: list[str], offset: int, stop_at: float, budget: li
 
 
 async def move_champion_at(when: float, tracking_uri: str, run: Run) -> None:
-    from components.registry import CHAMPION, ModelRegistry
+    from components.lifecycle.registry import CHAMPION, ModelRegistry
 
     await asyncio.sleep(max(0.0, when - time.monotonic()))
     registry = ModelRegistry(tracking_uri, SCRATCH_MODEL_NAME)

@@ -45,8 +45,8 @@ def default_tracking_uri() -> str:
 
 def champion_onnx_dir(tracking_uri: str, model_name: str) -> tuple[Path, str]:
     """The champion's export directory (downloaded once into artifacts/serving) and its version."""
-    from components.deployment import load_served_model
-    from components.registry import ModelRegistry
+    from components.lifecycle.registry import ModelRegistry
+    from components.serving.deployment import load_served_model
 
     registry = ModelRegistry(tracking_uri, model_name)
     try:
@@ -94,7 +94,7 @@ def onnx_predict_fns(onnx_dir: Path, threads: int) -> tuple[Callable, Callable, 
     """What tunegate serves (each batch split into calls of similar length) and, to show what int8
     alone gives, the same session with one call per batch padded to its longest text, as PyTorch gets
     it. One session for both: two sessions' spinning thread pools would slow each other down."""
-    from components.predictor import OnnxTextClassifier
+    from components.export.predictor import OnnxTextClassifier
 
     predictor = OnnxTextClassifier(onnx_dir, CPU, intra_op_threads=threads)
 

@@ -28,7 +28,12 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(BENCH.parent))
 
-from model_speed import add_model_arguments, load_texts, quiet_environment, resolve_model_dirs  # noqa: E402
+from model_speed import (  # noqa: E402
+    add_model_arguments,
+    load_texts,
+    quiet_environment,
+    resolve_model_dirs,
+)
 
 STARTUP_TIMEOUT_S = 180
 
@@ -153,8 +158,11 @@ def thread_env(threads: int) -> dict[str, str]:
 
 def serve_tunegate(model_dir: Path, port: int, threads: int) -> None:
     """The server process for tunegate's side: `tunegate serve`'s app on a given export."""
-    from components.predictor import OnnxTextClassifier
-    from components.serve import ServedModel, ServiceSettings, create_app, serve_forever
+    from components.config import ServiceSettings
+    from components.export.predictor import OnnxTextClassifier
+    from components.serving.app import create_app
+    from components.serving.holder import ServedModel
+    from components.serving.server import serve_forever
 
     predictor = OnnxTextClassifier(model_dir, ["CPUExecutionProvider"], intra_op_threads=threads)
     served = ServedModel(predictor, {"model_name": "bench", "model_version": "bench"})
@@ -171,9 +179,10 @@ def start_tunegate(model_dir: Path, threads: int, scratch: Path) -> tuple[subpro
 
 def log_transformers_model(torch_dir: Path, scratch: Path, max_length: int) -> tuple[str, str]:
     """Log the fine-tuned model as an MLflow transformers text-classification pipeline; (model URI, tracking URI)."""
-    import mlflow
     import torch
     import transformers
+
+    import mlflow
 
     tracking_uri = f"sqlite:///{scratch / 'mlflow.db'}"
     mlflow.set_tracking_uri(tracking_uri)
@@ -242,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.seconds = 5.0
 
-    from components.predictor import read_model_card
+    from components.export.predictor import read_model_card
 
     onnx_dir, torch_dir, source = resolve_model_dirs(args)
     max_length = read_model_card(onnx_dir).max_length

@@ -16,11 +16,11 @@ What it does:
 - data: the first `--train-examples` of a seeded sample of artifacts/splits/train.csv (written by
   `dvc repro`), and all of artifacts/splits/validation.csv. Both sides get exactly these rows,
   tokenized by the base model's tokenizer with truncation at max_length: unpadded for tunegate
-  (components.preprocess.tokenize_split; batches are padded at training time), padding="max_length"
+  (components.data.preprocess.tokenize_split; batches are padded at training time), padding="max_length"
   for the Trainer. The script checks that the two tokenizations hold the same tokens.
 - model: each side loads a fresh copy of the base model after seeding with train.seed, so both start
   from the same weights, new classifier head included (checked).
-- tunegate: components.train.train_classifier(...) with a copy of params.train
+- tunegate: components.model.train.train_classifier(...) with a copy of params.train
   (max_train_examples = the sample size, num_threads = --threads).
   Trainer: TrainingArguments with the same learning rate, batch size, epochs, warmup steps
   (int(warmup_ratio * total steps), as tunegate counts them), weight decay (not on biases and
@@ -34,7 +34,7 @@ What it does:
   else's job competes, so a large gap between the two hints at contention.
 - quality: both final models (the weights after the last epoch, not tunegate's best epoch, which
   is chosen on this same validation split) are scored by the same code,
-  components.evaluate.predict_proba_torch + evaluate_frame, on the whole validation split.
+  components.model.evaluate.predict_proba_torch + evaluate_frame, on the whole validation split.
 
 Targets (from the issue): tunegate >= 1.3x the Trainer's examples/s, and validation accuracy within
 0.5 points of the Trainer's. The sides run one after the other, tunegate first, so a colleague's job
@@ -141,7 +141,7 @@ def read_split(path: Path):
 
 
 def sample_rows(frame, n: int, seed: int):
-    """n rows chosen with the seed, kept in file order (components.train.subsample's choice)."""
+    """n rows chosen with the seed, kept in file order (components.model.train.subsample's choice)."""
     if n >= len(frame):
         return frame.reset_index(drop=True)
     chosen = sorted(random.Random(seed).sample(range(len(frame)), n))
@@ -165,8 +165,8 @@ def check_same_examples(dynamic, fixed: list[dict]) -> None:
 
 
 def fresh_model(source: str, labels: list[str], seed: int):
-    from components import modeling
-    from components.train import seed_everything
+    from components.model import modeling
+    from components.model.train import seed_everything
 
     seed_everything(seed)  # before the new head is initialised, as components.stages does
     if hasattr(modeling, "load_classifier"):
@@ -185,14 +185,14 @@ def weights_digest(model) -> str:
 # --- the two sides --------------------------------------------------------------------------------
 
 def run_tunegate(model, train, validation, labels, train_params, pad_id: int):
-    """Train with components.train.train_classifier; returns the side's figures and the model holding
+    """Train with components.model.train.train_classifier; returns the side's figures and the model holding
     the weights after the last step (train_classifier itself hands back its best epoch's weights)."""
     import inspect
     import math
 
     import torch
 
-    import components.train as tunegate_train
+    import components.model.train as tunegate_train
 
     # The loop scores the validation split after each epoch, outside its own epoch timer; the CPU
     # time spent there is taken out here the same way (only this process's reference is wrapped).
@@ -303,7 +303,7 @@ def run_trainer(model, features: list[dict], train_params, output_dir: Path) -> 
 
 
 def score(model, tokenizer, frame, labels: list[str], max_length: int, batch_size: int) -> dict:
-    from components.evaluate import evaluate_frame, predict_proba_torch
+    from components.model.evaluate import evaluate_frame, predict_proba_torch
 
     started = time.perf_counter()
     probabilities = predict_proba_torch(model, tokenizer, frame["text"].tolist(), max_length, batch_size)
@@ -345,8 +345,8 @@ def main(argv: list[str] | None = None) -> int:
     import transformers
 
     from components.config import load_params
-    from components.modeling import load_tokenizer, resolve_model_source
-    from components.preprocess import tokenize_split
+    from components.data.preprocess import tokenize_split
+    from components.model.modeling import load_tokenizer, resolve_model_source
 
     transformers.logging.set_verbosity_error()
     torch.set_num_threads(args.threads)

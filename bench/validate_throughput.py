@@ -23,7 +23,9 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from components.config import DataParams  # noqa: E402
-from components.validate import quarantine_rows, validate_batch, validate_dataset  # noqa: E402
+from components.data.validation.batch import validate_batch
+from components.data.validation.quarantine import quarantine_rows
+from components.data.validation.suite import validate_dataset  # noqa: E402
 
 WORDS = np.array("the film movie story acting was a plot cast and with its really quite great awful".split())
 

@@ -97,7 +97,7 @@ class ModelParams(_Section):
     base_model: str = Field(description="'builtin:<name>', a local directory, or a hub id")
     max_length: int = Field(default=128, ge=8, le=512)
     # Token classification: feed each word's capitalization (lower/title/upper/mixed) through the
-    # token type ids, for base models whose tokenizer lowercases (see components/word_shapes.py).
+    # token type ids, for base models whose tokenizer lowercases (see components/data/word_shapes.py).
     word_shapes: bool = False
 
 
@@ -196,7 +196,7 @@ class GateParams(_Section):
 class ExportParams(_Section):
     opset: int = Field(default=17, ge=13)
     quantize: bool = True
-    # The int8 scheme (components/quantize.py). Agreement with PyTorch on the default models' test
+    # The int8 scheme (components/export/quantize.py). Agreement with PyTorch on the default models' test
     # splits: per-token 99.2-99.8%, every text the same label alone or in any batch; per-block
     # 99.0-99.7% and about 30% slower (attention stays float); dynamic (one range per batch) 96.6-98.7%,
     # the fastest.
@@ -217,7 +217,7 @@ class ExportParams(_Section):
         return self
 
     def plan(self):
-        from components.quantize import QuantizationPlan
+        from components.export.quantize import QuantizationPlan
 
         return QuantizationPlan(scheme=self.scheme, smoothing=self.smoothing, per_channel=self.per_channel,
                                 op_types=tuple(self.quantize_ops), keep_float=tuple(self.keep_float),
@@ -274,6 +274,7 @@ class ScheduleParams(_Section):
 
 
 Task = Literal["sequence-classification", "token-classification"]
+SEQUENCE_CLASSIFICATION = "sequence-classification"
 TOKEN_CLASSIFICATION = "token-classification"
 OUTSIDE_TAG = "O"
 

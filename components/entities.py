@@ -11,6 +11,9 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
 
 OUTSIDE = "O"
 
@@ -132,3 +135,15 @@ def entity_type_counts(tag_sequences) -> Counter:
             continue
         counts.update(tag[2:] for tag in tags if tag.startswith("B-"))
     return counts
+
+
+def first_subtoken_positions(word_ids: Sequence[int | None], n_words: int) -> np.ndarray:
+    """For each word, the position of its first sub-token; -1 for a word with none (cut off by
+    truncation, or made of characters the tokenizer drops)."""
+    positions = np.full(n_words, -1, dtype=np.int64)
+    previous = None
+    for position, word in enumerate(word_ids):
+        if word is not None and word != previous and word < n_words and positions[word] < 0:
+            positions[word] = position
+        previous = word
+    return positions

@@ -13,8 +13,10 @@ from components.layout import SPLITS, ProjectLayout
 
 
 def validate(layout: ProjectLayout, params: Params) -> None:
-    from components.ingest import read_dataset
-    from components.validate import assert_valid, build_data_docs, validate_dataset
+    from components.data.ingest import read_dataset
+    from components.data.validation.data_docs import build_data_docs
+    from components.data.validation.report import assert_valid
+    from components.data.validation.suite import validate_dataset
 
     dataset = read_dataset(layout.data_dir)
     report = validate_dataset(dataset, params.data, source=str(layout.data_dir), task=params.task)
@@ -22,13 +24,18 @@ def validate(layout: ProjectLayout, params: Params) -> None:
     # Written pass or fail: the HTML is where a person looks first when a run stops here.
     docs = build_data_docs(dataset, params.data, layout.validation_docs, source=str(layout.data_dir), task=params.task)
     print(f"{report.summary()}\nData Docs: {docs}")
-    assert_valid(report)  # a failing suite stops the pipeline before training
+    assert_valid(report, layout.validation_report)  # a failing suite stops the pipeline before training
 
 
 def preprocess(layout: ProjectLayout, params: Params) -> None:
-    from components.ingest import read_dataset
-    from components.modeling import load_tokenizer, resolve_model_source
-    from components.preprocess import assign_splits, save_tokenized, tokenize_split, tokenize_tagged_split
+    from components.data.ingest import read_dataset
+    from components.data.preprocess import (
+        assign_splits,
+        save_tokenized,
+        tokenize_split,
+        tokenize_tagged_split,
+    )
+    from components.model.modeling import load_tokenizer, resolve_model_source
 
     tokenizer = load_tokenizer(resolve_model_source(params.model.base_model))
     splits = assign_splits(read_dataset(layout.data_dir), params.split)
@@ -50,8 +57,8 @@ def adapt(layout: ProjectLayout, params: Params) -> None:
 
     import pandas as pd
 
-    from components.adapt import AdaptResult, adapt_language_model, write_card
-    from components.modeling import resolve_model_source
+    from components.model.adapt import AdaptResult, adapt_language_model, write_card
+    from components.model.modeling import resolve_model_source
 
     if layout.adapted_dir.exists():
         shutil.rmtree(layout.adapted_dir)
@@ -68,8 +75,8 @@ def adapt(layout: ProjectLayout, params: Params) -> None:
 
 def start(layout: ProjectLayout, params: Params) -> None:
     """Where fine-tuning starts: the base model, or the champion's weights (train.init_from)."""
-    from components.continual import prepare_starting_point
-    from components.tracking import open_registry
+    from components.lifecycle.tracking import open_registry
+    from components.model.continual import prepare_starting_point
 
     point = prepare_starting_point(params.train.init_from, params.model.base_model, layout.start_dir,
                                    lambda: open_registry(params, layout))
@@ -103,13 +110,17 @@ def training_fingerprint(layout: ProjectLayout, params: Params) -> str:
 
 def train_model(layout: ProjectLayout, params: Params, outputs: TrainOutputs):
     """Fine-tune from the starting point on the tokenized splits; the best epoch's model goes to outputs."""
-    from components.adapt import adapted_source
-    from components.checkpoints import Checkpointer
-    from components.continual import START_MODEL, read_starting_point, replay_mix
-    from components.modeling import load_classifier, load_tokenizer, resolve_model_source
-    from components.preprocess import load_tokenized
-    from components.train import save_model, seed_everything, train_classifier
-    from components.word_shapes import add_word_shapes, uses_word_shapes
+    from components.data.preprocess import load_tokenized
+    from components.data.word_shapes import add_word_shapes, uses_word_shapes
+    from components.model.adapt import adapted_source
+    from components.model.checkpoints import Checkpointer
+    from components.model.continual import START_MODEL, read_starting_point, replay_mix
+    from components.model.modeling import (
+        load_classifier,
+        load_tokenizer,
+        resolve_model_source,
+    )
+    from components.model.train import save_model, seed_everything, train_classifier
 
     point = read_starting_point(layout.start_dir)
     base = resolve_model_source(params.model.base_model)
@@ -156,10 +167,15 @@ def train(layout: ProjectLayout, params: Params) -> None:
 def evaluate(layout: ProjectLayout, params: Params) -> None:
     import pandas as pd
 
-    from components.evaluate import evaluate_frame, evaluate_tokens_torch, predict_proba_torch, write_evaluation
-    from components.export import load_torch_classifier
+    from components.model.evaluate import (
+        evaluate_frame,
+        evaluate_tokens_torch,
+        predict_proba_torch,
+        write_evaluation,
+    )
+    from components.model.modeling import load_torch_model
 
-    model, tokenizer = load_torch_classifier(layout.model_dir)  # the same model the parity check compares
+    model, tokenizer = load_torch_model(layout.model_dir)  # the same model the parity check compares
     test = pd.read_csv(layout.split_file("test"), dtype=str, keep_default_na=False)
     if params.is_token_task:
         metrics, predictions = evaluate_tokens_torch(model, tokenizer, test, params.data.labels,
@@ -176,7 +192,8 @@ def evaluate(layout: ProjectLayout, params: Params) -> None:
 def export(layout: ProjectLayout, params: Params) -> None:
     import pandas as pd
 
-    from components.export import check_parity, export_onnx
+    from components.export.parity import check_parity
+    from components.export.to_onnx import export_onnx
 
     train = pd.read_csv(layout.split_file("train"), dtype=str, keep_default_na=False)
     calibration = train["text"].sample(n=min(params.export.calibration_texts, len(train)),

@@ -16,7 +16,7 @@ from uuid import UUID
 from prefect.input import RunInput
 
 from components.layout import ProjectLayout
-from components.locking import RunInProgress, exclusive_run
+from components.lifecycle.locking import RunInProgress, exclusive_run
 
 RETRAIN_FLOW_NAME = "tunegate-retrain"
 PENDING = "pending"
@@ -75,7 +75,11 @@ def paused_retrain_runs() -> list:
     """Retraining runs now paused for an approval, newest first."""
     from prefect import get_client
     from prefect.client.schemas.filters import (
-        FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterState, FlowRunFilterStateName,
+        FlowFilter,
+        FlowFilterName,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateName,
     )
     from prefect.client.schemas.sorting import FlowRunSort
 

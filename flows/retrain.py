@@ -16,12 +16,19 @@ from prefect import flow, get_run_logger, runtime, task
 from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
 
 from components.config import Params, load_params
-from components.evaluate import score_onnx_dir
+from components.export.scoring import score_onnx_dir
 from components.layout import ProjectLayout
-from components.locking import RunInProgress, exclusive_run
-from components.registry import CHAMPION
-from flows.approval import PENDING, RETRAIN_FLOW_NAME, Approval, apply_decision, auto_approval, wait_for_approval
-from components import tracking
+from components.lifecycle import tracking
+from components.lifecycle.locking import RunInProgress, exclusive_run
+from components.lifecycle.registry import CHAMPION
+from flows.approval import (
+    PENDING,
+    RETRAIN_FLOW_NAME,
+    Approval,
+    apply_decision,
+    auto_approval,
+    wait_for_approval,
+)
 
 ML_STAGES = ("validate", "preprocess", "adapt", "start", "train", "evaluate", "export")
 ONNX_OUT = "artifacts/onnx"
@@ -30,9 +37,9 @@ ONNX_OUT = "artifacts/onnx"
 def transient_only(task, task_run, state) -> bool:
     """Retry what may pass on a second try (a locked store, a network hiccup), never bad data."""
     from components.config import ConfigError
-    from components.ingest import DriftFailure
-    from components.readers import IngestError
-    from components.validate import DataValidationError
+    from components.data.ingest import DriftFailure
+    from components.data.readers import IngestError
+    from components.data.validation.report import DataValidationError
 
     try:
         state.result()
@@ -49,12 +56,12 @@ RETRY = {"retries": 2, "retry_delay_seconds": [2, 10], "retry_condition_fn": tra
 @task(name="check-config", cache_policy=NO_CACHE)
 def check_config(params: Params, layout: ProjectLayout) -> str:
     """Fail in seconds, not after an hour of training, on settings that cannot work."""
-    from components.modeling import resolve_model_source
+    from components.model.modeling import resolve_model_source
 
     if not (layout.root / ".dvc").is_dir():
         raise RuntimeError(f"{layout.root} is not a DVC project: run `git init && dvc init` there first")
     if params.sweep.enabled:
-        from components.sweep import check_trials
+        from components.model.sweep import check_trials
 
         check_trials(params)  # every trial's values valid before the first one trains
     return resolve_model_source(params.model.base_model)
@@ -63,8 +70,13 @@ def check_config(params: Params, layout: ProjectLayout) -> str:
 @task(name="ingest", cache_policy=NO_CACHE, **RETRY)
 def ingest_data(params: Params, layout: ProjectLayout) -> dict:
     """Bring data/ in line with data.source (a no-op when unchanged) and version it with DVC."""
-    from components.ingest import DataStore, describe, ingest_batch, read_configured_source
-    from components.versioning import git_commit, version_data
+    from components.data.ingest import (
+        DataStore,
+        describe,
+        ingest_batch,
+        read_configured_source,
+    )
+    from components.lifecycle.versioning import git_commit, version_data
 
     store = DataStore(layout.data_dir)
     result = ingest_batch(read_configured_source(params.data, layout.root, task=params.task), params.data, store,
@@ -77,13 +89,22 @@ def ingest_data(params: Params, layout: ProjectLayout) -> dict:
             "source": params.data.source}
 
 
+# Where a person reads why a stage stopped, beyond what the stage printed.
+STAGE_REPORTS = {"validate": "artifacts/validation/report.json; Data Docs: artifacts/validation/docs/index.html"}
+
+
 @task(name="dvc-repro", cache_policy=NO_CACHE)
 def reproduce(layout: ProjectLayout, stage: str) -> None:
-    from components.versioning import run_dvc
+    from components.lifecycle.versioning import VersioningError, run_dvc
 
-    # --single-item: the flow runs the stages in order itself; without it every call would also re-check
-    # (and re-run the always-changed `start` stage of) everything upstream.
-    run_dvc(layout.root, "repro", "--single-item", stage)  # a no-op when the stage's deps and params are unchanged
+    try:
+        # --single-item: the flow runs the stages in order itself; without it every call would also
+        # re-check (and re-run the always-changed `start` stage of) everything upstream.
+        run_dvc(layout.root, "repro", "--single-item", stage)  # a no-op when deps and params are unchanged
+    except VersioningError:
+        report = f"; report: {STAGE_REPORTS[stage]}" if stage in STAGE_REPORTS else ""
+        raise VersioningError(f"stage {stage!r} stopped: its reason is printed above{report}. Nothing was "
+                              "registered and the champion still serves.") from None
 
 
 @task(name="score-int8", cache_policy=TASK_SOURCE + INPUTS, persist_result=True, result_serializer="json")
@@ -92,7 +113,7 @@ def score_registered_version(tracking_uri: str, model_name: str, version: str, r
     """Re-score a registered model on labelled rows; cached per (version, content of the rows)."""
     import tempfile
 
-    from components.registry import ModelRegistry
+    from components.lifecycle.registry import ModelRegistry
 
     with tempfile.TemporaryDirectory() as scratch:
         model_dir = ModelRegistry(tracking_uri, model_name).download(version, Path(scratch))
@@ -120,7 +141,7 @@ def gate(params: Params, layout: ProjectLayout, champion: dict | None, champion_
          earlier_rows: tuple[Path, dict] | None = None) -> dict:
     """`earlier_rows`: the champion's own test rows and the champion's metrics on them."""
 
-    from components.gate import decide
+    from components.lifecycle.gate import decide
 
     challenger = score_onnx_dir(layout.onnx_dir, layout.split_file("test"), params.data.labels)
     parity = json.loads(layout.parity_file.read_text())
@@ -136,8 +157,8 @@ def gate(params: Params, layout: ProjectLayout, champion: dict | None, champion_
 
 @task(name="register", cache_policy=NO_CACHE, **RETRY)
 def register(registry, run_id: str, layout: ProjectLayout, tags: dict, passed: bool) -> str:
-    from components.continual import PYTORCH_ARTIFACT
-    from components.registry import CHALLENGER
+    from components.lifecycle.registry import CHALLENGER
+    from components.model.continual import PYTORCH_ARTIFACT
 
     # A retry after a failure past create_model_version must not register the model twice.
     earlier = [v for v in registry.find_versions(model_md5=tags["model_md5"]) if v.run_id == run_id]

@@ -13,7 +13,10 @@ from flows.retrain import retrain
 
 
 def retrain_deployment(project_dir: Path, schedule: ScheduleParams):
-    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+    from prefect.client.schemas.objects import (
+        ConcurrencyLimitConfig,
+        ConcurrencyLimitStrategy,
+    )
     from prefect.schedules import Cron
 
     strategy = ConcurrencyLimitStrategy.ENQUEUE if schedule.when_running == "wait" else ConcurrencyLimitStrategy.CANCEL_NEW

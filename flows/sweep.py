@@ -19,8 +19,9 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from components.config import Params
 from components.layout import ProjectLayout
-from components.registry import ModelRegistry
-from components.sweep import (
+from components.lifecycle.registry import ModelRegistry
+from components.lifecycle.tracking import flatten
+from components.model.sweep import (
     SUMMARY_FILE,
     SweepSummary,
     TrialFailure,
@@ -35,7 +36,6 @@ from components.sweep import (
     train_trial,
     trial_name,
 )
-from components.tracking import flatten
 
 PARENT_TAG = "mlflow.parentRunId"
 # MLflow's SQLite store takes one writer at a time; trials finishing together queue here instead.
@@ -52,7 +52,7 @@ def _log_history(registry: ModelRegistry, run_id: str, history_file: Path) -> No
 @task(name="sweep-trial", task_run_name="trial-{index}", cache_policy=NO_CACHE, persist_result=False)
 def sweep_trial(params: Params, layout: ProjectLayout, registry: ModelRegistry, parent_run_id: str, index: int,
                 overrides: dict[str, Any], threads: int) -> TrialResult:
-    from components.sweep import params_with
+    from components.model.sweep import params_with
 
     trial_params = params_with(params, overrides)
     with _mlflow_lock:

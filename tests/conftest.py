@@ -14,6 +14,36 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from tests.tiny import build_tiny_base_model, sentiment_frame  # noqa: E402
 
+# torch's thread count when the session started: every test starts from it, whatever ran before.
+_SESSION_THREADS: int | None = None
+
+
+@pytest.fixture(autouse=True)
+def same_global_state_for_every_test():
+    """Each test starts from the same process-wide state and leaves none behind: torch's thread count,
+    the random generators of random, numpy and torch (seeded to 0), torch's determinism switch and
+    the environment. A test's outcome then depends on the test alone, not on what ran before it."""
+    import random
+
+    import numpy as np
+    import torch
+
+    global _SESSION_THREADS
+    if _SESSION_THREADS is None:
+        _SESSION_THREADS = torch.get_num_threads()
+    environment = dict(os.environ)
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(_SESSION_THREADS)
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+    yield
+    torch.set_num_threads(_SESSION_THREADS)
+    torch.use_deterministic_algorithms(deterministic)
+    for key in set(os.environ) - set(environment):
+        del os.environ[key]
+    os.environ.update(environment)
+
 
 @pytest.fixture(scope="session")
 def tiny_base_model(tmp_path_factory) -> Path:

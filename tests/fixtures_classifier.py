@@ -29,7 +29,7 @@ def train_tiny_classifier(base_dir: Path, out_dir: Path, *, steps: int = 200, se
     """Fine-tune the tiny base on easy reviews and save model + tokenizer as a pipeline would."""
     import torch
 
-    from components.modeling import load_classifier, load_tokenizer
+    from components.model.modeling import load_classifier, load_tokenizer
 
     torch.manual_seed(seed)
     model = load_classifier(str(base_dir), LABELS)
@@ -65,7 +65,7 @@ def save_untrained_classifier(base_dir: Path, out_dir: Path, *, seed: int = 0) -
     """Same architecture and labels with a fresh head: a model that must disagree with the trained one."""
     import torch
 
-    from components.modeling import load_classifier, load_tokenizer
+    from components.model.modeling import load_classifier, load_tokenizer
 
     torch.manual_seed(seed)
     load_classifier(str(base_dir), LABELS).save_pretrained(out_dir)
@@ -87,7 +87,7 @@ def tiny_classifier(tiny_base_model: Path, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_onnx_export(tiny_classifier: Path, tmp_path_factory):
     """The ExportResult of an int8 export of `tiny_classifier`."""
-    from components.export import export_onnx
+    from components.export.to_onnx import export_onnx
 
     return _once(("onnx-int8", tiny_classifier),
                  lambda: export_onnx(tiny_classifier, tmp_path_factory.mktemp("tiny-onnx") / "export"))

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from components.layout import ProjectLayout
-from components.registry import CHAMPION, ModelRegistry, resolve_tracking_uri
+from components.lifecycle.registry import CHAMPION, ModelRegistry, resolve_tracking_uri
 from tests.project import make_project
 from tunegate.cli import main
 

@@ -53,6 +53,7 @@ def test_label_not_in_data_stops_before_training(project):
     change(project, "data", labels=["negative", "neutral", "positive"])
     code, output = run(project)
     assert code == 2
-    assert "neutral" in output
-    assert "validate" in output
+    assert "neutral" in output and "data.min_examples_per_label" in output  # the reason and the setting
+    assert "data/reports/0000-reviews/validation.json" in output  # where to read the whole report
+    assert "Traceback" not in output  # a user error is its reason, not a stack (the flow's logs keep it)
     assert not (project / "artifacts" / "model").exists()

@@ -10,7 +10,7 @@ import pytest
 
 from components.config import set_param
 from components.layout import ProjectLayout
-from components.registry import CHAMPION, ModelRegistry, resolve_tracking_uri
+from components.lifecycle.registry import CHAMPION, ModelRegistry, resolve_tracking_uri
 from flows.retrain import retrain
 from tests.project import git, make_project
 from tests.tiny import sentiment_frame
@@ -56,9 +56,9 @@ def test_retraining_from_the_champion_replays_old_batches_and_checks_forgetting(
 
 
 def test_adaptive_pretraining_lowers_the_mlm_loss_and_feeds_fine_tuning(tmp_path, tiny_base_model):
-    from components.adapt import adapt_language_model, adapted_source, read_card
     from components.config import AdaptParams
-    from components.modeling import load_classifier
+    from components.model.adapt import adapt_language_model, adapted_source, read_card
+    from components.model.modeling import load_classifier
 
     texts = sentiment_frame(400, seed=4)["review"].tolist()
     out = tmp_path / "adapted"

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from components.validate import build_data_docs, validate_dataset
+from components.data.validation.data_docs import build_data_docs
+from components.data.validation.suite import validate_dataset
 from tests.test_validate import PARAMS, ROWS, dataset_frame, set_text
 
 CLEAN_SUITE_TYPES = {

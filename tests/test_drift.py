@@ -9,7 +9,13 @@ import pandas as pd
 import pytest
 
 from components.config import DriftParams, DriftThresholds
-from components.drift import DriftReport, drift_report, ks_statistic, label_shares, total_variation_distance
+from components.data.drift import (
+    DriftReport,
+    drift_report,
+    ks_statistic,
+    label_shares,
+    total_variation_distance,
+)
 from tests.tiny import sentiment_frame
 
 PARAMS = DriftParams()  # label_shift 0.10/0.25, length_shift 0.15/0.30, oov_increase 0.01/0.05
@@ -147,7 +153,7 @@ def test_total_variation_distance_on_known_mixes():
 
 
 def test_thresholds_are_inclusive_and_ordered():
-    from components.drift import judge
+    from components.data.drift import judge
 
     thresholds = DriftThresholds(warn=0.1, fail=0.2)
     assert [judge(v, thresholds) for v in (0.1, 0.1001, 0.2, 0.2001)] == ["ok", "warn", "warn", "fail"]
@@ -198,7 +204,7 @@ def test_importing_the_module_imports_neither_gx_nor_transformers():
     import sys
     from pathlib import Path
 
-    code = ("import sys, components.drift; "
+    code = ("import sys, components.data.drift; "
             "sys.exit(any(m in sys.modules for m in ('great_expectations', 'transformers', 'scipy')))")
     result = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1])
     assert result.returncode == 0

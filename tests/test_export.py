@@ -11,18 +11,16 @@ import onnx
 import pandas as pd
 import pytest
 
-from components.export import (
-    MODEL_CARD,
+from components.export.parity import ParityReport, check_parity
+from components.export.predictor import MODEL_CARD, MODEL_FILE, OnnxTextClassifier
+from components.export.to_onnx import (
     ExportError,
-    ParityReport,
-    check_parity,
     encode,
     export_onnx,
     graph_input_names,
-    load_torch_classifier,
     torch_logits,
 )
-from components.predictor import MODEL_FILE, OnnxTextClassifier
+from components.model.modeling import load_torch_model
 from tests.fixtures_classifier import (  # noqa: F401 - fixtures
     LABELS,
     held_out,
@@ -136,7 +134,7 @@ def test_fp32_export_matches_pytorch_and_leaves_no_files_behind(tiny_classifier,
     assert json.loads(result.card_path.read_text())["precision"] == "fp32"
 
     texts = ["great", "the plot was boring and the acting clumsy", LONG_TEXT]
-    model, tokenizer = load_torch_classifier(tiny_classifier)
+    model, tokenizer = load_torch_model(tiny_classifier)
     expected = torch_logits(model, encode(tokenizer, texts, graph_input_names(model, tokenizer), 128))
     actual = OnnxTextClassifier(result.out_dir).predict_logits(texts)
     np.testing.assert_allclose(actual, expected, atol=1e-4)
@@ -192,7 +190,7 @@ def test_parity_refuses_labels_the_model_does_not_know(tiny_classifier, tiny_onn
 
 
 def test_length_groups_cover_every_row_once_and_split_only_where_padding_costs_more():
-    from components.predictor import length_groups
+    from components.export.predictor import length_groups
 
     lengths = [60, 5, 7, 58, 6, 61, 30, 31]
     groups = length_groups(lengths, call_cost=32)
@@ -208,7 +206,7 @@ def test_length_groups_find_the_cheapest_partition_at_any_batch_size():
     import random
     import time
 
-    from components.predictor import length_groups
+    from components.export.predictor import length_groups
 
     def cost(groups, call_cost):  # groups of lengths: padded tokens plus a price per call
         return sum(len(g) * max(g) + call_cost for g in groups)
@@ -249,7 +247,7 @@ def test_length_grouped_calls_answer_as_one_padded_call(tiny_onnx_export):
 
 
 def test_an_int8_cpu_plan_meant_for_a_gpu_is_called_out():
-    from components.predictor import gpu_plan_warning
+    from components.export.predictor import gpu_plan_warning
 
     gpu = ["CUDAExecutionProvider", "CPUExecutionProvider"]
     assert "quantize: false" in gpu_plan_warning("per-token", gpu)

@@ -9,9 +9,14 @@ import pandas as pd
 import pytest
 
 from components.config import DataParams, DriftParams, SplitParams
-from components.ingest import DataStore, DriftFailure, ingest_batch, read_file_source
-from components.preprocess import assign_splits
-from components.validate import DataValidationError
+from components.data.ingest import (
+    DataStore,
+    DriftFailure,
+    ingest_batch,
+    read_file_source,
+)
+from components.data.preprocess import assign_splits
+from components.data.validation.report import DataValidationError
 from tests.tiny import sentiment_frame
 
 DATA = DataParams(source="base.csv", text_column="review", label_column="sentiment", labels=["negative", "positive"],
@@ -76,15 +81,60 @@ def test_a_batch_that_fails_a_batch_check_adds_nothing_and_says_why(tmp_path):
     store = DataStore(tmp_path / "data")
     ingest_batch(read_file_source(write(tmp_path / "base.csv", base_frame()), DATA), DATA, store, base=True)
     manifest = store.manifest_path.read_text()
+    # Every row contradicts the dataset's label for its text: all are quarantined, which is too many.
     flipped = sentiment_frame(200, seed=3).head(5).assign(
         sentiment=lambda f: f["sentiment"].map({"positive": "negative", "negative": "positive"}))
-    with pytest.raises(DataValidationError, match="conflicting") as caught:
+    with pytest.raises(DataValidationError, match="max_quarantine_fraction") as caught:
         ingest_batch(read_file_source(write(tmp_path / "flipped.csv", flipped), DATA), DATA, store, base=False)
-    assert caught.value.report.failures[0].examples
+    failed = {f.check: f for f in caught.value.report.failures}
+    assert "5 of 5 input rows quarantined" in failed["max_quarantine_fraction"].observed
     assert store.manifest_path.read_text() == manifest
     assert not list((store.data_dir / "batches").glob("0001-*"))
     report = json.loads(next((store.data_dir / "reports").glob("0001-*/validation.json")).read_text())
     assert report["success"] is False
+
+
+def test_one_rule_for_repeats_within_a_batch_and_across_batches(tmp_path):
+    store = DataStore(tmp_path / "data")
+    base = ingest_batch(read_file_source(write(tmp_path / "base.csv", base_frame()), DATA), DATA, store, base=True)
+    known = sentiment_frame(200, seed=3).head(2)  # texts the dataset has, with their labels
+    fresh = sentiment_frame(100, seed=11)
+    fresh = fresh[~fresh["review"].isin(sentiment_frame(200, seed=3)["review"])].head(60)
+    again = fresh.head(3)  # the same text and label twice in this batch
+    disputed = pd.DataFrame({"review": ["a film I cannot decide about"] * 2, "sentiment": ["positive", "negative"]})
+    contradicts = sentiment_frame(200, seed=3).iloc[2:3].assign(sentiment=lambda f: f["sentiment"].map({"positive": "negative",
+                                                                               "negative": "positive"}))
+    batch = pd.concat([fresh, again, known, disputed, contradicts], ignore_index=True)
+    result = ingest_batch(read_file_source(write(tmp_path / "mixed.csv", batch), DATA), DATA, store, base=False)
+
+    b = result.batch
+    assert b.rows_read == b.accepted + b.quarantined + b.duplicates == len(batch)
+    assert (b.accepted, b.duplicates, b.quarantined) == (len(fresh), 3 + 2, 3)
+    assert b.batch_file == "batches/0001-mixed.csv"  # not mixed.csv.csv
+    rows = quarantine(store, b)
+    assert set(rows["check"]) == {"conflicting_labels"}
+    assert sorted(rows["source_row"]) == [len(fresh) + 3 + 2 + k for k in (2, 3, 4)]  # header is line 1
+    disputed_reason = rows.loc[rows["text"] == "a film I cannot decide about", "reason"].iloc[0]
+    assert "labels ['negative', 'positive']" in disputed_reason and "row " in disputed_reason
+    assert "in the dataset already" in rows["reason"].iloc[-1]
+    dataset = store.read()
+    assert dataset["id"].is_unique  # nothing added twice, and the dataset's own copy kept its label
+    kept = dataset[dataset["text"] == contradicts["review"].iloc[0]]
+    assert kept["label"].tolist() != contradicts["sentiment"].tolist() and kept["batch_id"].iloc[0] == base.batch.batch_id
+
+
+def test_invisible_format_characters_do_not_make_a_new_text(tmp_path):
+    store = DataStore(tmp_path / "data")
+    ingest_batch(read_file_source(write(tmp_path / "base.csv", base_frame()), DATA), DATA, store, base=True)
+    known = sentiment_frame(200, seed=3).head(3)
+    hidden = known.assign(review=["\u200b" + known["review"].iloc[0], known["review"].iloc[1] + "\ufeff",
+                                  known["review"].iloc[2].replace(" ", " \u200e", 1)])
+    fresh = sentiment_frame(100, seed=11)
+    fresh = fresh[~fresh["review"].isin(sentiment_frame(200, seed=3)["review"])].head(30)
+    result = ingest_batch(read_file_source(write(tmp_path / "hidden.csv", pd.concat([fresh, hidden])), DATA), DATA,
+                          store, base=False)
+    assert (result.batch.accepted, result.batch.duplicates, result.batch.quarantined) == (len(fresh), 3, 0)
+    assert not store.read()["text"].str.contains("[\u200b\ufeff\u200e]").any()
 
 
 def test_a_batch_that_drifts_from_the_reference_is_stopped(tmp_path, tiny_base_model):

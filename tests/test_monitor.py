@@ -7,7 +7,7 @@ import json
 import pytest
 
 from components.config import load_params
-from components.ingest import DataStore, ingest_batch, read_configured_source
+from components.data.ingest import DataStore, ingest_batch, read_configured_source
 from tests.project import tiny_params, write_params
 from tests.tiny import sentiment_frame
 from tunegate.cli import main

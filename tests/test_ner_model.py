@@ -75,14 +75,14 @@ def tagger_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def int8_export(tagger_dir, tmp_path_factory):
-    from components.export import export_onnx
+    from components.export.to_onnx import export_onnx
 
     return export_onnx(tagger_dir, tmp_path_factory.mktemp("ner-onnx") / "int8", max_length=MAX_LENGTH)
 
 
 @pytest.fixture(scope="module")
 def fp32_export(tagger_dir, tmp_path_factory):
-    from components.export import export_onnx
+    from components.export.to_onnx import export_onnx
 
     return export_onnx(tagger_dir, tmp_path_factory.mktemp("ner-onnx") / "fp32", max_length=MAX_LENGTH,
                        quantize=False)
@@ -90,7 +90,7 @@ def fp32_export(tagger_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tagger(int8_export):
-    from components.predictor import OnnxTokenTagger
+    from components.export.predictor import OnnxTokenTagger
 
     return OnnxTokenTagger(int8_export.out_dir)
 
@@ -114,7 +114,7 @@ def test_split_words_splits_punctuation_and_keeps_offsets():
 # --- export --------------------------------------------------------------------------------------
 
 def test_export_records_the_task_and_tags(int8_export, fp32_export):
-    from components.predictor import read_model_card
+    from components.export.predictor import read_model_card
 
     for result, precision in ((int8_export, "int8"), (fp32_export, "fp32")):
         card = read_model_card(result.out_dir)
@@ -140,9 +140,13 @@ def test_logits_have_dynamic_batch_and_sequence_axes(fp32_export):
 
 
 def test_load_predictor_and_torch_loader_pick_the_token_classes(tagger_dir, int8_export):
-    from components.evaluate import load_torch_model
-    from components.export import saved_model_task
-    from components.predictor import ModelCard, OnnxTextClassifier, OnnxTokenTagger, load_predictor
+    from components.export.predictor import (
+        ModelCard,
+        OnnxTextClassifier,
+        OnnxTokenTagger,
+        load_predictor,
+    )
+    from components.model.modeling import load_torch_model, saved_model_task
 
     assert isinstance(load_predictor(int8_export.out_dir), OnnxTokenTagger)
     with pytest.raises(ValueError, match="token-classification"):
@@ -157,7 +161,7 @@ def test_load_predictor_and_torch_loader_pick_the_token_classes(tagger_dir, int8
 # --- parity --------------------------------------------------------------------------------------
 
 def test_parity_int8_and_fp32(tagger_dir, int8_export, fp32_export, held_out):
-    from components.export import check_parity
+    from components.export.parity import check_parity
 
     frame = ner_split_frame(held_out)
     texts, labels = frame["text"].tolist(), frame["label"].tolist()
@@ -174,7 +178,7 @@ def test_parity_int8_and_fp32(tagger_dir, int8_export, fp32_export, held_out):
 
 
 def test_parity_refuses_mismatched_words_and_tags(tagger_dir, int8_export):
-    from components.export import check_parity
+    from components.export.parity import check_parity
 
     with pytest.raises(ValueError, match="2 words but 1 tags"):
         check_parity(tagger_dir, int8_export.out_dir, ["Mary visited"], ["B-PER"], max_length=MAX_LENGTH)
@@ -232,7 +236,7 @@ def test_predict_raw_text_gives_entities_with_exact_offsets(tagger):
 # --- evaluation ----------------------------------------------------------------------------------
 
 def test_score_onnx_dir_on_an_ner_split(tagger, int8_export, held_out, tmp_path):
-    from components.evaluate import score_onnx_dir
+    from components.export.scoring import score_onnx_dir
 
     test_csv = tmp_path / "test.csv"
     ner_split_frame(held_out).to_csv(test_csv, index=False)
@@ -244,12 +248,12 @@ def test_score_onnx_dir_on_an_ner_split(tagger, int8_export, held_out, tmp_path)
 
 
 def test_torch_evaluation_writes_metrics_predictions_and_png(tagger_dir, held_out, tmp_path):
-    from components.evaluate import (
+    from components.model.evaluate import (
         evaluate_token_frame,
-        load_torch_model,
         predict_tags_torch,
         write_evaluation,
     )
+    from components.model.modeling import load_torch_model
 
     model, tokenizer = load_torch_model(tagger_dir)
     frame = ner_split_frame(held_out)
@@ -269,7 +273,10 @@ def test_torch_evaluation_writes_metrics_predictions_and_png(tagger_dir, held_ou
 # --- HTTP ------------------------------------------------------------------------------------------
 
 def test_http_service_answers_with_entities(tagger, tmp_path):
-    from components.serve import BackgroundServer, ServedModel, ServiceSettings, create_app
+    from components.config import ServiceSettings
+    from components.serving.app import create_app
+    from components.serving.holder import ServedModel
+    from components.serving.server import BackgroundServer
 
     log = tmp_path / "predictions.jsonl"
     settings = ServiceSettings(prediction_log=log, prediction_log_sample_rate=1.0)
@@ -314,7 +321,8 @@ def test_http_service_answers_with_entities(tagger, tmp_path):
 
 
 def test_evaluate_tokens_torch_in_one_call(tagger_dir, held_out):
-    from components.evaluate import evaluate_tokens_torch, load_torch_model
+    from components.model.evaluate import evaluate_tokens_torch
+    from components.model.modeling import load_torch_model
 
     model, tokenizer = load_torch_model(tagger_dir)
     frame = ner_split_frame(held_out)

@@ -10,10 +10,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from components.deployment import build_service_app
 from components.layout import ProjectLayout
-from components.registry import CHAMPION, ModelRegistry, resolve_tracking_uri
-from components.serve import BackgroundServer
+from components.lifecycle.registry import CHAMPION, ModelRegistry, resolve_tracking_uri
+from components.serving.deployment import build_service_app
+from components.serving.server import BackgroundServer
 from flows.retrain import retrain
 from tests.project import git, make_project
 from tests.tiny import ner_records

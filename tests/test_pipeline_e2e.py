@@ -3,21 +3,26 @@ SQLite registry, real ONNX int8, the approval answered from another thread, real
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
-
-import json
 
 import httpx
 import pandas as pd
 import pytest
 import yaml
 
-from components.deployment import load_served_model
 from components.layout import ProjectLayout
-from components.registry import CHAMPION, CHALLENGER, ModelRegistry, resolve_tracking_uri
-from components.serve import BackgroundServer, create_app
+from components.lifecycle.registry import (
+    CHALLENGER,
+    CHAMPION,
+    ModelRegistry,
+    resolve_tracking_uri,
+)
+from components.serving.app import create_app
+from components.serving.deployment import load_served_model
+from components.serving.server import BackgroundServer
 from flows.approval import answer_approval, paused_retrain_runs
 from flows.retrain import retrain
 from tests.project import make_project, read_params, write_params

@@ -9,9 +9,10 @@ import numpy as np
 import onnx
 import pytest
 
-from components.export import check_parity, export_onnx
-from components.predictor import OnnxTextClassifier
-from components.quantize import SCHEMES, QuantizationPlan, quantize_int8
+from components.export.parity import check_parity
+from components.export.predictor import OnnxTextClassifier
+from components.export.quantize import SCHEMES, QuantizationPlan, quantize_int8
+from components.export.to_onnx import export_onnx
 from tests.fixtures_classifier import held_out, tiny_classifier  # noqa: F401 - fixture
 
 LAYERS = 2  # tests/tiny.py builds a 2-layer BERT

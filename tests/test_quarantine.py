@@ -9,7 +9,11 @@ import pandas as pd
 import pytest
 
 from components.config import DataParams
-from components.validate import QUARANTINE_COLUMNS, QuarantineResult, quarantine_rows
+from components.data.validation.quarantine import (
+    QUARANTINE_COLUMNS,
+    QuarantineResult,
+    quarantine_rows,
+)
 from tests.tiny import sentiment_frame
 
 PARAMS = DataParams(source="unused", labels=["positive", "negative"], min_chars=5, max_chars=200)

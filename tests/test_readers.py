@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from components.config import DataParams
-from components.readers import IngestError, read_labelled_file
+from components.data.readers import IngestError, read_labelled_file
 from tests.tiny import sentiment_frame
 
 PARAMS = DataParams(source="unused", labels=["positive", "negative"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from components.registry import CHAMPION, PREVIOUS_CHAMPION, ModelRegistry
+from components.lifecycle.registry import CHAMPION, PREVIOUS_CHAMPION, ModelRegistry
 from tests.project import write_params
 from tunegate.cli import main
 

@@ -9,7 +9,7 @@ import pytest
 
 from components.config import ScheduleParams
 from components.layout import ProjectLayout
-from components.locking import RunInProgress, exclusive_run
+from components.lifecycle.locking import RunInProgress, exclusive_run
 from tests.project import make_project
 
 

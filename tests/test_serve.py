@@ -6,8 +6,11 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from components.predictor import OnnxTextClassifier
-from components.serve import BackgroundServer, ServedModel, ServiceSettings, create_app
+from components.config import ServiceSettings
+from components.export.predictor import OnnxTextClassifier
+from components.serving.app import create_app
+from components.serving.holder import ServedModel
+from components.serving.server import BackgroundServer
 from tests.fixtures_classifier import LABELS, tiny_classifier, tiny_onnx_export  # noqa: F401 - fixtures
 
 MAX_TEXTS = 8

@@ -13,10 +13,17 @@ from pathlib import Path
 import httpx
 import pytest
 
-from components.deployment import ChampionWatcher, build_service_app, load_served_model
-from components.predictor import OnnxTextClassifier
-from components.registry import CHAMPION, ModelRegistry
-from components.serve import BackgroundServer, ModelHolder, ServedModel, ServiceSettings, create_app
+from components.config import ServiceSettings
+from components.export.predictor import OnnxTextClassifier
+from components.lifecycle.registry import CHAMPION, ModelRegistry
+from components.serving.app import create_app
+from components.serving.deployment import (
+    ChampionWatcher,
+    build_service_app,
+    load_served_model,
+)
+from components.serving.holder import ModelHolder, ServedModel
+from components.serving.server import BackgroundServer
 from tests.fixtures_classifier import held_out, tiny_classifier, tiny_onnx_export  # noqa: F401 - fixtures
 
 CPU = ["CPUExecutionProvider"]
@@ -42,7 +49,7 @@ def save_flipped_classifier(trained_dir: Path, out_dir: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def flipped_export(tiny_classifier, tmp_path_factory) -> Path:
-    from components.export import export_onnx
+    from components.export.to_onnx import export_onnx
 
     scratch = tmp_path_factory.mktemp("flipped")
     return export_onnx(save_flipped_classifier(tiny_classifier, scratch / "torch"), scratch / "onnx").out_dir

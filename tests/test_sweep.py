@@ -11,8 +11,8 @@ import yaml
 
 from components.config import ConfigError, SweepParams, load_params
 from components.layout import ProjectLayout
-from components.registry import ModelRegistry, resolve_tracking_uri
-from components.sweep import (
+from components.lifecycle.registry import ModelRegistry, resolve_tracking_uri
+from components.model.sweep import (
     SweepFailed,
     TrialResult,
     best_trial,
@@ -105,7 +105,7 @@ SWEEP_SPACE = {"train.learning_rate": [0.0, 0.005]}  # zero leaves the head rand
 
 
 def prepared_project(root: Path, base_model: Path) -> tuple[ProjectLayout, ModelRegistry]:
-    from components.versioning import run_dvc
+    from components.lifecycle.versioning import run_dvc
     from tunegate.cli import main
 
     make_project(root, base_model,
@@ -163,7 +163,7 @@ def test_each_trial_is_a_nested_run_with_its_metrics(swept):
 
 @pytest.mark.slow
 def test_the_winner_is_applied_and_dvc_takes_it_as_the_train_stage(swept):
-    from components.versioning import run_dvc
+    from components.lifecycle.versioning import run_dvc
 
     layout, _, _, summary = swept
     root = layout.root
@@ -202,7 +202,7 @@ def test_a_second_sweep_with_nothing_changed_trains_nothing(swept):
 @pytest.mark.slow
 def test_a_failed_trial_does_not_stop_the_others_and_all_failing_fails_the_sweep(
         tmp_path, tiny_base_model, prefect_api, monkeypatch):
-    import components.sweep as sweep_module
+    import components.model.sweep as sweep_module
     from flows.sweep import run_sweep
 
     layout, registry = prepared_project(tmp_path / "project", tiny_base_model)
@@ -233,7 +233,7 @@ def test_a_failed_trial_does_not_stop_the_others_and_all_failing_fails_the_sweep
 
 @pytest.mark.slow
 def test_the_retrain_flow_sweeps_then_ships_the_winner(tmp_path, tiny_base_model, prefect_api):
-    from components.registry import resolve_tracking_uri
+    from components.lifecycle.registry import resolve_tracking_uri
     from flows.retrain import retrain
 
     root = tmp_path / "project"

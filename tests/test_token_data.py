@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from components.config import DataParams, DriftParams
-from components.ingest import (
+from components.data.ingest import (
     DATASET_COLUMNS,
     DataStore,
     RawSource,
@@ -19,14 +19,12 @@ from components.ingest import (
     read_configured_source,
     read_file_source,
 )
-from components.readers import IngestError, read_labelled_file, read_token_file
-from components.validate import (
-    DataValidationError,
-    build_data_docs,
-    quarantine_rows,
-    validate_batch,
-    validate_dataset,
-)
+from components.data.readers import IngestError, read_labelled_file, read_token_file
+from components.data.validation.batch import validate_batch
+from components.data.validation.data_docs import build_data_docs
+from components.data.validation.quarantine import quarantine_rows
+from components.data.validation.report import DataValidationError
+from components.data.validation.suite import validate_dataset
 from tests.tiny import ner_records
 
 TOKEN = "token-classification"
@@ -270,10 +268,12 @@ def test_batch_checks_count_entities_per_type_and_conflicts_with_official_rows(t
 
     clash = write_jsonl(tmp_path / "clash.jsonl", [{"tokens": ["Mary", "spoke"], "tags": ["B-ORG", "O"]}]
                         + ner_records(5, seed=10))
-    with pytest.raises(DataValidationError) as caught:
-        ingest_batch(read_file_source(clash, DATA, task=TOKEN), DATA, store, base=False, task=TOKEN)
-    conflict = {f.check: f for f in caught.value.report.failures}["conflicting_labels"]
-    assert conflict.examples[0]["labels_for_this_text"] == ["B-ORG O", "B-PER O"]
+    clashed = ingest_batch(read_file_source(clash, DATA, task=TOKEN), DATA, store, base=False, task=TOKEN)
+    assert (clashed.batch.quarantined, clashed.batch.accepted) == (1, 5)  # the contradiction alone is set aside
+    set_aside = pd.read_csv(store.data_dir / clashed.batch.quarantine_file, keep_default_na=False)
+    assert set_aside["check"].tolist() == ["conflicting_labels"]
+    assert "labels ['B-ORG O', 'B-PER O']" in set_aside["reason"].iloc[0]
+    assert store.read().query("text == 'Mary spoke'")["label"].tolist() == ["B-PER O"] * 2  # the official rows, as they were
 
 
 def test_validate_batch_accounts_for_every_row():
@@ -289,7 +289,7 @@ def test_validate_batch_accounts_for_every_row():
 def test_drift_on_entity_types_and_sentence_lengths(tiny_base_model):
     from transformers import AutoTokenizer
 
-    from components.drift import drift_report
+    from components.data.drift import drift_report
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_base_model)
     params = DriftParams(oov_sample_texts=100)
@@ -318,7 +318,7 @@ def test_drift_on_entity_types_and_sentence_lengths(tiny_base_model):
 
 
 def test_sequence_data_gains_no_split_column_and_keeps_its_fingerprint(tmp_path):
-    from components.ingest import rules_fingerprint
+    from components.data.ingest import rules_fingerprint
     from tests.tiny import sentiment_frame
 
     data = DataParams(source="s.csv", text_column="review", label_column="sentiment", labels=["negative", "positive"])

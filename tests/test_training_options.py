@@ -10,7 +10,14 @@ import pytest
 import torch
 
 from tests.project import REPO_ROOT
-from tests.train_job import ENTITY_TYPES, LABELS, ner_splits, run, sentiment_splits, train_params
+from tests.train_job import (
+    ENTITY_TYPES,
+    LABELS,
+    ner_splits,
+    run,
+    sentiment_splits,
+    train_params,
+)
 
 
 def _weights(model) -> dict[str, torch.Tensor]:
@@ -26,7 +33,7 @@ def test_training_learns_and_reports_the_best_epoch(tiny_base_model):
 
 
 def test_frozen_embeddings_and_lower_layer_do_not_change(tiny_base_model):
-    from components.modeling import load_classifier
+    from components.model.modeling import load_classifier
 
     before = _weights(load_classifier(str(tiny_base_model), LABELS))
     result, model = run(tiny_base_model, None, epochs=1, freeze_embeddings=True, freeze_layers=1)
@@ -47,20 +54,23 @@ def test_freezing_more_layers_than_the_model_has_is_refused(tiny_base_model):
 def test_lora_trains_few_parameters_and_saves_a_plain_merged_model(tiny_base_model, tmp_path):
     from transformers import AutoModelForSequenceClassification
 
-    from components.modeling import load_classifier, load_tokenizer
-    from components.train import save_model
+    from components.model.modeling import load_classifier, load_tokenizer
+    from components.model.train import save_model
 
-    # Adapters steer features a model already has: on the random tiny base they barely learn, and
-    # whether they do depends on that base's draw. One epoch of full fine-tuning first gives them a host.
+    # Adapters steer features a model already has: on the random tiny base they barely learn. One
+    # epoch of full fine-tuning gives them a host; its head is then drawn afresh, so that the adapted
+    # model starts at chance and has something to learn. (Adapting a model that already knows the task
+    # at a high learning rate measured only noise: in one CI run its loss fell by 11% in 5 epochs.)
     _, warm = run(tiny_base_model, None, epochs=1)
+    torch.manual_seed(5)
+    warm.classifier.reset_parameters()
     warm_dir = tmp_path / "warm"
     save_model(warm, load_tokenizer(str(tiny_base_model)), warm_dir)
     base = _weights(load_classifier(str(warm_dir), LABELS))
-    # lr 5e-3: at 1e-2 the adapters learned on every base tried but on some plateaued early.
-    result, model = run(warm_dir, None, epochs=5, learning_rate=5e-3,
+    result, model = run(warm_dir, None, epochs=3, learning_rate=5e-3,
                         lora={"enabled": True, "r": 4, "alpha": 8, "dropout": 0.0})
     assert result.trainable_parameters < 0.15 * result.total_parameters
-    assert result.history[-1].train_loss < 0.6 * result.history[0].train_loss, result.history
+    assert result.best_score >= 0.85, result.history  # learned: chance is 0.5 on balanced labels
     save_model(model, load_tokenizer(str(tiny_base_model)), tmp_path / "merged")
     reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "merged")
     assert type(reloaded).__name__ == "BertForSequenceClassification"
@@ -71,8 +81,8 @@ def test_lora_trains_few_parameters_and_saves_a_plain_merged_model(tiny_base_mod
 
 
 def test_merging_lora_keeps_the_model_s_answers(tiny_base_model):
-    from components.modeling import load_classifier, load_tokenizer
-    from components.train import add_lora
+    from components.model.modeling import load_classifier, load_tokenizer
+    from components.model.train import add_lora
     from tests.train_job import train_params
 
     torch.manual_seed(0)
@@ -89,8 +99,8 @@ def test_merging_lora_keeps_the_model_s_answers(tiny_base_model):
 
 
 def test_class_weights_favour_the_rare_class():
-    from components.preprocess import TokenizedSplit
-    from components.train import class_weights
+    from components.data.preprocess import TokenizedSplit
+    from components.model.train import class_weights
 
     split = TokenizedSplit([[1]] * 10, [0] * 8 + [1] * 2)
     weights = class_weights(split, 3)
@@ -130,8 +140,8 @@ def test_a_hard_killed_run_resumes_to_the_same_weights(tiny_base_model, tmp_path
 def test_token_classification_learns_entities(tiny_ner_base_model):
     tiny_base_model = tiny_ner_base_model
     from components.config import iob2_tags
-    from components.modeling import load_classifier, load_tokenizer
-    from components.train import seed_everything, train_classifier
+    from components.model.modeling import load_classifier, load_tokenizer
+    from components.model.train import seed_everything, train_classifier
 
     tokenizer = load_tokenizer(str(tiny_base_model))
     train, validation = ner_splits(tokenizer)
@@ -146,8 +156,8 @@ def test_token_classification_learns_entities(tiny_ner_base_model):
 
 
 def test_replay_keeps_new_rows_and_a_share_of_old_ones(tiny_base_model):
-    from components.continual import replay_mix
-    from components.modeling import load_tokenizer
+    from components.model.continual import replay_mix
+    from components.model.modeling import load_tokenizer
 
     train, _ = sentiment_splits(load_tokenizer(str(tiny_base_model)))
     mixed, counts = replay_mix(train, ["old"], 0.25, seed=1)

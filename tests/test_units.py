@@ -7,11 +7,18 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from components.config import ConfigError, ExportParams, GateParams, SplitParams, parse_params, set_param
-from components.gate import decide
-from components.ingest import RawSource, build_dataset
-from components.modeling import resolve_model_source
-from components.preprocess import assign_splits, split_of
+from components.config import (
+    ConfigError,
+    ExportParams,
+    GateParams,
+    SplitParams,
+    parse_params,
+    set_param,
+)
+from components.data.ingest import RawSource, build_dataset
+from components.data.preprocess import assign_splits, split_of
+from components.lifecycle.gate import decide
+from components.model.modeling import resolve_model_source
 from tests.tiny import sentiment_frame
 
 BASE = {"data": {"source": "x.csv", "labels": ["negative", "positive"]}, "model": {"base_model": "org/model"}}
@@ -121,7 +128,7 @@ def test_gate_refuses_a_quantized_model_that_disagrees_with_pytorch():
 def test_only_transient_failures_are_retried():
     from prefect.states import Failed
 
-    from components.readers import IngestError
+    from components.data.readers import IngestError
     from flows.retrain import transient_only
 
     def failed(error: Exception):

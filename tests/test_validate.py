@@ -13,14 +13,14 @@ import pandas as pd
 import pytest
 
 from components.config import DataParams
-from components.validate import (
+from components.data.validation.batch import validate_batch
+from components.data.validation.quarantine import quarantine_rows
+from components.data.validation.report import (
     DataValidationError,
     ValidationReport,
     assert_valid,
-    quarantine_rows,
-    validate_batch,
-    validate_dataset,
 )
+from components.data.validation.suite import validate_dataset
 from tests.tiny import sentiment_frame
 
 PARAMS = DataParams(source="unused", labels=["positive", "negative"], min_rows=20, min_chars=5, max_chars=200,
@@ -246,7 +246,7 @@ def test_report_json_round_trips(tmp_path):
 
 
 def test_importing_the_module_does_not_import_gx():
-    code = "import sys, components.validate, components.readers; sys.exit('great_expectations' in sys.modules)"
+    code = "import sys, components.data.validation.suite, components.data.validation.quarantine, components.data.validation.batch, components.data.readers; sys.exit('great_expectations' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1])
     assert result.returncode == 0
 

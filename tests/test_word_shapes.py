@@ -14,7 +14,15 @@ import pandas as pd
 import pytest
 
 from components.config import iob2_tags
-from components.word_shapes import LOWER, MIXED, SHAPES, TITLE, UPPER, token_shapes, word_shape
+from components.data.word_shapes import (
+    LOWER,
+    MIXED,
+    SHAPES,
+    TITLE,
+    UPPER,
+    token_shapes,
+    word_shape,
+)
 from tests.tiny import FILLER
 from tests.train_job import train_params
 
@@ -53,10 +61,10 @@ def capitalization_only_frame(n: int, seed: int) -> pd.DataFrame:
 
 
 def _train(base_dir, out_dir, word_shapes: bool):
-    from components.modeling import load_classifier, load_tokenizer
-    from components.preprocess import tokenize_tagged_split
-    from components.train import save_model, seed_everything, train_classifier
-    from components.word_shapes import add_word_shapes
+    from components.data.preprocess import tokenize_tagged_split
+    from components.data.word_shapes import add_word_shapes
+    from components.model.modeling import load_classifier, load_tokenizer
+    from components.model.train import save_model, seed_everything, train_classifier
 
     tokenizer = load_tokenizer(str(base_dir))
     train, validation = (tokenize_tagged_split(capitalization_only_frame(n, seed), tokenizer, TAGS, MAX_LENGTH,
@@ -89,9 +97,11 @@ def test_with_word_shapes_the_model_reads_capitalization(shaped_tagger):
 
 
 def test_word_shapes_survive_export_and_serving(shaped_tagger, tmp_path):
-    from components.evaluate import load_torch_model, predict_tags_torch
-    from components.export import check_parity, export_onnx
-    from components.predictor import OnnxTokenTagger
+    from components.export.parity import check_parity
+    from components.export.predictor import OnnxTokenTagger
+    from components.export.to_onnx import export_onnx
+    from components.model.evaluate import predict_tags_torch
+    from components.model.modeling import load_torch_model
 
     model_dir, _ = shaped_tagger
     torch_model, tokenizer = load_torch_model(model_dir)

@@ -27,7 +27,14 @@ def sentiment_frame(n: int, seed: int = 0) -> pd.DataFrame:
 def build_tiny_base_model(directory: Path, corpus: list[str]) -> Path:
     """A 2-layer BERT with a WordPiece vocabulary trained on `corpus`, saved with save_pretrained."""
     import torch
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        Tokenizer,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
     torch.manual_seed(0)  # the same tiny model every session: test outcomes do not vary by draw

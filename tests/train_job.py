@@ -15,7 +15,7 @@ ENTITY_TYPES = ["PER", "LOC", "ORG"]
 
 
 def sentiment_splits(tokenizer, n_train: int = 640, n_validation: int = 160):
-    from components.preprocess import tokenize_split
+    from components.data.preprocess import tokenize_split
 
     frame = sentiment_frame(n_train + n_validation, seed=3).rename(columns={"review": "text", "sentiment": "label"})
     frame["batch_id"] = ["old"] * (n_train // 2) + ["new"] * (len(frame) - n_train // 2)
@@ -27,7 +27,7 @@ def ner_splits(tokenizer, n_train: int = 400, n_validation: int = 100):
     import pandas as pd
 
     from components.config import iob2_tags
-    from components.preprocess import tokenize_tagged_split
+    from components.data.preprocess import tokenize_tagged_split
 
     records = ner_records(n_train + n_validation, seed=5)
     frame = pd.DataFrame({"text": [" ".join(r["tokens"]) for r in records],
@@ -48,9 +48,9 @@ def train_params(**overrides):
 
 def run(base_dir: Path, checkpoint_dir: Path | None, kill_at_step: int | None = None, **overrides):
     """Train the tiny classifier; with kill_at_step the process SIGKILLs itself after that step."""
-    from components.checkpoints import Checkpointer
-    from components.modeling import load_classifier, load_tokenizer
-    from components.train import seed_everything, train_classifier
+    from components.model.checkpoints import Checkpointer
+    from components.model.modeling import load_classifier, load_tokenizer
+    from components.model.train import seed_everything, train_classifier
 
     tokenizer = load_tokenizer(str(base_dir))
     train, validation = sentiment_splits(tokenizer)

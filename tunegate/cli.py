@@ -40,7 +40,7 @@ def _params(layout: ProjectLayout) -> Params:
 
 
 def _open_registry(layout: ProjectLayout):
-    from components.tracking import open_registry
+    from components.lifecycle.tracking import open_registry
 
     return open_registry(_params(layout), layout)
 
@@ -53,7 +53,9 @@ def cmd_run(args) -> int:
         print(f"params.yaml: {key}: {old!r} -> {yaml.safe_load(raw)!r}")
     params = _params(layout)  # refuse bad settings before any work starts
     from flows.retrain import retrain
+    from tunegate.console import hide_user_error_tracebacks
 
+    hide_user_error_tracebacks(_user_errors())
     result = retrain(project_dir=str(layout.root), approval_profile=args.profile)
     print(f"\nretraining {result['status']}: {result['message']}")
     if result["run_id"] is None:  # skipped: another run holds the project
@@ -67,8 +69,8 @@ def cmd_run(args) -> int:
 
 
 def _serve(layout: ProjectLayout, params: Params, version: str | None, host: str, port: int) -> int:
-    from components.deployment import build_service_app
-    from components.serve import serve_forever
+    from components.serving.deployment import build_service_app
+    from components.serving.server import serve_forever
 
     serve = params.serve
     # ServeParams are the service's settings plus where to listen; the log path is project-relative.
@@ -94,7 +96,7 @@ def _champion_training_data(layout: ProjectLayout, store):
     """The rows the champion was trained on: the drift reference for a new batch."""
     import json
 
-    from components.registry import CHAMPION
+    from components.lifecycle.registry import CHAMPION
 
     champion = _open_registry(layout).by_alias(CHAMPION)
     if champion is None or "data_batches" not in champion.tags:
@@ -104,9 +106,15 @@ def _champion_training_data(layout: ProjectLayout, store):
 
 
 def cmd_ingest(args) -> int:
-    from components.ingest import DataStore, describe, ingest_batch, read_configured_source, read_file_source
-    from components.modeling import load_tokenizer, resolve_model_source
-    from components.versioning import version_data
+    from components.data.ingest import (
+        DataStore,
+        describe,
+        ingest_batch,
+        read_configured_source,
+        read_file_source,
+    )
+    from components.lifecycle.versioning import version_data
+    from components.model.modeling import load_tokenizer, resolve_model_source
 
     layout = _layout(args)
     params = _params(layout)
@@ -116,7 +124,7 @@ def cmd_ingest(args) -> int:
                               base=True, task=params.task)
     else:
         result = ingest_batch(
-            read_file_source(Path(args.path).resolve(), params.data, task=params.task), params.data, store, base=False,
+            read_file_source(Path(args.path).absolute(), params.data, task=params.task), params.data, store, base=False,
             drift=params.drift, reference=_champion_training_data(layout, store),
             tokenizer_factory=lambda: load_tokenizer(resolve_model_source(params.model.base_model)), task=params.task,
         )
@@ -131,10 +139,10 @@ def cmd_ingest(args) -> int:
 def cmd_monitor(args) -> int:
     import time
 
-    from components.drift import drift_report
-    from components.ingest import DataStore
-    from components.modeling import load_tokenizer, resolve_model_source
-    from components.monitoring import read_prediction_log
+    from components.data.drift import drift_report
+    from components.data.ingest import DataStore
+    from components.model.modeling import load_tokenizer, resolve_model_source
+    from components.serving.prediction_log import read_prediction_log
 
     layout = _layout(args)
     params = _params(layout)
@@ -156,8 +164,13 @@ def cmd_monitor(args) -> int:
 
 
 def cmd_fetch(args) -> int:
-    from components.assets import BUILTIN_SPLIT_DATASETS, builtin_model_dir, read_builtin_dataset, \
-        read_builtin_split_dataset, split_builtin
+    from components.assets import (
+        BUILTIN_SPLIT_DATASETS,
+        builtin_model_dir,
+        read_builtin_dataset,
+        read_builtin_split_dataset,
+        split_builtin,
+    )
 
     params = _params(_layout(args))
     if (name := split_builtin(params.data.source)) is not None:
@@ -308,11 +321,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors that mean 'fix your data or settings': a message, not a traceback."""
     from components.assets import AssetError
-    from components.readers import IngestError
-    from components.ingest import DriftFailure
-    from components.locking import RunInProgress
-    from components.validate import DataValidationError
-    from components.versioning import VersioningError
+    from components.data.ingest import DriftFailure
+    from components.data.readers import IngestError
+    from components.data.validation.report import DataValidationError
+    from components.lifecycle.locking import RunInProgress
+    from components.lifecycle.versioning import VersioningError
 
     return (ConfigError, LookupError, FileNotFoundError, AssetError, IngestError, DataValidationError, DriftFailure,
             VersioningError, RunInProgress)

@@ -1,5 +1,5 @@
 """A fine-tuned classifier or token classifier (NER) to a self-contained ONNX directory (int8 by
-default), and the check that the exported model still answers like the PyTorch one.
+default). The check that it still answers like the PyTorch model is components.export.parity.
 
 The export directory holds everything a server needs to label raw text and nothing it must trust:
 `model.onnx`, the tokenizer files and a JSON card (task, labels, max_length, precision, opset, inputs).
@@ -9,38 +9,27 @@ A sequence classifier's graph gives logits [batch, labels]; a token classifier's
 from __future__ import annotations
 
 import inspect
-import json
 import shutil
 import tempfile
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Sequence
 
 import numpy as np
 from pydantic import BaseModel
 
-from components.predictor import (
+from components.config import Task
+from components.data.word_shapes import uses_word_shapes
+from components.export.predictor import (
     MODEL_CARD,
     MODEL_FILE,
     SEQUENCE_CLASSIFICATION,
     TOKEN_CLASSIFICATION,
     ModelCard,
-    OnnxTextClassifier,
-    OnnxTokenTagger,
-    check_texts,
-    softmax,
     write_model_card,
 )
-from components.quantize import QuantizationPlan, quantize_int8
-from components.word_shapes import uses_word_shapes
-
-__all__ = [
-    "MODEL_CARD", "MODEL_FILE", "ExportError", "ExportResult", "ParityReport", "check_parity", "export_onnx",
-    "load_torch_classifier", "load_torch_model", "saved_model_task",
-]
-
-Task = Literal["sequence-classification", "token-classification"]
+from components.export.quantize import QuantizationPlan, quantize_int8
+from components.model.modeling import labels_in_id_order, load_torch_model, model_task
 
 CANDIDATE_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 TRACE_TEXTS = ["a short text", "a somewhat longer text, so that the traced batch needs padding"]
@@ -69,83 +58,7 @@ class ExportResult(BaseModel):
     int8_bytes: int | None
     task: Task = SEQUENCE_CLASSIFICATION
     entity_types: list[str] = []  # token classification: the types behind the tags in `labels`
-    quantization: str | None = None  # the int8 scheme (components/quantize.py); None for fp32
-
-
-class ParityReport(BaseModel):
-    """Sequence classification: agreement is the fraction of texts where both models pick the same
-    label and the accuracies are label accuracies. Token classification (metric "entity_f1"):
-    agreement is the entity F1 of the ONNX predictions scored against the PyTorch ones (1.0: the same
-    entities), the accuracies are each model's entity F1 against the gold tags, and the probability
-    differences are over word tags."""
-
-    n: int
-    agreement: float  # fraction of texts where both models pick the same label (NER: entity F1 onnx vs torch)
-    torch_accuracy: float
-    onnx_accuracy: float
-    accuracy_drop: float  # torch_accuracy - onnx_accuracy, as a fraction
-    max_abs_prob_diff: float
-    mean_abs_prob_diff: float
-    precision: Literal["int8", "fp32"]
-    max_length: int
-    task: Task = SEQUENCE_CLASSIFICATION
-    metric: Literal["accuracy", "entity_f1"] = "accuracy"  # what agreement and the accuracies measure
-    tag_agreement: float | None = None  # NER: fraction of words given the same tag by both models
-
-    def failures(self, *, min_agreement: float, max_accuracy_drop: float) -> list[str]:
-        """Why the export should be refused under these limits; empty when it passes."""
-        reasons = []
-        if self.agreement < min_agreement:
-            reasons.append(f"agreement {self.agreement:.4f} < {min_agreement}")
-        if self.accuracy_drop > max_accuracy_drop:
-            reasons.append(f"accuracy drop {self.accuracy_drop:.4f} > {max_accuracy_drop}")
-        return reasons
-
-
-def saved_model_task(model_dir: Path) -> Task:
-    """The task of a model saved with save_pretrained, from its config's architectures
-    (e.g. BertForTokenClassification); a config that names none is taken for a sequence classifier."""
-    path = Path(model_dir) / "config.json"
-    try:
-        architectures = json.loads(path.read_text(encoding="utf-8")).get("architectures") or []
-    except (OSError, json.JSONDecodeError) as error:
-        raise ValueError(f"{model_dir}: cannot read config.json ({error}); is it a saved transformers model?") from None
-    if any(str(name).endswith("ForTokenClassification") for name in architectures):
-        return TOKEN_CLASSIFICATION
-    return SEQUENCE_CLASSIFICATION
-
-
-def load_torch_model(model_dir: Path, task: Task | None = None):
-    """The saved model (AutoModelForSequenceClassification or AutoModelForTokenClassification, by
-    `task` or else by its config) and its tokenizer, in eval mode.
-
-    Eager attention: onnxruntime's BERT optimizer recognises (and fuses) only the eager attention graph.
-    """
-    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer
-
-    task = task or saved_model_task(model_dir)
-    auto = AutoModelForTokenClassification if task == TOKEN_CLASSIFICATION else AutoModelForSequenceClassification
-    model = auto.from_pretrained(
-        str(model_dir), use_safetensors=True, trust_remote_code=False, attn_implementation="eager"
-    )
-    model.eval()
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=False)
-    return model, tokenizer
-
-
-def load_torch_classifier(model_dir: Path):
-    """The saved model and its tokenizer, in eval mode: a sequence classifier, or a token classifier
-    where the saved config says so (see load_torch_model)."""
-    return load_torch_model(model_dir)
-
-
-def model_task(model) -> Task:
-    return TOKEN_CLASSIFICATION if type(model).__name__.endswith("ForTokenClassification") else SEQUENCE_CLASSIFICATION
-
-
-def labels_in_id_order(model) -> list[str]:
-    id2label = model.config.id2label
-    return [str(id2label[i]) for i in range(model.config.num_labels)]
+    quantization: str | None = None  # the int8 scheme (components/export/quantize.py); None for fp32
 
 
 def default_max_length(tokenizer, config) -> int:
@@ -387,127 +300,3 @@ def export_onnx(
         entity_types=entity_types,
         quantization=plan.scheme if quantize else None,
     )
-
-
-def check_parity(
-    model_dir: Path,
-    onnx_dir: Path,
-    texts: list[str],
-    labels: list[str],
-    *,
-    batch_size: int = 64,
-    max_length: int = 128,
-) -> ParityReport:
-    """Run the PyTorch model and the exported one (through the serving predictor) on labelled texts.
-
-    For a token classifier (read from the export's card) each text is a sentence's words joined by
-    single spaces and each label the words' IOB2 tags joined the same way, as in the test split CSV.
-    """
-    from tqdm.auto import tqdm
-
-    from components.predictor import read_model_card
-
-    texts = check_texts(texts)
-    labels = list(labels)
-    if len(texts) != len(labels):
-        raise ValueError(f"{len(texts)} texts but {len(labels)} labels")
-    if not texts:
-        raise ValueError("parity needs at least one labelled text")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    if read_model_card(Path(onnx_dir)).task == TOKEN_CLASSIFICATION:
-        return _token_parity(Path(model_dir), Path(onnx_dir), texts, labels, batch_size=batch_size,
-                             max_length=max_length)
-
-    predictor = OnnxTextClassifier(Path(onnx_dir), max_length=max_length)
-    model, tokenizer = load_torch_model(Path(model_dir), SEQUENCE_CLASSIFICATION)
-    model_labels = labels_in_id_order(model)
-    if model_labels != predictor.labels:
-        raise ValueError(f"{onnx_dir} has labels {predictor.labels} but {model_dir} has {model_labels}")
-    label_ids = {label: i for i, label in enumerate(model_labels)}
-    unknown = sorted(set(labels) - set(label_ids))
-    if unknown:
-        raise ValueError(f"labels {unknown} are not among the model's labels {model_labels}")
-    gold = np.array([label_ids[label] for label in labels])
-    input_names = graph_input_names(model, tokenizer)
-
-    starts = range(0, len(texts), batch_size)
-    torch_batches: list[np.ndarray] = []
-    onnx_batches: list[np.ndarray] = []
-    for start in tqdm(starts, desc="parity torch vs onnx", unit="batch", disable=len(starts) < PROGRESS_MIN_BATCHES):
-        batch = texts[start:start + batch_size]
-        torch_batches.append(softmax(torch_logits(model, encode(tokenizer, batch, input_names, max_length))))
-        onnx_batches.append(predictor.predict_proba(batch, batch_size=len(batch)))
-    torch_probs, onnx_probs = np.concatenate(torch_batches), np.concatenate(onnx_batches)
-
-    torch_pred, onnx_pred = torch_probs.argmax(axis=1), onnx_probs.argmax(axis=1)
-    torch_accuracy = float(np.mean(torch_pred == gold))
-    onnx_accuracy = float(np.mean(onnx_pred == gold))
-    prob_diff = np.abs(torch_probs - onnx_probs)
-    return ParityReport(
-        n=len(texts),
-        agreement=float(np.mean(torch_pred == onnx_pred)),
-        torch_accuracy=torch_accuracy,
-        onnx_accuracy=onnx_accuracy,
-        accuracy_drop=torch_accuracy - onnx_accuracy,
-        max_abs_prob_diff=float(prob_diff.max()),
-        mean_abs_prob_diff=float(prob_diff.mean()),
-        precision=predictor.card.precision,
-        max_length=max_length,
-    )
-
-
-
-def _token_parity(model_dir: Path, onnx_dir: Path, texts: list[str], labels: list[str], *,
-                  batch_size: int, max_length: int) -> ParityReport:
-    from components.entities import entity_scores
-    from components.evaluate import predict_tag_proba_torch, split_joined
-
-    predictor = OnnxTokenTagger(onnx_dir, max_length=max_length)
-    model, tokenizer = load_torch_model(model_dir, TOKEN_CLASSIFICATION)
-    tags = labels_in_id_order(model)
-    if tags != predictor.labels:
-        raise ValueError(f"{onnx_dir} has tags {predictor.labels} but {model_dir} has {tags}")
-    sentences, gold = split_joined(texts), split_joined(labels)
-    for index, (words, gold_tags) in enumerate(zip(sentences, gold)):
-        if len(words) != len(gold_tags):
-            raise ValueError(f"text {index} has {len(words)} words but {len(gold_tags)} tags")
-    unknown = sorted({tag for sentence in gold for tag in sentence} - set(tags))
-    if unknown:
-        raise ValueError(f"tags {unknown} are not among the model's tags {tags}")
-
-    torch_probs = predict_tag_proba_torch(model, tokenizer, sentences, max_length, batch_size)
-    onnx_probs = predictor.predict_word_proba(sentences, batch_size)
-    torch_tags = [[tags[i] for i in p.argmax(axis=1)] for p in torch_probs]
-    onnx_tags = [[tags[i] for i in p.argmax(axis=1)] for p in onnx_probs]
-    kinds = predictor.entity_types
-    torch_f1 = entity_scores(gold, torch_tags, kinds)["entity_f1"]
-    onnx_f1 = entity_scores(gold, onnx_tags, kinds)["entity_f1"]
-    agreement = _entity_agreement(torch_tags, onnx_tags, kinds)
-    words = sum(len(s) for s in sentences)
-    same_tags = sum(t == o for ts, os_ in zip(torch_tags, onnx_tags) for t, o in zip(ts, os_))
-    diffs = [np.abs(t - o) for t, o in zip(torch_probs, onnx_probs) if len(t)]
-    flat = np.concatenate([d.ravel() for d in diffs]) if diffs else np.zeros(1, dtype=np.float32)
-    return ParityReport(
-        n=len(texts),
-        agreement=agreement,
-        torch_accuracy=torch_f1,
-        onnx_accuracy=onnx_f1,
-        accuracy_drop=torch_f1 - onnx_f1,
-        max_abs_prob_diff=float(flat.max()),
-        mean_abs_prob_diff=float(flat.mean()),
-        precision=predictor.card.precision,
-        max_length=max_length,
-        task=TOKEN_CLASSIFICATION,
-        metric="entity_f1",
-        tag_agreement=same_tags / words if words else 1.0,
-    )
-
-
-def _entity_agreement(reference: list[list[str]], other: list[list[str]], kinds: list[str]) -> float:
-    """Entity F1 of `other` against `reference`; 1.0 when neither finds any entity (they agree)."""
-    from components.entities import entity_scores, spans_from_tags
-
-    if not any(spans_from_tags(tags) for tags in reference) and not any(spans_from_tags(tags) for tags in other):
-        return 1.0
-    return entity_scores(reference, other, kinds)["entity_f1"]

@@ -55,7 +55,7 @@ def adapt_language_model(source: str, base_model: str, texts: list[str], params:
                          out_dir: Path) -> AdaptResult:
     from transformers import AutoModelForMaskedLM, DataCollatorForLanguageModeling
 
-    from components.modeling import load_tokenizer
+    from components.model.modeling import load_tokenizer
 
     random.seed(params.seed)
     torch.manual_seed(params.seed)

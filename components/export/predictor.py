@@ -1,7 +1,7 @@
 """Text in, label probabilities (or entities) out: an exported ONNX model plus its own tokenizer.
 
 This module is what a serving process imports, so it needs neither torch nor the training code:
-an export directory (see components.export) carries the graph, the tokenizer files and a small
+an export directory (see components.export.to_onnx) carries the graph, the tokenizer files and a small
 JSON card with the task, the labels and the maximum sequence length. `load_predictor` opens an
 export directory as the predictor of its task: an OnnxTextClassifier (one label per text) or an
 OnnxTokenTagger (IOB2 tags per word, entities with character offsets per text).
@@ -19,12 +19,12 @@ from typing import Any, Literal, Mapping, Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from components.config import OUTSIDE_TAG, SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION
+from components.entities import first_subtoken_positions
+
 MODEL_FILE = "model.onnx"
 MODEL_CARD = "tunegate-model.json"
 CPU_PROVIDER = "CPUExecutionProvider"
-SEQUENCE_CLASSIFICATION = "sequence-classification"
-TOKEN_CLASSIFICATION = "token-classification"
-OUTSIDE_TAG = "O"
 
 
 class ModelCard(BaseModel):
@@ -44,9 +44,9 @@ class ModelCard(BaseModel):
     input_names: list[str] = Field(min_length=1)
     output_names: list[str] = ["logits"]
     graph_optimized: bool = False
-    # Token classification: token_type_ids carry each word's shape (components/word_shapes.py).
+    # Token classification: token_type_ids carry each word's shape (components/data/word_shapes.py).
     word_shapes: bool = False
-    quantization: str | None = None  # int8 scheme (components/quantize.py); None: fp32 or an older card
+    quantization: str | None = None  # int8 scheme (components/export/quantize.py); None: fp32 or an older card
 
 
 def read_model_card(model_dir: Path) -> ModelCard:
@@ -319,18 +319,6 @@ def check_sentences(sentences: Any) -> list[list[str]]:
     return checked
 
 
-def first_subtoken_positions(word_ids: Sequence[int | None], n_words: int) -> np.ndarray:
-    """For each word, the position of its first sub-token; -1 for a word with none (cut off by
-    truncation, or made of characters the tokenizer drops)."""
-    positions = np.full(n_words, -1, dtype=np.int64)
-    previous = None
-    for position, word in enumerate(word_ids):
-        if word is not None and word != previous and word < n_words and positions[word] < 0:
-            positions[word] = position
-        previous = word
-    return positions
-
-
 class OnnxTokenTagger(_OnnxModel):
     """An exported token classifier (NER) directory: IOB2 tags for words, entities for raw text.
 
@@ -371,7 +359,7 @@ class OnnxTokenTagger(_OnnxModel):
         word_ids = [encoded.word_ids(row) for row in range(len(todo))]
         features = dict(encoded)
         if self.card.word_shapes:
-            from components.word_shapes import token_shapes
+            from components.data.word_shapes import token_shapes
 
             features["token_type_ids"] = [token_shapes(sentences[i], ids) for i, ids in zip(todo, word_ids)]
         logits = self._logits_by_row(features)

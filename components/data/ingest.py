@@ -10,7 +10,9 @@ data/ (tracked by data.dvc) holds
 The first batch comes from params' data.source and is rebuilt only when that source changes, so
 re-running a pipeline on unchanged data writes the same bytes and DVC sees the same version.
 Every input row ends in exactly one place: accepted, quarantined (with its reason) or counted as a
-duplicate of a row an earlier batch already holds.
+duplicate (the same text with the same label as an earlier row of the batch or a row of the dataset).
+A text whose copies disagree on the label is quarantined, every copy in the batch, and the rest of the
+batch goes on (components.data.validation.duplicates).
 
 Token classification (task: token-classification) uses the same files, one row per sentence: `text`
 is the tokens joined by single spaces and `label` the IOB2 tags joined by single spaces. A source
@@ -22,10 +24,12 @@ row's id is the hash of its text, as for sequence classification.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
 import re
+import sys
 import time
 import unicodedata
 from dataclasses import asdict, dataclass
@@ -40,7 +44,13 @@ from components.assets import (
     read_builtin_split_dataset,
     split_builtin,
 )
-from components.config import TOKEN_CLASSIFICATION, DataParams, DriftParams, Task
+from components.config import (
+    SEQUENCE_CLASSIFICATION,
+    TOKEN_CLASSIFICATION,
+    DataParams,
+    DriftParams,
+    Task,
+)
 
 DATASET_COLUMNS = ["id", "text", "label", "batch_id", "source_row"]
 # Optional: 'train', 'validation' or 'test' for a row from a source's official split, else "".
@@ -48,7 +58,8 @@ SPLIT_COLUMN = "split"
 EXCLUDED_CHECK = "excluded_label"
 # The raw frame of token data: lists of tokens and tags per sentence (dropped when a batch is written).
 TOKEN_COLUMNS = ["tokens", "tags"]
-SEQUENCE_CLASSIFICATION = "sequence-classification"
+# The extension of a source file, left out of the names of the batch's own files.
+DATA_SUFFIX = re.compile(r"\.(csv|tsv|jsonl|ndjson|parquet|conll|txt|iob)$", re.IGNORECASE)
 
 
 class DriftFailure(RuntimeError):
@@ -90,9 +101,33 @@ class IngestResult:
     drift_summary: str | None = None
 
 
+def strip_format_characters(text: str) -> str:
+    """Without Unicode format characters (category Cf: zero-width space and joiners, byte-order mark,
+    directional marks, soft hyphen...). They are invisible, and BERT-family tokenizers drop them
+    before the model sees the text, so keeping them would only make one text look like two."""
+    if text.isascii():  # the common case; Cf has no ASCII members
+        return text
+    return _format_characters().sub("", text)
+
+
+@functools.cache
+def _format_characters() -> re.Pattern[str]:
+    # Built on first use, from this Python's Unicode database (about 170 code points).
+    found = [chr(c) for c in range(sys.maxunicode + 1) if unicodedata.category(chr(c)) == "Cf"]
+    return re.compile("[" + "".join(re.escape(char) for char in found) + "]")
+
+
 def normalize_text(text: str) -> str:
-    """NFC and single spaces: the same review typed twice is the same example."""
-    return " ".join(unicodedata.normalize("NFC", text).split())
+    """The canonical form of a text: NFC, no format characters, single spaces. The same review typed
+    twice, or pasted with a zero-width space, is the same example. NFC rather than NFKC: NFKC folds
+    characters a cased model tells apart (full-width letters, superscripts, ligatures)."""
+    return " ".join(strip_format_characters(unicodedata.normalize("NFC", text)).split())
+
+
+def normalize_token(token: str) -> str:
+    """A token's canonical form: NFC without format characters (whitespace inside is left for the
+    token check to report; a token of format characters only becomes empty and is quarantined)."""
+    return strip_format_characters(unicodedata.normalize("NFC", token))
 
 
 def text_ids(texts: pd.Series) -> pd.Series:
@@ -138,7 +173,7 @@ def _read_builtin(name: str, data: DataParams, task: Task = SEQUENCE_CLASSIFICAT
 
 def _read_builtin_splits(name: str) -> RawSource:
     """A built-in CoNLL-style dataset with an official split: one frame, train then validation then test."""
-    from components.readers import parse_conll
+    from components.data.readers import parse_conll
 
     builtin = read_builtin_split_dataset(name)
     frames = []
@@ -152,7 +187,7 @@ def _read_builtin_splits(name: str) -> RawSource:
 def read_file_source(path: Path, data: DataParams, *, task: Task = SEQUENCE_CLASSIFICATION) -> RawSource:
     """A user's file: a table of texts and labels, or (task token-classification) CoNLL-style text or
     JSON Lines of token and tag lists."""
-    from components.readers import read_labelled_file, read_token_file
+    from components.data.readers import read_labelled_file, read_token_file
 
     frame = read_token_file(path, data) if _is_token_task(task) else read_labelled_file(path, data)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
@@ -204,7 +239,8 @@ class DataStore:
         return sum(b.quarantined for b in self.batches())
 
     def paths_for(self, sequence: int, batch_id: str) -> tuple[str, str, str]:
-        slug = f"{sequence:04d}-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", batch_id.split("@")[0]).strip("-")[:60]
+        name = DATA_SUFFIX.sub("", batch_id.split("@")[0])  # reviews.csv@ab12 -> 0001-reviews.csv, not .csv.csv
+        slug = f"{sequence:04d}-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-")[:60]
         return f"batches/{slug}.csv", f"quarantine/{slug}.csv", f"reports/{slug}"
 
 
@@ -237,7 +273,7 @@ def build_dataset(raw: RawSource, data: DataParams, *, task: Task = SEQUENCE_CLA
                   ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Map labels, normalize text and give each row its id; returns (rows, rows excluded by label).
 
-    Token data: tokens normalized to NFC (each kept as one token, whitespace and all: validation
+    Token data: tokens normalized by `normalize_token` (each kept as one token, whitespace and all: validation
     quarantines a token with whitespace), tags mapped by `map_tag`; the rows also keep the lists in
     columns tokens and tags for the row checks (they are not written to the dataset).
     data.exclude_labels does not apply to token data: nothing is excluded.
@@ -263,7 +299,7 @@ def build_dataset(raw: RawSource, data: DataParams, *, task: Task = SEQUENCE_CLA
 
 def _build_token_dataset(raw: RawSource, data: DataParams) -> tuple[pd.DataFrame, pd.DataFrame]:
     frame = raw.frame.reset_index(drop=True)
-    tokens = frame["tokens"].map(lambda words: [unicodedata.normalize("NFC", w) for w in words])
+    tokens = frame["tokens"].map(lambda words: [normalize_token(w) for w in words])
     tag_memo: dict[str, str] = {}  # a few dozen distinct tags in a million words
 
     def mapped(tags: list[str]) -> list[str]:
@@ -291,20 +327,6 @@ def _build_token_dataset(raw: RawSource, data: DataParams) -> tuple[pd.DataFrame
 
 def _written_columns(frame: pd.DataFrame) -> list[str]:
     return DATASET_COLUMNS + ([SPLIT_COLUMN] if SPLIT_COLUMN in frame.columns else [])
-
-
-def _duplicates(clean: pd.DataFrame, existing: pd.DataFrame, token_task: bool) -> pd.Series:
-    """Rows of `clean` whose example the dataset already holds (same id; token data: same sentence)."""
-    duplicate = clean["id"].isin(existing["id"])
-    if not token_task:
-        return duplicate
-    # Rows of an official split are never duplicates; any other sentence is one when the dataset
-    # already has it, also as a row of an official split (whose id is not the text's hash).
-    seen = text_ids(existing["text"]) if len(existing) else existing["id"]
-    duplicate |= clean["id"].isin(seen)
-    if SPLIT_COLUMN in clean.columns:
-        duplicate &= clean[SPLIT_COLUMN] == ""
-    return duplicate
 
 
 def entity_counts(labels: pd.Series) -> pd.Series:
@@ -343,7 +365,10 @@ def ingest_batch(
     reports are still written so the reason can be read. `task` must match the source (raw): token
     lists for token-classification.
     """
-    from components.validate import DataValidationError, quarantine_rows, validate_batch
+    from components.data.validation.batch import validate_batch
+    from components.data.validation.duplicates import separate_repeated_texts
+    from components.data.validation.quarantine import quarantine_rows
+    from components.data.validation.report import DataValidationError
 
     token_task = _check_task(raw, task)
 
@@ -359,31 +384,32 @@ def ingest_batch(
 
     rows, excluded = build_dataset(raw, data, task=task)
     checked = quarantine_rows(rows, data, task=task)
-    duplicate = _duplicates(checked.clean, existing, token_task)
+    repeats = separate_repeated_texts(checked.clean, existing, token_task=token_task)
+    clean = checked.clean.drop(index=repeats.conflicting.index)  # unique rows and duplicates, in file order
     sequence = 0 if base else max((int(Path(b.batch_file).stem[:4]) for b in batches), default=0) + 1
     batch_file, quarantine_file, report_dir = store.paths_for(sequence, raw.batch_id)
-    quarantined = pd.concat([checked.quarantined, excluded], ignore_index=True)
+    quarantined = pd.concat([checked.quarantined, repeats.conflicting, excluded], ignore_index=True)
     if token_task:  # the lists are in text and label already; a CSV cell cannot hold a list
         quarantined = quarantined.drop(columns=TOKEN_COLUMNS, errors="ignore")
     record = BatchRecord(batch_id=raw.batch_id, source=raw.description, base=base,
                          ingested_at=None if base else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                         rows_read=len(raw.frame), accepted=int((~duplicate).sum()), quarantined=len(quarantined),
-                         duplicates=int(duplicate.sum()), batch_file=batch_file, quarantine_file=quarantine_file,
+                         rows_read=len(raw.frame), accepted=len(repeats.unique), quarantined=len(quarantined),
+                         duplicates=len(repeats.duplicates), batch_file=batch_file, quarantine_file=quarantine_file,
                          report_dir=report_dir, rules=rules)
     reports = store.data_dir / report_dir
     reports.mkdir(parents=True, exist_ok=True)
-    report = validate_batch(checked.clean, rows_in=len(rows), quarantined=len(checked.quarantined),
+    report = validate_batch(clean, rows_in=len(rows), quarantined=len(checked.quarantined) + len(repeats.conflicting),
                             existing=existing, data=data, source=f"{raw.description} (batch {raw.batch_id})",
                             task=task)
-    report.write(reports / "validation.json")
+    report_path = report.write(reports / "validation.json")
     if not report.success:
-        raise DataValidationError(report)
+        raise DataValidationError(report, report_path)
 
     drift_summary = None
     if drift is not None and reference is not None and not reference.empty and tokenizer_factory is not None:
-        from components.drift import drift_report
+        from components.data.drift import drift_report
 
-        drifted = drift_report(reference, checked.clean, tokenizer_factory(), drift, task=task)
+        drifted = drift_report(reference, clean, tokenizer_factory(), drift, task=task)
         drifted.write(reports / "drift.json")
         record.drift_status, drift_summary = drifted.status, drifted.summary()
         if drifted.status == "fail":
@@ -391,7 +417,7 @@ def ingest_batch(
 
     (store.data_dir / "batches").mkdir(parents=True, exist_ok=True)
     (store.data_dir / "quarantine").mkdir(parents=True, exist_ok=True)
-    accepted = checked.clean[~duplicate][_written_columns(checked.clean)]
+    accepted = repeats.unique[_written_columns(repeats.unique)]
     accepted.to_csv(store.data_dir / batch_file, index=False, lineterminator="\n")
     quarantined.to_csv(store.data_dir / quarantine_file, index=False, lineterminator="\n")
     if base:
@@ -420,6 +446,6 @@ def describe(result: IngestResult) -> str:
     if result.already_present:
         return f"batch {b.batch_id} is already in the dataset ({result.dataset_rows:,} rows); nothing to do"
     line = (f"batch {b.batch_id}: {b.rows_read:,} rows read = {b.accepted:,} accepted + {b.quarantined:,} "
-            f"quarantined ({b.quarantine_file}) + {b.duplicates:,} already in the dataset; "
+            f"quarantined ({b.quarantine_file}) + {b.duplicates:,} duplicates; "
             f"dataset now {result.dataset_rows:,} rows {result.label_counts}")
     return line + (f"\n{result.drift_summary}" if result.drift_summary else "")

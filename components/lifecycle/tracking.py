@@ -11,8 +11,8 @@ from pathlib import Path
 
 from components.config import Params
 from components.layout import ProjectLayout
-from components.registry import ModelRegistry, resolve_tracking_uri
-from components.versioning import stage_output_hash
+from components.lifecycle.registry import ModelRegistry, resolve_tracking_uri
+from components.lifecycle.versioning import stage_output_hash
 
 # Settings that shape the model; runtime settings (registry, approval, serve) are not model lineage.
 MODEL_SECTIONS = {"task", "data", "split", "model", "adapt", "train", "sweep", "gate", "export", "drift"}

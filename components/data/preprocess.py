@@ -90,7 +90,7 @@ def tokenize_tagged_split(frame: pd.DataFrame, tokenizer, tags: list[str], max_l
     """Words (text split on single spaces) with a tag each -> sub-tokens, the tag on each word's first
     sub-token and IGNORE_INDEX elsewhere; the same alignment the served model reads back. With
     word_shapes, each sub-token's token type is its word's shape."""
-    from components.word_shapes import token_shapes
+    from components.data.word_shapes import token_shapes
 
     tag_ids = {tag: i for i, tag in enumerate(tags)}
     words = [text.split(" ") for text in frame["text"]]

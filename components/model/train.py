@@ -9,22 +9,23 @@ after every epoch and every K steps from which a killed run resumes to the same 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from components.checkpoints import Checkpointer, TrainingState
 from components.config import TrainParams
-from components.preprocess import IGNORE_INDEX, TokenizedSplit
-from components.word_shapes import uses_word_shapes
+from components.data.preprocess import IGNORE_INDEX, TokenizedSplit
+from components.data.word_shapes import uses_word_shapes
+from components.model.checkpoints import Checkpointer, TrainingState
 
 StepHook = Callable[[int], None]  # called with the global step after each optimizer step
 
@@ -62,6 +63,18 @@ class TrainResult:
                    "total_parameters": self.total_parameters, **self.extra,
                    "history": [asdict(r) for r in self.history]}
         path.write_text(json.dumps(payload, indent=2) + "\n")
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """torch's intra-op thread count set to `threads` (None: left alone) inside the block, restored after."""
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def seed_everything(seed: int) -> None:
@@ -168,8 +181,11 @@ def _optimizer(model: torch.nn.Module, params: TrainParams) -> torch.optim.Optim
 
 
 def _scheduler(optimizer, params: TrainParams, total_steps: int):
-    from transformers import (get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup,
-                              get_linear_schedule_with_warmup)
+    from transformers import (
+        get_constant_schedule_with_warmup,
+        get_cosine_schedule_with_warmup,
+        get_linear_schedule_with_warmup,
+    )
 
     warmup = int(params.warmup_ratio * total_steps)
     if params.lr_schedule == "constant":
@@ -188,7 +204,7 @@ def evaluate_split(model, split: TokenizedSplit, labels: list[str], batch_size: 
                    entity_types: list[str] | None = None) -> dict:
     """Validation loss and scores: accuracy/macro-F1 for classes, entity F1 (CoNLL) for tags."""
     from components.entities import entity_scores
-    from components.metrics import classification_metrics
+    from components.model.metrics import classification_metrics
 
     model.eval()
     order = sorted(range(len(split)), key=lambda i: len(split.input_ids[i]))
@@ -229,9 +245,17 @@ def train_classifier(model, train: TokenizedSplit, validation: TokenizedSplit, l
     With `checkpoints`, state is saved after every epoch (and every train.checkpoint_every_steps) and a
     matching checkpoint left by a killed run is resumed from, reaching the same weights.
     """
+    # The thread count is the caller's process-wide setting: set for this run, then given back, so
+    # that what runs next (another test, another trial) starts from the state it expects.
+    with torch_threads(params.num_threads):
+        return _train(model, train, validation, labels, params, pad_id, entity_types=entity_types,
+                      checkpoints=checkpoints, on_step=on_step)
+
+
+def _train(model, train: TokenizedSplit, validation: TokenizedSplit, labels: list[str], params: TrainParams,
+           pad_id: int, *, entity_types: list[str] | None, checkpoints: Checkpointer | None,
+           on_step: StepHook | None) -> tuple[TrainResult, object]:
     seed_everything(params.seed)
-    if params.num_threads:
-        torch.set_num_threads(params.num_threads)
     token_level = train.token_level
     train = subsample(train, params.max_train_examples, params.seed)
     freeze(model, embeddings=params.freeze_embeddings, layers=params.freeze_layers)

@@ -2,7 +2,7 @@
 and how the best trial becomes the train stage's result without training again.
 
 Plain Python: flows/sweep.py runs the trials as parallel Prefect tasks and records them in MLflow.
-Each trial trains in a child process (`python -m components.sweep TRIAL_DIR`), so trials running
+Each trial trains in a child process (`python -m components.model.sweep TRIAL_DIR`), so trials running
 side by side have their own torch thread pool and their own global RNG: a trial gives the same
 model whether it ran alone or next to others.
 """
@@ -158,7 +158,7 @@ def trial_outputs(directory: Path):
 
 
 def trial_command(directory: Path, root: Path, threads: int) -> list[str]:
-    return [sys.executable, "-m", "components.sweep", str(directory), str(root), str(threads)]
+    return [sys.executable, "-m", "components.model.sweep", str(directory), str(root), str(threads)]
 
 
 def train_trial(layout: ProjectLayout, params: Params, index: int, overrides: dict[str, Any], threads: int,
@@ -174,7 +174,7 @@ def train_trial(layout: ProjectLayout, params: Params, index: int, overrides: di
         trial_params = params_with(trial_params, {"train.num_threads": threads})
     (directory / TRIAL_PARAMS).write_text(json.dumps(trial_params.model_dump(mode="json"), indent=2) + "\n")
 
-    from components.versioning import tool_env
+    from components.lifecycle.versioning import tool_env
 
     env = {**tool_env(), "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
            "TOKENIZERS_PARALLELISM": "false"}
@@ -235,8 +235,8 @@ def apply_trial(layout: ProjectLayout, params: Params, trial: TrialResult) -> di
 
     Returns the values params.yaml held before, per key.
     """
+    from components.lifecycle.versioning import run_dvc
     from components.stages import train_outputs
-    from components.versioning import run_dvc
 
     previous = {}
     current = params.model_dump(mode="json")["train"]
@@ -263,7 +263,7 @@ def train_lock(root: Path) -> dict | None:
 
 
 def train_stage_clean(root: Path) -> bool:
-    from components.versioning import run_dvc
+    from components.lifecycle.versioning import run_dvc
 
     done = run_dvc(root, "status", "--json", "train", capture=True, check=False)
     if done.returncode != 0:

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from components.registry import CHAMPION, ModelRegistry, VersionInfo
+from components.lifecycle.registry import CHAMPION, ModelRegistry, VersionInfo
 
 METADATA_TAGS = ("git_commit", "data_hash", "data_batches", "base_model", "test_accuracy", "test_macro_f1", "test_entity_f1",
                  "test_rows", "gate", "approval", "approval_by", "approval_how", "promoted_at", "promoted_by")
@@ -41,8 +41,8 @@ def load_served_model(registry: ModelRegistry, cache_dir: Path, providers: list[
                       version: str | None = None, alias: str = CHAMPION):
     """Download (once per version) and load the int8 ONNX model behind `alias` or `version`: a text
     classifier or a token tagger (NER), as its model card says."""
-    from components.predictor import load_predictor
-    from components.serve import ServedModel
+    from components.export.predictor import load_predictor
+    from components.serving.holder import ServedModel
 
     info = pick_version(registry, version, alias)
     local = cache_dir / registry.model_name / info.version
@@ -165,7 +165,9 @@ def build_service_app(registry: ModelRegistry, cache_dir: Path, providers: list[
     """The app `tunegate serve` runs: `version` pinned, or else the version behind `alias`, followed
     live (a ChampionWatcher started and stopped with the app). app.state.model_holder.current() is the
     model serving now."""
-    from components.serve import ModelHolder, ServiceSettings, create_app
+    from components.config import ServiceSettings
+    from components.serving.app import create_app
+    from components.serving.holder import ModelHolder
 
     settings = settings or ServiceSettings()
     served = load_served_model(registry, cache_dir, providers, version=version, alias=alias)

@@ -16,18 +16,9 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from components.config import TOKEN_CLASSIFICATION
 from components.entities import entity_scores, spans_from_tags
-from components.metrics import classification_metrics
-
-TOKEN_CLASSIFICATION = "token-classification"
-
-
-def load_torch_model(model_dir: Path, task: str | None = None):
-    """The saved model as its own torch class (token or sequence classifier) and its tokenizer, in
-    eval mode: the same loader the export and its parity check use."""
-    from components.export import load_torch_model as load
-
-    return load(model_dir, task)
+from components.model.metrics import classification_metrics
 
 
 @torch.no_grad()
@@ -49,8 +40,8 @@ def predict_tag_proba_torch(model, tokenizer, sentences: list[list[str]], max_le
                             batch_size: int = 128) -> list[np.ndarray]:
     """Per sentence, a [words, tags] array of tag probabilities from each word's first sub-token (the
     model's label order). A word with no sub-token inside max_length gets O with probability 1."""
-    from components.predictor import first_subtoken_positions
-    from components.word_shapes import token_shapes, uses_word_shapes
+    from components.data.word_shapes import token_shapes, uses_word_shapes
+    from components.entities import first_subtoken_positions
 
     model.eval()
     n_tags = model.config.num_labels
@@ -199,27 +190,3 @@ def write_evaluation(metrics: dict, predictions: pd.DataFrame, out_dir: Path) ->
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     predictions.to_csv(out_dir / "predictions.csv", index=False, lineterminator="\n")
     plot_confusion_matrix(metrics, out_dir / "confusion_matrix.png", "test split (PyTorch fp32)")
-
-
-def score_onnx_dir(onnx_dir: Path, test_csv: Path, labels: list[str]) -> dict:
-    """Metrics of a servable ONNX model on a labelled split: the figures the gate compares.
-
-    labels: params.data.labels, i.e. the class names of a classifier or the entity types of a token
-    classifier (the export's card says which it is)."""
-    from components.predictor import OnnxTextClassifier, OnnxTokenTagger, read_model_card
-
-    test = pd.read_csv(test_csv, dtype=str, keep_default_na=False)
-    if read_model_card(Path(onnx_dir)).task == TOKEN_CLASSIFICATION:
-        tagger = OnnxTokenTagger(onnx_dir)
-        if list(tagger.entity_types) != list(labels):
-            raise ValueError(f"{onnx_dir} tags entity types {tagger.entity_types}, the data has {labels}")
-        sentences, _ = sentences_and_tags(test)
-        probabilities = tagger.predict_word_proba(sentences)
-        metrics, _ = evaluate_token_probabilities(test, probabilities, tagger.labels, list(labels))
-        return metrics
-    classifier = OnnxTextClassifier(onnx_dir)
-    if list(classifier.labels) != list(labels):
-        raise ValueError(f"{onnx_dir} predicts labels {list(classifier.labels)}, the data has {labels}")
-    probabilities = classifier.predict_proba(test["text"].tolist())
-    metrics, _ = evaluate_frame(test, probabilities, labels)
-    return metrics

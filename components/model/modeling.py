@@ -1,4 +1,5 @@
-"""Loading a base model and its tokenizer from a built-in asset, a local directory or a hub id.
+"""Loading models: a base model and its tokenizer from a built-in asset, a local directory or a hub id,
+and a fine-tuned model saved by training (for evaluation, export and the parity check).
 
 Weights load as safetensors only and remote code is never trusted: a model directory is data,
 not a program.
@@ -6,10 +7,16 @@ not a program.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from components.assets import builtin_model_dir, split_builtin
-from components.config import ConfigError
+from components.config import (
+    SEQUENCE_CLASSIFICATION,
+    TOKEN_CLASSIFICATION,
+    ConfigError,
+    Task,
+)
 
 
 def resolve_model_source(base_model: str) -> str:
@@ -50,7 +57,10 @@ def load_tokenizer(source: str):
 def load_classifier(source: str, labels: list[str], *, token_level: bool = False):
     """A sequence (or, token_level, a token) classifier with a head for `labels`; a fresh head when the
     base has none or was trained on other labels."""
-    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoModelForTokenClassification,
+    )
 
     model_class = AutoModelForTokenClassification if token_level else AutoModelForSequenceClassification
     try:
@@ -65,3 +75,49 @@ def load_classifier(source: str, labels: list[str], *, token_level: bool = False
         )
     except OSError as error:
         raise _hub_hint(source, error) from error
+
+
+# --- fine-tuned models, as training saved them ---------------------------------------------------
+
+def saved_model_task(model_dir: Path) -> Task:
+    """The task of a model saved with save_pretrained, from its config's architectures
+    (e.g. BertForTokenClassification); a config that names none is taken for a sequence classifier."""
+    path = Path(model_dir) / "config.json"
+    try:
+        architectures = json.loads(path.read_text(encoding="utf-8")).get("architectures") or []
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"{model_dir}: cannot read config.json ({error}); is it a saved transformers model?") from None
+    if any(str(name).endswith("ForTokenClassification") for name in architectures):
+        return TOKEN_CLASSIFICATION
+    return SEQUENCE_CLASSIFICATION
+
+
+def load_torch_model(model_dir: Path, task: Task | None = None):
+    """The saved model (AutoModelForSequenceClassification or AutoModelForTokenClassification, by
+    `task` or else by its config) and its tokenizer, in eval mode.
+
+    Eager attention: onnxruntime's BERT optimizer recognises (and fuses) only the eager attention graph.
+    """
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoModelForTokenClassification,
+        AutoTokenizer,
+    )
+
+    task = task or saved_model_task(model_dir)
+    auto = AutoModelForTokenClassification if task == TOKEN_CLASSIFICATION else AutoModelForSequenceClassification
+    model = auto.from_pretrained(
+        str(model_dir), use_safetensors=True, trust_remote_code=False, attn_implementation="eager"
+    )
+    model.eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=False)
+    return model, tokenizer
+
+
+def model_task(model) -> Task:
+    return TOKEN_CLASSIFICATION if type(model).__name__.endswith("ForTokenClassification") else SEQUENCE_CLASSIFICATION
+
+
+def labels_in_id_order(model) -> list[str]:
+    id2label = model.config.id2label
+    return [str(id2label[i]) for i in range(model.config.num_labels)]

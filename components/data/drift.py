@@ -22,8 +22,8 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, Field
 
-from components.reports import JsonReport
 from components.config import TOKEN_CLASSIFICATION, DriftParams, DriftThresholds, Task
+from components.reports import JsonReport
 
 Status = Literal["ok", "warn", "fail"]
 CheckStatus = Literal["ok", "warn", "fail", "skipped"]

@@ -1,0 +1,223 @@
+"""HTTP inference for a classifier that may change while it serves: tunegate's own /predict, MLflow's
+/invocations protocol, /health, /metadata and Prometheus /metrics.
+
+A text classifier answers each text with {"label", "score", "scores"}; a token classifier (NER) with
+{"entities": [{"text", "type", "start", "end", "score"}, ...]} (character offsets into the text).
+
+Every malformed request gets a 4xx with a JSON body {"error_code": ..., "message": ...} (the shape
+MLflow's scoring server uses); a 500 only ever means a bug or a broken model.
+
+The app reads its model from a ModelHolder on every batch, so a watcher (components.serving.deployment) can
+swap in a new version while requests flow; every answer names the version that computed it, in the
+body (`model_version`) and in the `X-Model-Version` header. Concurrent requests are merged by a
+MicroBatcher into one onnxruntime call, which is where a CPU server gets its throughput.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator, Protocol, Sequence
+
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from components.config import ServiceSettings
+from components.serving.batcher import BatchAnswer, MicroBatcher, ServiceUnavailable
+from components.serving.holder import ModelHolder, ReloadStats, ServedModel
+from components.serving.metrics import PROMETHEUS_CONTENT_TYPE, ServiceMetrics
+from components.serving.prediction_log import PredictionLog
+from components.serving.request_bodies import (
+    BadRequest,
+    check_text_lengths,
+    error_json,
+    read_json,
+    texts_from_mlflow_body,
+    texts_from_predict_body,
+)
+
+VERSION_HEADER = "X-Model-Version"
+ENDPOINTS = ("/predict", "/invocations", "/health", "/metadata", "/metrics")
+
+logger = logging.getLogger("tunegate.serve")
+
+
+class BackgroundService(Protocol):
+    """Something that runs beside the app for its lifetime, such as a ChampionWatcher."""
+
+    def start(self) -> Any: ...
+
+    def stop(self) -> Any: ...
+
+
+class _RequestMetricsMiddleware:
+    """Counts every HTTP request by endpoint and status and times it, 4xx and 5xx included.
+
+    Plain ASGI rather than an @app.middleware function: that wrapper costs a task per request.
+    """
+
+    def __init__(self, app: Any, metrics: ServiceMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        # Unknown paths share one label: a scanner must not create a time series per URL it tries.
+        endpoint = scope["path"] if scope["path"] in ENDPOINTS else "other"
+        status = 500  # what the client gets when the app raises before answering
+        started = time.perf_counter()
+
+        async def send_and_note_status(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note_status)
+        finally:
+            self.metrics.requests.inc(endpoint, str(status))
+            self.metrics.latency.observe(time.perf_counter() - started, endpoint)
+
+
+def _endpoint_of(request: Request) -> str:
+    return request.url.path if request.url.path in ENDPOINTS else "other"
+
+
+def _answer_response(answer: BatchAnswer) -> JSONResponse:
+    headers = {VERSION_HEADER: answer.version} if answer.version is not None else None
+    return JSONResponse({"model_version": answer.version, "predictions": answer.predictions}, headers=headers)
+
+
+def _version_headers(model: ServedModel) -> dict[str, str] | None:
+    return {VERSION_HEADER: model.version} if model.version is not None else None
+
+
+def _reload_summary(stats: ReloadStats) -> dict[str, Any]:
+    last = None if stats.last_reload_unix is None else time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                                      time.gmtime(stats.last_reload_unix))
+    return {"reloads": stats.reloads, "failed_loads": stats.failed_loads, "registry_errors": stats.registry_errors,
+            "last_reload_at": last, "last_error": stats.last_error}
+
+
+def _effective_settings(settings: ServiceSettings | None, max_texts: int | None,
+                        max_body_bytes: int | None) -> ServiceSettings:
+    """The settings, with the older keyword arguments of create_app taking precedence."""
+    settings = settings or ServiceSettings()
+    overrides = {key: value for key, value in (("max_texts_per_request", max_texts),
+                                               ("max_body_bytes", max_body_bytes)) if value is not None}
+    return settings.model_copy(update=overrides) if overrides else settings
+
+
+def create_app(model: ServedModel | ModelHolder, settings: ServiceSettings | None = None, *,
+               max_texts: int | None = None, max_body_bytes: int | None = None,
+               background: Sequence[BackgroundService] = ()) -> FastAPI:
+    """The inference app for a fixed model (a ServedModel) or a swappable one (a ModelHolder).
+
+    `background` services (e.g. a ChampionWatcher) are started and stopped with the app's lifespan,
+    as is the batcher's worker thread.
+    """
+    settings = _effective_settings(settings, max_texts, max_body_bytes)
+    holder = model if isinstance(model, ModelHolder) else ModelHolder(model)
+    metrics = ServiceMetrics()
+    prediction_log = (PredictionLog(settings.prediction_log, settings.prediction_log_sample_rate)
+                      if settings.prediction_log is not None else None)
+    batcher = MicroBatcher(holder, max_batch_size=settings.max_batch_size, max_wait_ms=settings.max_wait_ms,
+                           max_queued_texts=settings.max_queued_texts, metrics=metrics, prediction_log=prediction_log)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        batcher.start()
+        for service in background:
+            await run_in_threadpool(service.start)
+        try:
+            yield
+        finally:
+            for service in reversed(background):
+                await run_in_threadpool(service.stop)
+            await run_in_threadpool(batcher.stop)
+
+    app = FastAPI(title="tunegate classifier", version=holder.current().version or "unversioned", lifespan=lifespan)
+    app.state.model_holder, app.state.batcher = holder, batcher
+    app.state.metrics, app.state.settings = metrics, settings
+    app.add_middleware(_RequestMetricsMiddleware, metrics=metrics)
+
+    def error_response(request: Request, status_code: int, error_code: str, message: str,
+                       headers: dict[str, str] | None = None) -> JSONResponse:
+        metrics.errors.inc(_endpoint_of(request), error_code)
+        response = error_json(status_code, error_code, message)
+        response.headers.update(headers or {})
+        return response
+
+    @app.exception_handler(BadRequest)
+    async def _bad_request(request: Request, error: BadRequest) -> JSONResponse:
+        return error_response(request, error.status_code, error.error_code, error.message)
+
+    @app.exception_handler(ServiceUnavailable)
+    async def _unavailable(request: Request, error: ServiceUnavailable) -> JSONResponse:
+        return error_response(request, 503, "TEMPORARILY_UNAVAILABLE", str(error), {"Retry-After": "1"})
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, error: RequestValidationError) -> JSONResponse:
+        return error_response(request, 422, "INVALID_PARAMETER_VALUE", str(error.errors()))
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, error: Exception) -> JSONResponse:
+        # Starlette still logs the traceback; the client gets JSON like every other error.
+        return error_response(request, 500, "INTERNAL_ERROR", f"{type(error).__name__}: {error}")
+
+    async def predict(texts: list[str]) -> JSONResponse:
+        check_text_lengths(texts, settings.max_chars_per_text)
+        sampled = prediction_log is not None and prediction_log.wants_request()
+        try:
+            # The batcher's worker thread runs the model: the event loop stays free for /health.
+            return _answer_response(await batcher.predict(texts, log=sampled))
+        except ValueError as error:  # the predictor's word on an input it cannot take
+            raise BadRequest(str(error)) from None
+
+    @app.post("/predict")
+    async def predict_endpoint(request: Request) -> JSONResponse:
+        body = await read_json(request, settings.max_body_bytes)
+        return await predict(texts_from_predict_body(body, settings.max_texts_per_request))
+
+    @app.post("/invocations")
+    async def invocations(request: Request) -> JSONResponse:
+        body = await read_json(request, settings.max_body_bytes)
+        return await predict(texts_from_mlflow_body(body, settings.max_texts_per_request))
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        served = holder.current()
+        return JSONResponse({"status": "ok", "model_version": served.version}, headers=_version_headers(served))
+
+    @app.get("/metadata")
+    async def metadata() -> JSONResponse:
+        served = holder.current()
+        return JSONResponse(jsonable_encoder({
+            **served.metadata,
+            "model_version": served.version,
+            "task": getattr(served.predictor, "task", "sequence-classification"),
+            "labels": list(served.predictor.labels),
+            **({"entity_types": list(served.predictor.entity_types)}
+               if hasattr(served.predictor, "entity_types") else {}),
+            "providers": list(getattr(served.predictor, "providers", []) or []),
+            "max_texts": settings.max_texts_per_request,
+            "limits": {"max_texts_per_request": settings.max_texts_per_request,
+                       "max_chars_per_text": settings.max_chars_per_text,
+                       "max_body_bytes": settings.max_body_bytes},
+            "batching": {"max_batch_size": settings.max_batch_size, "max_wait_ms": settings.max_wait_ms},
+            "reloads": _reload_summary(holder.stats()),
+        }), headers=_version_headers(served))
+
+    @app.get("/metrics")
+    async def prometheus_metrics() -> Response:
+        text = metrics.render(holder.current(), holder.stats(), batcher.queued_texts)
+        return Response(content=text, media_type=PROMETHEUS_CONTENT_TYPE)
+
+    return app

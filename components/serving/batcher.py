@@ -1,0 +1,176 @@
+"""Micro-batching: concurrent requests are merged into one predictor call on a worker thread, which is
+where a CPU server gets its throughput; the event loop stays free for /health."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+from components.serving.holder import ModelHolder
+from components.serving.metrics import ServiceMetrics
+from components.serving.prediction_log import PredictionLog, prediction_label
+
+logger = logging.getLogger("tunegate.serve")
+
+
+class ServiceUnavailable(Exception):
+    """The service cannot take the request now (overloaded or shutting down); the client may retry."""
+
+
+@dataclass(frozen=True)
+class BatchAnswer:
+    version: str | None
+    predictions: list[dict[str, Any]]
+
+
+@dataclass
+class _Pending:
+    texts: list[str]
+    future: Future
+    log: bool = False
+
+
+class MicroBatcher:
+    """Merges concurrent requests into one predict call on the holder's current model.
+
+    A worker thread takes the first queued request, then more until it holds max_batch_size texts or
+    max_wait_ms have passed, runs one call and hands each request its slice. Requests are never split,
+    so a request bigger than max_batch_size runs alone.
+    """
+
+    def __init__(self, holder: ModelHolder, *, max_batch_size: int = 64, max_wait_ms: float = 2.0,
+                 max_queued_texts: int = 4096, metrics: ServiceMetrics | None = None,
+                 prediction_log: PredictionLog | None = None) -> None:
+        self.holder = holder
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_ms / 1000
+        self.max_queued_texts = max_queued_texts
+        self.metrics = metrics or ServiceMetrics()
+        self.prediction_log = prediction_log
+        self._queue: queue.Queue[_Pending] = queue.Queue()
+        self._queued_texts = 0
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def queued_texts(self) -> int:
+        return self._queued_texts
+
+    def start(self) -> "MicroBatcher":
+        with self._lock:
+            if self._stopping.is_set():
+                raise ServiceUnavailable("the service is shutting down")
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._work, name="tunegate-batcher", daemon=True)
+                self._thread.start()
+        return self
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Answer what is queued, then stop the worker; later submissions get ServiceUnavailable."""
+        with self._lock:  # no submission can slip in between the worker's last look and its exit
+            self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    def submit(self, texts: list[str], *, log: bool = False) -> Future:
+        """Queue texts; the future gives a BatchAnswer, or raises what the prediction raised."""
+        if self._thread is None:
+            self.start()  # an app served without lifespan events (e.g. a test client) still works
+        with self._lock:
+            if self._stopping.is_set():
+                raise ServiceUnavailable("the service is shutting down")
+            if self._queued_texts + len(texts) > self.max_queued_texts and self._queued_texts:
+                raise ServiceUnavailable(f"{self._queued_texts} texts are already waiting for the model; retry shortly")
+            self._queued_texts += len(texts)
+            pending = _Pending(list(texts), Future(), log)
+            self._queue.put(pending)
+        return pending.future
+
+    async def predict(self, texts: list[str], *, log: bool = False) -> BatchAnswer:
+        return await asyncio.wrap_future(self.submit(texts, log=log))
+
+    def _take(self, timeout_s: float | None) -> _Pending | None:
+        try:
+            pending = self._queue.get(timeout=timeout_s) if timeout_s else self._queue.get_nowait()
+        except queue.Empty:
+            return None
+        with self._lock:
+            self._queued_texts -= len(pending.texts)
+        return pending
+
+    def _next_batch(self, carried: _Pending | None) -> tuple[list[_Pending], _Pending | None]:
+        """A batch to run and the request that did not fit (it starts the next batch)."""
+        first = carried or self._take(0.05)  # the timeout lets the worker notice a stop
+        if first is None:
+            return [], None
+        batch, size = [first], len(first.texts)
+        deadline = time.monotonic() + self.max_wait_s
+        while size < self.max_batch_size:
+            pending = self._take(max(0.0, deadline - time.monotonic()))
+            if pending is None:
+                break
+            if size + len(pending.texts) > self.max_batch_size:
+                return batch, pending
+            batch.append(pending)
+            size += len(pending.texts)
+        return batch, None
+
+    def _work(self) -> None:
+        carried: _Pending | None = None
+        while not (self._stopping.is_set() and carried is None and self._queue.empty()):
+            batch, carried = self._next_batch(carried)
+            # A request whose client went away is cancelled: no need to compute it.
+            batch = [p for p in batch if p.future.set_running_or_notify_cancel()]
+            if batch:
+                try:
+                    self._run(batch)
+                except BaseException as error:  # noqa: BLE001 - the worker must outlive any one batch
+                    for pending in batch:
+                        if not pending.future.done():
+                            pending.future.set_exception(error)
+
+    def _run(self, batch: list[_Pending]) -> None:
+        model = self.holder.current()  # once per batch: every text in it is answered by one version
+        texts = [text for pending in batch for text in pending.texts]
+        started = time.perf_counter()
+        try:
+            predictions = model.predictor.predict(texts, batch_size=len(texts))
+            if len(predictions) != len(texts):  # slicing would hand requests each other's answers
+                raise RuntimeError(f"the model returned {len(predictions)} predictions for {len(texts)} texts")
+        except Exception as error:  # noqa: BLE001
+            self.metrics.inference_errors.inc()
+            if len(batch) == 1:
+                batch[0].future.set_exception(error)
+            else:  # one request's input must not fail the others: run each on its own
+                for pending in batch:
+                    self._run([pending])
+            return
+        self.metrics.batch_seconds.observe(time.perf_counter() - started)
+        self.metrics.batch_texts.observe(len(texts))
+        self.metrics.batch_requests.observe(len(batch))
+        version = model.version
+        start = 0
+        for pending in batch:
+            mine = predictions[start:start + len(pending.texts)]
+            start += len(pending.texts)
+            pending.future.set_result(BatchAnswer(version, mine))
+            for prediction in mine:
+                self.metrics.predictions.inc(version or "", prediction_label(prediction))
+                for entity in prediction.get("entities", ()):
+                    self.metrics.entities.inc(version or "", str(entity.get("type", "")))
+            if pending.log and self.prediction_log is not None:
+                self._log(version, pending.texts, mine)
+
+    def _log(self, version: str | None, texts: list[str], predictions: list[dict[str, Any]]) -> None:
+        try:
+            self.prediction_log.write(version, texts, predictions)
+        except Exception as error:  # noqa: BLE001 - a disk error or an odd prediction: never the other requests
+            self.metrics.prediction_log_errors.inc(amount=len(texts))
+            logger.warning("could not write the prediction log %s: %s", self.prediction_log.path, error)

@@ -1,0 +1,147 @@
+"""Reading request bodies: tunegate's {"texts": [...]} and MLflow's scoring protocol (dataframe_split,
+dataframe_records, instances, inputs), with the limits on body size, texts and characters.
+
+Every malformed request raises BadRequest, which the app answers with a 4xx and a JSON body
+{"error_code": ..., "message": ...} (the shape MLflow's scoring server uses)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import JSONResponse
+
+MLFLOW_INPUT_KEYS = ("dataframe_split", "dataframe_records", "instances", "inputs")
+TEXT_COLUMN = "text"
+
+
+class BadRequest(Exception):
+    def __init__(self, message: str, status_code: int = 400, error_code: str = "BAD_REQUEST") -> None:
+        super().__init__(message)
+        self.message = message
+        self.status_code = status_code
+        self.error_code = error_code
+
+
+def error_json(status_code: int, error_code: str, message: str) -> JSONResponse:
+    return JSONResponse(status_code=status_code, content={"error_code": error_code, "message": message})
+
+
+async def _read_body(request: Request, max_body_bytes: int) -> bytes:
+    """The body, refused as soon as it is known to be too big: never buffered beyond the limit."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_body_bytes:
+        raise BadRequest(f"request body is {declared} bytes; the limit is {max_body_bytes}", 413, "PAYLOAD_TOO_LARGE")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_body_bytes:
+            raise BadRequest(f"request body is over {max_body_bytes} bytes, the limit", 413, "PAYLOAD_TOO_LARGE")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_json(request: Request, max_body_bytes: int) -> Any:
+    body = await _read_body(request, max_body_bytes)
+    if not body.strip():
+        raise BadRequest("empty request body; send JSON such as {\"texts\": [\"some text\"]}")
+    try:
+        return json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise BadRequest(f"request body is not valid JSON: {error}") from None
+
+
+def check_text_lengths(texts: list[str], max_chars: int) -> list[str]:
+    """The texts, or a 413 naming the first one over max_chars characters."""
+    for index, text in enumerate(texts):
+        if len(text) > max_chars:
+            raise BadRequest(f"text {index} has {len(text)} characters; at most {max_chars} per text",
+                             413, "PAYLOAD_TOO_LARGE")
+    return texts
+
+
+def _checked_texts(texts: Any, where: str, max_texts: int) -> list[str]:
+    if not isinstance(texts, list):
+        raise BadRequest(f"{where} must be a list of strings, got {type(texts).__name__}")
+    if not texts:
+        raise BadRequest(f"{where} is empty; send at least one text")
+    if len(texts) > max_texts:
+        raise BadRequest(f"{where} has {len(texts)} texts; at most {max_texts} per request", 413, "PAYLOAD_TOO_LARGE")
+    for index, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise BadRequest(f"{where}[{index}] is {type(text).__name__}; every text must be a string")
+    return texts
+
+
+def texts_from_predict_body(body: Any, max_texts: int) -> list[str]:
+    """{"texts": [...]} or {"text": "..."}."""
+    if not isinstance(body, dict):
+        raise BadRequest(f"expected a JSON object with 'texts' (a list of strings), got {type(body).__name__}")
+    if "texts" in body:
+        return _checked_texts(body["texts"], "texts", max_texts)
+    if "text" in body:
+        if not isinstance(body["text"], str):
+            raise BadRequest(f"text must be a string, got {type(body['text']).__name__}")
+        return [body["text"]]
+    raise BadRequest("expected 'texts' (a list of strings) or 'text' (a string) in the request body")
+
+
+def _text_of_record(record: Any, where: str) -> Any:
+    """The text of {"text": ...} or of a one-field record; anything else is the caller's error."""
+    if not isinstance(record, dict):
+        return record  # a plain value; _checked_texts says if it is not a string
+    if TEXT_COLUMN in record:
+        return record[TEXT_COLUMN]
+    if len(record) == 1:
+        return next(iter(record.values()))
+    raise BadRequest(f"{where} has fields {sorted(record)}; name the text field {TEXT_COLUMN!r}")
+
+
+def _texts_from_split(split: Any) -> list[Any]:
+    if not isinstance(split, dict) or not isinstance(split.get("data"), list):
+        raise BadRequest("dataframe_split must be an object with 'columns' and 'data' (a list of rows)")
+    columns = split.get("columns")
+    rows = split["data"]
+    if columns is None:
+        column = 0
+    elif not isinstance(columns, list) or not columns:
+        raise BadRequest("dataframe_split.columns must be a non-empty list of column names")
+    elif TEXT_COLUMN in columns:
+        column = columns.index(TEXT_COLUMN)
+    elif len(columns) == 1:
+        column = 0
+    else:
+        raise BadRequest(f"dataframe_split has columns {columns}; name the text column {TEXT_COLUMN!r}")
+    texts = []
+    for index, row in enumerate(rows):
+        if not isinstance(row, list) or len(row) <= column or (columns is not None and len(row) != len(columns)):
+            raise BadRequest(f"dataframe_split.data[{index}] does not match columns {columns}")
+        texts.append(row[column])
+    return texts
+
+
+def texts_from_mlflow_body(body: Any, max_texts: int) -> list[str]:
+    """The text column of an MLflow scoring request (dataframe_split, dataframe_records, instances, inputs)."""
+    if not isinstance(body, dict):
+        raise BadRequest(f"expected a JSON object with one of {list(MLFLOW_INPUT_KEYS)}, got {type(body).__name__}")
+    given = [key for key in MLFLOW_INPUT_KEYS if key in body]
+    if len(given) != 1:
+        raise BadRequest(f"expected exactly one of {list(MLFLOW_INPUT_KEYS)} in the request body, got {given or 'none'}")
+    key = given[0]
+    payload = body[key]
+    if key == "dataframe_split":
+        texts = _texts_from_split(payload)
+    elif key == "dataframe_records":
+        if not isinstance(payload, list):
+            raise BadRequest("dataframe_records must be a list of records such as {\"text\": \"...\"}")
+        texts = [_text_of_record(record, f"dataframe_records[{i}]") for i, record in enumerate(payload)]
+    elif isinstance(payload, dict):  # {"inputs": {"text": [...]}}: columns as lists
+        texts = _text_of_record(payload, key)
+    elif isinstance(payload, str):
+        texts = [payload]
+    elif isinstance(payload, list):
+        texts = [_text_of_record(item, f"{key}[{i}]") for i, item in enumerate(payload)]
+    else:
+        raise BadRequest(f"{key} must be a list of strings or of {{\"text\": ...}} records")
+    return _checked_texts(texts, key, max_texts)
