@@ -1,4 +1,5 @@
-"""tunegate's service (int8 ONNX, micro-batching) vs `mlflow models serve` of the same fine-tuned
+"""tunegate's service (int8 ONNX, micro-batching) vs `mlflow models serve` of the same registered
+version (tunegate's pyfunc MLflow Model over the same int8 ONNX graph) and of the same fine-tuned
 PyTorch model (MLflow's transformers flavor), under the same concurrent client load. Not a test.
 
     .venv/bin/python bench/service_speed.py                     # the registry's champion + artifacts/model
@@ -7,7 +8,8 @@ PyTorch model (MLflow's transformers flavor), under the same concurrent client l
 Each server runs in its own process on 127.0.0.1 with the same thread count; the same client (this
 process: `--clients` concurrent connections, one text per request, MLflow's `{"inputs": [...]}`
 body on /invocations) loads one, then the other, for `--seconds` each (and at most `--max-requests`).
-Reports requests/s and p50/p99 latency of both and their ratio. Target: >= 3x requests/s.
+Reports requests/s and p50/p99 latency of each and tunegate's ratio to each. Target: >= 3x requests/s
+over the transformers flavor.
 """
 
 from __future__ import annotations
@@ -203,6 +205,13 @@ def log_transformers_model(torch_dir: Path, scratch: Path, max_length: int) -> t
     return info.model_uri, tracking_uri
 
 
+def pyfunc_model(onnx_dir: Path, scratch: Path) -> str:
+    """The export as the MLflow Model tunegate registers (the same function writes both); its URI."""
+    from components.export.mlflow_model import save_mlflow_model
+
+    return str(save_mlflow_model(onnx_dir, scratch / "pyfunc-model", card="# bench\n"))
+
+
 def start_mlflow(model_uri: str, tracking_uri: str, threads: int, scratch: Path) -> tuple[subprocess.Popen, str, Path]:
     port = free_port()
     log = scratch / "mlflow-serve.log"
@@ -259,24 +268,30 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="tunegate-bench-") as scratch_name:
         scratch = Path(scratch_name)
         model_uri, tracking_uri = log_transformers_model(torch_dir, scratch, max_length)
+        pyfunc_uri = pyfunc_model(onnx_dir, scratch)
         tunegate, tunegate_labels, tunegate_ready = measure_server(
             "tunegate (onnx int8)", lambda: start_tunegate(onnx_dir, args.threads, scratch), texts, args)
+        pyfunc, pyfunc_labels, pyfunc_ready = measure_server(
+            "mlflow pyfunc (int8)", lambda: start_mlflow(pyfunc_uri, tracking_uri, args.threads, scratch), texts, args)
         mlflow_result, mlflow_labels, mlflow_ready = measure_server(
-            "mlflow models serve", lambda: start_mlflow(model_uri, tracking_uri, args.threads, scratch), texts, args)
+            "mlflow transformers", lambda: start_mlflow(model_uri, tracking_uri, args.threads, scratch), texts, args)
 
-    ratio = tunegate.rps / mlflow_result.rps if mlflow_result.rps else float("inf")
-    same = sum(a == b for a, b in zip(tunegate_labels, mlflow_labels)) / len(tunegate_labels)
     print(f"model: {source}\n  onnx: {onnx_dir}\n  torch: {torch_dir} (mlflow: {model_uri})")
     print(f"{args.clients} concurrent clients, one text per request, {args.seconds:.0f} s per server, "
           f"{args.threads} intra-op thread(s) per server, 127.0.0.1")
     print(f"{'':22}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'requests':>10}{'failed':>10}")
-    for result in (tunegate, mlflow_result):
+    for result in (tunegate, pyfunc, mlflow_result):
         print(percentiles_line(result) + (f"   first failure: {result.first_failure}" if result.first_failure else ""))
-    print(f"startup to first answer: tunegate {tunegate_ready:.1f} s, mlflow {mlflow_ready:.1f} s")
-    print(f"labels agree on {same:.0%} of {len(tunegate_labels)} texts")
-    print(f"requests/s ratio: {ratio:.2f}x   (target >= 3x)  {'PASS' if ratio >= 3 else 'MISS'}")
-    print(f"p50 latency: {mlflow_result.percentile_ms(0.5) / tunegate.percentile_ms(0.5):.2f}x lower, "
-          f"p99 latency: {mlflow_result.percentile_ms(0.99) / tunegate.percentile_ms(0.99):.2f}x lower with tunegate")
+    print(f"startup to first answer: tunegate {tunegate_ready:.1f} s, mlflow pyfunc {pyfunc_ready:.1f} s, "
+          f"mlflow transformers {mlflow_ready:.1f} s")
+    for other, labels in ((pyfunc, pyfunc_labels), (mlflow_result, mlflow_labels)):
+        ratio = tunegate.rps / other.rps if other.rps else float("inf")
+        same = sum(a == b for a, b in zip(tunegate_labels, labels)) / len(tunegate_labels)
+        print(f"vs {other.name}: requests/s {ratio:.2f}x, p50 {other.percentile_ms(0.5) / tunegate.percentile_ms(0.5):.2f}x "
+              f"lower, p99 {other.percentile_ms(0.99) / tunegate.percentile_ms(0.99):.2f}x lower with tunegate; "
+              f"labels agree on {same:.0%} of {len(tunegate_labels)} texts")
+    ratio = tunegate.rps / mlflow_result.rps if mlflow_result.rps else float("inf")
+    print(f"requests/s ratio to the transformers flavor: {ratio:.2f}x   (target >= 3x)  {'PASS' if ratio >= 3 else 'MISS'}")
     return 0 if tunegate.failures == 0 else 1
 
 

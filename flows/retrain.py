@@ -113,11 +113,12 @@ def score_registered_version(tracking_uri: str, model_name: str, version: str, r
     """Re-score a registered model on labelled rows; cached per (version, content of the rows)."""
     import tempfile
 
+    from components.export.mlflow_model import onnx_dir_in
     from components.lifecycle.registry import ModelRegistry
 
     with tempfile.TemporaryDirectory() as scratch:
         model_dir = ModelRegistry(tracking_uri, model_name).download(version, Path(scratch))
-        return score_onnx_dir(model_dir, rows_csv, labels)
+        return score_onnx_dir(onnx_dir_in(model_dir), rows_csv, labels)
 
 
 def earlier_test_rows(layout: ProjectLayout, champion_batches: list[str]) -> tuple[Path, str] | None:
@@ -156,7 +157,11 @@ def gate(params: Params, layout: ProjectLayout, champion: dict | None, champion_
 
 
 @task(name="register", cache_policy=NO_CACHE, **RETRY)
-def register(registry, run_id: str, layout: ProjectLayout, tags: dict, passed: bool) -> str:
+def register(registry, run_id: str, layout: ProjectLayout, tags: dict, passed: bool, gate_summary: str) -> str:
+    import tempfile
+
+    from components.export.mlflow_model import save_mlflow_model
+    from components.lifecycle.model_card import render_model_card
     from components.lifecycle.registry import CHALLENGER
     from components.model.continual import PYTORCH_ARTIFACT
 
@@ -167,7 +172,11 @@ def register(registry, run_id: str, layout: ProjectLayout, tags: dict, passed: b
     else:
         # The PyTorch weights travel with the version's run: continual learning starts from them.
         registry.log_artifact(run_id, layout.model_dir, PYTORCH_ARTIFACT)
-        version = registry.register(run_id, layout.onnx_dir, tags)
+        card = render_model_card(registry.model_name, tags, json.loads(layout.parity_file.read_text()), gate_summary)
+        with tempfile.TemporaryDirectory(prefix="tunegate-model-") as scratch:
+            # The version is an MLflow Model: pyfunc over the int8 ONNX export, with its card.
+            model = save_mlflow_model(layout.onnx_dir, Path(scratch) / "model", card=card)
+            version = registry.register(run_id, model, tags)
     if passed:
         registry.set_alias(CHALLENGER, version.version)
     return version.version
@@ -248,7 +257,7 @@ def _retrain(layout: ProjectLayout, params: Params, profile: str) -> dict:
             print(f"v{version} holds this exact model and still waits for approval; asking again for it")
         else:
             tags = tracking.version_tags(params, layout, data, verdict, model_md5)
-            version = register(registry, run_id, layout, tags, verdict["passed"])
+            version = register(registry, run_id, layout, tags, verdict["passed"], verdict["summary"])
         if not verdict["passed"]:
             return tracking.finish(registry, run_id, status="rejected-by-gate", version=version,
                                     message=verdict["summary"])

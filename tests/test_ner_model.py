@@ -309,9 +309,13 @@ def test_http_service_answers_with_entities(tagger, tmp_path):
     assert _entities(single.json()["predictions"][0]) == [("PER", "Mary"), ("PER", "Wei"), ("LOC", "Lagos")]
     assert metadata["task"] == "token-classification"
     assert metadata["labels"] == TAGS and metadata["entity_types"] == ENTITY_TYPES
-    assert 'tunegate_predictions_total{version="5",label="entities"}' in metrics
-    assert 'tunegate_predictions_total{version="5",label="no_entities"}' in metrics
-    assert 'tunegate_entities_total{version="5",type="PER"}' in metrics
+    from prometheus_client.parser import text_string_to_metric_families
+
+    series = {(s.name, tuple(sorted(s.labels.items()))): s.value
+              for family in text_string_to_metric_families(metrics) for s in family.samples}
+    assert series[("tunegate_predictions_total", (("label", "entities"), ("version", "5")))] >= 1
+    assert series[("tunegate_predictions_total", (("label", "no_entities"), ("version", "5")))] >= 1
+    assert series[("tunegate_entities_total", (("type", "PER"), ("version", "5")))] >= 1
     lines = [json.loads(line) for line in log.read_text().splitlines()]
     assert len(lines) == 6 and all("entities" in line for line in lines)
     assert lines[0]["entities"][0]["type"] == "PER" and 0 < lines[0]["score"] <= 1
@@ -329,3 +333,24 @@ def test_evaluate_tokens_torch_in_one_call(tagger_dir, held_out):
     metrics, predictions = evaluate_tokens_torch(model, tokenizer, frame, ENTITY_TYPES, MAX_LENGTH, batch_size=64)
     assert metrics["entity_f1"] >= 0.9 and metrics["n"] == len(frame)
     assert predictions["confidence"].between(0, 1).all() and len(predictions) == len(frame)
+
+
+def test_the_mlflow_model_finds_the_entities_the_service_finds(int8_export, tagger, tmp_path):
+    import mlflow
+
+    from components.export.mlflow_model import save_mlflow_model
+    from components.serving.app import create_app
+    from components.serving.holder import ServedModel
+    from components.serving.server import BackgroundServer
+
+    texts = ["John Smith visited Paris.", "the people said today .", "Mary met Wei in Lagos"]
+    path = save_mlflow_model(int8_export.out_dir, tmp_path / "model", card="# tiny NER\n")
+    model = mlflow.pyfunc.load_model(str(path))
+    answers = model.predict(pd.DataFrame({"text": texts}))
+    assert list(answers.columns) == ["entities"]
+    with BackgroundServer(create_app(ServedModel(tagger, {"model_version": "1"}))) as server:
+        served = httpx.post(f"{server.url}/predict", json={"texts": texts}, timeout=30).json()["predictions"]
+    assert answers["entities"].tolist() == [p["entities"] for p in served]
+    assert _entities({"entities": answers["entities"].iloc[0]}) == [("PER", "John Smith"), ("LOC", "Paris")]
+    output = model.metadata.get_output_schema().inputs[0]
+    assert output.name == "entities" and "start" in str(output.type)

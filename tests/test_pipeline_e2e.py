@@ -104,6 +104,33 @@ def test_first_run_is_approved_registered_and_served(promoted_project):
         assert [p["label"] for p in scored["predictions"]] == ["positive", "negative"]
 
 
+def test_the_champion_is_an_mlflow_model_with_its_card(promoted_project, tmp_path, monkeypatch):
+    import mlflow.pyfunc
+
+    root, _ = promoted_project
+    registry = open_registry(root)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", registry.tracking_uri)
+    model = mlflow.pyfunc.load_model(f"models:/tiny-sentiment@{CHAMPION}")
+    answers = model.predict(pd.DataFrame({"text": ["the film was wonderful and superb", "awful and tedious"]}))
+    assert answers["label"].tolist() == ["positive", "negative"]
+    card = (registry.download("1", tmp_path) / "README.md").read_text()
+    tags = registry.version("1").tags
+    for expected in (tags["data_hash"], tags["git_commit"], "## Export parity", "Verdict: **passed**",
+                     "## Intended use", "## Limits", "`negative`, `positive`", f"| accuracy | {tags['test_accuracy']} |"):
+        assert expected in card, expected
+
+
+def test_tunegate_predict_scores_a_file_with_the_champion(promoted_project, tmp_path, capsys):
+    root, _ = promoted_project
+    pd.DataFrame({"review": ["the film was wonderful and superb", "", "the film was awful and tedious"]}).to_csv(
+        tmp_path / "new.csv", index=False)
+    assert main(["--project", str(root), "predict", str(tmp_path / "new.csv"), str(tmp_path / "out.csv")]) == 0
+    scored = pd.read_csv(tmp_path / "out.csv")
+    assert scored["id"].tolist() == [1, 3] and scored["label"].tolist() == ["positive", "negative"]
+    assert "3 records: 2 scored" in capsys.readouterr().out
+    assert pd.read_csv(tmp_path / "out.csv.rejected.csv")["reason"].tolist() == ["no text"]
+
+
 def test_rerun_with_unchanged_data_and_params_reuses_cached_work(promoted_project):
     root, first = promoted_project
     lock_before = (root / "dvc.lock").read_text()

@@ -131,6 +131,7 @@ def test_metrics_count_requests_latency_errors_batches_and_version(predictor):
     assert value("tunegate_model_reloads_total", outcome="success") == 0
     assert value("tunegate_model_reloads_total", outcome="failure") == 0
     assert value("tunegate_predictions_total", version="3", label="positive") == 4
+    assert value("process_resident_memory_bytes") > 0  # the process's own metrics, from prometheus_client
 
 
 def test_prediction_log_samples_requests_as_json_lines(predictor, tmp_path):
@@ -171,6 +172,30 @@ def test_invocations_speaks_mlflow_scoring_formats(client, payload):
     predictions = response.json()["predictions"]
     assert [p["label"] for p in predictions] == EXPECTED
     assert all(set(p) == {"label", "score", "scores"} for p in predictions)
+
+
+def test_invocations_takes_csv_as_mlflow_s_scoring_server_does(client):
+    import csv
+    import io
+
+    body = io.StringIO()
+    writer = csv.writer(body)
+    writer.writerow(["id", "text"])
+    writer.writerows([i, text] for i, text in enumerate(TEXTS))  # quoting, commas and newlines kept
+    response = client.post("/invocations", content=body.getvalue().encode(), headers={"content-type": "text/csv"})
+    assert response.status_code == 200, response.text
+    assert [p["label"] for p in response.json()["predictions"]] == EXPECTED
+    single = client.post("/invocations", content=b"review\n" + TEXTS[0].replace('"', "").encode() + b"\n",
+                         headers={"content-type": "text/csv; charset=utf-8"})
+    assert single.status_code == 200 and single.json()["predictions"][0]["label"] == EXPECTED[0]
+
+
+@pytest.mark.parametrize("content", [b"", b"a,b\nx,y\n", b"text\n\"unclosed\n", b"text,other\nonly one\n",
+                                     b"text\n\xff\xfe\n", b"text\n"])
+def test_bad_csv_gets_a_400_with_a_message(client, content):
+    response = client.post("/invocations", content=content, headers={"content-type": "text/csv"})
+    assert response.status_code == 400, response.text
+    assert len(response.json()["message"]) > 10
 
 
 @pytest.mark.parametrize("path, content, status", [

@@ -92,6 +92,24 @@ def cmd_serve(args) -> int:
                   params.serve.port if args.port is None else args.port)
 
 
+def cmd_predict(args) -> int:
+    from components.serving.batch_scoring import score_file
+    from components.serving.deployment import load_served_model
+
+    layout = _layout(args)
+    params = _params(layout)
+    served = load_served_model(_open_registry(layout), layout.artifacts / "serving", params.serve.providers,
+                               version=args.version)
+    print(f"scoring {args.input} with {served.metadata['model_name']} v{served.version} into {args.output}")
+    summary = score_file(served.predictor, served.version or "", Path(args.input), Path(args.output),
+                         text_column=args.text_column or params.data.text_column, id_column=args.id_column,
+                         chunk_rows=args.chunk_rows)
+    resumed = f" (resumed after record {summary.resumed_at:,})" if summary.resumed_at else ""
+    print(f"{summary.records:,} records: {summary.scored:,} scored into {summary.output}{resumed}, "
+          f"{summary.rejected:,} rejected" + (f" (see {summary.rejected_file})" if summary.rejected else ""))
+    return 0
+
+
 def _champion_training_data(layout: ProjectLayout, store):
     """The rows the champion was trained on: the drift reference for a new batch."""
     import json
@@ -280,6 +298,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int)
     serve.set_defaults(handler=cmd_serve)
 
+    predict = verbs.add_parser("predict", help="score a CSV/TSV/JSONL/Parquet file with the champion (or --version), "
+                                               "in chunks; resumes an interrupted run")
+    predict.add_argument("input", help="a file with a text column")
+    predict.add_argument("output", help="where the predictions go (.csv or .jsonl)")
+    predict.add_argument("--version", help="a registered version instead of the champion")
+    predict.add_argument("--text-column", help="default: data.text_column of params.yaml")
+    predict.add_argument("--id-column", help="written beside each prediction (default: the record number)")
+    predict.add_argument("--chunk-rows", type=int, default=10_000, help="rows read and written at a time")
+    predict.set_defaults(handler=cmd_predict)
+
     for verb in ("approve", "reject"):
         answer = verbs.add_parser(verb, help=f"{verb} the model version a retraining run is waiting on")
         answer.add_argument("--version", help="the version to answer (default: the only one waiting)")
@@ -326,9 +354,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from components.data.validation.report import DataValidationError
     from components.lifecycle.locking import RunInProgress
     from components.lifecycle.versioning import VersioningError
+    from components.serving.batch_scoring import BatchScoringError
 
     return (ConfigError, LookupError, FileNotFoundError, AssetError, IngestError, DataValidationError, DriftFailure,
-            VersioningError, RunInProgress)
+            VersioningError, RunInProgress, BatchScoringError)
 
 
 def main(argv: list[str] | None = None) -> int:

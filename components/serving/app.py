@@ -35,6 +35,8 @@ from components.serving.request_bodies import (
     BadRequest,
     check_text_lengths,
     error_json,
+    is_csv,
+    read_csv_texts,
     read_json,
     texts_from_mlflow_body,
     texts_from_predict_body,
@@ -82,8 +84,8 @@ class _RequestMetricsMiddleware:
         try:
             await self.app(scope, receive, send_and_note_status)
         finally:
-            self.metrics.requests.inc(endpoint, str(status))
-            self.metrics.latency.observe(time.perf_counter() - started, endpoint)
+            self.metrics.requests.labels(endpoint, str(status)).inc()
+            self.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
 
 
 def _endpoint_of(request: Request) -> str:
@@ -128,6 +130,7 @@ def create_app(model: ServedModel | ModelHolder, settings: ServiceSettings | Non
     metrics = ServiceMetrics()
     prediction_log = (PredictionLog(settings.prediction_log, settings.prediction_log_sample_rate)
                       if settings.prediction_log is not None else None)
+    metrics.watch(lambda: (holder.current(), holder.stats(), batcher.queued_texts))
     batcher = MicroBatcher(holder, max_batch_size=settings.max_batch_size, max_wait_ms=settings.max_wait_ms,
                            max_queued_texts=settings.max_queued_texts, metrics=metrics, prediction_log=prediction_log)
 
@@ -150,7 +153,7 @@ def create_app(model: ServedModel | ModelHolder, settings: ServiceSettings | Non
 
     def error_response(request: Request, status_code: int, error_code: str, message: str,
                        headers: dict[str, str] | None = None) -> JSONResponse:
-        metrics.errors.inc(_endpoint_of(request), error_code)
+        metrics.errors.labels(_endpoint_of(request), error_code).inc()
         response = error_json(status_code, error_code, message)
         response.headers.update(headers or {})
         return response
@@ -188,6 +191,9 @@ def create_app(model: ServedModel | ModelHolder, settings: ServiceSettings | Non
 
     @app.post("/invocations")
     async def invocations(request: Request) -> JSONResponse:
+        if is_csv(request):
+            return await predict(await read_csv_texts(request, settings.max_body_bytes,
+                                                      settings.max_texts_per_request))
         body = await read_json(request, settings.max_body_bytes)
         return await predict(texts_from_mlflow_body(body, settings.max_texts_per_request))
 
@@ -217,7 +223,6 @@ def create_app(model: ServedModel | ModelHolder, settings: ServiceSettings | Non
 
     @app.get("/metrics")
     async def prometheus_metrics() -> Response:
-        text = metrics.render(holder.current(), holder.stats(), batcher.queued_texts)
-        return Response(content=text, media_type=PROMETHEUS_CONTENT_TYPE)
+        return Response(content=metrics.render(), media_type=PROMETHEUS_CONTENT_TYPE)
 
     return app

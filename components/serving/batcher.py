@@ -162,9 +162,9 @@ class MicroBatcher:
             start += len(pending.texts)
             pending.future.set_result(BatchAnswer(version, mine))
             for prediction in mine:
-                self.metrics.predictions.inc(version or "", prediction_label(prediction))
+                self.metrics.predictions.labels(version or "", prediction_label(prediction)).inc()
                 for entity in prediction.get("entities", ()):
-                    self.metrics.entities.inc(version or "", str(entity.get("type", "")))
+                    self.metrics.entities.labels(version or "", str(entity.get("type", ""))).inc()
             if pending.log and self.prediction_log is not None:
                 self._log(version, pending.texts, mine)
 
@@ -172,5 +172,5 @@ class MicroBatcher:
         try:
             self.prediction_log.write(version, texts, predictions)
         except Exception as error:  # noqa: BLE001 - a disk error or an odd prediction: never the other requests
-            self.metrics.prediction_log_errors.inc(amount=len(texts))
+            self.metrics.prediction_log_errors.inc(len(texts))
             logger.warning("could not write the prediction log %s: %s", self.prediction_log.path, error)

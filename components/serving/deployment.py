@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import threading
 import time
 from dataclasses import dataclass
@@ -41,16 +42,19 @@ def load_served_model(registry: ModelRegistry, cache_dir: Path, providers: list[
                       version: str | None = None, alias: str = CHAMPION):
     """Download (once per version) and load the int8 ONNX model behind `alias` or `version`: a text
     classifier or a token tagger (NER), as its model card says."""
+    from components.export.mlflow_model import onnx_dir_in
     from components.export.predictor import load_predictor
     from components.serving.holder import ServedModel
 
     info = pick_version(registry, version, alias)
     local = cache_dir / registry.model_name / info.version
-    if not (local / "model.onnx").is_file():
+    if not local.is_dir():
         local.parent.mkdir(parents=True, exist_ok=True)
-        downloaded = registry.download(info.version, local.parent / f".{info.version}.partial")
-        downloaded.replace(local)  # atomic: a half-downloaded model is never served
-    return ServedModel(load_predictor(local, providers=providers), version_metadata(registry, info))
+        partial = local.parent / f".{info.version}.partial"
+        shutil.rmtree(partial, ignore_errors=True)  # left by a download that died
+        registry.download(info.version, partial).replace(local)  # atomic: a half-downloaded model is never served
+    # An MLflow Model (the ONNX export is its artifact) or, registered before those, the export itself.
+    return ServedModel(load_predictor(onnx_dir_in(local), providers=providers), version_metadata(registry, info))
 
 
 # --- following the champion while serving -------------------------------------------------------

@@ -6,6 +6,8 @@ Every malformed request raises BadRequest, which the app answers with a 4xx and 
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from typing import Any
 
@@ -50,6 +52,37 @@ async def read_json(request: Request, max_body_bytes: int) -> Any:
         return json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise BadRequest(f"request body is not valid JSON: {error}") from None
+
+
+def is_csv(request: Request) -> bool:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower() == "text/csv"
+
+
+async def read_csv_texts(request: Request, max_body_bytes: int, max_texts: int) -> list[str]:
+    """The texts of a CSV body (MLflow's scoring server takes text/csv too): a header row, then one
+    row per text; the column is `text`, or the only column there is."""
+    body = await _read_body(request, max_body_bytes)
+    try:
+        rows = list(csv.reader(io.StringIO(body.decode("utf-8-sig"), newline=""), strict=True))
+    except UnicodeDecodeError as error:
+        raise BadRequest(f"CSV body is not UTF-8: {error}") from None
+    except csv.Error as error:
+        raise BadRequest(f"CSV body cannot be parsed: {error}") from None
+    if not rows:
+        raise BadRequest("empty CSV body; send a header row 'text' and one row per text")
+    header = rows[0]
+    if TEXT_COLUMN in header:
+        column = header.index(TEXT_COLUMN)
+    elif len(header) == 1:
+        column = 0
+    else:
+        raise BadRequest(f"CSV header {header} has no {TEXT_COLUMN!r} column")
+    texts = []
+    for number, row in enumerate(rows[1:], start=2):
+        if len(row) != len(header):
+            raise BadRequest(f"CSV line {number} has {len(row)} field(s) but the header has {len(header)}")
+        texts.append(row[column])
+    return _checked_texts(texts, "CSV rows", max_texts)
 
 
 def check_text_lengths(texts: list[str], max_chars: int) -> list[str]:

@@ -1,0 +1,96 @@
+"""The model card of a registered version (README.md in its artifacts, the Hugging Face convention):
+what a person deciding whether to use the model needs, from the version's own tags and figures."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+INTENDED_USE = {
+    "sequence-classification": "Labels short English texts with one of the labels below, the way the training "
+                               "data labelled them.",
+    "token-classification": "Finds named entities of the types below in English sentences, with character "
+                            "offsets, the way the training data tagged them.",
+}
+LIMITS = ("Judged only on the test split of the data listed here: text from another domain, period or language "
+          "may score lower; the drift checks and `tunegate monitor` watch for that. Predictions are the int8 ONNX "
+          "model's, which the parity check compared with the PyTorch model it was exported from.")
+
+
+def _listed(value: Any) -> str:
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return ", ".join(f"`{item}`" for item in value) if isinstance(value, list) else str(value)
+
+
+def render_model_card(model_name: str, tags: dict[str, Any], parity: dict[str, Any], gate_summary: str) -> str:
+    """Markdown for the version described by `tags` (tracking.version_tags), its export `parity`
+    report (artifacts/export/parity.json) and the gate's summary."""
+    task = str(tags.get("task", "sequence-classification"))
+    metrics = [f"| {name.removeprefix('test_').replace('_', ' ')} | {value} |"
+               for name, value in tags.items() if name.startswith("test_") and name != "test_rows"]
+    agreement = parity.get("agreement")
+    drop = parity.get("accuracy_drop")
+    parity_line = (f"Agreement with the PyTorch model {agreement:.4f}, {parity.get('metric', 'accuracy')} drop "
+                   f"{drop:.4f}, on {parity.get('n')} test rows ({parity.get('precision', 'int8')})."
+                   if isinstance(agreement, float) and isinstance(drop, float) else "Not recorded.")
+    return "\n".join([
+        "---",
+        "library_name: onnxruntime",
+        f"pipeline_tag: {'token-classification' if task == 'token-classification' else 'text-classification'}",
+        f"base_model: {tags.get('base_model', 'unknown')}",
+        "---",
+        "",
+        f"# {model_name}",
+        "",
+        f"{task.replace('-', ' ').capitalize()}, fine-tuned and served by tunegate.",
+        "",
+        "## Intended use",
+        "",
+        INTENDED_USE.get(task, ""),
+        "",
+        f"Labels: {_listed(tags.get('labels', []))}.",
+        "",
+        "## Training data and code",
+        "",
+        f"- base model: `{tags.get('base_model', 'unknown')}`",
+        f"- data version (DVC): `{tags.get('data_hash', 'unknown')}`",
+        f"- batches: {_listed(tags.get('data_batches', []))}",
+        f"- git commit: `{tags.get('git_commit', 'unknown')}`",
+        "",
+        "## Test metrics (the int8 ONNX model, as served)",
+        "",
+        f"On {tags.get('test_rows', '?')} test rows, never trained on.",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        *metrics,
+        "",
+        "## Export parity",
+        "",
+        parity_line,
+        "",
+        "## Gate",
+        "",
+        f"Verdict: **{tags.get('gate', 'unknown')}**.",
+        "",
+        "```",
+        gate_summary.strip(),
+        "```",
+        "",
+        "## Limits",
+        "",
+        LIMITS,
+        "",
+        "## Use",
+        "",
+        "```python",
+        "import mlflow, pandas as pd",
+        f'model = mlflow.pyfunc.load_model("models:/{model_name}@champion")',
+        'model.predict(pd.DataFrame({"text": ["some text"]}))',
+        "```",
+        "",
+    ])
