@@ -13,7 +13,12 @@ import pytest
 
 from components.export.predictor import OnnxTextClassifier
 from components.serving.batch_scoring import BatchScoringError, read_chunks, score_file
-from tests.fixtures_classifier import LABELS, held_out, tiny_classifier, tiny_onnx_export  # noqa: F401 - fixtures
+from tests.fixtures_classifier import (  # noqa: F401 - fixtures
+    LABELS,
+    held_out,
+    tiny_classifier,
+    tiny_onnx_export,
+)
 from tests.project import REPO_ROOT
 from tests.score_job import CHUNK_ROWS, score
 

@@ -12,11 +12,15 @@ import time
 from pathlib import Path
 
 import httpx
-import mlflow
 import pandas as pd
 import pytest
 
-from components.export.mlflow_model import MODEL_CARD_FILE, onnx_dir_in, save_mlflow_model
+import mlflow
+from components.export.mlflow_model import (
+    MODEL_CARD_FILE,
+    onnx_dir_in,
+    save_mlflow_model,
+)
 from components.lifecycle.registry import CHAMPION, ModelRegistry
 from components.serving.deployment import build_service_app, load_served_model
 from components.serving.server import BackgroundServer

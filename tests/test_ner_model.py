@@ -337,7 +337,6 @@ def test_evaluate_tokens_torch_in_one_call(tagger_dir, held_out):
 
 def test_the_mlflow_model_finds_the_entities_the_service_finds(int8_export, tagger, tmp_path):
     import mlflow
-
     from components.export.mlflow_model import save_mlflow_model
     from components.serving.app import create_app
     from components.serving.holder import ServedModel
