@@ -71,7 +71,7 @@ ACCURACY_TARGET_POINTS = 0.5  # |accuracy difference| in percentage points
 TUNEGATE_ONLY_OPTIONS = ("lora", "freeze_embeddings", "freeze_layers", "class_weights", "early_stopping_patience",
                          "init_from", "replay_fraction")
 # Reset too, but not worth a note: without a Checkpointer passed (the bench passes none) it does nothing.
-QUIET_RESETS = ("checkpoint_every_steps",)
+QUIET_RESETS = ("checkpoint_every_steps", "precision")
 TRAINER_SCHEDULES = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
 
 
@@ -346,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from components.config import load_params
     from components.data.preprocess import tokenize_split
+    from components.model.compute import cpu_name
     from components.model.modeling import load_tokenizer, resolve_model_source
 
     transformers.logging.set_verbosity_error()
@@ -371,6 +372,15 @@ def main(argv: list[str] | None = None) -> int:
     tunegate, model = run_tunegate(model, train_dynamic, validation_dynamic, labels, train_params,
                                    tokenizer.pad_token_id)
     tunegate.metrics = score(model, tokenizer, validation_frame, labels, max_length, train_params.eval_batch_size)
+    del model
+
+    # tunegate with bf16 autocast: same data, hyperparameters and starting weights (train.precision)
+    model = fresh_model(source, labels, train_params.seed)
+    bf16, model = run_tunegate(model, train_dynamic, validation_dynamic, labels,
+                               train_params.model_copy(update={"precision": "bf16"}), tokenizer.pad_token_id)
+    bf16.name = "tunegate-bf16"
+    bf16.metrics = score(model, tokenizer, validation_frame, labels, max_length, train_params.eval_batch_size)
+    bf16.metrics.pop("predicted")
     del model
 
     # Trainer
@@ -409,7 +419,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     header = f"{'':26}{'examples/s':>11}{'ex/CPU-s':>10}{'train s':>9}{'load avg':>14}{'val acc':>9}{'macro-F1':>10}"
     print(header)
-    for side, label in ((tunegate, "tunegate (dynamic pad)"), (trainer, "Trainer (pad max_length)")):
+    for side, label in ((tunegate, "tunegate (dynamic pad)"), (bf16, "tunegate bf16 autocast"),
+                        (trainer, "Trainer (pad max_length)")):
         per_cpu = f"{side.examples_per_cpu_second:10.1f}" if side.examples_per_cpu_second else f"{'-':>10}"
         print(f"{label:26}{side.examples_per_second:11.1f}{per_cpu}{side.train_seconds:9.1f}"
               f"{f'{side.load_before:.2f}->{side.load_after:.2f}':>14}"
@@ -419,6 +430,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"throughput tunegate/Trainer: {speed:.2f}x   (target >= {SPEED_TARGET}x)  {verdict(speed >= SPEED_TARGET)}")
     if cpu_speed is not None:
         print(f"  per CPU-second: {cpu_speed:.2f}x (less sensitive to other jobs on the shared cores)")
+    print(f"bf16 autocast vs fp32 (tunegate's loop, this CPU: {cpu_name()}): "
+          f"{bf16.examples_per_second / tunegate.examples_per_second:.2f}x examples/s, validation accuracy "
+          f"{100 * (bf16.metrics['accuracy'] - tunegate.metrics['accuracy']):+.2f} points")
     print(f"validation accuracy difference: {accuracy_points:+.2f} points   "
           f"(target within {ACCURACY_TARGET_POINTS})  {verdict(abs(accuracy_points) <= ACCURACY_TARGET_POINTS)}")
     print(f"  macro-F1 difference: {f1_points:+.2f} points")
@@ -437,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
                                   "train_seconds": side.train_seconds, "train_cpu_seconds": side.train_cpu_seconds,
                                   "load_before": side.load_before, "load_after": side.load_after,
                                   "threads_seen": side.threads_seen, "validation": side.metrics, **side.extra}
-                      for side in (tunegate, trainer)},
+                      for side in (tunegate, bf16, trainer)},
             "speed_ratio": speed, "speed_ratio_cpu": cpu_speed, "speed_target": SPEED_TARGET,
             "speed_pass": speed >= SPEED_TARGET,
             "accuracy_difference_points": accuracy_points, "macro_f1_difference_points": f1_points,

@@ -124,6 +124,13 @@ class TrainParams(_Section):
     seed: int = 42
     max_train_examples: int | None = Field(default=None, ge=1, description="cap for quick runs")
     num_threads: int | None = Field(default=None, ge=1)
+    # Where and how precisely to train (components/model/compute.py). device auto: CUDA when there is
+    # a GPU. precision auto: bf16 where it is faster (GPU with bf16, CPU with AMX), else fp32; fp32 is
+    # the default so that a run gives the same figures on every machine.
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "fp32"
+    # Data-parallel processes on this machine (DDP under torchrun; components/model/distributed.py).
+    processes: int = Field(default=1, ge=1)
     # Frozen parameters get no gradient: the embeddings and/or the lowest N encoder layers.
     freeze_embeddings: bool = False
     freeze_layers: int = Field(default=0, ge=0)

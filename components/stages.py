@@ -58,6 +58,7 @@ def adapt(layout: ProjectLayout, params: Params) -> None:
     import pandas as pd
 
     from components.model.adapt import AdaptResult, adapt_language_model, write_card
+    from components.model.compute import resolve_compute
     from components.model.modeling import resolve_model_source
 
     if layout.adapted_dir.exists():
@@ -67,8 +68,9 @@ def adapt(layout: ProjectLayout, params: Params) -> None:
         print("adapt: disabled (adapt.enabled: false); fine-tuning starts from the base model")
         return
     texts = pd.read_csv(layout.split_file("train"), dtype=str, keep_default_na=False)["text"].tolist()
+    compute = resolve_compute(params.train.device, params.train.precision)
     result = adapt_language_model(resolve_model_source(params.model.base_model), params.model.base_model, texts,
-                                  params.adapt, params.model.max_length, layout.adapted_dir)
+                                  params.adapt, params.model.max_length, layout.adapted_dir, compute)
     print(f"adapt: MLM loss {result.mlm_loss_first_epoch:.4f} -> {result.mlm_loss_last_epoch:.4f} over "
           f"{result.epochs} epoch(s) on {result.texts} texts in {result.seconds:.0f} s")
 
@@ -115,6 +117,7 @@ def train_model(layout: ProjectLayout, params: Params, outputs: TrainOutputs):
     from components.model.adapt import adapted_source
     from components.model.checkpoints import Checkpointer
     from components.model.continual import START_MODEL, read_starting_point, replay_mix
+    from components.model.distributed import launched_ranks
     from components.model.modeling import (
         load_classifier,
         load_tokenizer,
@@ -149,6 +152,8 @@ def train_model(layout: ProjectLayout, params: Params, outputs: TrainOutputs):
         pad_id=tokenizer.pad_token_id, entity_types=params.data.labels if params.is_token_task else None,
         checkpoints=checkpoints,
     )
+    if not launched_ranks().is_main:
+        return result  # rank 0 writes the outputs: the same weights, once
     tokenizer.model_max_length = params.model.max_length
     save_model(model, tokenizer, outputs.model_dir)
     extra = {"start": point.source if point else "base", "adapted": adapted is not None}
@@ -161,12 +166,20 @@ def train_model(layout: ProjectLayout, params: Params, outputs: TrainOutputs):
 
 
 def train(layout: ProjectLayout, params: Params) -> None:
+    from components.model.distributed import launched_ranks, relaunch_under_torchrun
+
+    if params.train.processes > 1 and not launched_ranks().distributed:
+        # The same command again, as train.processes ranks under torchrun: dvc repro, the flow and a
+        # user's own torchrun command all end up in train_model below.
+        relaunch_under_torchrun(params.train.processes, ["tunegate", "--project", str(layout.root), "stage", "train"])
+        return
     train_model(layout, params, train_outputs(layout, params))
 
 
 def evaluate(layout: ProjectLayout, params: Params) -> None:
     import pandas as pd
 
+    from components.model.compute import resolve_compute
     from components.model.evaluate import (
         evaluate_frame,
         evaluate_tokens_torch,
@@ -176,6 +189,8 @@ def evaluate(layout: ProjectLayout, params: Params) -> None:
     from components.model.modeling import load_torch_model
 
     model, tokenizer = load_torch_model(layout.model_dir)  # the same model the parity check compares
+    # On the training device, in fp32: the test figures are the model's own, not autocast's.
+    model.to(resolve_compute(params.train.device, "fp32").device)
     test = pd.read_csv(layout.split_file("test"), dtype=str, keep_default_na=False)
     if params.is_token_task:
         metrics, predictions = evaluate_tokens_torch(model, tokenizer, test, params.data.labels,

@@ -167,3 +167,35 @@ def test_replay_keeps_new_rows_and_a_share_of_old_ones(tiny_base_model):
     assert again.input_ids == mixed.input_ids  # the same seed replays the same rows
     with pytest.raises(ValueError, match="no rows"):
         replay_mix(train.select([i for i, b in enumerate(train.batch_ids) if b == "old"]), ["old"], 0.0, seed=1)
+
+
+def test_bf16_autocast_on_the_cpu_trains_and_says_where_it_ran(tiny_base_model):
+    result, model = run(tiny_base_model, None, precision="bf16")
+    assert result.best_score >= 0.9, result.history
+    assert (result.compute["device"], result.compute["precision"]) == ("cpu", "bf16")
+    assert result.compute["device_name"]
+    assert all(p.dtype == torch.float32 and p.device.type == "cpu" for p in model.parameters())  # saved as fp32
+
+
+def test_settings_the_hardware_cannot_run_are_refused_with_what_to_use():
+    from components.config import ConfigError
+    from components.model.compute import resolve_compute
+
+    with pytest.raises(ConfigError, match="fp16' needs a CUDA GPU"):
+        resolve_compute("cpu", "fp16")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA GPU"):
+            resolve_compute("cuda", "fp32")
+        assert resolve_compute("auto", "fp32").device.type == "cpu"
+
+
+def test_auto_precision_picks_bf16_only_where_the_cpu_has_amx(tmp_path):
+    from components.model.compute import cpu_has_amx_bf16, resolve_compute
+
+    with_amx, without = tmp_path / "amx", tmp_path / "plain"
+    with_amx.write_text("flags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n")
+    without.write_text("flags\t\t: fpu avx2 avx512f avx512_bf16\n")
+    assert cpu_has_amx_bf16(with_amx) and not cpu_has_amx_bf16(without)
+    if not torch.cuda.is_available():
+        expected = "bf16" if cpu_has_amx_bf16() else "fp32"
+        assert resolve_compute("auto", "auto").precision == expected

@@ -81,6 +81,8 @@ def log_stage_outputs(registry: ModelRegistry, run_id: str, layout: ProjectLayou
     # best_epoch, train_examples, best_score, parameter counts: every number of the summary.
     registry.log_metrics(run_id, {k: v for k, v in history.items()
                                   if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    registry.set_run_tags(run_id, {f"train_{key}": history[key] for key in ("device", "device_name", "precision")
+                                   if key in history})
     if "replay" in history:  # continual learning: rows new, replayed and held back
         registry.log_metrics(run_id, {f"replay_{k}": v for k, v in history["replay"].items()})
 

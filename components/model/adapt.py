@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from components.config import AdaptParams
+from components.model.compute import Compute, resolve_compute
 
 ADAPT_CARD = "tunegate-adapt.json"
 
@@ -52,7 +53,7 @@ def adapted_source(out_dir: Path) -> str | None:
 
 
 def adapt_language_model(source: str, base_model: str, texts: list[str], params: AdaptParams, max_length: int,
-                         out_dir: Path) -> AdaptResult:
+                         out_dir: Path, compute: Compute | None = None) -> AdaptResult:
     from transformers import AutoModelForMaskedLM, DataCollatorForLanguageModeling
 
     from components.model.modeling import load_tokenizer
@@ -66,6 +67,9 @@ def adapt_language_model(source: str, base_model: str, texts: list[str], params:
         texts = random.Random(params.seed).sample(texts, params.max_examples)
     encoded = tokenizer(texts, truncation=True, max_length=max_length, padding=False)["input_ids"]
     collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=params.mlm_probability, return_tensors="pt")
+    compute = compute or resolve_compute("cpu", "fp32")
+    model.to(compute.device)
+    scaler = compute.grad_scaler()
     optimizer = torch.optim.AdamW(model.parameters(), lr=params.learning_rate)
     steps_per_epoch = math.ceil(len(encoded) / params.batch_size)
     losses, started, step = [], time.perf_counter(), 0
@@ -77,17 +81,21 @@ def adapt_language_model(source: str, base_model: str, texts: list[str], params:
         progress = tqdm(range(steps_per_epoch), desc=f"adapt (MLM) epoch {epoch}/{params.epochs}", unit="batch")
         for batch_number in progress:
             rows = order[batch_number * params.batch_size:(batch_number + 1) * params.batch_size]
-            batch = collator([{"input_ids": encoded[i]} for i in rows])  # pads and masks 15% of tokens
-            loss = model(**batch).loss
-            loss.backward()
+            batch = compute.batch(collator([{"input_ids": encoded[i]} for i in rows]))  # pads, masks 15%
+            with compute.autocast():
+                loss = model(**batch).loss
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             optimizer.zero_grad(set_to_none=True)
             total += loss.item()
             step += 1
             progress.set_postfix(mlm_loss=f"{total / (batch_number + 1):.4f}")
         losses.append(total / max(steps_per_epoch, 1))
     out_dir.mkdir(parents=True, exist_ok=True)
+    model.to("cpu")
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     result = AdaptResult(enabled=True, base_model=base_model, texts=len(encoded), epochs=params.epochs, steps=step,

@@ -49,29 +49,32 @@ class Checkpointer:
     def state_path(self) -> Path:
         return self.directory / STATE_FILE
 
-    def save(self, model, optimizer, scheduler, state: TrainingState) -> None:
+    def save(self, model, optimizer, scheduler, state: TrainingState,
+             rng_by_rank: list[torch.Tensor] | None = None) -> None:
+        """rng_by_rank: every rank's torch RNG state (data-parallel training); default: this process's."""
         self.directory.mkdir(parents=True, exist_ok=True)
         _atomic_save({
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "state": asdict(state),
-            "torch_rng": torch.get_rng_state(),
+            "torch_rng": rng_by_rank or [torch.get_rng_state()],
             # Python's RNG state is a tuple of ints: stored as a list so weights_only loading takes it.
             "python_rng": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
         }, self.state_path)
 
-    def restore(self, model, optimizer, scheduler, state: TrainingState) -> bool:
-        """Load the last checkpoint into the given objects; False when there is none."""
+    def restore(self, model, optimizer, scheduler, state: TrainingState, rank: int = 0) -> bool:
+        """Load the last checkpoint into the given objects (and `rank`'s RNG state); False when there is none."""
         if not self.state_path.is_file():
             return False
-        saved = torch.load(self.state_path, weights_only=True)
+        saved = torch.load(self.state_path, weights_only=True, map_location="cpu")
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         for key, value in saved["state"].items():
             setattr(state, key, value)
-        torch.set_rng_state(saved["torch_rng"])
+        rng = saved["torch_rng"]
+        torch.set_rng_state(rng[rank] if isinstance(rng, list) else rng)  # a list since data-parallel training
         version, internal, gauss = saved["python_rng"]
         random.setstate((version, tuple(internal), gauss))
         return True
@@ -82,7 +85,7 @@ class Checkpointer:
 
     def load_best(self) -> dict[str, torch.Tensor] | None:
         path = self.directory / BEST_FILE
-        return torch.load(path, weights_only=True) if path.is_file() else None
+        return torch.load(path, weights_only=True, map_location="cpu") if path.is_file() else None
 
     def clear(self) -> None:
         """After a finished run: the saved model is the result, the checkpoints only take space."""

@@ -30,8 +30,8 @@ def predict_proba_torch(model, tokenizer, texts: list[str], max_length: int, bat
     for start in tqdm(range(0, len(texts), batch_size), desc="predict", unit="batch", disable=len(texts) <= batch_size):
         indices = order[start:start + batch_size]
         batch = tokenizer([texts[i] for i in indices], truncation=True, max_length=max_length,
-                          padding=True, return_tensors="pt")
-        probabilities[indices] = torch.softmax(model(**batch).logits, dim=-1).numpy()
+                          padding=True, return_tensors="pt").to(model.device)  # the model's device: CPU or GPU
+        probabilities[indices] = torch.softmax(model(**batch).logits.float(), dim=-1).cpu().numpy()
     return probabilities
 
 
@@ -62,7 +62,8 @@ def predict_tag_proba_torch(model, tokenizer, sentences: list[list[str]], max_le
         if uses_word_shapes(model.config):
             batch["token_type_ids"] = torch.tensor(
                 [token_shapes(sentences[i], batch.word_ids(row)) for row, i in enumerate(indices)])
-        probabilities = torch.softmax(model(**batch).logits.float(), dim=-1).numpy()
+        inputs = {name: tensor.to(model.device) for name, tensor in batch.items()}
+        probabilities = torch.softmax(model(**inputs).logits.float(), dim=-1).cpu().numpy()
         for row, index in enumerate(indices):
             positions = first_subtoken_positions(batch.word_ids(row), len(sentences[index]))
             kept = positions >= 0

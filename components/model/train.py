@@ -26,6 +26,17 @@ from components.config import TrainParams
 from components.data.preprocess import IGNORE_INDEX, TokenizedSplit
 from components.data.word_shapes import uses_word_shapes
 from components.model.checkpoints import Checkpointer, TrainingState
+from components.model.compute import Compute, resolve_compute
+from components.model.distributed import (
+    Ranks,
+    barrier,
+    gather_rng_states,
+    launched_ranks,
+    mean_over_ranks,
+    process_group,
+    shard,
+    wrap,
+)
 
 StepHook = Callable[[int], None]  # called with the global step after each optimizer step
 
@@ -54,13 +65,14 @@ class TrainResult:
     trainable_parameters: int = 0
     total_parameters: int = 0
     extra: dict = field(default_factory=dict)
+    compute: dict = field(default_factory=dict)  # device, device_name, precision
 
     def write(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         payload = {"best_epoch": self.best_epoch, "train_examples": self.train_examples, "metric": self.metric,
                    "best_score": self.best_score, "stopped_early": self.stopped_early,
                    "resumed_from_step": self.resumed_from_step, "trainable_parameters": self.trainable_parameters,
-                   "total_parameters": self.total_parameters, **self.extra,
+                   "total_parameters": self.total_parameters, **self.compute, **self.extra,
                    "history": [asdict(r) for r in self.history]}
         path.write_text(json.dumps(payload, indent=2) + "\n")
 
@@ -201,7 +213,7 @@ def _loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | No
 
 @torch.no_grad()
 def evaluate_split(model, split: TokenizedSplit, labels: list[str], batch_size: int, pad_id: int,
-                   entity_types: list[str] | None = None) -> dict:
+                   entity_types: list[str] | None = None, compute: Compute | None = None) -> dict:
     """Validation loss and scores: accuracy/macro-F1 for classes, entity F1 (CoNLL) for tags."""
     from components.entities import entity_scores
     from components.model.metrics import classification_metrics
@@ -213,7 +225,11 @@ def evaluate_split(model, split: TokenizedSplit, labels: list[str], batch_size: 
     for start in range(0, len(order), batch_size):
         indices = order[start:start + batch_size]
         batch = collate(split, indices, pad_id)
-        logits = model(**model_inputs(batch)).logits
+        if compute is not None:
+            batch = compute.batch(batch)
+        with compute.autocast() if compute is not None else contextlib.nullcontext():
+            logits = model(**model_inputs(batch)).logits
+        logits = logits.float()
         total_loss += _loss(logits, batch["labels"], None).item() * len(indices)
         best = logits.argmax(-1).tolist()
         for row, i in enumerate(indices):
@@ -244,36 +260,49 @@ def train_classifier(model, train: TokenizedSplit, validation: TokenizedSplit, l
 
     With `checkpoints`, state is saved after every epoch (and every train.checkpoint_every_steps) and a
     matching checkpoint left by a killed run is resumed from, reaching the same weights.
+
+    Launched by torchrun (several ranks), each rank trains on its shard of every epoch's batches under
+    DistributedDataParallel; only rank 0 writes checkpoints and prints (components/model/distributed.py).
     """
+    ranks = launched_ranks()
+    compute = resolve_compute(params.device, params.precision, ranks.local_rank)
     # The thread count is the caller's process-wide setting: set for this run, then given back, so
     # that what runs next (another test, another trial) starts from the state it expects.
-    with torch_threads(params.num_threads):
+    with torch_threads(params.num_threads), process_group(ranks, compute):
         return _train(model, train, validation, labels, params, pad_id, entity_types=entity_types,
-                      checkpoints=checkpoints, on_step=on_step)
+                      checkpoints=checkpoints, on_step=on_step, compute=compute, ranks=ranks)
 
 
 def _train(model, train: TokenizedSplit, validation: TokenizedSplit, labels: list[str], params: TrainParams,
            pad_id: int, *, entity_types: list[str] | None, checkpoints: Checkpointer | None,
-           on_step: StepHook | None) -> tuple[TrainResult, object]:
+           on_step: StepHook | None, compute: Compute, ranks: Ranks) -> tuple[TrainResult, object]:
     seed_everything(params.seed)
     token_level = train.token_level
     train = subsample(train, params.max_train_examples, params.seed)
     freeze(model, embeddings=params.freeze_embeddings, layers=params.freeze_layers)
     if params.lora.enabled:
         model = add_lora(model, params, token_level)
+    model.to(compute.device)
+    step_model = wrap(model, ranks, compute)  # DDP when there are several ranks
+    if ranks.distributed:
+        torch.manual_seed(params.seed + ranks.rank)  # each rank its own dropout draws
+    scaler = compute.grad_scaler()
+    say = tqdm.write if ranks.is_main else _silent
+    parallel = f", rank 0 of {ranks.world_size} data-parallel processes" if ranks.distributed else ""
+    say(f"training on {compute.device.type} ({compute.device_name}), {compute.precision}{parallel}")
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
-    weights = class_weights(train, len(labels)) if params.class_weights == "balanced" else None
+    weights = class_weights(train, len(labels)).to(compute.device) if params.class_weights == "balanced" else None
     metric = "entity_f1" if token_level else "macro_f1"
 
     steps_per_epoch = math.ceil(len(train) / params.batch_size)
     optimizer = _optimizer(model, params)
     scheduler = _scheduler(optimizer, params, steps_per_epoch * params.epochs)
     state = TrainingState()
-    resumed = checkpoints.restore(model, optimizer, scheduler, state) if checkpoints else False
+    resumed = checkpoints.restore(model, optimizer, scheduler, state, ranks.rank) if checkpoints else False
     resumed_from = state.global_step if resumed else None
     if resumed:
-        tqdm.write(f"resuming from the checkpoint at epoch {state.epoch}, step {state.step_in_epoch} "
+        say(f"resuming from the checkpoint at epoch {state.epoch}, step {state.step_in_epoch} "
                    f"(global step {state.global_step})")
     best_state = checkpoints.load_best() if resumed and checkpoints and state.best_epoch else None
 
@@ -281,16 +310,19 @@ def _train(model, train: TokenizedSplit, validation: TokenizedSplit, labels: lis
         epoch = state.epoch
         model.train()
         started, seconds_before = time.perf_counter(), state.seconds_in_epoch  # a resumed epoch counts its first part
-        batches = epoch_batches(train, params.batch_size, params.seed, epoch)
+        batches = shard(epoch_batches(train, params.batch_size, params.seed, epoch), ranks)
         progress = tqdm(batches, desc=f"epoch {epoch}/{params.epochs}", unit="batch", leave=True,
-                        initial=state.step_in_epoch)
+                        initial=state.step_in_epoch, disable=not ranks.is_main)
         for indices in batches[state.step_in_epoch:]:
-            batch = collate(train, indices, pad_id)
-            logits = model(**model_inputs(batch)).logits
-            loss = _loss(logits, batch["labels"], weights)
-            loss.backward()
+            batch = compute.batch(collate(train, indices, pad_id))
+            with compute.autocast():
+                logits = step_model(**model_inputs(batch)).logits
+            loss = _loss(logits.float(), batch["labels"], weights)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)  # clip the true gradients, not the fp16-scaled ones
             torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], params.max_grad_norm)
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             state.running_loss += loss.item()
@@ -300,40 +332,54 @@ def _train(model, train: TokenizedSplit, validation: TokenizedSplit, labels: lis
             progress.set_postfix(loss=f"{state.running_loss / state.step_in_epoch:.4f}")
             if checkpoints and params.checkpoint_every_steps and state.global_step % params.checkpoint_every_steps == 0:
                 state.seconds_in_epoch = seconds_before + time.perf_counter() - started
-                checkpoints.save(model, optimizer, scheduler, state)
+                _save_checkpoint(checkpoints, model, optimizer, scheduler, state, ranks)
             if on_step is not None:
                 on_step(state.global_step)
         progress.close()
         seconds = seconds_before + time.perf_counter() - started
-        scores = evaluate_split(model, validation, labels, params.eval_batch_size, pad_id, entity_types)
-        record = EpochRecord(epoch, state.running_loss / max(len(batches), 1), scores["loss"], scores["accuracy"],
+        scores = evaluate_split(model, validation, labels, params.eval_batch_size, pad_id, entity_types, compute)
+        train_loss = mean_over_ranks(state.running_loss / max(len(batches), 1), ranks)
+        record = EpochRecord(epoch, train_loss, scores["loss"], scores["accuracy"],
                              scores["macro_f1"], seconds, len(train) / seconds, scores.get("entity_f1"))
         state.history.append(asdict(record))
-        tqdm.write(f"epoch {epoch}: train_loss={record.train_loss:.4f} val_loss={record.validation_loss:.4f} "
+        say(f"epoch {epoch}: train_loss={record.train_loss:.4f} val_loss={record.validation_loss:.4f} "
                    f"val_accuracy={record.validation_accuracy:.4f} val_{metric}={scores[metric]:.4f}")
         if scores[metric] > state.best_score:
             state.best_score, state.best_epoch, state.epochs_without_improvement = scores[metric], epoch, 0
             best_state = _state_copy(model)
-            if checkpoints:
+            if checkpoints and ranks.is_main:
                 checkpoints.save_best(best_state)
         else:
             state.epochs_without_improvement += 1
             if params.early_stopping_patience and state.epochs_without_improvement >= params.early_stopping_patience:
                 state.stopped = True
-                tqdm.write(f"early stopping: no better val_{metric} for {state.epochs_without_improvement} epoch(s)")
+                say(f"early stopping: no better val_{metric} for {state.epochs_without_improvement} epoch(s)")
         state.epoch, state.step_in_epoch, state.running_loss, state.seconds_in_epoch = epoch + 1, 0, 0.0, 0.0
         if checkpoints:
-            checkpoints.save(model, optimizer, scheduler, state)
+            _save_checkpoint(checkpoints, model, optimizer, scheduler, state, ranks)
 
     model.load_state_dict(best_state)
+    model.to("cpu")  # saved, exported and served from the CPU, whatever trained it
     if params.lora.enabled:
         model = model.merge_and_unload()  # a plain model: export and serving need no peft
     result = TrainResult(
         history=[EpochRecord(**r) for r in state.history], best_epoch=state.best_epoch, train_examples=len(train),
         metric=metric, best_score=state.best_score, stopped_early=state.stopped, resumed_from_step=resumed_from,
-        trainable_parameters=trainable, total_parameters=total,
+        trainable_parameters=trainable, total_parameters=total, compute=compute.describe(),
     )
     return result, model
+
+
+def _save_checkpoint(checkpoints: Checkpointer, model, optimizer, scheduler, state: TrainingState,
+                     ranks: Ranks) -> None:
+    rng_by_rank = gather_rng_states(ranks)  # a collective: every rank takes part, rank 0 writes
+    if ranks.is_main:
+        checkpoints.save(model, optimizer, scheduler, state, rng_by_rank)
+    barrier(ranks)  # no rank runs ahead of a checkpoint that a resume would start from
+
+
+def _silent(*_: object, **__: object) -> None:
+    """What ranks other than 0 print: nothing (rank 0 speaks for all)."""
 
 
 def save_model(model, tokenizer, output_dir: Path) -> None:
