@@ -264,6 +264,11 @@ class ServiceSettings(_Section):
     # Sampled prediction log for drift monitoring: JSON lines {time, version, text, label, score}.
     prediction_log: Path | None = None
     prediction_log_sample_rate: float = Field(default=0.1, ge=0, le=1)
+    # A key for /predict and /invocations (and the paths in api_key_also_for): the NAME of the
+    # environment variable that holds it, never the key itself. Several keys, comma-separated, are all
+    # accepted: how a key is rotated without downtime (components/serving/api_key.py).
+    api_key_env: str | None = None
+    api_key_also_for: list[Literal["/metrics", "/metadata"]] = Field(default_factory=list)
 
 
 class ServeParams(ServiceSettings):

@@ -122,18 +122,19 @@ def answer_approval(layout: ProjectLayout, registry, decision: Literal["approve"
     pending = _pick_pending(registry, version)
     flow_run_id = pending.tags.get("approval_flow_run")
     approval = Approval(decision == "approve", by=by, comment=comment, how="person")
+    done = "approved" if approval.approved else "rejected"
     try:
         # The waiting run holds the project lock for as long as it lives. A free lock means it is
         # gone (crash, restart, Ctrl-C), so the decision is applied here instead.
         with exclusive_run(layout.run_lock, wait=False):
             previous = apply_decision(registry, pending.version, approval)
             if flow_run_id:
-                _close_abandoned_run(flow_run_id, f"process ended while paused; {decision}d later by {by}")
+                _close_abandoned_run(flow_run_id, f"process ended while paused; {done} later by {by}")
             was = f" (was v{previous})" if previous else ""
             outcome = f"v{pending.version} is champion{was}" if approval.approved else "champion unchanged"
-            return f"{decision}d v{pending.version} (its run had ended; applied here): {outcome}"
+            return f"{done} v{pending.version} (its run had ended; applied here): {outcome}"
     except RunInProgress:
         from prefect.flow_runs import resume_flow_run
 
         resume_flow_run(UUID(flow_run_id), run_input={"decision": decision, "by": by, "comment": comment})
-        return f"{decision}d v{pending.version}; its waiting run {flow_run_id} goes on"
+        return f"{done} v{pending.version}; its waiting run {flow_run_id} goes on"

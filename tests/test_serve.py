@@ -224,6 +224,11 @@ def test_bad_csv_gets_a_400_with_a_message(client, content):
     ("/invocations", json.dumps({"inputs": ["x" * (MAX_CHARS + 1)]}).encode(), 413),
     ("/predict", json.dumps({"texts": ["x" * 100] * 5, "padding": "y" * MAX_BODY}).encode(), 413),
     ("/predict", b"{\"texts\": [\"\xff\xfe not utf-8\"]}", 400),
+    ("/predict", b"{\"texts\": [\"ok\"], \"extra\": " + b"[" * 1_900 + b"]" * 1_900 + b"}", 400),
+    ("/invocations", b"{\"inputs\": " + b"[" * 1_900 + b"]" * 1_900 + b"}", 400),
+    ("/predict", b"{\"texts\": [\"\\ud800 lone surrogate\"]}", 400),
+    ("/predict", b"{\"text\": \"fine \\udfff\"}", 400),
+    ("/invocations", b"{\"inputs\": [\"\\ud83d\"]}", 400),
 ])
 def test_bad_requests_get_a_4xx_with_a_message(client, path, content, status):
     response = client.post(path, content=content, headers={"content-type": "application/json"})
@@ -251,3 +256,32 @@ def test_background_server_stops_on_exit(predictor):
         assert httpx.get(f"{url}/health", timeout=10).json() == {"status": "ok", "model_version": None}
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{url}/health", timeout=2)
+
+
+def test_an_api_key_guards_scoring_and_rotates_without_downtime(predictor, monkeypatch):
+    from components.config import ConfigError
+
+    monkeypatch.setenv("TUNEGATE_TEST_KEYS", "new-key-2026, old-key-2025")
+    settings = ServiceSettings(api_key_env="TUNEGATE_TEST_KEYS", api_key_also_for=["/metadata"])
+    with BackgroundServer(create_app(ServedModel(predictor, {"model_version": "3"}), settings)) as running, \
+            httpx.Client(base_url=running.url, timeout=30) as http:
+        body = {"texts": TEXTS}
+        missing = http.post("/predict", json=body)
+        wrong = http.post("/invocations", json={"inputs": TEXTS}, headers={"Authorization": "Bearer guess"})
+        assert (missing.status_code, wrong.status_code) == (401, 401)
+        assert "Authorization: Bearer" in missing.json()["message"] and missing.headers["www-authenticate"]
+        assert "guess" not in wrong.text
+        for key in ("new-key-2026", "old-key-2025"):  # during a rotation both are accepted
+            answer = http.post("/predict", json=body, headers={"Authorization": f"Bearer {key}"})
+            assert answer.status_code == 200 and [p["label"] for p in answer.json()["predictions"]] == EXPECTED
+        assert http.post("/invocations", json={"inputs": TEXTS}, headers={"X-API-Key": "new-key-2026"}).status_code == 200
+        assert http.get("/health").status_code == 200  # load balancers need no key
+        assert http.get("/metadata").status_code == 401 and http.get("/metrics").status_code == 200
+        assert "new-key" not in http.get("/metrics").text
+    monkeypatch.setenv("TUNEGATE_TEST_KEYS", "new-key-2026")  # rotation done: the old key is gone
+    with BackgroundServer(create_app(ServedModel(predictor, {}), settings)) as running:
+        old = httpx.post(f"{running.url}/predict", json={"texts": TEXTS}, headers={"X-API-Key": "old-key-2025"})
+        assert old.status_code == 401
+    monkeypatch.delenv("TUNEGATE_TEST_KEYS")
+    with pytest.raises(ConfigError, match="TUNEGATE_TEST_KEYS.*unset or empty"):
+        create_app(ServedModel(predictor, {}), settings)

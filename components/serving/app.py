@@ -27,6 +27,11 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from components.config import ServiceSettings
+from components.serving.api_key import (
+    ALWAYS_PROTECTED,
+    ApiKeyMiddleware,
+    keys_from_environment,
+)
 from components.serving.batcher import BatchAnswer, MicroBatcher, ServiceUnavailable
 from components.serving.holder import ModelHolder, ReloadStats, ServedModel
 from components.serving.metrics import PROMETHEUS_CONTENT_TYPE, ServiceMetrics
@@ -149,6 +154,9 @@ def create_app(model: ServedModel | ModelHolder, settings: ServiceSettings | Non
     app = FastAPI(title="tunegate classifier", version=holder.current().version or "unversioned", lifespan=lifespan)
     app.state.model_holder, app.state.batcher = holder, batcher
     app.state.metrics, app.state.settings = metrics, settings
+    if settings.api_key_env:  # inside the metrics middleware: refused requests are counted too
+        app.add_middleware(ApiKeyMiddleware, keys=keys_from_environment(settings.api_key_env),
+                           protected=ALWAYS_PROTECTED + tuple(settings.api_key_also_for))
     app.add_middleware(_RequestMetricsMiddleware, metrics=metrics)
 
     def error_response(request: Request, status_code: int, error_code: str, message: str,

@@ -52,6 +52,9 @@ async def read_json(request: Request, max_body_bytes: int) -> Any:
         return json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise BadRequest(f"request body is not valid JSON: {error}") from None
+    except RecursionError:  # the decoder recurses per level: a hostile body must not reach its limit as a 500
+        raise BadRequest("request body is nested too deeply; send a flat object such as "
+                         "{\"texts\": [\"some text\"]}") from None
 
 
 def is_csv(request: Request) -> bool:
@@ -104,7 +107,18 @@ def _checked_texts(texts: Any, where: str, max_texts: int) -> list[str]:
     for index, text in enumerate(texts):
         if not isinstance(text, str):
             raise BadRequest(f"{where}[{index}] is {type(text).__name__}; every text must be a string")
+        _check_unicode(text, f"{where}[{index}]")
     return texts
+
+
+def _check_unicode(text: str, where: str) -> None:
+    """JSON can escape a lone UTF-16 surrogate (\\ud800) that is no character: name it, not a 500."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise BadRequest(f"{where} has an unpaired surrogate U+{ord(text[error.start]):04X} at character "
+                         f"{error.start + 1}; every text must be valid Unicode (send the character itself, "
+                         "or a complete surrogate pair)") from None
 
 
 def texts_from_predict_body(body: Any, max_texts: int) -> list[str]:
@@ -116,6 +130,7 @@ def texts_from_predict_body(body: Any, max_texts: int) -> list[str]:
     if "text" in body:
         if not isinstance(body["text"], str):
             raise BadRequest(f"text must be a string, got {type(body['text']).__name__}")
+        _check_unicode(body["text"], "text")
         return [body["text"]]
     raise BadRequest("expected 'texts' (a list of strings) or 'text' (a string) in the request body")
 
