@@ -252,6 +252,9 @@ class ServiceSettings(_Section):
     max_texts_per_request: int = Field(default=256, ge=1)
     max_chars_per_text: int = Field(default=10_000, ge=1)
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1)
+    # A client gets this long to send its request headers after connecting (or after its previous
+    # answer), and then between body chunks: slower connections are closed, a slow body gets a 408.
+    request_timeout_s: float = Field(default=10.0, gt=0)
     # Micro-batching: one onnxruntime call takes up to max_batch_size texts from queued requests, waiting
     # at most max_wait_ms after the first for others to join. A larger request runs as a batch of its own.
     max_batch_size: int = Field(default=64, ge=1)

@@ -285,3 +285,50 @@ def test_an_api_key_guards_scoring_and_rotates_without_downtime(predictor, monke
     monkeypatch.delenv("TUNEGATE_TEST_KEYS")
     with pytest.raises(ConfigError, match="TUNEGATE_TEST_KEYS.*unset or empty"):
         create_app(ServedModel(predictor, {}), settings)
+
+
+def test_stalled_clients_delay_no_one_and_are_closed_after_the_request_timeout(predictor):
+    import socket
+    import time
+
+    settings = ServiceSettings(request_timeout_s=3.0)
+    with BackgroundServer(create_app(ServedModel(predictor, {}), settings)) as running, \
+            httpx.Client(base_url=running.url, timeout=30) as http:
+        def timed_request() -> float:
+            started = time.perf_counter()
+            assert http.post("/predict", json={"texts": TEXTS}).status_code == 200
+            return time.perf_counter() - started
+
+        alone = min(timed_request() for _ in range(3))
+        headers_stalled = [socket.create_connection(("127.0.0.1", running.port)) for _ in range(40)]
+        for sock in headers_stalled:
+            sock.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Ty")  # and nothing more
+        body_stalled = [socket.create_connection(("127.0.0.1", running.port)) for _ in range(10)]
+        for sock in body_stalled:
+            sock.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 100\r\n\r\n{\"texts\": [\"a fi")
+        beside_them = max(timed_request() for _ in range(3))
+        assert beside_them < alone + 0.5, (alone, beside_them)  # the stated bound: half a second
+
+        started = time.monotonic()
+        for sock in headers_stalled + body_stalled:
+            sock.settimeout(10)
+        def reply_of(sock: socket.socket) -> bytes:
+            """What the server sends until it closes, or until a whole 408 answer is in."""
+            received = b""
+            while b"REQUEST_TIMEOUT" not in received:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                received += chunk
+            return received
+
+        closed = [sock.recv(4096) for sock in headers_stalled]
+        answered = [reply_of(sock) for sock in body_stalled]
+        waited = time.monotonic() - started
+        assert closed == [b""] * 40  # the server hung up on each
+        assert all(reply.startswith(b"HTTP/1.1 408") and b"REQUEST_TIMEOUT" in reply for reply in answered), answered
+        assert waited < 3.0 + 5  # within the timeout, give or take the scheduler
+        assert http.get("/health").status_code == 200
+        for sock in headers_stalled + body_stalled:
+            sock.close()

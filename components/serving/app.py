@@ -23,7 +23,7 @@ from typing import Any, AsyncIterator, Protocol, Sequence
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from components.config import ServiceSettings
@@ -35,6 +35,7 @@ from components.serving.api_key import (
 from components.serving.batcher import BatchAnswer, MicroBatcher, ServiceUnavailable
 from components.serving.holder import ModelHolder, ReloadStats, ServedModel
 from components.serving.metrics import PROMETHEUS_CONTENT_TYPE, ServiceMetrics
+from components.serving.openapi import answers, invocations_body, predict_body
 from components.serving.prediction_log import PredictionLog
 from components.serving.request_bodies import (
     BadRequest,
@@ -180,8 +181,10 @@ def create_app(model: ServedModel | ModelHolder, settings: ServiceSettings | Non
 
     @app.exception_handler(Exception)
     async def _internal(request: Request, error: Exception) -> JSONResponse:
-        # Starlette still logs the traceback; the client gets JSON like every other error.
-        return error_response(request, 500, "INTERNAL_ERROR", f"{type(error).__name__}: {error}")
+        # A bug: its traceback goes to the server's log; the client learns nothing of the internals.
+        logger.error("%s %s failed", request.method, request.url.path, exc_info=error)
+        return error_response(request, 500, "INTERNAL_ERROR", "the service failed on this request (a bug, logged "
+                              "on the server); the request may be retried")
 
     async def predict(texts: list[str]) -> JSONResponse:
         check_text_lengths(texts, settings.max_chars_per_text)
@@ -192,12 +195,17 @@ def create_app(model: ServedModel | ModelHolder, settings: ServiceSettings | Non
         except ValueError as error:  # the predictor's word on an input it cannot take
             raise BadRequest(str(error)) from None
 
-    @app.post("/predict")
+    task = getattr(holder.current().predictor, "task", "sequence-classification")
+    documented = answers(task, bool(settings.api_key_env))
+
+    @app.post("/predict", openapi_extra=predict_body(settings), responses=documented, response_model=None,
+              summary="Label texts", response_description="a prediction per text")
     async def predict_endpoint(request: Request) -> JSONResponse:
         body = await read_json(request, settings.max_body_bytes)
         return await predict(texts_from_predict_body(body, settings.max_texts_per_request))
 
-    @app.post("/invocations")
+    @app.post("/invocations", openapi_extra=invocations_body(settings), responses=documented, response_model=None,
+              summary="Label texts (MLflow's scoring protocol)", response_description="a prediction per text")
     async def invocations(request: Request) -> JSONResponse:
         if is_csv(request):
             return await predict(await read_csv_texts(request, settings.max_body_bytes,
@@ -229,7 +237,9 @@ def create_app(model: ServedModel | ModelHolder, settings: ServiceSettings | Non
             "reloads": _reload_summary(holder.stats()),
         }), headers=_version_headers(served))
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse,
+              responses={200: {"content": {PROMETHEUS_CONTENT_TYPE.split(";")[0]: {}},
+                               "description": "Prometheus text exposition format"}})
     async def prometheus_metrics() -> Response:
         return Response(content=metrics.render(), media_type=PROMETHEUS_CONTENT_TYPE)
 

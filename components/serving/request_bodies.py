@@ -6,6 +6,7 @@ Every malformed request raises BadRequest, which the app answers with a 4xx and 
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
@@ -31,12 +32,14 @@ def error_json(status_code: int, error_code: str, message: str) -> JSONResponse:
 
 
 async def _read_body(request: Request, max_body_bytes: int) -> bytes:
-    """The body, refused as soon as it is known to be too big: never buffered beyond the limit."""
+    """The body, refused as soon as it is known to be too big (never buffered beyond the limit) or when
+    the client stops sending it for longer than the request timeout."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_body_bytes:
         raise BadRequest(f"request body is {declared} bytes; the limit is {max_body_bytes}", 413, "PAYLOAD_TOO_LARGE")
+    timeout_s = getattr(getattr(request.app.state, "settings", None), "request_timeout_s", None)
     chunks, size = [], 0
-    async for chunk in request.stream():
+    async for chunk in _chunks_within(request, timeout_s):
         size += len(chunk)
         if size > max_body_bytes:
             raise BadRequest(f"request body is over {max_body_bytes} bytes, the limit", 413, "PAYLOAD_TOO_LARGE")
@@ -50,11 +53,23 @@ async def read_json(request: Request, max_body_bytes: int) -> Any:
         raise BadRequest("empty request body; send JSON such as {\"texts\": [\"some text\"]}")
     try:
         return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    except ValueError as error:  # not JSON, not UTF-8, or an integer longer than Python converts (4,300 digits)
         raise BadRequest(f"request body is not valid JSON: {error}") from None
     except RecursionError:  # the decoder recurses per level: a hostile body must not reach its limit as a 500
         raise BadRequest("request body is nested too deeply; send a flat object such as "
                          "{\"texts\": [\"some text\"]}") from None
+
+
+async def _chunks_within(request: Request, timeout_s: float | None):
+    stream = request.stream().__aiter__()
+    while True:
+        try:
+            yield await asyncio.wait_for(stream.__anext__(), timeout_s)
+        except StopAsyncIteration:
+            return
+        except asyncio.TimeoutError:
+            raise BadRequest(f"the request body stopped arriving for {timeout_s:g} s "
+                             "(serve.request_timeout_s); send it whole", 408, "REQUEST_TIMEOUT") from None
 
 
 def is_csv(request: Request) -> bool:

@@ -7,6 +7,8 @@ import time
 
 from fastapi import FastAPI
 
+DEFAULT_REQUEST_TIMEOUT_S = 10.0  # an app without tunegate's settings (a test's bare FastAPI)
+
 
 class BackgroundServer:
     """Serve an app from a daemon thread, for tests and for a CLI that does other work meanwhile.
@@ -23,7 +25,7 @@ class BackgroundServer:
         self._startup_timeout_s = startup_timeout_s
         # lifespan on: the app's batcher and watchers start and stop with the server.
         self._server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level,
-                                                     lifespan="on"))
+                                                     lifespan="on", http=_protocol(app)))
         self._thread = threading.Thread(target=self._server.run, name="tunegate-http", daemon=True)
         self.port: int | None = None
 
@@ -69,4 +71,12 @@ def serve_forever(app: FastAPI, host: str = "127.0.0.1", port: int = 8000) -> No
     """Serve in the foreground until interrupted (Ctrl+C, SIGTERM)."""
     import uvicorn
 
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    uvicorn.run(app, host=host, port=port, log_level="info", http=_protocol(app))
+
+
+def _protocol(app: FastAPI):
+    """h11 with a deadline for slow clients (serve.request_timeout_s, from the app's settings)."""
+    from components.serving.slow_clients import deadline_protocol
+
+    settings = getattr(app.state, "settings", None)
+    return deadline_protocol(getattr(settings, "request_timeout_s", DEFAULT_REQUEST_TIMEOUT_S))
