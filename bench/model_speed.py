@@ -228,7 +228,12 @@ def main(argv: list[str] | None = None) -> int:
     throughput_ratio = onnx.throughput_b32 / torch_.throughput_b32
     latency_ratio = torch_.median_latency_b1_ms / onnx.median_latency_b1_ms
 
+    import onnxruntime
+
+    from components.model.compute import cpu_name
+
     print(f"model: {source}\n  onnx: {onnx_dir}\n  torch: {torch_dir}")
+    print(f"cpu: {cpu_name()} (onnxruntime {onnxruntime.__version__})")
     print(f"{len(texts)} texts, max_length {max_length}, {args.threads} threads each, {args.rounds} alternating rounds")
     print(f"{'':24}{'texts/s @32':>14}{'median ms @1':>15}")
     for name, timing in timings.items():

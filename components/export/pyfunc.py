@@ -8,6 +8,7 @@ character offsets into the text) for a token classifier (NER)."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -18,17 +19,22 @@ ONNX_ARTIFACT = "onnx"  # the key (and folder under artifacts/) of the exported 
 TEXT_COLUMN = "text"
 
 
-class TunegatePyfunc(PythonModel):
-    def load_context(self, context):
-        from components.export.predictor import load_predictor
+# MLflow checks a PythonModel's type hints when the class is defined and warns without them; the
+# model's signature (input: a text column) is its contract instead, set when it is saved.
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message=".*type hint", category=UserWarning)
 
-        # CPU unless the caller's environment says otherwise: MLflow's loader takes no providers.
-        self.predictor = load_predictor(Path(context.artifacts[ONNX_ARTIFACT]))
+    class TunegatePyfunc(PythonModel):
+        def load_context(self, context):
+            from components.export.predictor import load_predictor
 
-    # No type hints here: MLflow would read them as a schema; the signature is the model's own.
-    def predict(self, context, model_input, params=None):
-        texts = texts_of(model_input)
-        return pd.DataFrame(self.predictor.predict(texts), index=range(len(texts)))
+            # CPU unless the caller's environment says otherwise: MLflow's loader takes no providers.
+            self.predictor = load_predictor(Path(context.artifacts[ONNX_ARTIFACT]))
+
+        # No type hints here: MLflow would read them as a schema; the signature is the model's own.
+        def predict(self, context, model_input, params=None):
+            texts = texts_of(model_input)
+            return pd.DataFrame(self.predictor.predict(texts), index=range(len(texts)))
 
 
 def texts_of(model_input: Any) -> list[str]:
