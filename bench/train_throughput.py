@@ -329,24 +329,13 @@ def verdict(ok: bool) -> str:
 
 # --- main -----------------------------------------------------------------------------------------
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--params", type=Path, default=REPO / "params.yaml")
-    parser.add_argument("--splits-dir", type=Path, default=REPO / "artifacts" / "splits")
-    parser.add_argument("--train-examples", type=int, default=3000, help="training examples (default 3000)")
-    parser.add_argument("--epochs", type=int, default=1, help="epochs for both sides (default 1)")
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads for both sides (default 1)")
-    parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
-    args = parser.parse_args(argv)
-    quiet_environment()
-    bench_started = time.perf_counter()
-
+def prepare(args: argparse.Namespace):
+    """params, the train params of the bench, the model source and tokenizer, and the two splits."""
     import torch
     import transformers
 
     from components.config import load_params
     from components.data.preprocess import tokenize_split
-    from components.model.compute import cpu_name
     from components.model.modeling import load_tokenizer, resolve_model_source
 
     transformers.logging.set_verbosity_error()
@@ -356,14 +345,78 @@ def main(argv: list[str] | None = None) -> int:
     train_params, reset = bench_train_params(params, args.train_examples, args.epochs, args.threads)
     source = resolve_model_source(params.model.base_model)
     tokenizer = load_tokenizer(source)
-
     train_frame = sample_rows(read_split(args.splits_dir / "train.csv"), args.train_examples, train_params.seed)
     validation_frame = read_split(args.splits_dir / "validation.csv")
     train_dynamic = tokenize_split(train_frame, tokenizer, labels, max_length)
     validation_dynamic = tokenize_split(validation_frame, tokenizer, labels, max_length)
+    train_params = train_params.model_copy(update={"max_train_examples": len(train_dynamic)})
+    return (params, reset, train_params, source, tokenizer, labels, max_length, train_frame, validation_frame,
+            train_dynamic, validation_dynamic)
+
+
+def ddp_worker(args: argparse.Namespace) -> int:
+    """One rank of the data-parallel side (under torchrun): train, and on rank 0 score and write the figures."""
+    from components.model.distributed import launched_ranks
+
+    (params, _, train_params, source, tokenizer, labels, max_length, _, validation_frame, train_dynamic,
+     validation_dynamic) = prepare(args)
+    model = fresh_model(source, labels, train_params.seed)
+    side, model = run_tunegate(model, train_dynamic, validation_dynamic, labels, train_params, tokenizer.pad_token_id)
+    if launched_ranks().is_main:
+        side.metrics = score(model, tokenizer, validation_frame, labels, max_length, train_params.eval_batch_size)
+        side.metrics.pop("predicted")
+        args.ddp_worker.write_text(json.dumps({"examples": side.examples, "epochs": side.epochs,
+                                               "train_seconds": side.train_seconds, "metrics": side.metrics}))
+    return 0
+
+
+def run_ddp_side(args: argparse.Namespace, processes: int) -> SideResult:
+    """The same training as `processes` DDP ranks of args.threads threads each, launched by torchrun."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="train-throughput-ddp-") as scratch:
+        figures = Path(scratch) / "ddp.json"
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+                   str(Path(__file__).resolve()), "--params", str(args.params), "--splits-dir", str(args.splits_dir),
+                   "--train-examples", str(args.train_examples), "--epochs", str(args.epochs),
+                   "--threads", str(args.threads), "--ddp-worker", str(figures)]
+        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "GLOO_SOCKET_IFNAME": "lo"}
+        side = SideResult(f"tunegate-ddp{processes}", load_before=load_avg())
+        done = subprocess.run(command, env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"the DDP side failed:\n{done.stderr[-3000:]}")
+        result = json.loads(figures.read_text())
+    side.load_after = load_avg()
+    side.examples, side.epochs, side.train_seconds = result["examples"], result["epochs"], result["train_seconds"]
+    side.metrics, side.threads_seen = result["metrics"], args.threads
+    return side
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--params", type=Path, default=REPO / "params.yaml")
+    parser.add_argument("--splits-dir", type=Path, default=REPO / "artifacts" / "splits")
+    parser.add_argument("--train-examples", type=int, default=3000, help="training examples (default 3000)")
+    parser.add_argument("--epochs", type=int, default=1, help="epochs for both sides (default 1)")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads for both sides (default 1)")
+    parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    parser.add_argument("--processes", type=int, default=2, help="DDP ranks of the data-parallel side (0: skip it)")
+    parser.add_argument("--ddp-worker", type=Path, help=argparse.SUPPRESS)  # one rank of that side
+    args = parser.parse_args(argv)
+    quiet_environment()
+    bench_started = time.perf_counter()
+
+    import torch
+
+    from components.model.compute import cpu_name
+
+    if args.ddp_worker:
+        return ddp_worker(args)
+    (params, reset, train_params, source, tokenizer, labels, max_length, train_frame, validation_frame,
+     train_dynamic, validation_dynamic) = prepare(args)
     train_fixed = fixed_length_features(train_frame, tokenizer, labels, max_length)
     check_same_examples(train_dynamic, train_fixed)
-    train_params = train_params.model_copy(update={"max_train_examples": len(train_dynamic)})
     real_tokens = sum(len(ids) for ids in train_dynamic.input_ids)
 
     # tunegate
@@ -382,6 +435,9 @@ def main(argv: list[str] | None = None) -> int:
     bf16.metrics = score(model, tokenizer, validation_frame, labels, max_length, train_params.eval_batch_size)
     bf16.metrics.pop("predicted")
     del model
+
+    # tunegate as data-parallel ranks under torchrun (train.processes), each with --threads threads
+    ddp = run_ddp_side(args, args.processes) if args.processes > 1 else None
 
     # Trainer
     torch.set_num_threads(args.threads)
@@ -419,8 +475,10 @@ def main(argv: list[str] | None = None) -> int:
     print()
     header = f"{'':26}{'examples/s':>11}{'ex/CPU-s':>10}{'train s':>9}{'load avg':>14}{'val acc':>9}{'macro-F1':>10}"
     print(header)
-    for side, label in ((tunegate, "tunegate (dynamic pad)"), (bf16, "tunegate bf16 autocast"),
-                        (trainer, "Trainer (pad max_length)")):
+    rows = [(tunegate, "tunegate (dynamic pad)"), (bf16, "tunegate bf16 autocast")]
+    if ddp is not None:
+        rows.append((ddp, f"tunegate DDP x{args.processes}"))
+    for side, label in rows + [(trainer, "Trainer (pad max_length)")]:
         per_cpu = f"{side.examples_per_cpu_second:10.1f}" if side.examples_per_cpu_second else f"{'-':>10}"
         print(f"{label:26}{side.examples_per_second:11.1f}{per_cpu}{side.train_seconds:9.1f}"
               f"{f'{side.load_before:.2f}->{side.load_after:.2f}':>14}"
@@ -433,6 +491,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bf16 autocast vs fp32 (tunegate's loop, this CPU: {cpu_name()}): "
           f"{bf16.examples_per_second / tunegate.examples_per_second:.2f}x examples/s, validation accuracy "
           f"{100 * (bf16.metrics['accuracy'] - tunegate.metrics['accuracy']):+.2f} points")
+    if ddp is not None:
+        print(f"DDP x{args.processes} ({args.threads} thread(s) each) vs 1 process: "
+              f"{ddp.examples_per_second / tunegate.examples_per_second:.2f}x examples/s, validation accuracy "
+              f"{100 * (ddp.metrics['accuracy'] - tunegate.metrics['accuracy']):+.2f} points")
     print(f"validation accuracy difference: {accuracy_points:+.2f} points   "
           f"(target within {ACCURACY_TARGET_POINTS})  {verdict(abs(accuracy_points) <= ACCURACY_TARGET_POINTS)}")
     print(f"  macro-F1 difference: {f1_points:+.2f} points")
@@ -451,7 +513,7 @@ def main(argv: list[str] | None = None) -> int:
                                   "train_seconds": side.train_seconds, "train_cpu_seconds": side.train_cpu_seconds,
                                   "load_before": side.load_before, "load_after": side.load_after,
                                   "threads_seen": side.threads_seen, "validation": side.metrics, **side.extra}
-                      for side in (tunegate, bf16, trainer)},
+                      for side in (tunegate, bf16, trainer, *([ddp] if ddp else []))},
             "speed_ratio": speed, "speed_ratio_cpu": cpu_speed, "speed_target": SPEED_TARGET,
             "speed_pass": speed >= SPEED_TARGET,
             "accuracy_difference_points": accuracy_points, "macro_f1_difference_points": f1_points,
