@@ -289,6 +289,11 @@ def test_http_service_answers_with_entities(tagger, tmp_path):
         single = client.post("/predict", json={"text": "Mary met Wei in Lagos"})
         metadata = client.get("/metadata").json()
         metrics = client.get("/metrics").text
+        documented = client.get("/openapi.json").json()
+    answer = documented["paths"]["/predict"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert answer["$ref"].endswith("/EntityPredictions")  # the document describes entities for an NER model
+    assert set(documented["components"]["schemas"]["Entity"]["properties"]) == {"text", "type", "start", "end",
+                                                                                "score"}
     for response in (predicted, invoked, split, single):
         assert response.status_code == 200, response.text
         assert response.headers["x-model-version"] == "5" == response.json()["model_version"]

@@ -72,6 +72,15 @@ async def _chunks_within(request: Request, timeout_s: float | None):
                              "(serve.request_timeout_s); send it whole", 408, "REQUEST_TIMEOUT") from None
 
 
+def _text_column(columns: list, what: str) -> int:
+    """The position of the text: the `text` column, or the only column there is."""
+    if TEXT_COLUMN in columns:
+        return columns.index(TEXT_COLUMN)
+    if len(columns) == 1:
+        return 0
+    raise BadRequest(f"{what}; name the text column {TEXT_COLUMN!r}")
+
+
 def is_csv(request: Request) -> bool:
     return request.headers.get("content-type", "").split(";")[0].strip().lower() == "text/csv"
 
@@ -89,12 +98,7 @@ async def read_csv_texts(request: Request, max_body_bytes: int, max_texts: int) 
     if not rows:
         raise BadRequest("empty CSV body; send a header row 'text' and one row per text")
     header = rows[0]
-    if TEXT_COLUMN in header:
-        column = header.index(TEXT_COLUMN)
-    elif len(header) == 1:
-        column = 0
-    else:
-        raise BadRequest(f"CSV header {header} has no {TEXT_COLUMN!r} column")
+    column = _text_column(header, f"CSV header {header}")
     texts = []
     for number, row in enumerate(rows[1:], start=2):
         if len(row) != len(header):
@@ -170,12 +174,8 @@ def _texts_from_split(split: Any) -> list[Any]:
         column = 0
     elif not isinstance(columns, list) or not columns:
         raise BadRequest("dataframe_split.columns must be a non-empty list of column names")
-    elif TEXT_COLUMN in columns:
-        column = columns.index(TEXT_COLUMN)
-    elif len(columns) == 1:
-        column = 0
     else:
-        raise BadRequest(f"dataframe_split has columns {columns}; name the text column {TEXT_COLUMN!r}")
+        column = _text_column(columns, f"dataframe_split has columns {columns}")
     texts = []
     for index, row in enumerate(rows):
         if not isinstance(row, list) or len(row) <= column or (columns is not None and len(row) != len(columns)):
