@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import warnings
 from importlib import metadata
 from pathlib import Path
 
@@ -82,18 +81,15 @@ def save_mlflow_model(onnx_dir: Path, out_dir: Path, *, card: str) -> Path:
         for module in RUNTIME_MODULES:
             (runtime / module).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(PACKAGE_ROOT / module, runtime / module)
-        with warnings.catch_warnings():
-            # MLflow asks for type hints on predict again; the signature given here is the contract.
-            warnings.filterwarnings("ignore", message=".*type hint", category=UserWarning)
-            mlflow.pyfunc.save_model(
-                path=str(out_dir),
-                python_model=str(MODEL_CODE),
-                artifacts={ONNX_ARTIFACT: str(onnx_dir)},
-                code_paths=[str(runtime)],
-                signature=signature_for(task),
-                input_example=pd.DataFrame({TEXT_COLUMN: EXAMPLE_TEXTS[task]}),
-                pip_requirements=pip_requirements(),
-            )
+        mlflow.pyfunc.save_model(
+            path=str(out_dir),
+            python_model=str(MODEL_CODE),
+            artifacts={ONNX_ARTIFACT: str(onnx_dir)},
+            code_paths=[str(runtime)],
+            signature=signature_for(task),
+            input_example=pd.DataFrame({TEXT_COLUMN: EXAMPLE_TEXTS[task]}),
+            pip_requirements=pip_requirements(),
+        )
     (out_dir / MODEL_CARD_FILE).write_text(card, encoding="utf-8")
     return out_dir
 

@@ -8,7 +8,6 @@ character offsets into the text) for a token classifier (NER)."""
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -19,22 +18,20 @@ ONNX_ARTIFACT = "onnx"  # the key (and folder under artifacts/) of the exported 
 TEXT_COLUMN = "text"
 
 
-# MLflow checks a PythonModel's type hints when the class is defined and warns without them; the
-# model's signature (input: a text column) is its contract instead, set when it is saved.
-with warnings.catch_warnings():
-    warnings.filterwarnings("ignore", message=".*type hint", category=UserWarning)
+class TunegatePyfunc(PythonModel):
+    # MLflow would wrap predict for validation by its type hints, and warn without them; the model's
+    # contract is the signature it is saved with (input: a text column), which pyfunc enforces.
+    _skip_type_hint_validation = True
 
-    class TunegatePyfunc(PythonModel):
-        def load_context(self, context):
-            from components.export.predictor import load_predictor
+    def load_context(self, context):
+        from components.export.predictor import load_predictor
 
-            # CPU unless the caller's environment says otherwise: MLflow's loader takes no providers.
-            self.predictor = load_predictor(Path(context.artifacts[ONNX_ARTIFACT]))
+        # CPU unless the caller's environment says otherwise: MLflow's loader takes no providers.
+        self.predictor = load_predictor(Path(context.artifacts[ONNX_ARTIFACT]))
 
-        # No type hints here: MLflow would read them as a schema; the signature is the model's own.
-        def predict(self, context, model_input, params=None):
-            texts = texts_of(model_input)
-            return pd.DataFrame(self.predictor.predict(texts), index=range(len(texts)))
+    def predict(self, context, model_input, params=None):
+        texts = texts_of(model_input)
+        return pd.DataFrame(self.predictor.predict(texts), index=range(len(texts)))
 
 
 def texts_of(model_input: Any) -> list[str]:
