@@ -47,7 +47,8 @@ def run_with_approval(root: Path, decision: str, by: str, comment: str) -> dict:
         assert worker.is_alive(), "the flow ended without asking for approval"
         assert time.monotonic() < deadline, "no approval request within 10 minutes"
         time.sleep(1)
-    answer_approval(ProjectLayout(root), open_registry(root), decision, by=by, comment=comment)
+    said = answer_approval(ProjectLayout(root), open_registry(root), decision, by=by, comment=comment)
+    assert said.startswith({"approve": "approved v", "reject": "rejected v"}[decision]), said
     worker.join(timeout=300)
     assert not worker.is_alive()
     return outcome["result"]
