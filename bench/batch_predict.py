@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -30,7 +29,12 @@ from model_speed import add_model_arguments, load_texts, quiet_environment, reso
 
 
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    """This process's peak resident memory. VmHWM, not getrusage's ru_maxrss: that one survives exec,
+    so a child would report its parent's peak if it was higher."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024  # kB
+    return float("nan")
 
 
 def tunegate_side(onnx_dir: Path, texts_csv: Path, out: Path, threads: int) -> dict:
