@@ -29,7 +29,9 @@ def main(base: Path, out: Path, checkpoints: str, kill_at: int | None) -> None:
 
     ranks = launched_ranks()
     checkpoint_dir = out / f"checkpoints-rank{ranks.rank}" if checkpoints == "per-rank" else Path(checkpoints)
-    result, model = run(base, checkpoint_dir, kill_at_step=kill_at if ranks.is_main else None, epochs=2)
+    # Batch 8 per rank: the global batch of 16 takes as many steps per epoch as the one-process test job.
+    result, model = run(base, checkpoint_dir, kill_at_step=kill_at if ranks.is_main else None, epochs=3,
+                        batch_size=8)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"rank{ranks.rank}.json").write_text(json.dumps({
         "world_size": ranks.world_size, "digest": weights_digest(model), "best_score": result.best_score,

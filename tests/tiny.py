@@ -25,25 +25,31 @@ def sentiment_frame(n: int, seed: int = 0) -> pd.DataFrame:
 
 
 def build_tiny_base_model(directory: Path, corpus: list[str]) -> Path:
-    """A 2-layer BERT with a WordPiece vocabulary trained on `corpus`, saved with save_pretrained."""
+    """A 2-layer BERT with a WordPiece vocabulary built from `corpus`, saved with save_pretrained.
+
+    The vocabulary is built here, not by tokenizers' WordPieceTrainer: the trainer breaks ties between
+    equally frequent pieces by hash-map order, which Rust randomizes per process, so every test session
+    got another vocabulary (seen: two sessions, two tokenizer.json) and learning tests another model.
+    Here: the special tokens, every character alone and as a continuation piece, then the commonest
+    words (ties by spelling) up to VOCAB_SIZE; WordPiece splits any other word into characters."""
+    from collections import Counter
+
     import torch
-    from tokenizers import (
-        Tokenizer,
-        models,
-        normalizers,
-        pre_tokenizers,
-        processors,
-        trainers,
-    )
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
     torch.manual_seed(0)  # the same tiny model every session: test outcomes do not vary by draw
 
-    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    normalizer, pre_tokenizer = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
+    words = Counter(word for text in corpus
+                    for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tokenizer.train_from_iterator(corpus, trainers.WordPieceTrainer(vocab_size=400, special_tokens=specials))
+    characters = sorted({char for word in words for char in word})
+    pieces = specials + characters + [f"##{char}" for char in characters]
+    common = [word for word, _ in sorted(words.items(), key=lambda item: (-item[1], item[0])) if len(word) > 1]
+    pieces += common[:max(0, VOCAB_SIZE - len(pieces))]
+    tokenizer = Tokenizer(models.WordPiece({piece: i for i, piece in enumerate(pieces)}, unk_token="[UNK]"))
+    tokenizer.normalizer, tokenizer.pre_tokenizer = normalizer, pre_tokenizer
     cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
     tokenizer.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
@@ -58,6 +64,7 @@ def build_tiny_base_model(directory: Path, corpus: list[str]) -> Path:
     return directory
 
 
+VOCAB_SIZE = 400
 PERSONS = [["john", "smith"], ["mary"], ["ali", "khan"], ["wei"], ["anna", "berg"], ["pedro"]]
 PLACES = [["paris"], ["new", "york"], ["berlin"], ["lagos"], ["tokyo"], ["san", "diego"]]
 ORGS = [["acme", "corp"], ["globex"], ["initech"], ["united", "nations"], ["umbrella", "inc"]]
