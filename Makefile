@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 setup:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet -e ".[dev,dask,stack]"
 	$(BIN)/tunegate fetch
 	$(BIN)/tunegate ingest
 

@@ -8,6 +8,11 @@ Both sides take raw text (tokenization included, same tokenizer, same max_length
 and are timed in alternating rounds, so a colleague's job on the shared cores slows both alike.
 Reports throughput at batch 32, median latency at batch 1, and prediction agreement.
 Targets: >= 3x throughput at batch 32, >= 2x lower median latency at batch 1, agreement >= 99%.
+
+Then a GPU section, only where torch sees a CUDA device and onnxruntime has its CUDA provider:
+onnxruntime fp16 on CUDA (the export.precision: fp16 export of the same model; the champion's own export
+when it is fp16) vs PyTorch fp16 eager on CUDA, same texts, batch 1 and 32. Elsewhere it prints
+`GPU: not measured (...)` and no figure. `--gpu-only` skips the CPU section.
 """
 
 from __future__ import annotations
@@ -191,6 +196,98 @@ def agreement(onnx_predict: Callable, torch_predict: Callable, texts: list[str],
                      float(np.mean(alone.argmax(1) == together.argmax(1))), float(np.abs(alone - together).max()))
 
 
+# --- GPU: onnxruntime fp16 on CUDA vs PyTorch fp16 eager on CUDA ---------------------------------------
+
+CUDA_PROVIDERS = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def gpu_unavailable() -> str | None:
+    """Why the GPU section cannot run here, or None."""
+    import onnxruntime
+    import torch
+
+    if not torch.cuda.is_available():
+        return "no CUDA device"
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        return f"onnxruntime {onnxruntime.__version__} here has no CUDAExecutionProvider; install onnxruntime-gpu"
+    return None
+
+
+def fp16_export_dir(onnx_dir: Path, torch_dir: Path, max_length: int, scratch: Path) -> tuple[Path, str]:
+    """The champion's export if it is fp16, else an fp16 export of the same PyTorch model (made here)."""
+    from components.export.predictor import read_model_card
+    from components.export.to_onnx import export_onnx
+
+    if read_model_card(onnx_dir).precision == "fp16":
+        return onnx_dir, "the champion's own fp16 export"
+    result = export_onnx(torch_dir, scratch / "fp16", precision="fp16", max_length=max_length)
+    return result.out_dir, f"an fp16 export of {torch_dir} made for this run (the champion's export is not fp16)"
+
+
+def torch_cuda_fp16_fn(torch_dir: Path, max_length: int) -> Callable[[list[str]], np.ndarray]:
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(str(torch_dir)).eval().half().cuda()
+    tokenizer = AutoTokenizer.from_pretrained(str(torch_dir))
+
+    def predict(texts: list[str]):
+        batch = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        with torch.inference_mode():
+            logits = model(**{k: v.cuda(non_blocking=True) for k, v in batch.items()}).logits
+            return torch.softmax(logits.float(), dim=-1).cpu().numpy()  # .cpu() waits for the GPU
+
+    return predict
+
+
+def gpu_section(onnx_dir: Path, torch_dir: Path, texts: list[str], latency_texts: list[str], rounds: int) -> None:
+    reason = gpu_unavailable()
+    if reason:
+        print(f"GPU: not measured ({reason})")
+        return
+    import tempfile
+
+    import numpy as np
+    import torch
+
+    from components.export.predictor import OnnxTextClassifier, read_model_card
+
+    max_length = read_model_card(onnx_dir).max_length
+    with tempfile.TemporaryDirectory(prefix="tunegate-bench-fp16-") as scratch:
+        fp16_dir, origin = fp16_export_dir(onnx_dir, torch_dir, max_length, Path(scratch))
+        predictor = OnnxTextClassifier(fp16_dir, CUDA_PROVIDERS)
+        if predictor.providers[0] != "CUDAExecutionProvider":
+            print(f"GPU: not measured (onnxruntime could not start its CUDA provider; it runs on {predictor.providers})")
+            return
+
+        def ort_fn(grouping: bool) -> Callable[[list[str]], np.ndarray]:
+            def predict(batch: list[str]):
+                predictor.length_grouping = grouping
+                return predictor.predict_proba(batch, batch_size=len(batch))
+            return predict
+
+        predictors = {"onnxruntime fp16 cuda": ort_fn(True), "  same, one padded call": ort_fn(False),
+                      "pytorch fp16 cuda": torch_cuda_fp16_fn(torch_dir, max_length)}
+        for predict in predictors.values():  # CUDA kernels load and tune on first calls
+            for _ in range(3):
+                predict(texts[:32])
+                predict(texts[:1])
+        ort_probs, torch_probs = (batched_probabilities(predictors[name], texts, 32)
+                                  for name in ("onnxruntime fp16 cuda", "pytorch fp16 cuda"))
+        timings = measure(predictors, texts, latency_texts, rounds)
+
+    ort_t, torch_t = timings["onnxruntime fp16 cuda"], timings["pytorch fp16 cuda"]
+    print(f"GPU: {torch.cuda.get_device_name()} (CUDA {torch.version.cuda}); onnx: {origin}")
+    print(f"{len(texts)} texts, max_length {max_length}, {rounds} alternating rounds")
+    print(f"{'':24}{'texts/s @32':>14}{'median ms @1':>15}")
+    for name, timing in timings.items():
+        print(f"{name:24}{timing.throughput_b32:14.1f}{timing.median_latency_b1_ms:15.2f}")
+    print(f"throughput at batch 32: {ort_t.throughput_b32 / torch_t.throughput_b32:.2f}x, median latency at batch 1: "
+          f"{torch_t.median_latency_b1_ms / ort_t.median_latency_b1_ms:.2f}x lower (onnxruntime fp16 vs PyTorch fp16)")
+    print(f"agreement: {float(np.mean(ort_probs.argmax(1) == torch_probs.argmax(1))):.2%} of labels, "
+          f"max probability difference {float(np.abs(ort_probs - torch_probs).max()):.4f}")
+
+
 def verdict(ok: bool) -> str:
     return "PASS" if ok else "MISS"
 
@@ -206,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     # job ran). Pass --threads 2 (or more) on an idle machine.
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads for both runtimes (default 1)")
     parser.add_argument("--quick", action="store_true", help="a few seconds: 64 texts, 20 latency calls, 1 round")
+    parser.add_argument("--gpu-only", action="store_true", help="only the GPU section (fp16 on CUDA)")
     args = parser.parse_args(argv)
     if args.quick:
         args.texts, args.latency_texts, args.rounds = 64, 20, 1
@@ -213,17 +311,25 @@ def main(argv: list[str] | None = None) -> int:
 
     onnx_dir, torch_dir, source = resolve_model_dirs(args)
     texts = load_texts(args.texts_csv, args.texts)
+    if args.gpu_only:
+        print(f"model: {source}\n  onnx: {onnx_dir}\n  torch: {torch_dir}")
+        gpu_section(onnx_dir, torch_dir, texts, texts[:args.latency_texts], args.rounds)
+        return 0
     onnx_predict, padded_predict, max_length = onnx_predict_fns(onnx_dir, args.threads)
-    predictors = {"onnxruntime int8": onnx_predict,
+    from components.export.predictor import read_model_card
+
+    # The champion's own precision (int8 unless export.precision says otherwise), named as it is.
+    ort_name = f"onnxruntime {read_model_card(onnx_dir).precision}"
+    predictors = {ort_name: onnx_predict,
                   "  same, one padded call": padded_predict,
                   "pytorch fp32": torch_predict_fn(torch_dir, max_length, args.threads)}
     for predict in predictors.values():  # first calls allocate; keep them out of the figures
         predict(texts[:32])
         predict(texts[:1])
 
-    agreed = agreement(predictors["onnxruntime int8"], predictors["pytorch fp32"], texts, texts[:args.latency_texts])
+    agreed = agreement(predictors[ort_name], predictors["pytorch fp32"], texts, texts[:args.latency_texts])
     timings = measure(predictors, texts, texts[:args.latency_texts], args.rounds)
-    onnx, torch_ = timings["onnxruntime int8"], timings["pytorch fp32"]
+    onnx, torch_ = timings[ort_name], timings["pytorch fp32"]
     padded = timings["  same, one padded call"]
     throughput_ratio = onnx.throughput_b32 / torch_.throughput_b32
     latency_ratio = torch_.median_latency_b1_ms / onnx.median_latency_b1_ms
@@ -239,14 +345,15 @@ def main(argv: list[str] | None = None) -> int:
     for name, timing in timings.items():
         print(f"{name:24}{timing.throughput_b32:14.1f}{timing.median_latency_b1_ms:15.2f}")
     print(f"throughput at batch 32: {throughput_ratio:.2f}x   (target >= 3x)  {verdict(throughput_ratio >= 3)}")
-    print(f"  of which: int8 on the same padded batches as PyTorch {padded.throughput_b32 / torch_.throughput_b32:.2f}x, "
+    print(f"  of which: {ort_name} on the same padded batches as PyTorch {padded.throughput_b32 / torch_.throughput_b32:.2f}x, "
           f"then splitting each batch into calls of similar length {onnx.throughput_b32 / padded.throughput_b32:.2f}x")
     print(f"median latency at batch 1: {latency_ratio:.2f}x lower   (target >= 2x)  {verdict(latency_ratio >= 2)}")
     print(f"agreement: {agreed.labels:.2%} of labels, max probability difference {agreed.max_prob_diff:.4f}   "
           f"(target >= 99%)  {verdict(agreed.labels >= 0.99)}")
-    print(f"int8 batch effect (onnxruntime batch 1 vs batch 32, {args.latency_texts} texts): "
+    print(f"batch effect (onnxruntime batch 1 vs batch 32, {args.latency_texts} texts): "
           f"{agreed.batch_effect_labels:.2%} same label, "
           f"max probability difference {agreed.batch_effect_max_prob_diff:.4f}")
+    gpu_section(onnx_dir, torch_dir, texts, texts[:args.latency_texts], args.rounds)
     return 0
 
 

@@ -173,6 +173,11 @@ class SweepParams(_Section):
     seed: int = 0
     # Dotted train.* keys to the values to try, e.g. {"train.learning_rate": [5e-5, 1e-4]}.
     space: dict[str, list[Any]] = Field(default_factory=dict)
+    # Where the trials run: local (this process's threads, each trial training in a child process) or
+    # dask (one Dask task per trial: on the scheduler at `address`, else on a LocalCluster of
+    # max_concurrency worker processes started for the sweep).
+    runner: Literal["local", "dask"] = "local"
+    address: str = ""  # tcp://host:8786, runner dask only; its workers must see the project at the same path
 
     @model_validator(mode="after")
     def _space_is_train_params(self) -> "SweepParams":
@@ -184,6 +189,16 @@ class SweepParams(_Section):
                 raise ValueError(f"sweep.space: {key!r} has no values to try")
         if self.enabled and not self.space:
             raise ValueError("sweep.enabled is true but sweep.space is empty")
+        if self.address and self.runner != "dask":
+            raise ValueError(f"sweep.address is {self.address!r} but sweep.runner is {self.runner!r}: "
+                             "set sweep.runner: dask, or empty sweep.address")
+        if self.address:
+            from urllib.parse import urlsplit
+
+            parts = urlsplit(self.address)
+            if not parts.scheme or not parts.hostname or parts.port is None:
+                raise ValueError(f"sweep.address {self.address!r}: expected a Dask scheduler address "
+                                 "scheme://host:port, e.g. tcp://10.0.0.5:8786 (what `dask scheduler` prints)")
         return self
 
 
@@ -200,8 +215,32 @@ class GateParams(_Section):
     max_forgetting: float = Field(default=0.01, ge=0, le=1)
 
 
+EXPORT_PRECISIONS = ("int8", "fp16", "fp32")
+
+
+def resolve_export_precision(precision: str | None, quantize: bool | None) -> str:
+    """export.precision, given the old key export.quantize (`true`: int8, `false`: not int8, i.e. fp32
+    when precision is not set). Both set must agree; a contradiction is an error, never a guess."""
+    if precision is not None and precision not in EXPORT_PRECISIONS:
+        raise ValueError(f"export.precision must be one of {', '.join(EXPORT_PRECISIONS)}, got {precision!r}")
+    if quantize is None:
+        return precision or "int8"
+    if precision is None:
+        return "int8" if quantize else "fp32"
+    if quantize != (precision == "int8"):
+        raise ValueError(f"export.quantize: {str(quantize).lower()} contradicts export.precision: {precision} "
+                         "(quantize is the old spelling: true means int8, false means fp32 or fp16); "
+                         "remove export.quantize and keep export.precision")
+    return precision
+
+
 class ExportParams(_Section):
     opset: int = Field(default=17, ge=13)
+    # int8: the CPU export (the quantization plan below); fp16: the GPU export (the fp32 graph converted
+    # to fp16 weights and arithmetic, inputs and outputs unchanged); fp32: the exported graph as is.
+    precision: Literal["int8", "fp16", "fp32"] = "int8"
+    # The old key, kept so that existing params files work: after validation it always equals
+    # precision == "int8" (see resolve_export_precision).
     quantize: bool = True
     # The int8 scheme (components/export/quantize.py). Agreement with PyTorch on the default models' test
     # splits: per-token 99.2-99.8%, every text the same label alone or in any batch; per-block
@@ -216,6 +255,17 @@ class ExportParams(_Section):
     keep_float: list[str] = Field(default_factory=list)  # regexes of node names left float
     min_agreement: float = Field(default=0.99, ge=0, le=1)
     max_accuracy_drop: float = Field(default=0.01, ge=0, le=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _precision_and_quantize_agree(cls, values: Any) -> Any:
+        if not isinstance(values, dict):
+            return values
+        quantize = values.get("quantize")
+        if quantize is not None and not isinstance(quantize, bool):
+            return values  # not a boolean: the field's own validation says so
+        precision = resolve_export_precision(values.get("precision"), quantize)
+        return {**values, "precision": precision, "quantize": precision == "int8"}
 
     @model_validator(mode="after")
     def _block_size_fits(self) -> "ExportParams":
@@ -236,6 +286,17 @@ class RegistryParams(_Section):
     experiment: str = "tunegate"
     # None: MLFLOW_TRACKING_URI if set, else a SQLite file under <project>/mlflow/.
     tracking_uri: str | None = None
+
+    @model_validator(mode="after")
+    def _no_password_in_tracking_uri(self) -> RegistryParams:
+        # params.yaml is committed, tracked by DVC and logged to every MLflow run: no place for a password.
+        from components.redact import has_credentials, redact_uri
+
+        if has_credentials(self.tracking_uri):
+            raise ValueError(f"registry.tracking_uri carries a password ({redact_uri(self.tracking_uri)} with a login "
+                             "in it): params.yaml is committed and logged to MLflow. Give the URI without the login "
+                             "and put the login in MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD")
+        return self
 
 
 class ApprovalParams(_Section):

@@ -214,18 +214,22 @@ def export(layout: ProjectLayout, params: Params) -> None:
     calibration = train["text"].sample(n=min(params.export.calibration_texts, len(train)),
                                        random_state=params.train.seed).tolist()
     result = export_onnx(layout.model_dir, layout.onnx_dir, opset=params.export.opset,
-                         quantize=params.export.quantize, max_length=params.model.max_length,
+                         precision=params.export.precision, max_length=params.model.max_length,
                          plan=params.export.plan(), calibration_texts=calibration)
     scheme = f" {result.quantization}" if result.quantization else ""
-    print(f"exported {result.model_path} ({result.precision}{scheme}, {result.int8_bytes or result.fp32_bytes:,} "
-          f"bytes; fp32 {result.fp32_bytes:,}); fused: {result.fused_operators}")
+    fp16 = f"; largest fp32 activation {result.fp16_range_max:.4g} < 65504" if result.fp16_range_max is not None else ""
+    print(f"exported {result.model_path} ({result.precision}{scheme}, {result.model_bytes:,} "
+          f"bytes; fp32 {result.fp32_bytes:,}{fp16}); fused: {result.fused_operators}")
     test = pd.read_csv(layout.split_file("test"), dtype=str, keep_default_na=False)
     parity = check_parity(layout.model_dir, layout.onnx_dir, test["text"].tolist(), test["label"].tolist(),
                           max_length=params.model.max_length)
     layout.parity_file.parent.mkdir(parents=True, exist_ok=True)
     # Written whatever the figures: the gate judges them, so a failure is recorded with its numbers.
     layout.parity_file.write_text(json.dumps(parity.model_dump(), indent=2) + "\n")
-    print(f"parity: agreement={parity.agreement:.4f} accuracy_drop={parity.accuracy_drop:+.4f} (n={parity.n})")
+    print(f"parity ({parity.precision} on {', '.join(parity.providers)}): agreement={parity.agreement:.4f} "
+          f"accuracy_drop={parity.accuracy_drop:+.4f} (n={parity.n})")
+    if parity.note:
+        print(f"parity note: {parity.note}")
 
 
 STAGES: dict[str, Callable[[ProjectLayout, Params], None]] = {

@@ -29,6 +29,7 @@ from flows.approval import (
     auto_approval,
     wait_for_approval,
 )
+from flows.team_lock import model_lock
 
 ML_STAGES = ("validate", "preprocess", "adapt", "start", "train", "evaluate", "export")
 ONNX_OUT = "artifacts/onnx"
@@ -174,7 +175,7 @@ def register(registry, run_id: str, layout: ProjectLayout, tags: dict, passed: b
         registry.log_artifact(run_id, layout.model_dir, PYTORCH_ARTIFACT)
         card = render_model_card(registry.model_name, tags, json.loads(layout.parity_file.read_text()), gate_summary)
         with tempfile.TemporaryDirectory(prefix="tunegate-model-") as scratch:
-            # The version is an MLflow Model: pyfunc over the int8 ONNX export, with its card.
+            # The version is an MLflow Model: pyfunc over the ONNX export (int8, fp16 or fp32), with its card.
             model = save_mlflow_model(layout.onnx_dir, Path(scratch) / "model", card=card)
             version = registry.register(run_id, model, tags)
     if passed:
@@ -208,8 +209,13 @@ def retrain(
     """Retrain on the project's configured data and model; returns what happened and why."""
     layout = ProjectLayout(Path(project_dir).resolve())
     params = load_params(layout.params_file)
+    wait = (when_running or params.schedule.when_running) == "wait"
     try:
-        with exclusive_run(layout.run_lock, wait=(when_running or params.schedule.when_running) == "wait"):
+        # The project's file lock first, then the model's lock on the Prefect server (none with the
+        # ephemeral server). One order everywhere means no deadlock: a run waiting for the server's slot
+        # holds only its own project, and the slot's holder waits for nothing. It also keeps a second
+        # run in the same folder from ever reaching (and queueing on) the server.
+        with exclusive_run(layout.run_lock, wait=wait), model_lock(params.registry.model_name, layout.root, wait):
             return _retrain(layout, params, approval_profile or params.approval.profile)
     except RunInProgress as busy:
         print(f"skipped: {busy}")

@@ -2,14 +2,19 @@
 a time, each trial a nested MLflow run under the retraining run; the best trial by its validation
 metric becomes the train stage's result, so the chain goes on with it without training again.
 
-Call `run_sweep` between `dvc repro preprocess` and `dvc repro train`.
+Call `run_sweep` between `dvc repro preprocess` and `dvc repro train`. With sweep.runner: dask the trials
+are Dask tasks (prefect-dask's DaskTaskRunner), on the scheduler at sweep.address or on a LocalCluster
+started for the sweep; each still records its own nested MLflow run, from its worker process.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import shutil
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +22,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from components.config import Params
+from components.config import ConfigError, Params
 from components.layout import ProjectLayout
 from components.lifecycle.registry import ModelRegistry
 from components.lifecycle.tracking import flatten
@@ -40,6 +45,25 @@ from components.model.sweep import (
 PARENT_TAG = "mlflow.parentRunId"
 # MLflow's SQLite store takes one writer at a time; trials finishing together queue here instead.
 _mlflow_lock = threading.Lock()
+SQLITE_PREFIX = "sqlite:///"
+
+
+@contextmanager
+def _mlflow_writes(tracking_uri: str) -> Iterator[None]:
+    """One MLflow writer at a time on a SQLite store: threads of this process queue on _mlflow_lock, and
+    processes (trials on Dask workers) on an OS file lock beside the database, which the kernel releases
+    if a worker dies holding it. A tracking server needs neither and gets only the thread lock."""
+    with _mlflow_lock:
+        if not tracking_uri.startswith(SQLITE_PREFIX):
+            yield
+            return
+        database = Path(tracking_uri[len(SQLITE_PREFIX):].split("?", 1)[0])
+        with database.with_name(database.name + ".tunegate-lock").open("a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _log_history(registry: ModelRegistry, run_id: str, history_file: Path) -> None:
@@ -55,7 +79,7 @@ def sweep_trial(params: Params, layout: ProjectLayout, registry: ModelRegistry, 
     from components.model.sweep import params_with
 
     trial_params = params_with(params, overrides)
-    with _mlflow_lock:
+    with _mlflow_writes(registry.tracking_uri):
         run_id = registry.start_run(params.registry.experiment, trial_name(index), {
             PARENT_TAG: parent_run_id, "sweep_trial": str(index), "sweep_overrides": overrides,
             "mlflow.source.name": "tunegate sweep"})
@@ -66,11 +90,11 @@ def sweep_trial(params: Params, layout: ProjectLayout, registry: ModelRegistry, 
     try:
         result = train_trial(layout, params, index, overrides, threads, run_id=run_id)
     except BaseException as error:
-        with _mlflow_lock:
+        with _mlflow_writes(registry.tracking_uri):
             registry.set_run_tags(run_id, {"error": str(error)[-4000:]})
             registry.end_run(run_id, failed=True)
         raise
-    with _mlflow_lock:
+    with _mlflow_writes(registry.tracking_uri):
         _log_history(registry, run_id, result.history_file)
         registry.log_metrics(run_id, {"best_score": result.best_score, "best_epoch": result.best_epoch,
                                       "trial_seconds": result.seconds})
@@ -93,7 +117,7 @@ def _log_summary(registry: ModelRegistry, run_id: str, summary: dict) -> None:
     tags.update({f"sweep_best.{key}": value for key, value in summary["best_overrides"].items()})
     if summary.get("best_run_id"):
         tags["sweep_best_run_id"] = summary["best_run_id"]
-    with _mlflow_lock:
+    with _mlflow_writes(registry.tracking_uri):
         registry.set_run_tags(run_id, tags)
         per_trial = {f"sweep_{trial_name(row['trial']).replace('-', '_')}_best_score": row["best_score"]
                      for row in summary["trials"] if row.get("best_score") is not None}
@@ -103,8 +127,12 @@ def _log_summary(registry: ModelRegistry, run_id: str, summary: dict) -> None:
 
 
 @flow(name="tunegate-sweep", validate_parameters=False)
-def sweep_flow(params: Params, layout: ProjectLayout, registry: ModelRegistry, parent_run_id: str) -> dict:
-    """Run the trials (the task runner, set by run_sweep, bounds how many at once), apply the best."""
+def sweep_flow(params: Params, layout: ProjectLayout, registry: ModelRegistry, parent_run_id: str,
+               threads: int | None = None) -> dict:
+    """Run the trials (the task runner, set by run_sweep, bounds how many at once), apply the best.
+
+    threads: torch threads per trial (default: this machine's cores shared by the trials running at once).
+    """
     logger = get_run_logger()
     earlier = previous_summary(layout, params)
     if earlier is not None:
@@ -116,12 +144,13 @@ def sweep_flow(params: Params, layout: ProjectLayout, registry: ModelRegistry, p
         return earlier
 
     trials = check_trials(params)
-    threads = threads_per_trial(params.sweep.max_concurrency, len(trials))
+    threads = threads or threads_per_trial(params.sweep.max_concurrency, len(trials))
     directory = sweep_dir(layout)
     if directory.exists():
         shutil.rmtree(directory)  # the previous sweep's trials: none of them is comparable any more
-    logger.info("%s sweep: %d trials, at most %d at once, %d torch thread(s) each",
-                params.sweep.method, len(trials), params.sweep.max_concurrency, threads)
+    logger.info("%s sweep on %s: %d trials, at most %d at once, %d torch thread(s) each", params.sweep.method,
+                params.sweep.runner if not params.sweep.address else params.sweep.address, len(trials),
+                params.sweep.max_concurrency, threads)
     futures = [sweep_trial.submit(params, layout, registry, parent_run_id, index, overrides, threads)
                for index, overrides in enumerate(trials)]
 
@@ -159,5 +188,68 @@ def run_sweep(params: Params, layout: ProjectLayout, registry: ModelRegistry, pa
     SweepFailed when every trial failed, ConfigError when a trial's values are not valid settings.
     After it returns, reload params.yaml: its train.* values are the winner's.
     """
+    if params.sweep.runner == "dask":
+        return _run_on_dask(params, layout, registry, parent_run_id)
     runner = ThreadPoolTaskRunner(max_workers=params.sweep.max_concurrency)
     return sweep_flow.with_options(task_runner=runner)(params, layout, registry, parent_run_id)
+
+
+def prefect_api_url() -> tuple[str, bool]:
+    """The Prefect API this process talks to, and whether it is the ephemeral one Prefect started here
+    (no PREFECT_API_URL: a server subprocess on 127.0.0.1, started now if it was not yet)."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL
+
+    configured = PREFECT_API_URL.value()
+    if configured:
+        return configured.rstrip("/"), False
+    with get_client(sync_client=True) as client:
+        return str(client.api_url).rstrip("/"), True
+
+
+def _run_on_dask(params: Params, layout: ProjectLayout, registry: ModelRegistry, parent_run_id: str) -> dict:
+    """The sweep flow with a DaskTaskRunner. Every trial task reports to the flow's Prefect API: a worker
+    without one would start a temporary Prefect server of its own, and its task runs would be lost to
+    the flow. The flow runs with PREFECT_API_URL set to that API, and Prefect sends its settings along
+    with each task; a LocalCluster's workers also get it in their environment."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect_dask import DaskTaskRunner
+
+    from components.dask_cluster import cluster_shape, connect, is_loopback, local_cluster_kwargs
+
+    sweep = params.sweep
+    n_trials = len(check_trials(params))
+    if sweep.address and not PREFECT_API_URL.value():
+        raise ConfigError(
+            f"sweep.address {sweep.address}: the Dask workers need a Prefect server they can reach, and this "
+            "process runs Prefect's temporary one (no PREFECT_API_URL). Start one with `prefect server start "
+            "--host 0.0.0.0` and set PREFECT_API_URL=http://<its host>:4200/api here (and on the workers)")
+    api_url, _ = prefect_api_url()
+    if sweep.address:
+        logger = get_run_logger_or_print()
+        if is_loopback(api_url) and not is_loopback(sweep.address):
+            logger(f"PREFECT_API_URL {api_url} is on this machine only: workers on other machines will not reach it")
+        if registry.tracking_uri.startswith(SQLITE_PREFIX) and not is_loopback(sweep.address):
+            logger(f"MLflow tracking on SQLite ({registry.tracking_uri}): workers on other machines need it at the "
+                   "same path, and SQLite on a network file system is not safe; set MLFLOW_TRACKING_URI to a "
+                   "tracking server")
+        with connect(sweep.address) as client:  # reachable, with workers: or fail now, before any flow run
+            shape = cluster_shape(client)
+        threads = shape.threads_per_task
+        runner = DaskTaskRunner(address=sweep.address)
+    else:
+        workers = min(sweep.max_concurrency, n_trials)  # a worker more than trials would stay idle
+        threads = threads_per_trial(sweep.max_concurrency, n_trials)
+        runner = DaskTaskRunner(cluster_class="distributed.LocalCluster",
+                                cluster_kwargs=local_cluster_kwargs(workers, env={"PREFECT_API_URL": api_url}))
+    with temporary_settings({PREFECT_API_URL: api_url}):
+        return sweep_flow.with_options(task_runner=runner)(params, layout, registry, parent_run_id, threads=threads)
+
+
+def get_run_logger_or_print():
+    """Warnings go to the Prefect run's log inside a flow (the retrain flow calls run_sweep), else to stdout."""
+    try:
+        logger = get_run_logger()
+    except Exception:  # noqa: BLE001 - MissingContextError: called outside a flow run
+        return print
+    return logger.warning

@@ -4,7 +4,6 @@ component; nothing here holds pipeline logic."""
 from __future__ import annotations
 
 import argparse
-import getpass
 import os
 import sys
 from pathlib import Path
@@ -61,7 +60,9 @@ def cmd_run(args) -> int:
     if result["run_id"] is None:  # skipped: another run holds the project
         return 0
     print(f"  MLflow run {result['run_id']}")
-    print(f"  runs and models: mlflow ui --backend-store-uri {result['tracking_uri']}")
+    from components.redact import redact_uri
+
+    print(f"  runs and models: mlflow ui --backend-store-uri {redact_uri(result['tracking_uri'])}")
     print(f"  flow runs:       PREFECT_HOME={os.environ['PREFECT_HOME']} prefect server start")
     if args.no_serve:
         return 0
@@ -101,9 +102,19 @@ def cmd_predict(args) -> int:
     served = load_served_model(_open_registry(layout), layout.artifacts / "serving", params.serve.providers,
                                version=args.version)
     print(f"scoring {args.input} with {served.metadata['model_name']} v{served.version} into {args.output}")
-    summary = score_file(served.predictor, served.version or "", Path(args.input), Path(args.output),
-                         text_column=args.text_column or params.data.text_column, id_column=args.id_column,
-                         chunk_rows=args.chunk_rows)
+    options = {"text_column": args.text_column or params.data.text_column, "id_column": args.id_column,
+               "chunk_rows": args.chunk_rows}
+    if args.dask:
+        from components.dask_cluster import dask_client
+        from components.serving.dask_scoring import DaskChunkScorer
+
+        with dask_client(args.dask, local_workers=args.dask_workers) as client:
+            scorer = DaskChunkScorer(client, served.predictor.model_dir, params.serve.providers)
+            print(f"on Dask: {client.scheduler.address}, {scorer.window} chunks in flight at most")
+            summary = score_file(served.predictor, served.version or "", Path(args.input), Path(args.output),
+                                 scorer=scorer, **options)
+    else:
+        summary = score_file(served.predictor, served.version or "", Path(args.input), Path(args.output), **options)
     resumed = f" (resumed after record {summary.resumed_at:,})" if summary.resumed_at else ""
     print(f"{summary.records:,} records: {summary.scored:,} scored into {summary.output}{resumed}, "
           f"{summary.rejected:,} rejected" + (f" (see {summary.rejected_file})" if summary.rejected else ""))
@@ -216,13 +227,19 @@ def cmd_history(args) -> int:
 
 
 def cmd_rollback(args) -> int:
-    from_version, to_version = _open_registry(_layout(args)).rollback(by=args.by, reason=args.reason)
-    print(f"champion: v{from_version} -> v{to_version} (rollback by {args.by}: {args.reason})")
+    registry = _open_registry(_layout(args))
+    by = registry.actor(args.by)  # the MLflow login when the server checks logins
+    from_version, to_version = registry.rollback(by=by, reason=args.reason)
+    print(f"champion: v{from_version} -> v{to_version} (rollback by {by}: {args.reason})")
     return 0
 
 
 def cmd_promote(args) -> int:
+    from components.lifecycle.registry_auth import EDIT
+
     registry = _open_registry(_layout(args))
+    by = registry.actor(args.by)
+    registry.require(EDIT, f"promote v{args.version}")  # before the forced_promotion tag: a refusal changes nothing
     version = registry.version(args.version)
     gate = version.tags.get("gate", "unknown")
     if gate != "passed":
@@ -230,7 +247,7 @@ def cmd_promote(args) -> int:
             raise ConfigError(f"v{args.version} did not pass its gates (gate={gate}); "
                               "use --force --reason '...' to promote it anyway")
         registry.tag_version(args.version, {"forced_promotion": args.reason})
-    previous = registry.promote(args.version, by=args.by, reason=args.reason or "manual promotion")
+    previous = registry.promote(args.version, by=by, reason=args.reason or "manual promotion")
     print(f"champion: {'v' + previous.version if previous else 'none'} -> v{args.version}")
     return 0
 
@@ -251,6 +268,28 @@ def cmd_schedule(args) -> int:
     return 0
 
 
+def cmd_reproduce(args) -> int:
+    from components.lifecycle.reproduce import reproduce
+
+    layout = _layout(args)
+    registry = _open_registry(layout)
+    version = args.version or registry.aliases().get("champion")
+    if version is None:
+        raise LookupError(f"{registry.model_name} has no champion; name a version with --version")
+    print(f"reproducing {registry.model_name} v{version}: its params.yaml, dvc.lock and data.dvc, then dvc pull "
+          "and dvc repro")
+    result = reproduce(registry, version, layout)
+    print(f"code {result.git_commit}, data {result.data_hash}")
+    for key in result.registered:
+        print(f"  {key:<16} registered {result.registered[key]:.4f}  reproduced {result.reproduced[key]:.4f}")
+    if result.largest_difference() > args.tolerance:
+        print(f"differs by {result.largest_difference():.4f} (> --tolerance {args.tolerance}): other hardware or "
+              "library versions change float results; the reproduced model is in artifacts/")
+        return 1
+    print("reproduced")
+    return 0
+
+
 def cmd_stage(args) -> int:
     from components.stages import STAGES
 
@@ -266,6 +305,10 @@ def cmd_answer(args) -> int:
     print(answer_approval(layout, _open_registry(layout), args.command, by=args.by, comment=args.comment,
                           version=args.version))
     return 0
+
+
+BY_HELP = ("who acts, recorded on the version (default: your login name). When the MLflow server checks logins "
+           "(basic-auth) the MLflow user of MLFLOW_TRACKING_USERNAME is recorded and another --by is refused")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -306,12 +349,16 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--text-column", help="default: data.text_column of params.yaml")
     predict.add_argument("--id-column", help="written beside each prediction (default: the record number)")
     predict.add_argument("--chunk-rows", type=int, default=10_000, help="rows read and written at a time")
+    predict.add_argument("--dask", metavar="ADDRESS",
+                         help="score the chunks on a Dask cluster: a scheduler address (tcp://host:8786) or "
+                              "'local' for a LocalCluster on this machine")
+    predict.add_argument("--dask-workers", type=int, help="with --dask local: worker processes (default: one per core)")
     predict.set_defaults(handler=cmd_predict)
 
     for verb in ("approve", "reject"):
         answer = verbs.add_parser(verb, help=f"{verb} the model version a retraining run is waiting on")
         answer.add_argument("--version", help="the version to answer (default: the only one waiting)")
-        answer.add_argument("--by", default=getpass.getuser(), help="who answers (recorded on the version)")
+        answer.add_argument("--by", help=BY_HELP)
         answer.add_argument("--comment", default="", help="why (recorded on the version)")
         answer.set_defaults(handler=cmd_answer)
 
@@ -329,20 +376,31 @@ def build_parser() -> argparse.ArgumentParser:
     history.set_defaults(handler=cmd_history)
 
     rollback = verbs.add_parser("rollback", help="move champion back to the previous champion")
-    rollback.add_argument("--by", default=getpass.getuser())
+    rollback.add_argument("--by", help=BY_HELP)
     rollback.add_argument("--reason", required=True, help="why (recorded in the history)")
     rollback.set_defaults(handler=cmd_rollback)
 
     promote = verbs.add_parser("promote", help="make a registered version the champion")
     promote.add_argument("version")
-    promote.add_argument("--by", default=getpass.getuser())
+    promote.add_argument("--by", help=BY_HELP)
     promote.add_argument("--reason", help="why (recorded; required with --force)")
     promote.add_argument("--force", action="store_true", help="promote a version that failed its gates")
     promote.set_defaults(handler=cmd_promote)
 
+    reproduce = verbs.add_parser("reproduce", help="rebuild the champion (or --version) from its lineage: restore its "
+                                                   "params.yaml, dvc.lock and data.dvc, dvc pull, dvc repro")
+    reproduce.add_argument("--version", help="a registered version instead of the champion")
+    reproduce.add_argument("--tolerance", type=float, default=0.01,
+                           help="largest difference of test accuracy and macro-F1 still called reproduced")
+    reproduce.set_defaults(handler=cmd_reproduce)
+
     stage = verbs.add_parser("stage", help="run one ML stage (dvc.yaml calls these)")
     stage.add_argument("name", choices=["validate", "preprocess", "adapt", "start", "train", "evaluate", "export"])
     stage.set_defaults(handler=cmd_stage)
+
+    from tunegate.stack.commands import add_stack_parser
+
+    add_stack_parser(verbs)
     return parser
 
 
@@ -353,11 +411,13 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from components.data.readers import IngestError
     from components.data.validation.report import DataValidationError
     from components.lifecycle.locking import RunInProgress
+    from components.lifecycle.registry_auth import RegistryAccessError
     from components.lifecycle.versioning import VersioningError
     from components.serving.batch_scoring import BatchScoringError
+    from tunegate.stack.services import StackError
 
     return (ConfigError, LookupError, FileNotFoundError, AssetError, IngestError, DataValidationError, DriftFailure,
-            VersioningError, RunInProgress, BatchScoringError)
+            VersioningError, RunInProgress, BatchScoringError, RegistryAccessError, StackError)
 
 
 def main(argv: list[str] | None = None) -> int:

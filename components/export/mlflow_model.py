@@ -75,7 +75,8 @@ def save_mlflow_model(onnx_dir: Path, out_dir: Path, *, card: str) -> Path:
     import mlflow.pyfunc
 
     onnx_dir, out_dir = Path(onnx_dir), Path(out_dir)
-    task = read_model_card(onnx_dir).task
+    onnx_card = read_model_card(onnx_dir)
+    task = onnx_card.task
     with tempfile.TemporaryDirectory(prefix="tunegate-mlflow-code-") as scratch:
         runtime = Path(scratch) / "components"
         for module in RUNTIME_MODULES:
@@ -89,6 +90,8 @@ def save_mlflow_model(onnx_dir: Path, out_dir: Path, *, card: str) -> Path:
             signature=signature_for(task),
             input_example=pd.DataFrame({TEXT_COLUMN: EXAMPLE_TEXTS[task]}),
             pip_requirements=pip_requirements(),
+            # In the MLmodel file: what the graph in the artifacts is, without opening it.
+            metadata={"tunegate_precision": onnx_card.precision, "tunegate_quantization": onnx_card.quantization},
         )
     (out_dir / MODEL_CARD_FILE).write_text(card, encoding="utf-8")
     return out_dir

@@ -1,8 +1,18 @@
 """Does the exported model answer like the PyTorch one? Both run on the same labelled texts (the test
-split); the export gate reads agreement and accuracy drop from the report."""
+split); the export gate reads agreement and accuracy drop from the report.
+
+Every precision is judged the same way. The fp16 export, a GPU plan, runs on CUDA where there is a
+CUDA device; elsewhere on onnxruntime's CPU provider, which loads the fp16 graph but has no fp16
+kernels for most of its ops (MatMul, Gemm, Add, Attention...) and computes those in fp32 between
+casts. The report then says so (`note`, with the count of such nodes): the fp16 weights, inputs and
+outputs are what is judged, not the GPU's fp16 arithmetic; the export's range check (no tensor of
+the fp32 graph near fp16's limit) covers the overflow that arithmetic could add.
+"""
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -16,6 +26,7 @@ from components.export.predictor import (
     OnnxTextClassifier,
     OnnxTokenTagger,
     check_texts,
+    default_providers,
     softmax,
 )
 from components.export.to_onnx import (
@@ -41,11 +52,13 @@ class ParityReport(BaseModel):
     accuracy_drop: float  # torch_accuracy - onnx_accuracy, as a fraction
     max_abs_prob_diff: float
     mean_abs_prob_diff: float
-    precision: Literal["int8", "fp32"]
+    precision: Literal["int8", "fp16", "fp32"]
     max_length: int
     task: Task = SEQUENCE_CLASSIFICATION
     metric: Literal["accuracy", "entity_f1"] = "accuracy"  # what agreement and the accuracies measure
     tag_agreement: float | None = None  # NER: fraction of words given the same tag by both models
+    providers: list[str] = []  # where the exported graph ran (onnxruntime's session providers)
+    note: str | None = None  # what the check could not see (fp16 on a CPU), for the export log and the card
 
     def failures(self, *, min_agreement: float, max_accuracy_drop: float) -> list[str]:
         """Why the export should be refused under these limits; empty when it passes."""
@@ -65,8 +78,12 @@ def check_parity(
     *,
     batch_size: int = 64,
     max_length: int = 128,
+    providers: Sequence[str] | None = None,
 ) -> ParityReport:
     """Run the PyTorch model and the exported one (through the serving predictor) on labelled texts.
+
+    providers: onnxruntime providers for the export; default: CUDA for an fp16 export where there is a
+    CUDA device, else the CPU (predictor.default_providers).
 
     For a token classifier (read from the export's card) each text is a sentence's words joined by
     single spaces and each label the words' IOB2 tags joined the same way, as in the test split CSV.
@@ -83,11 +100,14 @@ def check_parity(
         raise ValueError("parity needs at least one labelled text")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    if read_model_card(Path(onnx_dir)).task == TOKEN_CLASSIFICATION:
+    card = read_model_card(Path(onnx_dir))
+    providers = list(providers) if providers is not None else default_providers(card.precision)
+    if card.task == TOKEN_CLASSIFICATION:
         return _token_parity(Path(model_dir), Path(onnx_dir), texts, labels, batch_size=batch_size,
-                             max_length=max_length)
+                             max_length=max_length, providers=providers)
 
-    predictor = OnnxTextClassifier(Path(onnx_dir), max_length=max_length)
+    # Off its hardware on purpose (fp16 without a GPU): the report's note says so instead of a warning.
+    predictor = OnnxTextClassifier(Path(onnx_dir), providers, max_length=max_length, warn_on_plan=False)
     model, tokenizer = load_torch_model(Path(model_dir), SEQUENCE_CLASSIFICATION)
     model_labels = labels_in_id_order(model)
     if model_labels != predictor.labels:
@@ -122,16 +142,57 @@ def check_parity(
         mean_abs_prob_diff=float(prob_diff.mean()),
         precision=predictor.card.precision,
         max_length=max_length,
+        providers=predictor.providers,
+        note=run_note(predictor),
     )
+
+
+def cpu_fp32_fallbacks(model_path: Path) -> tuple[Counter, int]:
+    """Nodes of an fp16 graph that onnxruntime's CPU provider computes in fp32 (by op type), and the
+    graph's node count. onnxruntime inserts a Cast to fp32 before each fp16 node it has no CPU kernel
+    for; the graph it actually runs (saved through optimized_model_filepath) shows them."""
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+
+    source = onnx.load(str(model_path))
+    with tempfile.TemporaryDirectory(prefix="tunegate-fp16-cpu-") as scratch:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        options.optimized_model_filepath = str(Path(scratch) / "as-run.onnx")
+        ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+        ran = onnx.load(options.optimized_model_filepath)
+    own = {node.name for node in source.graph.node}
+    to_fp32 = {node.output[0] for node in ran.graph.node
+               if node.op_type == "Cast" and node.name not in own
+               and any(a.name == "to" and a.i == onnx.TensorProto.FLOAT for a in node.attribute)}
+    fallbacks = Counter(node.op_type for node in ran.graph.node
+                        if node.op_type != "Cast" and any(name in to_fp32 for name in node.input))
+    return fallbacks, sum(node.op_type != "Cast" for node in ran.graph.node)
+
+
+def run_note(predictor) -> str | None:
+    """What the parity run could not judge: an fp16 export that ran without CUDA, else None."""
+    if predictor.card.precision != "fp16" or "CUDAExecutionProvider" in predictor.providers:
+        return None
+    from components.export.predictor import MODEL_FILE
+
+    fallbacks, nodes = cpu_fp32_fallbacks(predictor.model_dir / MODEL_FILE)
+    ops = ", ".join(f"{op} x{n}" for op, n in fallbacks.most_common())
+    return (f"fp16 judged on the CPU provider (no CUDA device here): onnxruntime computed {sum(fallbacks.values())} "
+            f"of its {nodes} nodes in fp32 for want of CPU fp16 kernels ({ops or 'none'}); fp16 weights, and the "
+            "fp16 tensors between the other nodes, were judged; fp16 arithmetic in those nodes is judged only "
+            "on a GPU (run the export stage there)")
 
 
 
 def _token_parity(model_dir: Path, onnx_dir: Path, texts: list[str], labels: list[str], *,
-                  batch_size: int, max_length: int) -> ParityReport:
+                  batch_size: int, max_length: int, providers: Sequence[str]) -> ParityReport:
     from components.entities import entity_scores
     from components.model.evaluate import predict_tag_proba_torch, split_joined
 
-    predictor = OnnxTokenTagger(onnx_dir, max_length=max_length)
+    predictor = OnnxTokenTagger(onnx_dir, providers, max_length=max_length, warn_on_plan=False)
     model, tokenizer = load_torch_model(model_dir, TOKEN_CLASSIFICATION)
     tags = labels_in_id_order(model)
     if tags != predictor.labels:
@@ -169,6 +230,8 @@ def _token_parity(model_dir: Path, onnx_dir: Path, texts: list[str], labels: lis
         task=TOKEN_CLASSIFICATION,
         metric="entity_f1",
         tag_agreement=same_tags / words if words else 1.0,
+        providers=predictor.providers,
+        note=run_note(predictor),
     )
 
 

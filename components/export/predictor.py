@@ -25,6 +25,7 @@ from components.entities import first_subtoken_positions
 MODEL_FILE = "model.onnx"
 MODEL_CARD = "tunegate-model.json"
 CPU_PROVIDER = "CPUExecutionProvider"
+CUDA_PROVIDER = "CUDAExecutionProvider"
 
 
 class ModelCard(BaseModel):
@@ -39,7 +40,7 @@ class ModelCard(BaseModel):
     # Token classification only: the entity types behind the tags (PER, LOC, ...), in data.labels order.
     entity_types: list[str] = Field(default_factory=list)
     max_length: int = Field(ge=1, description="tokens per text after truncation")
-    precision: Literal["int8", "fp32"]
+    precision: Literal["int8", "fp16", "fp32"]
     opset: int
     input_names: list[str] = Field(min_length=1)
     output_names: list[str] = ["logits"]
@@ -160,6 +161,44 @@ def length_groups(lengths: Sequence[int], call_cost: float = CALL_COST_TOKENS) -
     return groups[::-1]
 
 
+def cuda_device_count() -> int:
+    """CUDA devices the NVIDIA driver reports; 0 without a driver or a device.
+
+    onnxruntime-gpu lists its CUDA provider wherever it is installed, GPU or not, and asking for it on a
+    machine without one logs library load errors. The driver (libcuda) answers without torch and
+    without starting a provider."""
+    import ctypes
+
+    try:
+        driver = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return 0
+    count = ctypes.c_int(0)
+    if driver.cuInit(0) != 0 or driver.cuDeviceGetCount(ctypes.byref(count)) != 0:
+        return 0
+    return count.value
+
+
+def default_providers(precision: str) -> list[str]:
+    """Providers for a caller that names none (the pyfunc model, the parity gate): the fp16 export on
+    CUDA where there is a CUDA device and onnxruntime has the provider, everything else on the CPU."""
+    import onnxruntime as ort
+
+    if precision == "fp16" and CUDA_PROVIDER in ort.get_available_providers() and cuda_device_count() > 0:
+        return [CUDA_PROVIDER, CPU_PROVIDER]
+    return [CPU_PROVIDER]
+
+
+def fp16_on_cpu_warning(precision: str, providers: Sequence[str]) -> str | None:
+    """What to say when an fp16 export runs without CUDA, else None."""
+    if precision != "fp16" or CUDA_PROVIDER in providers:
+        return None
+    return ("this export is fp16, a plan for GPUs: onnxruntime's CPU provider has no fp16 kernels for most of "
+            "its ops (MatMul, Attention, Gemm, ...) and computes them in fp32 between casts, slower than the fp32 "
+            "export. Serve it with serve.providers [CUDAExecutionProvider, CPUExecutionProvider], or export "
+            "int8 (export.precision: int8) for CPUs.")
+
+
 def gpu_plan_warning(quantization: str | None, providers: Sequence[str]) -> str | None:
     """What to say when an int8 CPU plan is about to run on a GPU, else None.
 
@@ -171,8 +210,8 @@ def gpu_plan_warning(quantization: str | None, providers: Sequence[str]) -> str 
     if quantization is None or "CUDAExecutionProvider" not in providers:
         return None
     return (f"this export is {quantization} int8, a plan for CPUs: on the CUDA provider int8 MatMuls can fall "
-            "back to the CPU. For GPU serving export with export.quantize: false (per-token int8 vs fp32 on an "
-            "H100: 755 vs 3,545 texts/s).")
+            "back to the CPU. For GPU serving export with export.precision: fp16 (or fp32, the old "
+            "export.quantize: false; per-token int8 vs fp32 on an H100: 755 vs 3,545 texts/s).")
 
 
 class _OnnxModel:
@@ -188,7 +227,10 @@ class _OnnxModel:
         *,
         max_length: int | None = None,
         length_grouping: bool = True,
+        warn_on_plan: bool = True,
     ) -> None:
+        """warn_on_plan: False for callers that knowingly run an export off its hardware (the parity
+        gate on a machine without a GPU) and say so themselves."""
         from transformers import AutoTokenizer
 
         self.model_dir = Path(model_dir)
@@ -202,8 +244,9 @@ class _OnnxModel:
         self._tokenizer = AutoTokenizer.from_pretrained(str(self.model_dir), trust_remote_code=False)
         self._session = open_session(self.model_dir / MODEL_FILE, providers, intra_op_threads)
         self._input_names = [node.name for node in self._session.get_inputs()]
-        advice = gpu_plan_warning(self.card.quantization, self.providers)
-        if advice:
+        advice = (gpu_plan_warning(self.card.quantization, self.providers)
+                  or fp16_on_cpu_warning(self.card.precision, self.providers))
+        if advice and warn_on_plan:
             warnings.warn(f"{model_dir}: {advice}", RuntimeWarning, stacklevel=2)
         # A fast tokenizer rewrites its truncation/padding state when a call's settings differ from the
         # last call's; two threads doing that at once fail with "Already borrowed". Sessions are thread-safe.
@@ -336,9 +379,10 @@ class OnnxTokenTagger(_OnnxModel):
         *,
         max_length: int | None = None,
         length_grouping: bool = True,
+        warn_on_plan: bool = True,
     ) -> None:
         super().__init__(model_dir, providers, intra_op_threads, max_length=max_length,
-                         length_grouping=length_grouping)
+                         length_grouping=length_grouping, warn_on_plan=warn_on_plan)
         if OUTSIDE_TAG not in self.card.labels:
             raise ValueError(f"{model_dir}: the tags {self.card.labels} have no {OUTSIDE_TAG!r}")
         self._outside = self.card.labels.index(OUTSIDE_TAG)

@@ -24,10 +24,12 @@ class TunegatePyfunc(PythonModel):
     _skip_type_hint_validation = True
 
     def load_context(self, context):
-        from components.export.predictor import load_predictor
+        from components.export.predictor import default_providers, load_predictor, read_model_card
 
-        # CPU unless the caller's environment says otherwise: MLflow's loader takes no providers.
-        self.predictor = load_predictor(Path(context.artifacts[ONNX_ARTIFACT]))
+        # MLflow's loader takes no providers: the export's precision picks them. An fp16 export (the GPU
+        # plan) runs on CUDA where there is a CUDA device; int8, fp32 and fp16 without a GPU on the CPU.
+        onnx_dir = Path(context.artifacts[ONNX_ARTIFACT])
+        self.predictor = load_predictor(onnx_dir, providers=default_providers(read_model_card(onnx_dir).precision))
 
     def predict(self, context, model_input, params=None):
         texts = texts_of(model_input)

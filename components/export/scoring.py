@@ -23,19 +23,23 @@ def score_onnx_dir(onnx_dir: Path, test_csv: Path, labels: list[str]) -> dict:
     from components.export.predictor import (
         OnnxTextClassifier,
         OnnxTokenTagger,
+        default_providers,
         read_model_card,
     )
 
     test = pd.read_csv(test_csv, dtype=str, keep_default_na=False)
-    if read_model_card(Path(onnx_dir)).task == TOKEN_CLASSIFICATION:
-        tagger = OnnxTokenTagger(onnx_dir)
+    card = read_model_card(Path(onnx_dir))
+    # Where parity ran: an fp16 export on CUDA when there is one; the parity report already says so otherwise.
+    session = {"providers": default_providers(card.precision), "warn_on_plan": False}
+    if card.task == TOKEN_CLASSIFICATION:
+        tagger = OnnxTokenTagger(onnx_dir, **session)
         if list(tagger.entity_types) != list(labels):
             raise ValueError(f"{onnx_dir} tags entity types {tagger.entity_types}, the data has {labels}")
         sentences, _ = sentences_and_tags(test)
         probabilities = tagger.predict_word_proba(sentences)
         metrics, _ = evaluate_token_probabilities(test, probabilities, tagger.labels, list(labels))
         return metrics
-    classifier = OnnxTextClassifier(onnx_dir)
+    classifier = OnnxTextClassifier(onnx_dir, **session)
     if list(classifier.labels) != list(labels):
         raise ValueError(f"{onnx_dir} predicts labels {list(classifier.labels)}, the data has {labels}")
     probabilities = classifier.predict_proba(test["text"].tolist())

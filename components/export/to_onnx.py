@@ -1,5 +1,6 @@
-"""A fine-tuned classifier or token classifier (NER) to a self-contained ONNX directory (int8 by
-default). The check that it still answers like the PyTorch model is components.export.parity.
+"""A fine-tuned classifier or token classifier (NER) to a self-contained ONNX directory: int8 (the
+default, for CPUs), fp16 (for GPUs) or fp32. The check that it still answers like the PyTorch model is
+components.export.parity.
 
 The export directory holds everything a server needs to label raw text and nothing it must trust:
 `model.onnx`, the tokenizer files and a JSON card (task, labels, max_length, precision, opset, inputs).
@@ -37,6 +38,15 @@ TRACE_TEXTS = ["a short text", "a somewhat longer text, so that the traced batch
 # the graph computes something else (a shape baked in by tracing, a wrong fusion).
 FP32_LOGIT_TOLERANCE = 1e-3
 PROGRESS_MIN_BATCHES = 4
+FP16_MAX = 65504.0  # the largest finite float16
+# Additive attention masks in an exported BERT are float32's lowest value (-3.4e38, "minus infinity"),
+# which the fp16 converter clamps to -65504 on purpose: such sentinels are not activations.
+MASK_SENTINEL = 1e30
+# The fp16 range check runs the fp32 graph with every intermediate tensor as an output: a few texts at a
+# time keep that memory small.
+RANGE_CHECK_TEXTS = 128
+RANGE_CHECK_BATCH = 4
+Precision = Literal["int8", "fp16", "fp32"]
 
 
 class ExportError(RuntimeError):
@@ -47,7 +57,7 @@ class ExportResult(BaseModel):
     out_dir: Path
     model_path: Path
     card_path: Path
-    precision: Literal["int8", "fp32"]
+    precision: Precision
     opset: int
     max_length: int
     labels: list[str]
@@ -56,9 +66,12 @@ class ExportResult(BaseModel):
     fused_operators: dict[str, int]
     fp32_bytes: int
     int8_bytes: int | None
+    model_bytes: int = 0  # the shipped model.onnx, whatever its precision
     task: Task = SEQUENCE_CLASSIFICATION
     entity_types: list[str] = []  # token classification: the types behind the tags in `labels`
-    quantization: str | None = None  # the int8 scheme (components/export/quantize.py); None for fp32
+    quantization: str | None = None  # the int8 scheme (components/export/quantize.py); None for fp16 and fp32
+    # fp16: the largest |value| of any tensor in the fp32 graph on the range-check texts (must stay < 65504).
+    fp16_range_max: float | None = None
 
 
 def default_max_length(tokenizer, config) -> int:
@@ -185,6 +198,47 @@ def fuse_bert_graph(fp32_path: Path, out_path: Path, config) -> dict[str, int]:
         return {}
 
 
+def largest_activation(fp32_path: Path, feeds: list[dict[str, np.ndarray]]) -> tuple[float, str]:
+    """The largest |value| of any float tensor the fp32 graph computes on `feeds`, and its tensor's name.
+
+    fp16 overflows past 65504 (to inf, then NaN): attention scores or feed-forward activations beyond
+    that would break the fp16 graph on a GPU even where the CPU, which computes most fp16 ops in fp32,
+    shows nothing wrong. Run on the plain graph, whose attention scores are tensors of their own.
+    Mask sentinels (|value| >= MASK_SENTINEL) are left out; a NaN anywhere counts as infinite."""
+    import onnx
+    import onnxruntime as ort
+
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(fp32_path)))
+    floats = {info.name for info in model.graph.value_info if info.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
+    outputs = {output.name for output in model.graph.output}
+    for name in sorted(floats - outputs):
+        model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [output.name for output in session.get_outputs()]
+    largest, where = 0.0, ""
+    for feed in feeds:
+        for name, value in zip(names, session.run(names, feed)):
+            value = np.abs(np.asarray(value, dtype=np.float32))
+            if np.isnan(value).any():
+                return float("inf"), name
+            value = value[value < MASK_SENTINEL]
+            if value.size and float(value.max()) > largest:
+                largest, where = float(value.max()), name
+    return largest, where
+
+
+def convert_to_fp16(fp32_path: Path, out_path: Path) -> None:
+    """Weights and arithmetic in fp16, graph inputs (token ids) and output (fp32 logits) unchanged, so
+    the predictor feeds and reads it like the other exports. onnxruntime's converter with symbolic
+    shape inference, which also types its fused contrib ops (Attention, SkipLayerNormalization)."""
+    import onnx
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    model = OnnxModel(onnx.load(str(fp32_path)))
+    model.convert_float_to_float16(keep_io_types=True)
+    onnx.save(model.model, str(out_path))
+
+
 def _check_replaceable(out_dir: Path) -> None:
     if not out_dir.exists():
         return
@@ -207,12 +261,13 @@ def export_onnx(
     out_dir: Path,
     *,
     opset: int = 17,
-    quantize: bool = True,
+    quantize: bool | None = None,
     max_length: int | None = None,
     optimize: bool = True,
     plan: QuantizationPlan = QuantizationPlan(),
     task: Task | None = None,
     calibration_texts: Sequence[str] = (),
+    precision: Precision | None = None,
 ) -> ExportResult:
     """Export a saved sequence classifier or token classifier to `out_dir`, replacing an earlier export there.
 
@@ -222,9 +277,19 @@ def export_onnx(
         onnxruntime's session fuses what it can when it loads the model.
     task: "sequence-classification" or "token-classification"; default: read from the saved config.
     calibration_texts: texts like the training data (a sample of its training split) on which the
-        per-token plan measures activation ranges; without them, a few built-in probe texts.
+        per-token plan measures activation ranges and the fp16 export checks its range; without them,
+        a few built-in probe texts.
+    precision: "int8" (default), "fp16" or "fp32"; `quantize` is the old spelling (True: int8,
+        False: fp32), and both given must agree.
     """
+    from components.config import resolve_export_precision
     from components.entities import entity_types_of
+
+    try:
+        precision = resolve_export_precision(precision, quantize)  # type: ignore[assignment]
+    except ValueError as error:
+        raise ExportError(str(error)) from None
+    quantize = precision == "int8"
 
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     _check_replaceable(out_dir)
@@ -262,6 +327,17 @@ def export_onnx(
                                   RuntimeWarning, stacklevel=2)
                     fused = {}
         fp32_bytes = graph_path.stat().st_size
+        fp16_range_max = None
+        if precision == "fp16":
+            texts = (list(calibration_texts) or [t for batch in probe_batches(max_length) for t in batch])
+            texts = texts[:RANGE_CHECK_TEXTS]
+            feeds = [encode(tokenizer, texts[start:start + RANGE_CHECK_BATCH], input_names, max_length)
+                     for start in range(0, len(texts), RANGE_CHECK_BATCH)]
+            fp16_range_max, where = largest_activation(scratch / "fp32.onnx", feeds)
+            if not fp16_range_max < FP16_MAX:
+                raise ExportError(f"the fp32 graph reaches |{fp16_range_max:.4g}| at {where!r} on {len(texts)} texts, "
+                                  f"beyond fp16's largest value {FP16_MAX:.0f}: the fp16 export would overflow; "
+                                  "export with export.precision: fp32 (or int8 for CPUs)")
 
         staged = scratch / "export"
         staged.mkdir()
@@ -271,12 +347,16 @@ def export_onnx(
             calibration = [encode(tokenizer, texts[start:start + 32], input_names, max_length)
                            for start in range(0, len(texts), 32)] if plan.needs_calibration else []
             quantize_int8(graph_path, model_path, plan, calibration)
+        elif precision == "fp16":
+            convert_to_fp16(graph_path, model_path)
         else:
             shutil.copyfile(graph_path, model_path)
-        onnx_logits(model_path, probes[:1])  # the shipped file loads and runs
+        shipped = onnx_logits(model_path, probes[:1])  # the shipped file loads and runs
+        if not all(np.isfinite(logits).all() for logits in shipped):
+            raise ExportError(f"the {precision} graph gives non-finite logits on a probe text")
         tokenizer.save_pretrained(str(staged))
         write_model_card(staged, ModelCard(
-            task=task, labels=labels, entity_types=entity_types, max_length=max_length, precision="int8" if quantize else "fp32", opset=opset,
+            task=task, labels=labels, entity_types=entity_types, max_length=max_length, precision=precision, opset=opset,
             input_names=input_names, output_names=["logits"], graph_optimized=bool(fused),
             word_shapes=uses_word_shapes(model.config), quantization=plan.scheme if quantize else None,
         ))
@@ -287,7 +367,7 @@ def export_onnx(
         out_dir=out_dir,
         model_path=out_dir / MODEL_FILE,
         card_path=out_dir / MODEL_CARD,
-        precision="int8" if quantize else "fp32",
+        precision=precision,
         opset=opset,
         max_length=max_length,
         labels=labels,
@@ -296,7 +376,9 @@ def export_onnx(
         fused_operators=fused,
         fp32_bytes=fp32_bytes,
         int8_bytes=shipped_bytes if quantize else None,
+        model_bytes=shipped_bytes,
         task=task,
         entity_types=entity_types,
         quantization=plan.scheme if quantize else None,
+        fp16_range_max=fp16_range_max,
     )

@@ -1,7 +1,8 @@
 """Gate: decide whether a challenger may go on towards production, and say why.
 
-The challenger is judged as it will be served (the int8 ONNX model), on thresholds, on its parity
-with the PyTorch model, and against the current champion re-scored on the same test rows.
+The challenger is judged as it will be served (the ONNX export at export.precision: int8, fp16 or
+fp32), on thresholds, on its parity with the PyTorch model, and against the current champion re-scored
+on the same test rows.
 """
 
 from __future__ import annotations
@@ -56,14 +57,23 @@ def decide(
     if "entity_f1" in challenger:
         checks.append(_at_least("min_entity_f1", challenger["entity_f1"], gate.min_entity_f1,
                                 "test entity F1 (exact span and type)"))
+    # Parity reports written before fp16 existed carry no precision: they were int8 or fp32 exports.
+    precision = parity.get("precision", "int8")
+    where = f" on {', '.join(parity['providers'])}" if parity.get("providers") else ""
     checks += [
         _at_least("export_agreement", parity["agreement"], export.min_agreement,
-                  "int8 ONNX vs PyTorch prediction agreement"),
+                  f"{precision} ONNX{where} vs PyTorch prediction agreement"),
         GateCheck(name="export_accuracy_drop", passed=parity["accuracy_drop"] <= export.max_accuracy_drop,
                   value=parity["accuracy_drop"], threshold=export.max_accuracy_drop,
-                  detail=f"accuracy drop from quantization {parity['accuracy_drop']:+.4f} "
-                         f"(allowed <= {export.max_accuracy_drop:.4f})"),
+                  detail=f"accuracy drop from the {precision} export {parity['accuracy_drop']:+.4f} "
+                         f"(allowed <= {export.max_accuracy_drop:.4f})"
+                         + (f"; {parity['note']}" if parity.get("note") else "")),
     ]
+    if "precision" in parity and precision != export.precision:
+        # A parity report of another export than the one configured judges nothing about this one.
+        checks.append(GateCheck(name="export_precision", passed=False, value=0.0, threshold=0.0,
+                                detail=f"the parity report is of a {precision} export, export.precision is "
+                                       f"{export.precision}: export again (`dvc repro export`)"))
     if champion is None:
         checks.append(GateCheck(name="vs_champion", passed=True, value=0.0, threshold=0.0,
                                 detail="no champion yet: judged on thresholds alone"))

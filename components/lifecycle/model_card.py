@@ -13,8 +13,15 @@ INTENDED_USE = {
                             "offsets, the way the training data tagged them.",
 }
 LIMITS = ("Judged only on the test split of the data listed here: text from another domain, period or language "
-          "may score lower; the drift checks and `tunegate monitor` watch for that. Predictions are the int8 ONNX "
-          "model's, which the parity check compared with the PyTorch model it was exported from.")
+          "may score lower; the drift checks and `tunegate monitor` watch for that. Predictions are the {precision} "
+          "ONNX model's, which the parity check compared with the PyTorch model it was exported from.")
+# What each export precision is for (export.precision in params.yaml).
+PRECISION_USE = {
+    "int8": "int8 weights and matrix products, for CPUs (onnxruntime's CPU provider).",
+    "fp16": "fp16 weights and arithmetic, for GPUs: serve with the CUDA provider "
+            "(serve.providers: [CUDAExecutionProvider, CPUExecutionProvider]).",
+    "fp32": "the exported fp32 graph, unrounded; runs on CPUs and GPUs.",
+}
 
 
 def _listed(value: Any) -> str:
@@ -34,9 +41,13 @@ def render_model_card(model_name: str, tags: dict[str, Any], parity: dict[str, A
                for name, value in tags.items() if name.startswith("test_") and name != "test_rows"]
     agreement = parity.get("agreement")
     drop = parity.get("accuracy_drop")
+    precision = str(parity.get("precision", "int8"))  # reports from before fp16 carry none: int8 or fp32
+    where = f", on {', '.join(parity['providers'])}" if parity.get("providers") else ""
     parity_line = (f"Agreement with the PyTorch model {agreement:.4f}, {parity.get('metric', 'accuracy')} drop "
-                   f"{drop:.4f}, on {parity.get('n')} test rows ({parity.get('precision', 'int8')})."
+                   f"{drop:.4f}, on {parity.get('n')} test rows ({precision}{where})."
                    if isinstance(agreement, float) and isinstance(drop, float) else "Not recorded.")
+    if parity.get("note"):
+        parity_line += f" Note: {parity['note']}."
     return "\n".join([
         "---",
         "library_name: onnxruntime",
@@ -54,6 +65,8 @@ def render_model_card(model_name: str, tags: dict[str, Any], parity: dict[str, A
         "",
         f"Labels: {_listed(tags.get('labels', []))}.",
         "",
+        f"Precision: **{precision}**: {PRECISION_USE.get(precision, '')}",
+        "",
         "## Training data and code",
         "",
         f"- base model: `{tags.get('base_model', 'unknown')}`",
@@ -61,7 +74,7 @@ def render_model_card(model_name: str, tags: dict[str, Any], parity: dict[str, A
         f"- batches: {_listed(tags.get('data_batches', []))}",
         f"- git commit: `{tags.get('git_commit', 'unknown')}`",
         "",
-        "## Test metrics (the int8 ONNX model, as served)",
+        f"## Test metrics (the {precision} ONNX model, as served)",
         "",
         f"On {tags.get('test_rows', '?')} test rows, never trained on.",
         "",
@@ -83,7 +96,7 @@ def render_model_card(model_name: str, tags: dict[str, Any], parity: dict[str, A
         "",
         "## Limits",
         "",
-        LIMITS,
+        LIMITS.format(precision=precision),
         "",
         "## Use",
         "",

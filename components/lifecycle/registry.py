@@ -3,6 +3,9 @@
 `challenger` marks the newest version that passed its gates; `champion` the version being served;
 `previous_champion` the one `champion` replaced, kept for rollback. Every promotion, approval and
 gate result is a tag on the version, so the registry alone can say why a model is serving.
+
+When the MLflow server checks logins (basic-auth), promote and rollback first check that this
+client's own user may make the change (registry_auth), so a refused caller changes nothing.
 """
 
 from __future__ import annotations
@@ -13,6 +16,17 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from components.lifecycle.registry_auth import (
+    EDIT,
+    MANAGE,
+    Identity,
+    authenticated_user,
+    refusals_explained,
+    require_permission,
+    resolve_actor,
+)
+from components.redact import redact_uri
 
 CHALLENGER, CHAMPION, PREVIOUS_CHAMPION = "challenger", "champion", "previous_champion"
 MODEL_ARTIFACT_PATH = "model"
@@ -47,6 +61,33 @@ class ModelRegistry:
         self.model_name = model_name
         self.artifact_root = artifact_root
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        self._identity: Identity | None = None
+        self._identity_known = False  # the server is asked once, on first need
+
+    @property
+    def display_uri(self) -> str:
+        """The tracking URI without a login in it: the form to show a client or write to a log."""
+        return redact_uri(self.tracking_uri) or ""
+
+    # --- who acts -----------------------------------------------------------------------------
+    def identity(self) -> Identity | None:
+        """The MLflow user this client's credentials log in as; None when the store checks no logins."""
+        if not self._identity_known:
+            self._identity, self._identity_known = authenticated_user(self.tracking_uri), True
+        return self._identity
+
+    def actor(self, claimed: str | None = None) -> str:
+        """The name to record for a change made through this client (see registry_auth.resolve_actor)."""
+        return resolve_actor(claimed, self.identity())
+
+    def require(self, needed: str, action: str) -> None:
+        """Refuse, before any write, a change this client's MLflow user may not make (no-op without auth)."""
+        identity = self.identity()
+        if identity is not None:
+            require_permission(self.tracking_uri, identity, self.model_name, needed, action)
+
+    def refusals_explained(self, action: str):
+        return refusals_explained(self.tracking_uri, self.identity(), self.model_name, action)
 
     # --- runs ---------------------------------------------------------------------------------
     def experiment_id(self, name: str) -> str:
@@ -144,11 +185,13 @@ class ModelRegistry:
 
     def promote(self, version: str, by: str, reason: str, action: str = "promote") -> VersionInfo | None:
         """Move `champion` to `version`, keeping the one it replaces as `previous_champion`."""
+        self.require(EDIT, f"make v{version} champion")
         previous = self.by_alias(CHAMPION)
-        if previous is not None and previous.version != str(version):
-            self.set_alias(PREVIOUS_CHAMPION, previous.version)
-        self.set_alias(CHAMPION, version)
-        self._record_event(action, str(version), previous.version if previous else None, by, reason)
+        with self.refusals_explained(f"make v{version} champion"):
+            if previous is not None and previous.version != str(version):
+                self.set_alias(PREVIOUS_CHAMPION, previous.version)
+            self.set_alias(CHAMPION, version)
+            self._record_event(action, str(version), previous.version if previous else None, by, reason)
         return previous
 
     def rollback(self, by: str, reason: str) -> tuple[str, str]:
@@ -159,12 +202,17 @@ class ModelRegistry:
         # The new previous_champion is whatever the target itself replaced, so a second rollback
         # walks further back instead of flip-flopping between two versions.
         replaced = next((e["previous"] for e in reversed(self.history()) if e["version"] == target.version), None)
-        self.set_alias(CHAMPION, target.version)
-        if replaced and replaced != target.version:
-            self.set_alias(PREVIOUS_CHAMPION, replaced)
-        else:
-            self.client.delete_registered_model_alias(self.model_name, PREVIOUS_CHAMPION)
-        self._record_event("rollback", target.version, current.version, by, reason)
+        keeps_previous = bool(replaced and replaced != target.version)
+        # Deleting an alias is a delete on the model: MLflow asks MANAGE for it, EDIT for moving one.
+        action = f"roll back from v{current.version} to v{target.version}"
+        self.require(EDIT if keeps_previous else MANAGE, action)
+        with self.refusals_explained(action):
+            self.set_alias(CHAMPION, target.version)
+            if keeps_previous:
+                self.set_alias(PREVIOUS_CHAMPION, replaced)
+            else:
+                self.client.delete_registered_model_alias(self.model_name, PREVIOUS_CHAMPION)
+            self._record_event("rollback", target.version, current.version, by, reason)
         return current.version, target.version
 
     def _record_event(self, action: str, version: str, previous: str | None, by: str, reason: str) -> None:

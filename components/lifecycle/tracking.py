@@ -21,8 +21,11 @@ ENTITY_METRICS = ("entity_f1", "entity_precision", "entity_recall")
 
 def open_registry(params: Params, layout: ProjectLayout) -> ModelRegistry:
     uri = resolve_tracking_uri(params.registry.tracking_uri, layout.mlflow_dir)
-    if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    if not uri.startswith("sqlite:///"):
+        # A tracking server keeps artifacts where it was told to (its proxy to S3, say): a folder on this
+        # machine would be unreachable from every other client.
+        return ModelRegistry(uri, params.registry.model_name)
+    Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     return ModelRegistry(uri, params.registry.model_name, artifact_root=layout.mlflow_dir / "artifacts")
 
 
@@ -103,7 +106,9 @@ def log_stage_outputs(registry: ModelRegistry, run_id: str, layout: ProjectLayou
     registry.set_run_tags(run_id, {"data_docs": f"{artifact_uri}/validation/data_docs/index.html"})
     for path, folder in [(layout.validation_report, "validation"), (layout.eval_dir, "evaluation"),
                          (layout.train_history, "training"), (layout.parity_file, "export"),
+                         # the lineage `tunegate reproduce` restores (components/lifecycle/reproduce.py)
                          (layout.params_file, "config"), (layout.root / "dvc.lock", "config"),
+                         (layout.data_dir.with_suffix(".dvc"), "config"),
                          (layout.data_dir / "manifest.json", "data"), (layout.data_dir / "reports", "data/reports")]:
         registry.log_artifact(run_id, path, folder)
 
@@ -173,7 +178,7 @@ def approval_description(model_name: str, version: str, verdict: dict) -> str:
     entity = f"entity F1 {served['entity_f1']:.4f}, " if "entity_f1" in served else ""
     return (f"## Approve {model_name} v{version} for production?\n\n"
             f"Test {entity}accuracy {served['accuracy']:.4f}, macro-F1 {served['macro_f1']:.4f} "
-            f"on {served['n']} rows (int8 ONNX, as served).\n\n```\n{verdict['summary']}\n```")
+            f"on {served['n']} rows (the ONNX export, as served).\n\n```\n{verdict['summary']}\n```")
 
 
 def finish(registry: ModelRegistry, run_id: str, status: str, version: str | None, message: str) -> dict:

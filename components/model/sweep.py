@@ -274,6 +274,11 @@ def train_stage_clean(root: Path) -> bool:
         return False
 
 
+def sweep_settings(params: Params) -> dict[str, Any]:
+    """The sweep settings that decide its result: not where the trials ran (sweep.runner, sweep.address)."""
+    return params.sweep.model_dump(mode="json", exclude={"runner", "address"})
+
+
 def previous_summary(layout: ProjectLayout, params: Params) -> dict | None:
     """The last sweep's summary when it still stands: the same sweep settings, and the train stage
     exactly as that sweep committed it (same data, code, params and model, per dvc.lock and DVC)."""
@@ -284,7 +289,7 @@ def previous_summary(layout: ProjectLayout, params: Params) -> dict | None:
         summary = json.loads(path.read_text())
     except json.JSONDecodeError:
         return None
-    if summary.get("sweep") != params.sweep.model_dump(mode="json"):
+    if summary.get("sweep") != sweep_settings(params):
         return None
     lock = train_lock(layout.root)
     if lock is None or summary.get("train_lock") != lock or not train_stage_clean(layout.root):
@@ -314,7 +319,7 @@ class SweepSummary:
                 "best_score": self.best.best_score, "best_overrides": self.best.overrides,
                 "best_run_id": self.best.run_id, "previous_values": self.previous_values,
                 "trials": self.table(), "failed": len(self.failures),
-                "sweep": params.sweep.model_dump(mode="json"), "train_lock": train_lock(root), "cached": False}
+                "sweep": sweep_settings(params), "train_lock": train_lock(root), "cached": False}
 
 
 if __name__ == "__main__":

@@ -229,6 +229,8 @@ def create_app(model: ServedModel | ModelHolder, settings: ServiceSettings | Non
             **({"entity_types": list(served.predictor.entity_types)}
                if hasattr(served.predictor, "entity_types") else {}),
             "providers": list(getattr(served.predictor, "providers", []) or []),
+            **({"precision": served.predictor.card.precision, "quantization": served.predictor.card.quantization}
+               if hasattr(served.predictor, "card") else {}),
             "max_texts": settings.max_texts_per_request,
             "limits": {"max_texts_per_request": settings.max_texts_per_request,
                        "max_chars_per_text": settings.max_chars_per_text,

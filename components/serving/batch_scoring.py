@@ -18,9 +18,11 @@ import csv
 import hashlib
 import json
 import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pandas as pd
 
@@ -29,6 +31,10 @@ INPUT_KINDS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "json
 OUTPUT_KINDS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
 FINGERPRINT_BYTES = 1 << 20
 UNREADABLE = "__tunegate_unreadable__"  # the column that carries why a JSON line could not be read
+
+
+# Maps the stream of chunks' texts to their predictions, one list per chunk, in the same order.
+ChunkScorer = Callable[[Iterable[list[str]]], Iterable[list[dict]]]
 
 
 class BatchScoringError(ValueError):
@@ -213,11 +219,14 @@ def _write_progress(path: Path, progress: Progress) -> None:
 
 def score_file(predictor: Any, model_version: str, input_path: Path, output_path: Path, *,
                text_column: str = "text", id_column: str | None = None, chunk_rows: int = 10_000,
-               batch_size: int = 64, on_chunk: Callable[[int], None] | None = None) -> ScoringSummary:
+               batch_size: int = 64, on_chunk: Callable[[int], None] | None = None,
+               scorer: ChunkScorer | None = None) -> ScoringSummary:
     """Score `input_path` into `output_path` with `predictor` (an OnnxTextClassifier or OnnxTokenTagger),
     resuming an interrupted run of the same input and model.
 
-    on_chunk(records_done) runs after each chunk is safely written.
+    on_chunk(records_done) runs after each chunk is safely written. scorer: where the predictions are
+    made (default: `predictor` in this process; a DaskChunkScorer spreads the chunks over a cluster);
+    `predictor` then only tells the task and labels.
     """
     from tqdm.auto import tqdm
 
@@ -247,12 +256,25 @@ def score_file(predictor: Any, model_version: str, input_path: Path, output_path
     total = _row_count(input_path)
     bar = tqdm(total=total, initial=resumed_at, unit="rows", desc="scoring", disable=None)
 
-    for chunk in read_chunks(input_path, text_column, id_column, chunk_rows, skip_records=progress.records_done):
-        reasons = [problem or rejection_reason(text) for problem, text in zip(chunk.problems, chunk.texts)]
-        keep = [i for i, why in enumerate(reasons) if why is None]
-        texts = [chunk.texts[i] for i in keep]
-        predictions = predictor.predict(texts, batch_size=batch_size) if texts else []
-        rejected = [(chunk.first_record + i, chunk.ids[i], why) for i, why in enumerate(reasons) if why is not None]
+    if scorer is None:
+        def scorer(stream: Iterable[list[str]]) -> Iterator[list[dict]]:
+            return (predictor.predict(texts, batch_size=batch_size) if texts else [] for texts in stream)
+
+    # The scorer may run ahead (chunks in flight on a cluster) but yields in input order: each result
+    # belongs to the oldest chunk not yet written.
+    waiting: deque[_Sorted] = deque()
+
+    def texts_to_score() -> Iterator[list[str]]:
+        for chunk in read_chunks(input_path, text_column, id_column, chunk_rows, skip_records=resumed_at):
+            waiting.append(_sort_rows(chunk))
+            yield waiting[-1].texts
+
+    for predictions in scorer(texts_to_score()):
+        done = waiting.popleft()
+        chunk, keep, rejected = done.chunk, done.keep, done.rejected
+        if len(predictions) != len(keep):
+            raise RuntimeError(f"records {chunk.first_record}..: {len(keep)} texts scored, "
+                               f"{len(predictions)} predictions came back")
         output.write([chunk.ids[i] for i in keep], predictions, rejected)
         progress.records_done = chunk.first_record + len(chunk.texts) - 1
         progress.scored += len(keep)
@@ -268,6 +290,23 @@ def score_file(predictor: Any, model_version: str, input_path: Path, output_path
         rejected_path.unlink(missing_ok=True)
     return ScoringSummary(progress.records_done, progress.scored, progress.rejected, resumed_at, output_path,
                           rejected_path)
+
+
+@dataclass(frozen=True)
+class _Sorted:
+    """A chunk's rows split into those to score (`keep`, their texts) and those rejected, with why."""
+
+    chunk: Chunk
+    keep: list[int]
+    texts: list[str]
+    rejected: list[tuple[int, Any, str]]
+
+
+def _sort_rows(chunk: Chunk) -> _Sorted:
+    reasons = [problem or rejection_reason(text) for problem, text in zip(chunk.problems, chunk.texts)]
+    keep = [i for i, why in enumerate(reasons) if why is None]
+    rejected = [(chunk.first_record + i, chunk.ids[i], why) for i, why in enumerate(reasons) if why is not None]
+    return _Sorted(chunk, keep, [chunk.texts[i] for i in keep], rejected)
 
 
 def _row_count(path: Path) -> int | None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from components.lifecycle.registry import CHAMPION, ModelRegistry, VersionInfo
+from components.redact import redact_secrets, redact_uri
 
 METADATA_TAGS = ("git_commit", "data_hash", "data_batches", "base_model", "test_accuracy", "test_macro_f1", "test_entity_f1",
                  "test_rows", "gate", "approval", "approval_by", "approval_how", "promoted_at", "promoted_by")
@@ -23,14 +24,15 @@ def pick_version(registry: ModelRegistry, version: str | None, alias: str = CHAM
     found = registry.by_alias(alias)
     if found is None:
         raise LookupError(f"model {registry.model_name!r} has no version with alias {alias!r} in "
-                          f"{registry.tracking_uri}; run `tunegate run` first")
+                          f"{redact_uri(registry.tracking_uri)}; run `tunegate run` first")
     return found
 
 
 def version_metadata(registry: ModelRegistry, info: VersionInfo) -> dict:
     aliases = [alias for alias, v in registry.aliases().items() if v == info.version]
     metadata = {"model_name": info.name, "model_version": info.version, "aliases": sorted(aliases),
-                "run_id": info.run_id, "tracking_uri": registry.tracking_uri}
+                # A tracking URI may carry a login (user:password@): served without it.
+                "run_id": info.run_id, "tracking_uri": redact_uri(registry.tracking_uri)}
     metadata.update({key: info.tags[key] for key in METADATA_TAGS if key in info.tags})
     for key in ("params", "data_batches"):  # stored as JSON: served as structure, not as a string
         if key in info.tags:
@@ -40,8 +42,8 @@ def version_metadata(registry: ModelRegistry, info: VersionInfo) -> dict:
 
 def load_served_model(registry: ModelRegistry, cache_dir: Path, providers: list[str],
                       version: str | None = None, alias: str = CHAMPION):
-    """Download (once per version) and load the int8 ONNX model behind `alias` or `version`: a text
-    classifier or a token tagger (NER), as its model card says."""
+    """Download (once per version) and load the ONNX model behind `alias` or `version` (int8, fp16 or
+    fp32, on `providers`): a text classifier or a token tagger (NER), as its model card says."""
     from components.export.mlflow_model import onnx_dir_in
     from components.export.predictor import load_predictor
     from components.serving.holder import ServedModel
@@ -114,8 +116,8 @@ class ChampionWatcher:
             target = self.registry.aliases().get(self.alias)
         except Exception as error:  # noqa: BLE001 - a registry outage must not stop the serving model
             self.holder.record_registry_error(error)
-            logger.warning("could not read aliases of %s: %s", self.registry.model_name, error)
-            return PollResult("registry-error", None, str(error))
+            logger.warning("could not read aliases of %s: %s", self.registry.model_name, redact_secrets(str(error)))
+            return PollResult("registry-error", None, redact_secrets(str(error)))
         current = self.holder.current().version
         if target is None:  # alias removed: keep serving what we have rather than nothing
             return PollResult("no-alias", current)
@@ -129,9 +131,10 @@ class ChampionWatcher:
         except Exception as error:  # noqa: BLE001 - whatever broke, the old model keeps serving
             self._failed_at[target] = time.monotonic()
             self.holder.record_failed_load(target, error)
-            logger.error("could not load %s version %s (%s: %s); still serving version %s",
-                         self.registry.model_name, target, type(error).__name__, error, current)
-            return PollResult("failed", target, f"{type(error).__name__}: {error}")
+            reason = redact_secrets(f"{type(error).__name__}: {error}")
+            logger.error("could not load %s version %s (%s); still serving version %s",
+                         self.registry.model_name, target, reason, current)
+            return PollResult("failed", target, reason)
         self._failed_at.pop(target, None)
         self.holder.swap(served)
         return PollResult("switched", target)

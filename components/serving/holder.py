@@ -9,6 +9,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from components.redact import redact_secrets
+
 logger = logging.getLogger("tunegate.serve")
 
 
@@ -74,12 +76,13 @@ class ModelHolder:
     def record_failed_load(self, version: str | None, error: BaseException) -> None:
         with self._lock:
             self._failed_loads += 1
-            self._last_error = f"version {version}: {type(error).__name__}: {error}"
+            # Shown on /metadata: MLflow's errors repeat the URI they failed on, login included.
+            self._last_error = redact_secrets(f"version {version}: {type(error).__name__}: {error}")
 
     def record_registry_error(self, error: BaseException) -> None:
         with self._lock:
             self._registry_errors += 1
-            self._last_error = f"registry: {type(error).__name__}: {error}"
+            self._last_error = redact_secrets(f"registry: {type(error).__name__}: {error}")
 
     def stats(self) -> ReloadStats:
         with self._lock:

@@ -1,0 +1,194 @@
+"""The team stack end to end, every part a real server: PostgreSQL (pgserver), S3 (moto), an MLflow server on
+both, a Prefect server with a process work pool and its worker. A project connected to it is retrained by
+the worker; a second clone pulls the champion's data, reproduces the model and serves it; no secret
+reaches MLflow, Prefect's logs or a committed file."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.ports import free_port
+from tests.project import GIT_IDENTITY, REPO_ROOT, git, make_project
+
+pytestmark = pytest.mark.slow
+
+MODEL = "tiny-sentiment"
+
+
+def tunegate(*args: str, cwd: Path, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, "-m", "tunegate", "--project", str(cwd), *args], cwd=cwd,
+                          env={**os.environ, **GIT_IDENTITY, **(env or {})}, capture_output=True, text=True,
+                          timeout=timeout, stdin=subprocess.DEVNULL)
+    return done
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    from tunegate.stack.settings import StackSecrets, StackSettings
+
+    home = tmp_path_factory.mktemp("team") / "stack"
+    here = tmp_path_factory.mktemp("cwd")
+    ports = [str(free_port()) for _ in range(3)]
+    started = tunegate("stack", "up", "--detach", "--auth", "--dir", str(home), "--s3-port", ports[0],
+                       "--mlflow-port", ports[1], "--prefect-port", ports[2], cwd=here, timeout=300)
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        yield StackSettings.load(home), StackSecrets.load_or_create(home)
+    finally:
+        stopped = tunegate("stack", "down", "--dir", str(home), cwd=here, timeout=120)
+        assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+
+
+def team_project(root: Path, base_model: Path) -> Path:
+    """A user's checkout: the project files and the flow code the worker runs (flows/, prefect.yaml)."""
+    make_project(root, base_model, approval={"profile": "local"})
+    shutil.copytree(REPO_ROOT / "flows", root / "flows", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO_ROOT / "prefect.yaml", root / "prefect.yaml")
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", "flows")
+    return root
+
+
+def s3_keys_under(stack, keys, prefix: str) -> list[str]:
+    from tunegate.stack.services import s3_client
+
+    listing = s3_client(stack, keys).list_objects_v2(Bucket=stack.bucket, Prefix=prefix)
+    return [item["Key"] for item in listing.get("Contents", [])]
+
+
+def wait_for_service(port: int, process: subprocess.Popen, timeout_s: float = 90) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert process.poll() is None, process.stdout.read()
+        assert time.monotonic() < deadline, "tunegate serve did not answer within the timeout"
+        time.sleep(0.5)
+
+
+def create_mlflow_user(settings, keys, username: str, password: str) -> None:
+    answer = httpx.post(f"{settings.mlflow_uri}/api/2.0/mlflow/users/create", json={"username": username,
+                        "password": password}, auth=("admin", keys.mlflow_admin_password), timeout=30)
+    assert answer.status_code == 200, answer.text
+
+
+def test_a_worker_retrains_on_the_stack_and_a_second_clone_reproduces_and_serves(stack, tiny_base_model, tmp_path,
+                                                                                monkeypatch):
+    settings, keys = stack
+    client_env = settings.client_env()
+    # basic-auth is on: this test reads the registry as the admin; a teammate logs in as carol (READ, the
+    # stack's default permission); the worker's flows run as the stack's service account.
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", keys.mlflow_admin_password)
+    create_mlflow_user(settings, keys, "carol", "carol-password-1")
+    carol = {**client_env, "MLFLOW_TRACKING_USERNAME": "carol", "MLFLOW_TRACKING_PASSWORD": "carol-password-1"}
+    first = team_project(tmp_path / "first", tiny_base_model)
+
+    connected = tunegate("stack", "connect", "--dir", str(settings.home), cwd=first, env=client_env)
+    assert connected.returncode == 0, connected.stdout + connected.stderr
+    assert "retraining deployed to work pool 'tunegate'" in connected.stdout
+    git(first, "add", "-A")
+    git(first, "commit", "-qm", "use the team stack")
+    assert subprocess.run(["git", "grep", "-q", keys.s3_secret_access_key], cwd=first).returncode == 1  # not committed
+
+    inspected = subprocess.run([str(Path(sys.executable).parent / "prefect"), "deployment", "inspect",
+                                "tunegate-retrain/scheduled-retrain"], env={**os.environ, **client_env},
+                               capture_output=True, text=True, timeout=60)
+    # the worker runs this folder (rich wraps long lines: compare without whitespace)
+    assert f"'project_dir':'{first}'" in "".join(inspected.stdout.split()), inspected.stdout
+
+    # The scheduled deployment, run now: the stack's worker picks it up and runs it in the project folder.
+    ran = subprocess.run([str(Path(sys.executable).parent / "prefect"), "deployment", "run",
+                          "tunegate-retrain/scheduled-retrain", "--watch", "--watch-timeout", "900"],
+                         cwd=first, env={**os.environ, **carol}, capture_output=True, text=True, timeout=960)
+    assert ran.returncode == 0, ran.stdout + ran.stderr + (settings.logs / "worker.log").read_text()[-4000:]
+    assert "Completed" in ran.stdout, ran.stdout
+
+    from components.lifecycle.registry import ModelRegistry
+
+    registry = ModelRegistry(settings.mlflow_uri, MODEL)
+    champion = registry.aliases()["champion"]
+    version = registry.version(champion)
+    assert version.tags["approval_by"] == "tunegate-worker (auto)"  # the account that approved, not a typed name
+    assert version.source.startswith("mlflow-artifacts:"), version.source  # through the server's proxy...
+    stored = s3_keys_under(settings, keys, "mlflow-artifacts/")
+    assert any(key.endswith("/model/MLmodel") for key in stored), stored[:20]  # ...into S3
+    assert s3_keys_under(settings, keys, "dvc/files/md5/"), "the data was not pushed to the DVC remote on S3"
+    import psycopg2
+
+    with psycopg2.connect(dbname="mlflow", user="postgres", host=str(settings.home / "postgres")) as connection:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT name FROM registered_models")
+            assert (MODEL,) in cursor.fetchall()  # the registry lives in PostgreSQL
+
+    # A teammate's clone: code from git, keys from the stack (their own in real life), data from S3.
+    second = tmp_path / "second"
+    subprocess.run(["git", "clone", "-q", str(first), str(second)], check=True, capture_output=True)
+    assert not (second / "data").exists()
+    keyed = tunegate("stack", "connect", "--dir", str(settings.home), "--no-deploy", cwd=second, env=carol)
+    assert keyed.returncode == 0, keyed.stdout + keyed.stderr
+    reproduced = tunegate("reproduce", cwd=second, env=carol)
+    assert reproduced.returncode == 0, reproduced.stdout + reproduced.stderr
+    assert f"v{champion}" in reproduced.stdout and "reproduced" in reproduced.stdout.splitlines()[-1]
+    assert (second / "data.dvc").read_text() == (first / "data.dvc").read_text()
+
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "tunegate", "--project", str(second), "serve",
+                               "--port", str(port)], cwd=second, env={**os.environ, **carol}, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for_service(port, server)
+        metadata = httpx.get(f"http://127.0.0.1:{port}/metadata", timeout=10).json()
+        answer = httpx.post(f"http://127.0.0.1:{port}/predict", json={"texts": ["great wonderful film"]}, timeout=30)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert str(metadata["model_version"]) == champion
+    assert metadata["data_hash"] == version.tags["data_hash"]
+    assert answer.status_code == 200 and answer.json()["predictions"][0]["label"] in {"negative", "positive"}
+
+    # carol may read but not move the champion: refused, with the permission named, and nothing changes.
+    before = (registry.aliases(), registry.version(champion).tags)
+    refused = tunegate("promote", champion, "--reason", "try", cwd=second, env=carol)
+    assert refused.returncode == 2 and "carol" in refused.stderr and "EDIT" in refused.stderr, refused.stderr
+    assert (registry.aliases(), registry.version(champion).tags) == before
+
+    assert_no_secret_anywhere(settings, keys, registry, [first, second])
+
+
+def assert_no_secret_anywhere(settings, keys, registry, projects: list[Path]) -> None:
+    """The stack's keys and passwords appear in no MLflow param, tag or artifact, no log, no committed file."""
+    import tempfile
+
+    secrets = [keys.s3_secret_access_key, keys.mlflow_admin_password, keys.mlflow_worker_password]
+    client = registry.client
+    texts: list[str] = []
+    for experiment in client.search_experiments():
+        for run in client.search_runs([experiment.experiment_id]):
+            texts += [str(run.data.params), str(run.data.tags)]
+            with tempfile.TemporaryDirectory() as scratch:
+                for path in Path(client.download_artifacts(run.info.run_id, "", scratch)).rglob("*"):
+                    if path.is_file() and path.suffix in {".json", ".yaml", ".lock", ".dvc", ".md", ".txt", ".csv",
+                                                          ".html", ""}:
+                        texts.append(path.read_text(errors="replace"))
+    for found in client.search_model_versions(f"name = '{MODEL}'"):
+        texts.append(str(found.tags))
+    texts.append(str(client.get_registered_model(MODEL).tags))
+    texts += [log.read_text(errors="replace") for log in settings.logs.glob("*.log")]
+    texts.append((settings.home / "stack.log").read_text(errors="replace"))
+    for project in projects:
+        tracked = git(project, "ls-files").splitlines()
+        texts += [(project / name).read_text(errors="replace") for name in tracked if (project / name).is_file()]
+    for secret in secrets:
+        assert not any(secret in text for text in texts), "a stack secret leaked"

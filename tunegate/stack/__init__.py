@@ -1,0 +1,1 @@
+"""A team stack on real servers, started from pip packages: `tunegate stack up`."""
