@@ -24,6 +24,7 @@ from prefect.input import RunInput
 from components.layout import ProjectLayout
 from components.lifecycle.locking import RunInProgress, exclusive_run
 from components.lifecycle.registry_auth import EDIT, RegistryAccessError
+from flows.team_lock import holding_flow_run
 
 RETRAIN_FLOW_NAME = "tunegate-retrain"
 PENDING = "pending"
@@ -190,8 +191,11 @@ def answer_approval(layout: ProjectLayout, registry, decision: Literal["approve"
     approval = Approval(decision == "approve", by=by, comment=comment, how="person")
     done = "approved" if approval.approved else "rejected"
     try:
-        # The waiting run holds the project lock for as long as it lives. A free lock means it is
-        # gone (crash, restart, Ctrl-C): the decision is applied here and its run closed.
+        # The waiting run holds the project lock for as long as it lives, and with a Prefect server the
+        # model's team lock too (flows/team_lock.py), wherever it runs. Both free means it is gone
+        # (crash, restart, Ctrl-C): the decision is applied here and its run closed.
+        if flow_run_id and holding_flow_run(registry.model_name) == flow_run_id:
+            raise RunInProgress(f"flow run {flow_run_id} holds the model's team lock")
         with exclusive_run(layout.run_lock, wait=False):
             previous = record_decision(registry, pending.version, approval)
             if flow_run_id:

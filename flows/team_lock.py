@@ -212,3 +212,24 @@ def model_lock(model_name: str, project: Path, wait: bool, on_wait: Callable[[st
             except Exception as error:  # noqa: BLE001 - must not hide why the run itself ended
                 print(f"note: could not give {name} back ({error}); the server frees it when its "
                       f"{LEASE_SECONDS} s lease expires")
+
+
+def holding_flow_run(model_name: str) -> str | None:
+    """The flow run that holds the model's slot now, by its holder record; None without a server, when the
+    slot is free, or when no run records holding it. A paused run awaiting approval on another machine
+    holds it, so an approver anywhere can tell a waiting run from a dead one."""
+    if server_api_url() is None:
+        return None
+    from prefect import get_client
+    from prefect.exceptions import ObjectNotFound
+    from prefect.variables import Variable
+
+    name = limit_name(model_name)
+    with get_client(sync_client=True) as client:
+        try:
+            if client.read_global_concurrency_limit_by_name(name).active_slots < 1:
+                return None
+        except ObjectNotFound:
+            return None
+    info = Variable.get(holder_variable(name), default=None)
+    return info.get("flow_run_id") if isinstance(info, dict) else None

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ from components.layout import ProjectLayout
 from components.lifecycle.registry import CHAMPION, ModelRegistry
 from tests.fixtures_classifier import tiny_classifier, tiny_onnx_export  # noqa: F401 - fixtures
 from tests.project import REPO_ROOT, read_params, tiny_params
+from tests.servers import free_port
 from tests.test_batch_scoring import reviews, write_csv_with_bad_rows
 from tests.test_sweep import child_runs, prepared_project
 
@@ -39,12 +39,6 @@ def cluster():
 
     with LocalCluster(**local_cluster_kwargs(2)) as local, Client(local, set_as_default=False) as client:
         yield client
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 # --- the sweep ----------------------------------------------------------------------------------

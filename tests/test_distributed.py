@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,16 +14,11 @@ import pytest
 
 from components.model.distributed import Ranks, shard
 from tests.project import REPO_ROOT
+from tests.servers import free_port
 
 pytestmark = pytest.mark.slow
 ENV = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def standalone(base: Path, out: Path, checkpoints: str, *extra: str) -> subprocess.CompletedProcess:

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -25,6 +23,7 @@ from components.lifecycle.registry import CHAMPION, ModelRegistry
 from components.serving.deployment import build_service_app, load_served_model
 from components.serving.server import BackgroundServer
 from tests.fixtures_classifier import held_out, tiny_classifier, tiny_onnx_export  # noqa: F401 - fixtures
+from tests.servers import free_port, wait_until_answers
 
 CPU = ["CPUExecutionProvider"]
 NAME = "tiny-sentiment"
@@ -80,15 +79,9 @@ def test_the_version_carries_its_card_code_and_no_torch(registry, tmp_path):
     assert (onnx_dir_in(local) / "model.onnx").is_file()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_mlflow_models_serve_answers_the_scoring_protocol(registry, tmp_path):
     texts, _ = held_out(12, seed=4)
-    port = _free_port()
+    port = free_port()
     # MLflow starts `uvicorn` by name: the venv's bin must be on PATH, as in an activated venv.
     env = {**os.environ, "MLFLOW_TRACKING_URI": registry.tracking_uri,
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
@@ -97,16 +90,7 @@ def test_mlflow_models_serve_answers_the_scoring_protocol(registry, tmp_path):
          "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/ping", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert server.poll() is None, server.stdout.read()
-            assert time.monotonic() < deadline, "mlflow models serve did not answer /ping within 90 s"
-            time.sleep(0.5)
+        wait_until_answers(f"http://127.0.0.1:{port}/ping", server)
         split = httpx.post(f"http://127.0.0.1:{port}/invocations", timeout=30,
                            json={"dataframe_split": {"columns": ["text"], "data": [[t] for t in texts]}})
         csv = httpx.post(f"http://127.0.0.1:{port}/invocations", timeout=30, headers={"content-type": "text/csv"},

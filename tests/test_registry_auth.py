@@ -11,7 +11,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ import pytest
 from components.lifecycle.registry import CHAMPION, PREVIOUS_CHAMPION, ModelRegistry
 from tests.fixtures_classifier import tiny_classifier, tiny_onnx_export  # noqa: F401 - fixtures
 from tests.project import REPO_ROOT, write_params
+from tests.servers import free_port, wait_until_answers
 from tunegate.cli import main
 
 pytestmark = pytest.mark.slow
@@ -32,12 +32,6 @@ pytest.importorskip("flask_wtf", reason="`mlflow server --app-name basic-auth` n
                                         "pip install 'mlflow[auth]'")
 
 CREDENTIAL_VARIABLES = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @dataclass(frozen=True)
@@ -100,14 +94,7 @@ def auth_server(tmp_path_factory, request):
     url = f"http://127.0.0.1:{port}"
     try:
         request.getfixturevalue("tiny_onnx_export")  # built while the server starts
-        deadline = time.monotonic() + 240
-        while True:
-            assert server.poll() is None, f"mlflow server exited:\n{log_path.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"mlflow server not up:\n{log_path.read_text()[-3000:]}"
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            time.sleep(0.5)
+        wait_until_answers(f"{url}/health", server, timeout_s=240, log=log_path.read_text)
         running = AuthServer(url, passwords, log_path)
         with kept_environment():
             admin = running.admin_client()

@@ -12,20 +12,14 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tests.project import make_project
+from tests.servers import free_port, wait_until_answers
 
 pytestmark = pytest.mark.slow
 
 BAD_CSV = "words,mood\nfine film,positive\n"  # lacks the configured columns: ingest stops at once
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -41,16 +35,7 @@ def prefect_server(tmp_path_factory) -> str:
                                "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/api"
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert server.poll() is None, (home / "server.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "the Prefect server did not answer within 90 s"
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
+        wait_until_answers(f"{url}/health", server, log=(home / "server.log").read_text)
         yield url
     finally:
         server.terminate()

@@ -1,6 +1,7 @@
 """The team stack end to end, every part a real server: PostgreSQL (pgserver), S3 (moto), an MLflow server on
-both, a Prefect server with a process work pool and its worker. A project connected to it is retrained by
-the worker; a second clone pulls the champion's data, reproduces the model and serves it; no secret
+both (basic-auth on), a Prefect server with a process work pool and its worker. A project connected to it
+is retrained by the worker; a teammate approves from a second clone with her own MLflow login (refused
+until granted EDIT), then pulls the champion's data, reproduces the model and serves it; no secret
 reaches MLflow, Prefect's logs or a committed file."""
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.ports import free_port
 from tests.project import GIT_IDENTITY, REPO_ROOT, git, make_project
+from tests.servers import free_port, wait_until_answers
 
 pytestmark = pytest.mark.slow
 
@@ -49,7 +50,7 @@ def stack(tmp_path_factory):
 
 def team_project(root: Path, base_model: Path) -> Path:
     """A user's checkout: the project files and the flow code the worker runs (flows/, prefect.yaml)."""
-    make_project(root, base_model, approval={"profile": "local"})
+    make_project(root, base_model)  # the production approval profile: a person answers
     shutil.copytree(REPO_ROOT / "flows", root / "flows", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO_ROOT / "prefect.yaml", root / "prefect.yaml")
     git(root, "add", "-A")
@@ -64,17 +65,14 @@ def s3_keys_under(stack, keys, prefix: str) -> list[str]:
     return [item["Key"] for item in listing.get("Contents", [])]
 
 
-def wait_for_service(port: int, process: subprocess.Popen, timeout_s: float = 90) -> None:
+def wait_for(found, run: subprocess.Popen, settings, timeout_s: float):
+    """Poll `found()` until it returns something, while the flow run's watcher lives."""
     deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        assert process.poll() is None, process.stdout.read()
-        assert time.monotonic() < deadline, "tunegate serve did not answer within the timeout"
-        time.sleep(0.5)
+    while not (result := found()):
+        assert run.poll() is None, run.stdout.read() + (settings.logs / "worker.log").read_text()[-4000:]
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(2)
+    return result
 
 
 def create_mlflow_user(settings, keys, username: str, password: str) -> None:
@@ -108,19 +106,50 @@ def test_a_worker_retrains_on_the_stack_and_a_second_clone_reproduces_and_serves
     # the worker runs this folder (rich wraps long lines: compare without whitespace)
     assert f"'project_dir':'{first}'" in "".join(inspected.stdout.split()), inspected.stdout
 
-    # The scheduled deployment, run now: the stack's worker picks it up and runs it in the project folder.
-    ran = subprocess.run([str(Path(sys.executable).parent / "prefect"), "deployment", "run",
-                          "tunegate-retrain/scheduled-retrain", "--watch", "--watch-timeout", "900"],
-                         cwd=first, env={**os.environ, **carol}, capture_output=True, text=True, timeout=960)
-    assert ran.returncode == 0, ran.stdout + ran.stderr + (settings.logs / "worker.log").read_text()[-4000:]
-    assert "Completed" in ran.stdout, ran.stdout
+    # A teammate's clone: code from git, keys from the stack (their own in real life), data from S3 later.
+    second = tmp_path / "second"
+    subprocess.run(["git", "clone", "-q", str(first), str(second)], check=True, capture_output=True)
+    assert not (second / "data").exists()
+    keyed = tunegate("stack", "connect", "--dir", str(settings.home), "--no-deploy", cwd=second, env=carol)
+    assert keyed.returncode == 0, keyed.stdout + keyed.stderr
 
     from components.lifecycle.registry import ModelRegistry
 
     registry = ModelRegistry(settings.mlflow_uri, MODEL)
+    # The scheduled deployment, run now: the stack's worker runs it in the first project's folder, where
+    # it trains, registers and then waits for a person's approval (the production profile).
+    run = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "deployment", "run",
+                            "tunegate-retrain/scheduled-retrain", "--watch", "--watch-timeout", "900"],
+                           cwd=first, env={**os.environ, **client_env}, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
+    try:
+        pending = wait_for(lambda: registry.find_versions(approval="pending"), run, settings, timeout_s=900)[0]
+        # carol answers from her own clone, in another folder: first refused (READ), nothing changes...
+        before = registry.version(pending.version).tags
+        refused = tunegate("approve", "--comment", "looks fine", cwd=second, env=carol)
+        assert refused.returncode == 2 and "carol" in refused.stderr and "EDIT" in refused.stderr, refused.stderr
+        assert registry.version(pending.version).tags == before and "champion" not in registry.aliases()
+        assert run.poll() is None  # ...and the run still waits
+        import mlflow.server
+
+        mlflow.server.get_app_client("basic-auth", tracking_uri=settings.mlflow_uri).grant_user_permission(
+            "carol", "registered_model", MODEL, "EDIT")
+        # ...then, granted EDIT, her answer resumes the run waiting on the worker (it holds the model's team
+        # lock), instead of taking it for dead because her folder's lock is free.
+        approved = tunegate("approve", "--comment", "checked the confusion matrix", cwd=second, env=carol)
+        assert approved.returncode == 0, approved.stdout + approved.stderr
+        assert "goes on" in approved.stdout, approved.stdout
+        output, _ = run.communicate(timeout=600)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    assert run.returncode == 0 and "Completed" in output, output + (settings.logs / "worker.log").read_text()[-4000:]
+
     champion = registry.aliases()["champion"]
     version = registry.version(champion)
-    assert version.tags["approval_by"] == "tunegate-worker (auto)"  # the account that approved, not a typed name
+    assert champion == pending.version
+    assert version.tags["approval_by"] == "carol"  # the login that approved, not a typed name
     assert version.source.startswith("mlflow-artifacts:"), version.source  # through the server's proxy...
     stored = s3_keys_under(settings, keys, "mlflow-artifacts/")
     assert any(key.endswith("/model/MLmodel") for key in stored), stored[:20]  # ...into S3
@@ -132,12 +161,7 @@ def test_a_worker_retrains_on_the_stack_and_a_second_clone_reproduces_and_serves
             cursor.execute("SELECT name FROM registered_models")
             assert (MODEL,) in cursor.fetchall()  # the registry lives in PostgreSQL
 
-    # A teammate's clone: code from git, keys from the stack (their own in real life), data from S3.
-    second = tmp_path / "second"
-    subprocess.run(["git", "clone", "-q", str(first), str(second)], check=True, capture_output=True)
-    assert not (second / "data").exists()
-    keyed = tunegate("stack", "connect", "--dir", str(settings.home), "--no-deploy", cwd=second, env=carol)
-    assert keyed.returncode == 0, keyed.stdout + keyed.stderr
+    # carol reproduces the champion in her clone: its lineage from MLflow, its data from S3.
     reproduced = tunegate("reproduce", cwd=second, env=carol)
     assert reproduced.returncode == 0, reproduced.stdout + reproduced.stderr
     assert f"v{champion}" in reproduced.stdout and "reproduced" in reproduced.stdout.splitlines()[-1]
@@ -148,7 +172,7 @@ def test_a_worker_retrains_on_the_stack_and_a_second_clone_reproduces_and_serves
                                "--port", str(port)], cwd=second, env={**os.environ, **carol}, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
     try:
-        wait_for_service(port, server)
+        wait_until_answers(f"http://127.0.0.1:{port}/health", server)
         metadata = httpx.get(f"http://127.0.0.1:{port}/metadata", timeout=10).json()
         answer = httpx.post(f"http://127.0.0.1:{port}/predict", json={"texts": ["great wonderful film"]}, timeout=30)
     finally:
@@ -157,12 +181,6 @@ def test_a_worker_retrains_on_the_stack_and_a_second_clone_reproduces_and_serves
     assert str(metadata["model_version"]) == champion
     assert metadata["data_hash"] == version.tags["data_hash"]
     assert answer.status_code == 200 and answer.json()["predictions"][0]["label"] in {"negative", "positive"}
-
-    # carol may read but not move the champion: refused, with the permission named, and nothing changes.
-    before = (registry.aliases(), registry.version(champion).tags)
-    refused = tunegate("promote", champion, "--reason", "try", cwd=second, env=carol)
-    assert refused.returncode == 2 and "carol" in refused.stderr and "EDIT" in refused.stderr, refused.stderr
-    assert (registry.aliases(), registry.version(champion).tags) == before
 
     assert_no_secret_anywhere(settings, keys, registry, [first, second])
 

@@ -213,7 +213,7 @@ def _loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | No
 
 @torch.no_grad()
 def evaluate_split(model, split: TokenizedSplit, labels: list[str], batch_size: int, pad_id: int,
-                   entity_types: list[str] | None = None, compute: Compute | None = None) -> dict:
+                   entity_types: list[str] | None, compute: Compute) -> dict:
     """Validation loss and scores: accuracy/macro-F1 for classes, entity F1 (CoNLL) for tags."""
     from components.entities import entity_scores
     from components.model.metrics import classification_metrics
@@ -224,10 +224,8 @@ def evaluate_split(model, split: TokenizedSplit, labels: list[str], batch_size: 
     predictions: list = [None] * len(split)
     for start in range(0, len(order), batch_size):
         indices = order[start:start + batch_size]
-        batch = collate(split, indices, pad_id)
-        if compute is not None:
-            batch = compute.batch(batch)
-        with compute.autocast() if compute is not None else contextlib.nullcontext():
+        batch = compute.batch(collate(split, indices, pad_id))
+        with compute.autocast():
             logits = model(**model_inputs(batch)).logits
         logits = logits.float()
         total_loss += _loss(logits, batch["labels"], None).item() * len(indices)

@@ -151,7 +151,10 @@ def mlflow_server(stack: StackSettings, keys: StackSecrets, backend_uri: str, au
 
 def prefect_server(stack: StackSettings) -> Service:
     command = [tool("prefect"), "server", "start", "--host", stack.host, "--port", str(stack.prefect_port)]
-    env = base_env(PREFECT_HOME=str(stack.home / "prefect"), PREFECT_UI_ENABLED="false")
+    # Leases of the model locks (flows/team_lock.py) on disk: with the default in-memory storage a server
+    # restart forgets a lease but not its taken slot, and the model stays locked.
+    env = base_env(PREFECT_HOME=str(stack.home / "prefect"),
+                   PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE="prefect.server.concurrency.lease_storage.filesystem")
     return Service("prefect", command, env, ready=lambda: answers(f"{stack.prefect_api_url}/health"), timeout_s=120)
 
 
