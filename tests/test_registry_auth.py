@@ -148,11 +148,16 @@ def assert_no_secret(auth_server: AuthServer, text: str) -> None:
         assert password not in text
 
 
-def test_bob_with_read_only_is_refused_and_nothing_changes(auth_server, model, tmp_path, capsys):
+def champion_and_a_pending_version(auth_server: AuthServer, model: str) -> tuple[ModelRegistry, dict]:
+    """As the admin: v1 champion, v2 waiting for approval; the registry's state before anyone answers."""
     admin = ModelRegistry(auth_server.url, model)
     admin.promote("1", by="admin", reason="first")
     admin.tag_version("2", {"approval": "pending"})
-    before = state(auth_server, model)
+    return admin, state(auth_server, model)
+
+
+def test_bob_with_read_only_is_refused_and_nothing_changes(auth_server, model, tmp_path, capsys):
+    admin, before = champion_and_a_pending_version(auth_server, model)
 
     auth_server.login("bob")
     assert tunegate(tmp_path, "approve", "--comment", "looks fine") == 2
@@ -180,10 +185,7 @@ def test_bob_with_read_only_is_refused_and_nothing_changes(auth_server, model, t
 
 
 def test_alice_approves_as_herself_and_moves_the_alias(auth_server, model, tmp_path, capsys):
-    admin = ModelRegistry(auth_server.url, model)
-    admin.promote("1", by="admin", reason="first")
-    admin.tag_version("2", {"approval": "pending"})
-    before = state(auth_server, model)
+    admin, before = champion_and_a_pending_version(auth_server, model)
 
     auth_server.login("alice")
     assert tunegate(tmp_path, "approve", "--by", "carol", "--comment", "typed another name") == 2
