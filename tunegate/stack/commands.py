@@ -35,8 +35,7 @@ def cmd_up(args) -> int:
         print(f"a stack is already running from {home}; `tunegate stack down --dir {home}` stops it")
         return 1
     stack = StackSettings(home=home, host=args.host, s3_port=args.s3_port, mlflow_port=args.mlflow_port,
-                          prefect_port=args.prefect_port, auth=args.auth,
-                          external_database=bool(os.environ.get(DATABASE_VARIABLES[0])))
+                          prefect_port=args.prefect_port, auth=args.auth)
     if args.detach:
         argv = ["--project", args.project, "stack", "up", "--dir", str(home), "--host", args.host,
                 "--s3-port", str(args.s3_port), "--mlflow-port", str(args.mlflow_port),

@@ -25,9 +25,8 @@ class StackSettings(BaseModel):
     prefect_port: int = 4200
     bucket: str = "tunegate"
     auth: bool = Field(False, description="MLflow's basic-auth app: every client needs MLflow credentials")
-    # A PostgreSQL of the team's own (e.g. postgresql://mlflow@db:5432/mlflow): read from the environment by
-    # the CLI, never saved; empty: a PostgreSQL started from the pgserver wheel under `home`.
-    external_database: bool = False
+    # No database URI here: a PostgreSQL of the team's own comes from the environment only (it holds a
+    # password; tunegate/stack/commands.py), else one is started from the pgserver wheel under `home`.
 
     @property
     def s3_endpoint(self) -> str:
@@ -77,7 +76,7 @@ class StackSecrets(BaseModel):
     s3_secret_access_key: str
     mlflow_admin_password: str
     # The worker's own MLflow user when basic-auth is on: flows it runs act as this service account.
-    mlflow_worker_password: str = Field(default_factory=lambda: secrets.token_urlsafe(18))
+    mlflow_worker_password: str = Field(default_factory=lambda: secrets.token_hex(16))
     # basic-auth's Flask app signs its sessions with it (the server refuses to start without one).
     mlflow_flask_secret: str = Field(default_factory=lambda: secrets.token_hex(16))
 
@@ -88,8 +87,10 @@ class StackSecrets(BaseModel):
             kept = cls.model_validate_json(path.read_text())
             path.write_text(kept.model_dump_json(indent=2) + "\n")
             return kept
-        made = cls(s3_access_key_id="tunegate-" + secrets.token_hex(6), s3_secret_access_key=secrets.token_urlsafe(24),
-                   mlflow_admin_password=secrets.token_urlsafe(18))
+        # Hex, not urlsafe base64: a secret starting with '-' reads as an option to the commands it is
+        # passed to (`dvc remote modify --local team secret_access_key -...` failed 1 time in 32).
+        made = cls(s3_access_key_id="tunegate-" + secrets.token_hex(6), s3_secret_access_key=secrets.token_hex(20),
+                   mlflow_admin_password=secrets.token_hex(16))
         home.mkdir(parents=True, exist_ok=True)
         path.touch(mode=0o600)
         path.write_text(json.dumps(made.model_dump(), indent=2) + "\n")
