@@ -37,7 +37,10 @@ def stack(tmp_path_factory):
 
     home = tmp_path_factory.mktemp("team") / "stack"
     here = tmp_path_factory.mktemp("cwd")
-    ports = [str(free_port()) for _ in range(3)]
+    ports: list[str] = []
+    while len(ports) < 3:  # three different ports, even if the kernel hands one out twice
+        port = str(free_port())
+        ports += [port] if port not in ports else []
     started = tunegate("stack", "up", "--detach", "--auth", "--dir", str(home), "--s3-port", ports[0],
                        "--mlflow-port", ports[1], "--prefect-port", ports[2], cwd=here, timeout=300)
     try:
