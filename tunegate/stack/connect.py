@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from components.config import set_param
 from components.lifecycle.versioning import run_dvc, tool_env
-from tunegate.stack.services import StackError
+from tunegate.stack.services import StackError, tool
 from tunegate.stack.settings import WORK_POOL, StackSecrets, StackSettings
 
 REMOTE = "team"
@@ -55,7 +54,7 @@ def deploy_retraining(root: Path, stack: StackSettings) -> None:
     # prefect.yaml names the project folder as {{ $PWD }}: the shell's variable, which a child process
     # inherits unchanged from its parent whatever its cwd. Set it, or the worker runs another folder.
     env = {**tool_env(), "PREFECT_API_URL": stack.prefect_api_url, "PWD": str(root)}
-    done = subprocess.run([str(Path(sys.executable).parent / "prefect"), "--no-prompt", "deploy", "--all"],
+    done = subprocess.run([tool("prefect"), "--no-prompt", "deploy", "--all"],
                           cwd=root, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False)
     if done.returncode != 0:
         raise StackError(f"`prefect deploy --all` in {root} failed:\n{(done.stdout + done.stderr).strip()[-2000:]}")

@@ -17,10 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tunegate.cli import QUIET_DEFAULTS
 from tunegate.stack.settings import WORK_POOL, StackSecrets, StackSettings
 
-QUIET = {"MLFLOW_DISABLE_TELEMETRY": "true", "DVC_NO_ANALYTICS": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-         "TOKENIZERS_PARALLELISM": "false"}
 # Variables a server must not inherit from the shell that started the stack: a client setting there
 # (a tracking URI, a Prefect API, someone's keys) would make a server talk to itself or leak.
 CLIENT_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "PREFECT_API_URL",
@@ -40,7 +39,7 @@ def tool(name: str) -> str:
 
 def base_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in CLIENT_VARIABLES}
-    env.update(QUIET)
+    env.update(QUIET_DEFAULTS)
     env.update(extra)
     return env
 
