@@ -108,7 +108,10 @@ class LoraParams(_Section):
     r: int = Field(default=8, ge=1)
     alpha: int = Field(default=16, ge=1)
     dropout: float = Field(default=0.1, ge=0, lt=1)
-    target_modules: list[str] = Field(default_factory=lambda: ["query", "key", "value", "dense"])
+    # Module names (suffixes of module paths) that get adapters: a list, or a list per model_type
+    # ({bert: [...], mpnet: [...]}). None: the base model's attention and feed-forward projections
+    # (components/model/train.py LORA_TARGETS; BERT query/key/value/dense, MPNet attn.q/k/v/o + dense).
+    target_modules: list[str] | dict[str, list[str]] | None = None
 
 
 class TrainParams(_Section):
@@ -202,6 +205,11 @@ class SweepParams(_Section):
         return self
 
 
+# The perturbation kinds of the robustness checks (components/robustness/perturb.py).
+ROBUSTNESS_KINDS = ("typo", "casing", "punctuation", "whitespace", "entity")
+ROBUSTNESS_TOKEN_KINDS = ("typo", "casing", "entity")  # those that keep word boundaries (NER)
+
+
 class GateParams(_Section):
     min_accuracy: float = Field(default=0.0, ge=0, le=1)
     min_macro_f1: float = Field(default=0.0, ge=0, le=1)
@@ -213,6 +221,24 @@ class GateParams(_Section):
     # ... and at most this much worse on the test rows of the batches the champion was trained on,
     # so that learning the new batches cannot quietly forget the old ones.
     max_forgetting: float = Field(default=0.01, ge=0, le=1)
+    # Distillation: the served student may trail its teacher's test compare_metric by at most this
+    # much (None: not judged; judged only when distill.enabled).
+    max_teacher_gap: float | None = Field(default=None, ge=0, le=1)
+    # Robustness: the share of predictions that must stay the same under each perturbation kind
+    # (robustness.kinds). A number applies to every kind; a mapping names kinds. 0 judges nothing.
+    min_invariance: float | dict[str, float] = 0.0
+
+    @model_validator(mode="after")
+    def _invariance_thresholds_are_shares_of_known_kinds(self) -> "GateParams":
+        named = self.min_invariance if isinstance(self.min_invariance, dict) else {}
+        unknown = sorted(set(named) - set(ROBUSTNESS_KINDS))
+        if unknown:
+            raise ValueError(f"min_invariance names {unknown}, which are not perturbation kinds "
+                             f"({', '.join(ROBUSTNESS_KINDS)})")
+        shares = named.values() if named else [self.min_invariance]
+        if any(not 0 <= share <= 1 for share in shares):
+            raise ValueError(f"min_invariance {self.min_invariance}: shares lie in [0, 1]")
+        return self
 
 
 EXPORT_PRECISIONS = ("int8", "fp16", "fp32")
@@ -232,6 +258,71 @@ def resolve_export_precision(precision: str | None, quantize: bool | None) -> st
                          "(quantize is the old spelling: true means int8, false means fp32 or fp16); "
                          "remove export.quantize and keep export.precision")
     return precision
+
+
+class ExplainParams(_Section):
+    """Token attributions of the served model (components/explain): Shapley values over words."""
+
+    # false: the explain stage writes a page saying so and explains nothing (the CLI and /explain still work).
+    enabled: bool = True
+    # Model calls (masked texts scored) allowed per explanation: the cost bound of one explanation. The
+    # explain stage runs in every retrain: 120 (with 30 deletion-test rows) kept it near 90 s for MiniLM
+    # int8 on a busy 2-core machine; 300 and 100 rows took 11 min there.
+    max_evals: int = Field(default=120, ge=10, le=20_000)
+    # The evaluation report: the test split's most confident errors, and a sample of correct answers.
+    report_errors: int = Field(default=12, ge=0)
+    report_correct: int = Field(default=6, ge=0)
+    # The deletion test of faithfulness: on this many test rows, delete the top-k attributed words vs k
+    # random words and count how often the prediction changes.
+    faithfulness_rows: int = Field(default=30, ge=0)
+    faithfulness_k: int = Field(default=2, ge=1)
+    seed: int = 0
+
+
+class RobustnessParams(_Section):
+    """Invariance checks in the style of CheckList (components/robustness): perturbed test texts whose
+    label should not change, and the share of predictions that stay the same."""
+
+    enabled: bool = True  # false: the stage writes empty figures (a gate.min_invariance above 0 then fails)
+    kinds: list[Literal["typo", "casing", "punctuation", "whitespace", "entity"]] = Field(
+        default_factory=lambda: ["typo", "casing", "punctuation", "whitespace", "entity"])
+    max_rows: int | None = Field(default=2000, ge=1, description="test rows perturbed per kind (None: all)")
+    seed: int = 0
+
+
+class DistillParams(_Section):
+    """Knowledge distillation (components/model/distill.py): a larger teacher, fine-tuned by the
+    `teacher` stage with the same training code, labels every training row (and optional unlabelled
+    texts) softly; the student (model.base_model), which is what gets exported and served, learns from
+    (1 - alpha) * cross-entropy on the true labels + alpha * T^2 * KL(teacher/T || student/T)."""
+
+    enabled: bool = False
+    # 'builtin:<name>', a local directory or a hub id, as model.base_model.
+    teacher_model: str | None = None
+    # The teacher's own training settings, the keys of the train section (e.g. {epochs: 3, learning_rate:
+    # 3.0e-05, batch_size: 16}); unset keys take train's defaults, not the student's values, so that
+    # changing (or sweeping) the student's settings does not retrain the teacher.
+    teacher_train: TrainParams = TrainParams()
+    temperature: float = Field(default=2.0, gt=0)
+    alpha: float = Field(default=0.5, ge=0, le=1)
+    # Texts without labels (CSV, JSONL or Parquet; e.g. the service's prediction log) that the teacher
+    # labels and the student learns from with the distillation term alone. Only texts whose id falls in
+    # the training split are used: a text that hashes to validation or test never reaches training.
+    unlabelled: str | None = None
+    unlabelled_text_column: str = "text"
+    max_unlabelled: int | None = Field(default=None, ge=1, description="cap, sampled with teacher_train.seed")
+
+    @model_validator(mode="after")
+    def _teacher_settings_work(self) -> "DistillParams":
+        if self.enabled and not self.teacher_model:
+            raise ValueError("distill.enabled is true but distill.teacher_model is empty: name the teacher's base "
+                             "model, e.g. builtin:all-mpnet-base-v2")
+        # Values, not keys: a dumped and re-read config (a sweep trial's) carries every key at its default.
+        for key, default in (("init_from", "base"), ("processes", 1)):
+            if getattr(self.teacher_train, key) != default:
+                raise ValueError(f"distill.teacher_train.{key}: the teacher always trains from its base model, "
+                                 "in one process; remove the key")
+        return self
 
 
 class ExportParams(_Section):
@@ -333,6 +424,11 @@ class ServiceSettings(_Section):
     # accepted: how a key is rotated without downtime (components/serving/api_key.py).
     api_key_env: str | None = None
     api_key_also_for: list[Literal["/metrics", "/metadata"]] = Field(default_factory=list)
+    # POST /explain: Shapley attributions of the served model, off by default (each costs up to
+    # explain_max_evals model calls, so it is rationed: one at a time, texts up to explain_max_chars).
+    explain: bool = False
+    explain_max_chars: int = Field(default=1000, ge=1)
+    explain_max_evals: int = Field(default=300, ge=10, le=20_000)
 
 
 class ServeParams(ServiceSettings):
@@ -375,6 +471,9 @@ class Params(_Section):
     approval: ApprovalParams = ApprovalParams()
     serve: ServeParams = ServeParams()
     schedule: ScheduleParams = ScheduleParams()
+    explain: ExplainParams = ExplainParams()
+    robustness: RobustnessParams = RobustnessParams()
+    distill: DistillParams = DistillParams()
 
     @property
     def is_token_task(self) -> bool:
@@ -395,6 +494,12 @@ class Params(_Section):
             raise ValueError("gate.compare_metric: entity_f1 needs task: token-classification")
         if self.model.word_shapes and not self.is_token_task:
             raise ValueError("model.word_shapes: needs task: token-classification (words are tagged one by one)")
+        if self.model.word_shapes:
+            from components.data.word_shapes import word_shapes_refusal
+
+            refusal = word_shapes_refusal(self.model.base_model)
+            if refusal:
+                raise ValueError(refusal)
         return self
 
 

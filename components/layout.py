@@ -89,6 +89,48 @@ class ProjectLayout:
     def parity_file(self) -> Path:
         return self.artifacts / "export" / "parity.json"
 
+    # The stages after export, and distillation's: their outputs that the gate and tracking read.
+    @property
+    def robustness_dir(self) -> Path:
+        return self.artifacts / "robustness"
+
+    @property
+    def robustness_metrics(self) -> Path:
+        return self.robustness_dir / "metrics.json"
+
+    @property
+    def robustness_flipped(self) -> Path:
+        return self.robustness_dir / "flipped.csv"
+
+    @property
+    def explain_dir(self) -> Path:
+        return self.artifacts / "explain"
+
+    @property
+    def explain_report(self) -> Path:
+        return self.explain_dir / "report.html"
+
+    @property
+    def explain_summary(self) -> Path:
+        return self.explain_dir / "summary.json"
+
+    @property
+    def faithfulness_file(self) -> Path:
+        return self.explain_dir / "faithfulness.json"
+
+    @property
+    def teacher_dir(self) -> Path:
+        return self.artifacts / "teacher"
+
+    @property
+    def teacher_card(self) -> Path:
+        """{"enabled": false} when the teacher stage skipped; the teacher's settings when it trained one."""
+        return self.teacher_dir / "tunegate-teacher.json"
+
+    @property
+    def teacher_metrics(self) -> Path:
+        return self.teacher_dir / "metrics.json"
+
     @property
     def mlflow_dir(self) -> Path:
         return self.root / "mlflow"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Self
 
@@ -18,3 +19,9 @@ class JsonReport(BaseModel):
     @classmethod
     def read(cls, path: Path) -> Self:
         return cls.model_validate_json(Path(path).read_text(encoding="utf-8"))
+
+
+def read_json_if_present(path: Path) -> dict | None:
+    """A stage's JSON output, or None when the stage has not run (a project from before it)."""
+    path = Path(path)
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None

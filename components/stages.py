@@ -86,6 +86,115 @@ def start(layout: ProjectLayout, params: Params) -> None:
     print(f"start: fine-tuning starts from {where}" + (f" ({point.note})" if point.note else ""))
 
 
+def teacher(layout: ProjectLayout, params: Params) -> None:
+    """Fine-tune the distillation teacher (distill.enabled) with the student's training code on the
+    teacher's own tokenization of the splits; its test metrics beside it. A card saying "skipped" otherwise."""
+    import shutil
+
+    from components.model.distill import DistillPaths, write_json
+
+    paths = DistillPaths(layout.artifacts)
+    if paths.teacher_dir.exists():
+        shutil.rmtree(paths.teacher_dir)
+    if not params.distill.enabled:
+        write_json(paths.teacher_card, {"enabled": False})  # nothing else: no change downstream
+        print("teacher: skipped (distill.enabled: false)")
+        return
+    import pandas as pd  # loaded past the skip: a skipped stage takes a second, not five
+
+    from components.model.checkpoints import Checkpointer
+    from components.model.compute import resolve_compute
+    from components.model.distill import score_on_test, teacher_fingerprint, tokenize_frame
+    from components.model.modeling import load_classifier, load_tokenizer, resolve_model_source
+    from components.model.train import save_model, seed_everything, train_classifier
+
+    settings = params.distill.teacher_train
+    try:
+        source = resolve_model_source(params.distill.teacher_model)
+    except ConfigError as error:
+        raise ConfigError(str(error).replace("model.base_model", "distill.teacher_model")) from None
+    tokenizer = load_tokenizer(source)
+    frames = {name: pd.read_csv(layout.split_file(name), dtype=str, keep_default_na=False) for name in SPLITS}
+    seed_everything(settings.seed)
+    model = load_classifier(source, params.model_labels, token_level=params.is_token_task)
+    checkpoints = Checkpointer(layout.checkpoints_dir / teacher_fingerprint(
+        params, layout.split_file("train"), layout.split_file("validation")))
+    train_split, validation_split = (tokenize_frame(frames[name], tokenizer, params) for name in ("train", "validation"))
+    result, model = train_classifier(
+        model, train_split, validation_split, params.model_labels, settings, pad_id=tokenizer.pad_token_id,
+        entity_types=params.data.labels if params.is_token_task else None, checkpoints=checkpoints)
+    tokenizer.model_max_length = params.model.max_length
+    save_model(model, tokenizer, paths.teacher_model)
+    result.write(paths.teacher_history)
+    model.to(resolve_compute(settings.device, "fp32").device)  # scored as the evaluate stage scores the student
+    metrics = score_on_test(model, tokenizer, frames["test"], params, settings.eval_batch_size)
+    write_json(paths.teacher_metrics, metrics)
+    write_json(paths.teacher_card, {"enabled": True, "teacher_model": params.distill.teacher_model,
+                                    "train": settings.model_dump(mode="json"), "best_epoch": result.best_epoch})
+    checkpoints.clear()
+    entity = f"entity_f1={metrics['entity_f1']:.4f} " if "entity_f1" in metrics else ""
+    print(f"teacher {params.distill.teacher_model}: test {entity}accuracy={metrics['accuracy']:.4f} "
+          f"macro_f1={metrics['macro_f1']:.4f} (n={metrics['n']})")
+
+
+def distill(layout: ProjectLayout, params: Params) -> None:
+    """The teacher's logits for every training row and for the unlabelled texts (distill.unlabelled),
+    keyed by row id: the student's soft targets. A card saying "skipped" when distill is off."""
+    import shutil
+
+    from components.model.distill import DistillPaths, write_json
+
+    paths = DistillPaths(layout.artifacts)
+    if paths.distill_dir.exists():
+        shutil.rmtree(paths.distill_dir)
+    if not params.distill.enabled:
+        write_json(paths.targets_card, {"enabled": False})
+        print("distill: skipped (distill.enabled: false)")
+        return
+    import pandas as pd
+
+    from components.model.compute import resolve_compute
+    from components.model.distill import (
+        file_md5,
+        read_unlabelled,
+        sequence_logits,
+        unlabelled_path,
+        word_logits,
+        write_targets,
+    )
+    from components.model.evaluate import split_joined
+    from components.model.modeling import load_torch_model
+
+    train = pd.read_csv(layout.split_file("train"), dtype=str, keep_default_na=False)
+    rows = train[["id", "text"]].assign(source="train")
+    unlabelled_md5 = None
+    if params.distill.unlabelled:
+        path = unlabelled_path(layout.root, params.distill.unlabelled)
+        known = set()
+        for name in SPLITS:
+            known |= set(pd.read_csv(layout.split_file(name), dtype=str, keep_default_na=False)["id"])
+        extra = read_unlabelled(path, params.distill.unlabelled_text_column, params, known)
+        rows = pd.concat([rows, extra.assign(source="unlabelled")], ignore_index=True)
+        unlabelled_md5 = file_md5(path)
+    model, tokenizer = load_torch_model(paths.teacher_model)
+    # fp32 logits, on the GPU when there is one; the teacher's settings throughout (the student's may be swept).
+    model.to(resolve_compute(params.distill.teacher_train.device, "fp32").device)
+    batch_size = params.distill.teacher_train.eval_batch_size
+    if params.is_token_task:
+        logits = word_logits(model, tokenizer, split_joined(rows["text"]), params.model.max_length, batch_size)
+    else:
+        logits = list(sequence_logits(model, tokenizer, rows["text"].tolist(), params.model.max_length, batch_size))
+    write_targets(paths.targets, rows, logits, params.is_token_task)
+    counts = rows["source"].value_counts()
+    write_json(paths.targets_card, {"enabled": True, "teacher_model": params.distill.teacher_model,
+                                    "train_rows": int(counts.get("train", 0)),
+                                    "unlabelled_rows": int(counts.get("unlabelled", 0)),
+                                    "unlabelled": params.distill.unlabelled, "unlabelled_md5": unlabelled_md5,
+                                    "level": "word" if params.is_token_task else "text"})
+    print(f"distill: teacher logits for {counts.get('train', 0)} training rows and "
+          f"{counts.get('unlabelled', 0)} unlabelled texts -> {paths.targets}")
+
+
 @dataclass(frozen=True)
 class TrainOutputs:
     model_dir: Path
@@ -107,6 +216,12 @@ def training_fingerprint(layout: ProjectLayout, params: Params) -> str:
     for path in (layout.tokenized_file("train"), layout.tokenized_file("validation"),
                  layout.adapted_dir / "tunegate-adapt.json", layout.start_dir / "start.json"):
         digest.update(path.read_bytes() if path.is_file() else b"-")
+    if params.distill.enabled:  # only then: the checkpoints of plain runs keep their keys
+        from components.model.distill import DistillPaths
+
+        targets = DistillPaths(layout.artifacts).targets
+        digest.update(params.distill.model_dump_json().encode())
+        digest.update(targets.read_bytes() if targets.is_file() else b"-")
     return digest.hexdigest()[:16]
 
 
@@ -140,6 +255,9 @@ def train_model(layout: ProjectLayout, params: Params, outputs: TrainOutputs):
     if params.model.word_shapes:
         add_word_shapes(model)
     train_split = load_tokenized(layout.tokenized_file("train"))
+    labelled_rows, distillation = len(train_split), None
+    if params.distill.enabled:
+        train_split, distillation = _with_teacher_targets(layout, params, train_split, tokenizer)
     mix = None
     if point is not None and point.source == "champion":
         train_split, mix = replay_mix(train_split, point.champion_batches, params.train.replay_fraction,
@@ -150,7 +268,7 @@ def train_model(layout: ProjectLayout, params: Params, outputs: TrainOutputs):
     result, model = train_classifier(
         model, train_split, load_tokenized(layout.tokenized_file("validation")), params.model_labels, params.train,
         pad_id=tokenizer.pad_token_id, entity_types=params.data.labels if params.is_token_task else None,
-        checkpoints=checkpoints,
+        checkpoints=checkpoints, distillation=distillation,
     )
     if not launched_ranks().is_main:
         return result  # rank 0 writes the outputs: the same weights, once
@@ -159,10 +277,31 @@ def train_model(layout: ProjectLayout, params: Params, outputs: TrainOutputs):
     extra = {"start": point.source if point else "base", "adapted": adapted is not None}
     if mix:
         extra["replay"] = mix
+    if distillation is not None:
+        extra["distill"] = {"teacher_model": params.distill.teacher_model, "temperature": distillation.temperature,
+                            "alpha": distillation.alpha, "labelled_rows": labelled_rows}
     result = replace(result, extra=extra)
     result.write(outputs.history_file)
     checkpoints.clear()  # the run finished: the saved model is the result
     return result
+
+
+def _with_teacher_targets(layout: ProjectLayout, params: Params, train_split, tokenizer):
+    """The training split with the distill stage's teacher logits attached, and the KD loss settings."""
+    import pandas as pd
+
+    from components.model.distill import DistillPaths, distilled_split, read_targets
+    from components.model.train import Distillation
+
+    paths = DistillPaths(layout.artifacts)
+    if not paths.targets.is_file():
+        raise ConfigError(f"distill.enabled is true but {paths.targets} is missing: run the teacher and distill "
+                          "stages first (`dvc repro distill`)")
+    frame = pd.read_csv(layout.split_file("train"), dtype=str, keep_default_na=False)
+    split = distilled_split(train_split, frame, read_targets(paths.targets), tokenizer, params)
+    print(f"distill: {len(train_split)} labelled + {len(split) - len(train_split)} unlabelled rows with "
+          f"{params.distill.teacher_model}'s logits (T={params.distill.temperature}, alpha={params.distill.alpha})")
+    return split, Distillation(temperature=params.distill.temperature, alpha=params.distill.alpha)
 
 
 def train(layout: ProjectLayout, params: Params) -> None:
@@ -232,12 +371,53 @@ def export(layout: ProjectLayout, params: Params) -> None:
         print(f"parity note: {parity.note}")
 
 
+def explain(layout: ProjectLayout, params: Params) -> None:
+    """The served model's explanation report: its most confident test errors and a sample of correct
+    answers with word attributions, and the deletion test (components/explain/report.py)."""
+    from components.explain.report import explain_paths, faithfulness_sentence, write_report, write_skipped
+
+    if not params.explain.enabled:
+        print(f"explain: off (explain.enabled: false); {write_skipped(layout)} says so")
+        return
+    report = write_report(layout, params)
+    summary = report.summary
+    print(f"explain: {summary['errors_shown']} errors (of {summary['errors_total']}) and {summary['correct_shown']} "
+          f"correct answers explained in {summary['seconds']:.1f} s ({summary['model_calls']} model calls); "
+          f"report: {explain_paths(layout).report}")
+    print(faithfulness_sentence(report.faithfulness, params.is_token_task))
+
+
+def robustness(layout: ProjectLayout, params: Params) -> None:
+    """Invariance tests of the served model (the ONNX export) on perturbed test rows; the gate judges them."""
+    import pandas as pd
+
+    from components.export.predictor import OnnxTextClassifier, OnnxTokenTagger, default_providers, read_model_card
+    from components.robustness.invariance import InvarianceReport, measure_invariance
+
+    if not params.robustness.enabled:
+        InvarianceReport.skipped(params.task).write(layout.robustness_metrics, layout.robustness_flipped)
+        print("robustness: off (robustness.enabled: false); no invariance figures")
+        return
+    card = read_model_card(layout.onnx_dir)
+    served = OnnxTokenTagger if params.is_token_task else OnnxTextClassifier
+    # Where the gate scores it: an fp16 export on CUDA when there is one (the parity report says otherwise).
+    predictor = served(layout.onnx_dir, default_providers(card.precision), warn_on_plan=False)
+    test = pd.read_csv(layout.split_file("test"), dtype=str, keep_default_na=False)
+    report = measure_invariance(predictor, test, params.robustness)
+    metrics, flipped = report.write(layout.robustness_metrics, layout.robustness_flipped)
+    print(f"{report.summary()}\nwrote {metrics} and {flipped} ({len(report.flipped)} changed predictions)")
+
+
 STAGES: dict[str, Callable[[ProjectLayout, Params], None]] = {
     "validate": validate,
     "preprocess": preprocess,
     "adapt": adapt,
     "start": start,
+    "teacher": teacher,
+    "distill": distill,
     "train": train,
     "evaluate": evaluate,
     "export": export,
+    "robustness": robustness,
+    "explain": explain,
 }

@@ -31,7 +31,8 @@ from flows.approval import (
 )
 from flows.team_lock import model_lock
 
-ML_STAGES = ("validate", "preprocess", "adapt", "start", "train", "evaluate", "export")
+ML_STAGES = ("validate", "preprocess", "adapt", "start", "teacher", "distill", "train", "evaluate", "export",
+             "robustness", "explain")
 ONNX_OUT = "artifacts/onnx"
 
 
@@ -95,13 +96,14 @@ STAGE_REPORTS = {"validate": "artifacts/validation/report.json; Data Docs: artif
 
 
 @task(name="dvc-repro", cache_policy=NO_CACHE)
-def reproduce(layout: ProjectLayout, stage: str) -> None:
+def reproduce(layout: ProjectLayout, stage: str, force: bool = False) -> None:
     from components.lifecycle.versioning import VersioningError, run_dvc
 
     try:
         # --single-item: the flow runs the stages in order itself; without it every call would also
         # re-check (and re-run the always-changed `start` stage of) everything upstream.
-        run_dvc(layout.root, "repro", "--single-item", stage)  # a no-op when deps and params are unchanged
+        # A no-op when deps and params are unchanged; `force`: inputs DVC cannot see changed.
+        run_dvc(layout.root, "repro", "--single-item", *(["--force"] if force else []), stage)
     except VersioningError:
         report = f"; report: {STAGE_REPORTS[stage]}" if stage in STAGE_REPORTS else ""
         raise VersioningError(f"stage {stage!r} stopped: its reason is printed above{report}. Nothing was "
@@ -144,6 +146,7 @@ def gate(params: Params, layout: ProjectLayout, champion: dict | None, champion_
     """`earlier_rows`: the champion's own test rows and the champion's metrics on them."""
 
     from components.lifecycle.gate import decide
+    from components.reports import read_json_if_present
 
     challenger = score_onnx_dir(layout.onnx_dir, layout.split_file("test"), params.data.labels)
     parity = json.loads(layout.parity_file.read_text())
@@ -151,10 +154,25 @@ def gate(params: Params, layout: ProjectLayout, champion: dict | None, champion_
     if earlier_rows is not None:
         rows_csv, champion_on_earlier = earlier_rows
         forgetting = (score_onnx_dir(layout.onnx_dir, rows_csv, params.data.labels), champion_on_earlier)
-    decision = decide(challenger, parity, champion, champion_version, params.gate, params.export, forgetting)
+    # The robustness stage's figures (None before that stage ever ran: a min_invariance check then fails).
+    decision = decide(challenger, parity, champion, champion_version, params.gate, params.export, forgetting,
+                      robustness=read_json_if_present(layout.robustness_metrics), teacher=_teacher_metrics(params, layout))
     get_run_logger().info(decision.summary())
     return {"decision": decision.model_dump(), "summary": decision.summary(), "passed": decision.passed,
             "challenger_metrics": challenger}
+
+
+def _unlabelled_changed(params: Params, layout: ProjectLayout) -> bool:
+    from components.model.distill import unlabelled_changed
+
+    return unlabelled_changed(layout.artifacts, params, layout.root)
+
+
+def _teacher_metrics(params: Params, layout: ProjectLayout) -> dict | None:
+    """The distillation teacher's test metrics (artifacts/teacher/metrics.json); None without distill."""
+    from components.model.distill import teacher_metrics
+
+    return teacher_metrics(layout.artifacts) if params.distill.enabled else None
 
 
 @task(name="register", cache_policy=NO_CACHE, **RETRY)
@@ -232,7 +250,9 @@ def _retrain(layout: ProjectLayout, params: Params, profile: str) -> dict:
         for stage in ML_STAGES:
             if stage == "train" and params.sweep.enabled:
                 params = sweep_then_reload(params, layout, registry, run_id)
-            reproduce.with_options(name=stage)(layout, stage)
+            # distill.unlabelled (e.g. the prediction log) grows under one name: DVC tracks it by the param.
+            stale = stage == "distill" and _unlabelled_changed(params, layout)
+            reproduce.with_options(name=stage)(layout, stage, force=stale)
         tracking.log_stage_outputs(registry, run_id, layout, params.is_token_task)
 
         model_md5 = tracking.output_md5(layout, "export", ONNX_OUT)
@@ -263,6 +283,9 @@ def _retrain(layout: ProjectLayout, params: Params, profile: str) -> dict:
             print(f"v{version} holds this exact model and still waits for approval; asking again for it")
         else:
             tags = tracking.version_tags(params, layout, data, verdict, model_md5)
+            report = tracking.explain_report_link(registry, run_id)
+            if report:  # the model card links it
+                tags["explain_report"] = report
             version = register(registry, run_id, layout, tags, verdict["passed"], verdict["summary"])
         if not verdict["passed"]:
             return tracking.finish(registry, run_id, status="rejected-by-gate", version=version,
@@ -272,9 +295,12 @@ def _retrain(layout: ProjectLayout, params: Params, profile: str) -> dict:
             approval = auto_approval(version)
             print(f"approval: {approval.comment}; the 'production' profile waits for a person instead")
         else:
-            registry.tag_version(version, {"approval": PENDING, "approval_flow_run": str(runtime.flow_run.id)})
+            # The flow run first: whoever sees `pending` (an approver in another clone) also finds the run to resume.
+            registry.tag_version(version, {"approval_flow_run": str(runtime.flow_run.id), "approval": PENDING})
             print(f"v{version} waits for approval: `tunegate approve` or `tunegate reject`, or the Prefect UI")
-            approval = wait_for_approval(tracking.approval_description(registry.model_name, version, verdict),
+            description = tracking.approval_description(registry.model_name, version, verdict,
+                                                        tracking.explain_report_link(registry, run_id))
+            approval = wait_for_approval(description,
                                          params.approval.timeout_s, params.approval.poll_interval_s)
         if not approval.approved:
             apply_decision(registry, version, approval)  # records the rejection; champion stays

@@ -18,6 +18,12 @@ GIT_IDENTITY = {"GIT_AUTHOR_NAME": "tunegate-test", "GIT_AUTHOR_EMAIL": "test@tu
                 "GIT_COMMITTER_NAME": "tunegate-test", "GIT_COMMITTER_EMAIL": "test@tunegate.invalid"}
 
 
+# The explain and robustness stages on, with budgets that keep a tiny run quick.
+SMALL_INSPECTIONS = {"explain": {"enabled": True, "max_evals": 40, "report_errors": 2, "report_correct": 1,
+                                 "faithfulness_rows": 8},
+                     "robustness": {"enabled": True, "max_rows": 40}}
+
+
 def tiny_params(base_model: Path, **sections) -> dict:
     params = {
         "task": "sequence-classification",
@@ -32,6 +38,12 @@ def tiny_params(base_model: Path, **sections) -> dict:
         "export": {"min_agreement": 0.95, "max_accuracy_drop": 0.03},
         "registry": {"model_name": "tiny-sentiment"},
         "approval": {"profile": "production", "timeout_s": 300, "poll_interval_s": 1},
+        # Off in the tiny projects of tests about other things (the stages still run, and write that they
+        # are off): importing shap and onnxruntime for them cost ~15 s per retrain. The end-to-end
+        # pipeline tests turn them on with SMALL_INSPECTIONS.
+        "explain": {"enabled": False},
+        "robustness": {"enabled": False},
+        "distill": {"enabled": False, "teacher_model": None, "teacher_train": {}},  # keys dvc.yaml's stages track
     }
     for section, values in sections.items():
         params.setdefault(section, {}).update(values)

@@ -15,7 +15,7 @@ from components.lifecycle.registry import CHAMPION, ModelRegistry, resolve_track
 from components.serving.deployment import build_service_app
 from components.serving.server import BackgroundServer
 from flows.retrain import retrain
-from tests.project import git, make_project
+from tests.project import SMALL_INSPECTIONS, git, make_project
 from tests.tiny import ner_records
 
 pytestmark = pytest.mark.slow
@@ -34,7 +34,7 @@ NER_SECTIONS = {
 
 @pytest.fixture(scope="module")
 def ner_project(tmp_path_factory, tiny_ner_base_model, prefect_api) -> tuple[Path, dict]:
-    sections = {k: v for k, v in NER_SECTIONS.items() if k != "task"}
+    sections = {**{k: v for k, v in NER_SECTIONS.items() if k != "task"}, **SMALL_INSPECTIONS}
     root = make_project(tmp_path_factory.mktemp("ner") / "project", tiny_ner_base_model, **sections)
     params = (root / "params.yaml").read_text().replace("task: sequence-classification", "task: token-classification")
     (root / "params.yaml").write_text(params)

@@ -25,7 +25,7 @@ from components.serving.deployment import load_served_model
 from components.serving.server import BackgroundServer
 from flows.approval import answer_approval, paused_retrain_runs
 from flows.retrain import retrain
-from tests.project import make_project, read_params, write_params
+from tests.project import SMALL_INSPECTIONS, make_project, read_params, write_params
 from tests.tiny import sentiment_frame
 from tunegate.cli import main
 
@@ -56,7 +56,7 @@ def run_with_approval(root: Path, decision: str, by: str, comment: str) -> dict:
 
 @pytest.fixture(scope="module")
 def promoted_project(tmp_path_factory, tiny_base_model, prefect_api) -> tuple[Path, dict]:
-    root = make_project(tmp_path_factory.mktemp("e2e") / "project", tiny_base_model)
+    root = make_project(tmp_path_factory.mktemp("e2e") / "project", tiny_base_model, **SMALL_INSPECTIONS)
     started = time.perf_counter()
     result = run_with_approval(root, "approve", by="reviewer-ada", comment="metrics look right")
     result["seconds"] = time.perf_counter() - started

@@ -111,7 +111,7 @@ def prepared_project(root: Path, base_model: Path) -> tuple[ProjectLayout, Model
     make_project(root, base_model,
                  sweep={"enabled": True, "method": "grid", "max_concurrency": 2, "space": SWEEP_SPACE})
     assert main(["--project", str(root), "ingest"]) == 0
-    run_dvc(root, "repro", "preprocess", "adapt", "start", capture=True)  # everything train reads
+    run_dvc(root, "repro", "preprocess", "adapt", "start", "teacher", "distill", capture=True)  # all train reads
     layout = ProjectLayout(root)
     return layout, ModelRegistry(resolve_tracking_uri(None, layout.mlflow_dir), "tiny-sentiment",
                                  artifact_root=layout.mlflow_dir / "artifacts")

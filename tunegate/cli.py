@@ -20,6 +20,8 @@ QUIET_DEFAULTS = {
     "DVC_NO_ANALYTICS": "1",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "TOKENIZERS_PARALLELISM": "false",
+    # A registered model downloads in a second: MLflow's per-file bar only buries the command's answer.
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
 }
 
 
@@ -51,6 +53,9 @@ def cmd_run(args) -> int:
         old = set_param(layout.params_file, key, yaml.safe_load(raw))
         print(f"params.yaml: {key}: {old!r} -> {yaml.safe_load(raw)!r}")
     params = _params(layout)  # refuse bad settings before any work starts
+    from components.model.modeling import resolve_model_source
+
+    resolve_model_source(params.model.base_model)  # a missing model directory, before Prefect starts (~10 s)
     from flows.retrain import retrain
     from tunegate.console import hide_user_error_tracebacks
 
@@ -81,7 +86,8 @@ def _serve(layout: ProjectLayout, params: Params, version: str | None, host: str
     served = app.state.model_holder.current()
     follows = f"pinned to v{version}" if version else f"follows 'champion' (checked every {serve.poll_interval_s:g} s)"
     print(f"serving {served.metadata['model_name']} v{served.metadata['model_version']}, {follows}, "
-          f"at http://{host}:{port}  (POST /predict, POST /invocations, GET /health, /metadata, /metrics; Ctrl-C stops)")
+          f"at http://{host}:{port}  (POST /predict, POST /invocations{', POST /explain' if serve.explain else ''}, "
+          "GET /health, /metadata, /metrics; Ctrl-C stops)")
     serve_forever(app, host, port)
     return 0
 
@@ -118,6 +124,68 @@ def cmd_predict(args) -> int:
     resumed = f" (resumed after record {summary.resumed_at:,})" if summary.resumed_at else ""
     print(f"{summary.records:,} records: {summary.scored:,} scored into {summary.output}{resumed}, "
           f"{summary.rejected:,} rejected" + (f" (see {summary.rejected_file})" if summary.rejected else ""))
+    return 0
+
+
+EXPLANATION_PAGE = Path("artifacts") / "explain" / "explanation.html"  # `explain --html` without a path
+
+
+def cmd_explain(args) -> int:
+    import json
+    import time
+
+    from components.config import ExplainParams
+    from components.explain.attributions import explain
+
+    layout = _layout(args)
+    # --model-dir works outside a project: then the defaults stand in for params.yaml.
+    params = _params(layout) if args.model_dir is None or layout.params_file.is_file() else None
+    explain_params = params.explain if params else ExplainParams()
+    max_evals = explain_params.max_evals if args.max_evals is None else args.max_evals
+    if max_evals < 10:
+        raise ConfigError(f"--max-evals {max_evals}: an explanation needs at least 10 model calls")
+    if args.model_dir is not None:
+        from components.export.predictor import load_predictor
+
+        try:
+            predictor = load_predictor(Path(args.model_dir), providers=params.serve.providers if params else
+                                       ("CPUExecutionProvider",))
+        except ValueError as error:  # not an export directory: say so, without a traceback
+            raise ConfigError(f"--model-dir: {error}") from None
+        what = str(args.model_dir)
+    else:  # the model `tunegate serve` and `tunegate predict` would use
+        from components.serving.deployment import load_served_model
+
+        served = load_served_model(_open_registry(layout), layout.artifacts / "serving", params.serve.providers,
+                                   version=args.version)
+        predictor, what = served.predictor, f"{served.metadata['model_name']} v{served.version}"
+    started = time.perf_counter()
+    explanations = explain(predictor, args.text, max_evals)
+    seconds = time.perf_counter() - started
+    if args.json:
+        print(json.dumps({"model": what, "max_evals": max_evals, "seconds": round(seconds, 3),
+                          "explanations": [e.to_dict() for e in explanations]}, indent=2))
+    else:
+        print(f"{what}: {len(explanations)} explanation(s) in {seconds:.2f} s, at most {max_evals} model calls each")
+        if not explanations:
+            print("no entity found in the text: nothing to explain")
+        for explanation in explanations:
+            entity = f' entity "{args.text[slice(*explanation.span)]}"' if explanation.span else ""
+            print(f"\n{explanation.label}{entity}: p = {explanation.probability:.3f} (every word masked: "
+                  f"{explanation.base_value:.3f}; {explanation.model_calls} model calls)")
+            print(f"  {'word':<20} {'value':>8}  chars")
+            for word in sorted(explanation.words, key=lambda w: abs(w.value), reverse=True)[:args.top]:
+                print(f"  {word.word[:20]:<20} {word.value:>+8.4f}  {word.start}-{word.end}")
+    if args.html is not None:
+        from components.explain.page import render_explanations
+
+        path = Path(args.html) if args.html else layout.root / EXPLANATION_PAGE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(render_explanations(explanations, f"Why {what} answered as it did",
+                                            intro=f"Shapley values of the served model's probability over the "
+                                                  f"words, at most {max_evals} model calls per explanation."),
+                        encoding="utf-8")
+        print(f"page: {path}", file=sys.stderr if args.json else sys.stdout)  # stdout stays JSON with --json
     return 0
 
 
@@ -201,6 +269,10 @@ def cmd_fetch(args) -> int:
         split_builtin,
     )
 
+    if args.model:  # named models only: no project (params.yaml) needed
+        for model in args.model:
+            print(f"model builtin:{split_builtin(model) or model}: {builtin_model_dir(split_builtin(model) or model)}")
+        return 0
     params = _params(_layout(args))
     if (name := split_builtin(params.data.source)) is not None:
         read = read_builtin_split_dataset if name in BUILTIN_SPLIT_DATASETS else read_builtin_dataset
@@ -333,6 +405,8 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.set_defaults(handler=cmd_ingest)
 
     fetch = verbs.add_parser("fetch", help="download and hash-check the built-in data and model params.yaml names")
+    fetch.add_argument("--model", action="append", metavar="builtin:NAME",
+                       help="fetch this built-in model instead (repeatable), e.g. builtin:all-mpnet-base-v2")
     fetch.set_defaults(handler=cmd_fetch)
 
     serve = verbs.add_parser("serve", help="serve the champion (or --version) over HTTP with onnxruntime")
@@ -354,6 +428,19 @@ def build_parser() -> argparse.ArgumentParser:
                               "'local' for a LocalCluster on this machine")
     predict.add_argument("--dask-workers", type=int, help="with --dask local: worker processes (default: one per core)")
     predict.set_defaults(handler=cmd_predict)
+
+    explain = verbs.add_parser("explain", help="which words made the champion (or --version, --model-dir) answer "
+                                               "as it did: Shapley values per word, as a table, JSON or HTML page")
+    explain.add_argument("text", help="the text to explain (quote it)")
+    which = explain.add_mutually_exclusive_group()
+    which.add_argument("--version", help="a registered version instead of the champion")
+    which.add_argument("--model-dir", help="an ONNX export directory instead of the registry (no project needed)")
+    explain.add_argument("--max-evals", type=int, help="model calls per explanation (default: explain.max_evals)")
+    explain.add_argument("--top", type=int, default=10, help="words shown in the table (largest |value| first)")
+    explain.add_argument("--json", action="store_true", help="print the explanations as JSON instead of a table")
+    explain.add_argument("--html", nargs="?", const="", metavar="PATH",
+                         help=f"write a self-contained HTML page (default path: {EXPLANATION_PAGE} in the project)")
+    explain.set_defaults(handler=cmd_explain)
 
     for verb in ("approve", "reject"):
         answer = verbs.add_parser(verb, help=f"{verb} the model version a retraining run is waiting on")
@@ -395,7 +482,8 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.set_defaults(handler=cmd_reproduce)
 
     stage = verbs.add_parser("stage", help="run one ML stage (dvc.yaml calls these)")
-    stage.add_argument("name", choices=["validate", "preprocess", "adapt", "start", "train", "evaluate", "export"])
+    stage.add_argument("name", choices=["validate", "preprocess", "adapt", "start", "teacher", "distill", "train",
+                                         "evaluate", "export", "robustness", "explain"])
     stage.set_defaults(handler=cmd_stage)
 
     from tunegate.stack.commands import add_stack_parser

@@ -5,7 +5,12 @@
   rescaling of input channels calibrated on training texts. A token's result depends on that token
   alone, never on its batch-mates or padding, and outlier channels no longer set everyone's scale.
 - per-block: onnxruntime's MatMulNBits with 8-bit weights in blocks along K, activations quantized
-  per row and block; attention stays in its fused float op.
+  per row and block; attention stays in its fused float op where the graph has one (BERT; MPNet's
+  relative position bias keeps onnxruntime from fusing its attention, so its Q, K and V MatMuls go
+  to 8-bit blocks as well).
+
+Every scheme finds its MatMuls by op type and constant weights, never by node name, so BERT and MPNet
+(attention.self.query vs attention.attn.q) are quantized alike; keep_float patterns are the user's.
 - dynamic: onnxruntime's quantize_dynamic, one activation range per tensor per batch: the fastest,
   and the least faithful (a label can change with the batch a text is in).
 """

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
+from components.config import ROBUSTNESS_TOKEN_KINDS as TOKEN_KINDS
 from components.config import ExportParams, GateParams
 
 
@@ -47,6 +48,8 @@ def decide(
     gate: GateParams,
     export: ExportParams,
     earlier_rows: tuple[dict, dict] | None = None,
+    teacher: dict | None = None,
+    robustness: dict | None = None,
 ) -> GateDecision:
     """`challenger` and `champion` are metrics of the served models on the same test rows;
     `earlier_rows` the (challenger, champion) metrics on the test rows of the champion's own batches."""
@@ -88,7 +91,22 @@ def decide(
         ))
     if earlier_rows is not None:
         checks.append(_forgetting_check(*earlier_rows, champion_version, gate))
+    if teacher is not None and gate.max_teacher_gap is not None:
+        checks.append(_teacher_gap_check(challenger, teacher, gate))
+    # robustness: the robustness stage's figures (artifacts/robustness/metrics.json), None if it never ran.
+    checks += _invariance_checks(robustness, gate, token_task="entity_f1" in challenger)
     return GateDecision(passed=all(c.passed for c in checks), checks=checks, champion_version=champion_version)
+
+
+def _teacher_gap_check(challenger: dict, teacher: dict, gate: GateParams) -> GateCheck:
+    """Distillation: the served student against its teacher's test metric (the teacher's PyTorch model)."""
+    metric = gate.compare_metric
+    gap = teacher[metric] - challenger[metric]
+    return GateCheck(
+        name="max_teacher_gap", passed=gap <= gate.max_teacher_gap, value=gap, threshold=gate.max_teacher_gap,
+        detail=f"{metric} {challenger[metric]:.4f} vs teacher {teacher[metric]:.4f} on the same test rows "
+               f"(trails by {gap:+.4f}; allowed <= {gate.max_teacher_gap:.4f})",
+    )
 
 
 def _forgetting_check(challenger: dict, champion: dict, champion_version: str | None, gate: GateParams) -> GateCheck:
@@ -101,3 +119,46 @@ def _forgetting_check(challenger: dict, champion: dict, champion_version: str | 
                f"{challenger[metric]:.4f} vs {champion[metric]:.4f} ({difference:+.4f}; "
                f"allowed >= {-gate.max_forgetting:+.4f})",
     )
+
+
+RUN_ROBUSTNESS = "run the robustness stage after export (`dvc repro robustness`, or `tunegate stage robustness`)"
+
+
+def _invariance_checks(report: dict | None, gate: GateParams, token_task: bool) -> list[GateCheck]:
+    """gate.min_invariance against the robustness stage's figures, one check per kind. A number judges
+    every kind the report holds; a mapping the kinds it names (a named kind the report lacks fails); 0
+    judges nothing, and the figures a report holds are still listed, as passes, for the reader."""
+    setting = gate.min_invariance
+    figures = {kind: values for kind, values in (report or {}).items() if isinstance(values, dict)}
+    if isinstance(setting, dict):
+        thresholds = {kind: share for kind, share in setting.items() if share > 0}
+    elif setting > 0 and not figures:
+        where = "the robustness report holds no kind" if report is not None else "no robustness report"
+        return [GateCheck(name="min_invariance", passed=False, value=0.0, threshold=setting,
+                          detail=f"gate.min_invariance is {setting} but there is {where} "
+                                 f"(artifacts/robustness/metrics.json): {RUN_ROBUSTNESS}")]
+    else:
+        thresholds = {kind: setting for kind in figures if setting > 0}
+    checks = []
+    for kind in [*figures, *(kind for kind in thresholds if kind not in figures)]:
+        threshold = thresholds.get(kind, 0.0)
+        name = f"min_invariance_{kind}"
+        if kind not in figures:
+            why = (f"; token classification measures only {', '.join(TOKEN_KINDS)}: drop {kind} from "
+                   "gate.min_invariance" if token_task and kind not in TOKEN_KINDS
+                   else f" with {kind} in robustness.kinds")
+            checks.append(GateCheck(name=name, passed=False, value=0.0, threshold=threshold,
+                                    detail=f"gate.min_invariance asks for {kind} >= {threshold:.4f} but the robustness "
+                                           f"report has no {kind} figures: {RUN_ROBUSTNESS}{why}"))
+            continue
+        share, n, flipped = figures[kind].get("invariance"), figures[kind].get("n", 0), figures[kind].get("flipped", 0)
+        if share is None or not n:
+            checks.append(GateCheck(name=name, passed=True, value=1.0, threshold=threshold,
+                                    detail=f"not judged: no test row could be perturbed by {kind}"))
+            continue
+        required = f"required >= {threshold:.4f}" if threshold > 0 else "not judged: gate.min_invariance is 0"
+        checks.append(GateCheck(
+            name=name, passed=share >= threshold, value=share, threshold=threshold,
+            detail=f"invariance under {kind} {share:.4f}: {flipped} of {n} perturbed test rows changed prediction "
+                   f"({required}; listed in artifacts/robustness/flipped.csv)"))
+    return checks

@@ -33,6 +33,23 @@ def _listed(value: Any) -> str:
     return ", ".join(f"`{item}`" for item in value) if isinstance(value, list) else str(value)
 
 
+def _robustness_section(figures: Any) -> list[str]:
+    """The invariance table (tracking.robustness_tag: a dict, or its JSON once read back from MLflow)."""
+    if isinstance(figures, str):
+        try:
+            figures = json.loads(figures)
+        except json.JSONDecodeError:
+            return []
+    if not isinstance(figures, dict) or not figures:
+        return []
+    rows = [f"| {kind} | {'n/a' if v.get('invariance') is None else format(v['invariance'], '.4f')} "
+            f"| {v.get('n', '?')} | {v.get('flipped', '?')} |" for kind, v in figures.items() if isinstance(v, dict)]
+    return ["## Robustness (invariance)", "",
+            ("The share of test predictions that stayed the same when the text was perturbed in a way that keeps "
+             "its label (a typo, casing, punctuation, whitespace, another name); components/robustness."), "",
+            "| perturbation | unchanged | rows | changed |", "|---|---|---|---|", *rows, ""]
+
+
 def render_model_card(model_name: str, tags: dict[str, Any], parity: dict[str, Any], gate_summary: str) -> str:
     """Markdown for the version described by `tags` (tracking.version_tags), its export `parity`
     report (artifacts/export/parity.json) and the gate's summary."""
@@ -70,6 +87,7 @@ def render_model_card(model_name: str, tags: dict[str, Any], parity: dict[str, A
         "## Training data and code",
         "",
         f"- base model: `{tags.get('base_model', 'unknown')}`",
+        *([f"- distilled from the teacher `{tags['teacher']}` (distill in params)"] if tags.get("teacher") else []),
         f"- data version (DVC): `{tags.get('data_hash', 'unknown')}`",
         f"- batches: {_listed(tags.get('data_batches', []))}",
         f"- git commit: `{tags.get('git_commit', 'unknown')}`",
@@ -86,6 +104,7 @@ def render_model_card(model_name: str, tags: dict[str, Any], parity: dict[str, A
         "",
         parity_line,
         "",
+        *_robustness_section(tags.get("robustness")),
         "## Gate",
         "",
         f"Verdict: **{tags.get('gate', 'unknown')}**.",
@@ -94,6 +113,9 @@ def render_model_card(model_name: str, tags: dict[str, Any], parity: dict[str, A
         gate_summary.strip(),
         "```",
         "",
+        *([(f"## Explanations\n\nThe test split's most confident errors and a sample of correct answers, each "
+            f"with the words that made the model answer so, and the deletion test: {tags['explain_report']}\n")]
+          if tags.get("explain_report") else []),
         "## Limits",
         "",
         LIMITS.format(precision=precision),

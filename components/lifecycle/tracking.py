@@ -11,11 +11,12 @@ from pathlib import Path
 
 from components.config import Params
 from components.layout import ProjectLayout
+from components.reports import read_json_if_present
 from components.lifecycle.registry import ModelRegistry, resolve_tracking_uri
 from components.lifecycle.versioning import stage_output_hash
 
 # Settings that shape the model; runtime settings (registry, approval, serve) are not model lineage.
-MODEL_SECTIONS = {"task", "data", "split", "model", "adapt", "train", "sweep", "gate", "export", "drift"}
+MODEL_SECTIONS = {"task", "data", "split", "model", "adapt", "train", "sweep", "gate", "export", "drift", "distill"}
 ENTITY_METRICS = ("entity_f1", "entity_precision", "entity_recall")
 
 
@@ -99,6 +100,7 @@ def log_stage_outputs(registry: ModelRegistry, run_id: str, layout: ProjectLayou
     registry.log_metrics(run_id, scores)
 
     log_split_inputs(registry, run_id, layout, token_task)
+    log_teacher(registry, run_id, layout)
     registry.set_run_tags(run_id, {"model_md5": output_md5(layout, "export", "artifacts/onnx"),
                                    "torch_model_md5": output_md5(layout, "train", "artifacts/model")})
     registry.log_artifact(run_id, layout.validation_docs, "validation/data_docs")
@@ -111,6 +113,100 @@ def log_stage_outputs(registry: ModelRegistry, run_id: str, layout: ProjectLayou
                          (layout.data_dir.with_suffix(".dvc"), "config"),
                          (layout.data_dir / "manifest.json", "data"), (layout.data_dir / "reports", "data/reports")]:
         registry.log_artifact(run_id, path, folder)
+    log_explanations(registry, run_id, layout)
+    log_robustness(registry, run_id, layout)
+
+
+def robustness_metrics(figures: dict | None) -> dict[str, float]:
+    """The robustness stage's figures as MLflow metrics: invariance_<kind> (share of predictions
+    unchanged), invariance_<kind>_n, invariance_<kind>_flipped, invariance_min."""
+    metrics: dict[str, float] = {}
+    for kind, values in (figures or {}).items():
+        if not isinstance(values, dict):
+            continue
+        if values.get("invariance") is not None:  # None: no row could be perturbed that way
+            metrics[f"invariance_{kind}"] = values["invariance"]
+        metrics.update({f"invariance_{kind}_{key}": values[key] for key in ("n", "flipped") if key in values})
+    if figures and figures.get("min_invariance") is not None:
+        metrics["invariance_min"] = figures["min_invariance"]
+    return metrics
+
+
+def log_robustness(registry: ModelRegistry, run_id: str, layout: ProjectLayout) -> None:
+    """The robustness stage's shares as metrics and its files (the changed predictions) as artifacts
+    (robustness/); nothing when the stage has not run (a project from before it)."""
+    figures = read_json_if_present(layout.robustness_metrics)
+    if figures is None:
+        return
+    registry.log_metrics(run_id, robustness_metrics(figures))
+    for path in (layout.robustness_metrics, layout.robustness_flipped):
+        if path.is_file():
+            registry.log_artifact(run_id, path, "robustness")
+
+
+def log_explanations(registry: ModelRegistry, run_id: str, layout: ProjectLayout) -> None:
+    """The explain stage's report and summary as artifacts (explain/), the deletion test as metrics
+    (explain_*); nothing when the stage has not run (a project from before it)."""
+    if not layout.explain_report.is_file():
+        return
+    for path in (layout.explain_report, layout.explain_summary):
+        if path.is_file():
+            registry.log_artifact(run_id, path, "explain")
+    if layout.faithfulness_file.is_file():
+        figures = _read_json(layout.faithfulness_file)
+        registry.log_metrics(run_id, {f"explain_{k}": v for k, v in figures.items()  # rates, n, k (not the seed)
+                                      if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "seed"})
+    link = explain_report_link(registry, run_id)
+    if link:
+        registry.set_run_tags(run_id, {"explain_report": link})
+
+
+REPORT_ARTIFACT = "explain/report.html"  # where log_explanations puts the explain stage's report
+
+
+def explain_report_link(registry: ModelRegistry, run_id: str) -> str | None:
+    """Where a person opens the run's explanation report: the MLflow UI's page of the artifact when the
+    tracking URI is an HTTP server (its login removed), else the artifact's own URI (a path on this
+    machine for the SQLite store); None when the run has no report."""
+    folder, _, name = REPORT_ARTIFACT.rpartition("/")
+    if name not in {item.path.rpartition("/")[2] for item in registry.client.list_artifacts(run_id, folder)}:
+        return None
+    run = registry.client.get_run(run_id)
+    return artifact_link(registry.tracking_uri, run.info.experiment_id, run_id, run.info.artifact_uri, REPORT_ARTIFACT)
+
+
+def artifact_link(tracking_uri: str, experiment_id: str, run_id: str, artifact_uri: str, path: str) -> str:
+    """A run artifact as a person opens it: the MLflow UI's artifact view when tracking_uri is an HTTP
+    server (https://host/#/experiments/E/runs/R/artifacts/PATH, without any login in the URI), else the
+    artifact's URI (the run's artifact URI and the path)."""
+    from components.redact import redact_uri
+
+    if tracking_uri.startswith(("http://", "https://")):
+        base = (redact_uri(tracking_uri) or "").rstrip("/")
+        return f"{base}/#/experiments/{experiment_id}/runs/{run_id}/artifacts/{path}"
+    return f"{artifact_uri.rstrip('/')}/{path}"
+
+
+def log_teacher(registry: ModelRegistry, run_id: str, layout: ProjectLayout) -> None:
+    """Distillation: the teacher's test figures (teacher_accuracy, teacher_macro_f1, teacher_entity_f1...),
+    its training settings (teacher.*) and its metrics file; nothing when the teacher stage skipped."""
+    card = read_json_if_present(layout.teacher_card)
+    metrics = read_json_if_present(layout.teacher_metrics) if card and card.get("enabled") else None
+    if metrics is None:
+        return
+    registry.log_metrics(run_id, {f"teacher_{k}": metrics[k] for k in ("accuracy", "macro_f1", *ENTITY_METRICS)
+                                  if k in metrics})
+    registry.log_params(run_id, {"teacher.model": card["teacher_model"],
+                                 "teacher.md5": output_md5(layout, "teacher", "artifacts/teacher"),
+                                 **flatten(card.get("train", {}), "teacher.train.")})
+    registry.log_artifact(run_id, layout.teacher_metrics, "teacher")
+
+
+def teacher_tag(params: Params, layout: ProjectLayout) -> dict[str, str]:
+    """{"teacher": "<distill.teacher_model>@<md5 of artifacts/teacher>"} for a distilled model, else {}."""
+    if not params.distill.enabled:
+        return {}
+    return {"teacher": f"{params.distill.teacher_model}@{output_md5(layout, 'teacher', 'artifacts/teacher')}"}
 
 
 def label_counts(labels, token_task: bool) -> dict[str, int]:
@@ -162,6 +258,7 @@ def version_tags(params: Params, layout: ProjectLayout, data: dict, verdict: dic
         "task": params.task,
         "labels": params.data.labels,
         "base_model": params.model.base_model,
+        **teacher_tag(params, layout),
         "params": model_params(params),
         "model_md5": model_md5,
         "gate": "passed" if verdict["passed"] else "failed",
@@ -170,15 +267,27 @@ def version_tags(params: Params, layout: ProjectLayout, data: dict, verdict: dic
         "test_macro_f1": f"{served['macro_f1']:.4f}",
         "test_rows": str(served["n"]),
         **{f"test_{k}": f"{served[k]:.4f}" for k in ENTITY_METRICS if k in served},
+        **robustness_tag(layout),
     }
 
 
-def approval_description(model_name: str, version: str, verdict: dict) -> str:
+def robustness_tag(layout: ProjectLayout) -> dict:
+    """{"robustness": {kind: {invariance, n, flipped}}} for the version (the model card's table), or {}."""
+    figures = read_json_if_present(layout.robustness_metrics) or {}
+    kinds = {kind: {key: values.get(key) for key in ("invariance", "n", "flipped")}
+             for kind, values in figures.items() if isinstance(values, dict)}
+    return {"robustness": kinds} if kinds else {}
+
+
+def approval_description(model_name: str, version: str, verdict: dict, explain_report: str | None = None) -> str:
+    """What the approver reads (the Prefect pause form); explain_report: explain_report_link's answer."""
     served = verdict["challenger_metrics"]
     entity = f"entity F1 {served['entity_f1']:.4f}, " if "entity_f1" in served else ""
+    report = (f"\n\nWhat it gets wrong, and why (most confident test errors with word attributions, deletion "
+              f"test): [explanation report]({explain_report})" if explain_report else "")
     return (f"## Approve {model_name} v{version} for production?\n\n"
             f"Test {entity}accuracy {served['accuracy']:.4f}, macro-F1 {served['macro_f1']:.4f} "
-            f"on {served['n']} rows (the ONNX export, as served).\n\n```\n{verdict['summary']}\n```")
+            f"on {served['n']} rows (the ONNX export, as served).{report}\n\n```\n{verdict['summary']}\n```")
 
 
 def finish(registry: ModelRegistry, run_id: str, status: str, version: str | None, message: str) -> dict:

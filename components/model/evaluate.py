@@ -22,38 +22,41 @@ from components.model.metrics import classification_metrics
 
 
 @torch.no_grad()
-def predict_proba_torch(model, tokenizer, texts: list[str], max_length: int, batch_size: int = 128) -> np.ndarray:
+def predict_logits_torch(model, tokenizer, texts: list[str], max_length: int, batch_size: int = 128) -> np.ndarray:
+    """[texts, classes] logits of a sequence classifier, in input order."""
     model.eval()
     # Sorting by length keeps padding small; results are put back in input order.
     order = np.argsort([len(t) for t in texts], kind="stable")
-    probabilities = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
+    logits = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
     for start in tqdm(range(0, len(texts), batch_size), desc="predict", unit="batch", disable=len(texts) <= batch_size):
         indices = order[start:start + batch_size]
         batch = tokenizer([texts[i] for i in indices], truncation=True, max_length=max_length,
                           padding=True, return_tensors="pt").to(model.device)  # the model's device: CPU or GPU
-        probabilities[indices] = torch.softmax(model(**batch).logits.float(), dim=-1).cpu().numpy()
-    return probabilities
+        logits[indices] = model(**batch).logits.float().cpu().numpy()
+    return logits
+
+
+def predict_proba_torch(model, tokenizer, texts: list[str], max_length: int, batch_size: int = 128) -> np.ndarray:
+    return _softmax(predict_logits_torch(model, tokenizer, texts, max_length, batch_size))
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return (shifted / shifted.sum(axis=-1, keepdims=True)).astype(np.float32)
 
 
 @torch.no_grad()
-def predict_tag_proba_torch(model, tokenizer, sentences: list[list[str]], max_length: int,
-                            batch_size: int = 128) -> list[np.ndarray]:
-    """Per sentence, a [words, tags] array of tag probabilities from each word's first sub-token (the
-    model's label order). A word with no sub-token inside max_length gets O with probability 1."""
+def predict_word_logits_torch(model, tokenizer, sentences: list[list[str]], max_length: int,
+                              batch_size: int = 128) -> list[np.ndarray]:
+    """Per sentence, [words, tags] logits at each word's first sub-token (the model's label order);
+    NaN rows for a word with no sub-token inside max_length."""
     from components.data.word_shapes import token_shapes, uses_word_shapes
     from components.entities import first_subtoken_positions
 
     model.eval()
-    n_tags = model.config.num_labels
-    id2label = {int(i): str(label) for i, label in model.config.id2label.items()}
-    outside = next((i for i, label in id2label.items() if label == "O"), 0)
-    results = []
-    for words in sentences:
-        rows = np.zeros((len(words), n_tags), dtype=np.float32)
-        rows[:, outside] = 1.0
-        results.append(rows)
-    todo = [i for i, words in enumerate(sentences) if words]
-    order = sorted(todo, key=lambda i: len(sentences[i]))  # little padding; results stay in input order
+    results = [np.full((len(words), model.config.num_labels), np.nan, dtype=np.float32) for words in sentences]
+    # Sorted by length: little padding; results stay in input order.
+    order = sorted((i for i, words in enumerate(sentences) if words), key=lambda i: len(sentences[i]))
     for start in tqdm(range(0, len(order), batch_size), desc="predict", unit="batch",
                       disable=len(order) <= batch_size):
         indices = order[start:start + batch_size]
@@ -63,11 +66,27 @@ def predict_tag_proba_torch(model, tokenizer, sentences: list[list[str]], max_le
             batch["token_type_ids"] = torch.tensor(
                 [token_shapes(sentences[i], batch.word_ids(row)) for row, i in enumerate(indices)])
         inputs = {name: tensor.to(model.device) for name, tensor in batch.items()}
-        probabilities = torch.softmax(model(**inputs).logits.float(), dim=-1).cpu().numpy()
+        logits = model(**inputs).logits.float().cpu().numpy()
         for row, index in enumerate(indices):
             positions = first_subtoken_positions(batch.word_ids(row), len(sentences[index]))
             kept = positions >= 0
-            results[index][kept] = probabilities[row, positions[kept]]
+            results[index][kept] = logits[row, positions[kept]]
+    return results
+
+
+def predict_tag_proba_torch(model, tokenizer, sentences: list[list[str]], max_length: int,
+                            batch_size: int = 128) -> list[np.ndarray]:
+    """Per sentence, a [words, tags] array of tag probabilities from each word's first sub-token (the
+    model's label order). A word with no sub-token inside max_length gets O with probability 1."""
+    id2label = {int(i): str(label) for i, label in model.config.id2label.items()}
+    outside = next((i for i, label in id2label.items() if label == "O"), 0)
+    results = []
+    for logits in predict_word_logits_torch(model, tokenizer, sentences, max_length, batch_size):
+        missing = np.isnan(logits).any(axis=1)
+        probabilities = _softmax(np.where(missing[:, None], 0.0, logits))
+        probabilities[missing] = 0.0
+        probabilities[missing, outside] = 1.0
+        results.append(probabilities)
     return results
 
 

@@ -33,7 +33,7 @@ def resolve_model_source(base_model: str) -> str:
     if base_model.startswith((".", "/", "~")) or base_model.count("/") > 1 or path.exists():
         raise ConfigError(
             f"model.base_model: local model directory {path} does not exist. "
-            "Give an existing directory, a hub id such as 'org/name', or 'builtin:all-minilm-l6-v2' (offline)."
+            f"Give an existing directory, a hub id such as 'org/name', or one of {_builtin_names()} (offline)."
         )
     return base_model
 
@@ -41,8 +41,14 @@ def resolve_model_source(base_model: str) -> str:
 def _hub_hint(source: str, error: Exception) -> ConfigError:
     return ConfigError(
         f"model.base_model: could not load {source!r} ({type(error).__name__}: {error}). "
-        "If this machine is offline, use a local directory or 'builtin:all-minilm-l6-v2'."
+        f"If this machine is offline, use a local directory or one of {_builtin_names()}."
     )
+
+
+def _builtin_names() -> str:
+    from components.assets import BUILTIN_MODELS, BUILTIN_PREFIX
+
+    return ", ".join(f"'{BUILTIN_PREFIX}{name}'" for name in BUILTIN_MODELS)
 
 
 def load_tokenizer(source: str):

@@ -14,7 +14,7 @@ import json
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -39,6 +39,23 @@ from components.model.distributed import (
 )
 
 StepHook = Callable[[int], None]  # called with the global step after each optimizer step
+# The teacher's logits of a distilled training split (components/model/distill.py) travel in the batch
+# under this name; NaN rows are positions without a target.
+TEACHER_LOGITS = "teacher_logits"
+
+
+@dataclass(frozen=True)
+class DistilledSplit(TokenizedSplit):
+    """A training split with a teacher's logits per row (components/model/distill.py): [classes], or
+    (token classification) [sub-tokens, tags] in the student's own sub-tokens, NaN where there is no
+    target (a word's later sub-tokens, special tokens). Rows without a true label carry IGNORE_INDEX."""
+
+    teacher_logits: list[np.ndarray] | None = None
+
+    def select(self, indices: list[int]) -> DistilledSplit:
+        base = super().select(indices)
+        picked = None if self.teacher_logits is None else [self.teacher_logits[i] for i in indices]
+        return DistilledSplit(**{f.name: getattr(base, f.name) for f in fields(TokenizedSplit)}, teacher_logits=picked)
 
 
 @dataclass(frozen=True)
@@ -132,12 +149,24 @@ def collate(split: TokenizedSplit, indices: list[int], pad_id: int) -> dict[str,
     }
     if split.token_type_ids is not None:
         batch["token_type_ids"] = padded(split.token_type_ids, 0)
+    teacher = getattr(split, TEACHER_LOGITS, None)
+    if teacher is not None:
+        batch[TEACHER_LOGITS] = _teacher_targets(teacher, indices, width, split.token_level)
     return batch
+
+
+def _teacher_targets(teacher: list, indices: list[int], width: int, token_level: bool) -> torch.Tensor:
+    if not token_level:
+        return torch.tensor(np.stack([teacher[i] for i in indices]), dtype=torch.float32)
+    out = torch.full((len(indices), width, teacher[indices[0]].shape[-1]), float("nan"))
+    for slot, i in enumerate(indices):
+        out[slot, :len(teacher[i])] = torch.from_numpy(np.asarray(teacher[i], dtype=np.float32))
+    return out
 
 
 def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """What the model is called with: everything collate made except the labels."""
-    return {name: tensor for name, tensor in batch.items() if name != "labels"}
+    return {name: tensor for name, tensor in batch.items() if name not in ("labels", TEACHER_LOGITS)}
 
 
 def subsample(split: TokenizedSplit, limit: int | None, seed: int) -> TokenizedSplit:
@@ -159,8 +188,16 @@ def class_weights(split: TokenizedSplit, num_labels: int) -> torch.Tensor:
 def freeze(model, *, embeddings: bool, layers: int) -> None:
     """Stop gradients to the embeddings and the lowest `layers` encoder layers."""
     encoder_model = model.base_model
+    if (embeddings or layers) and not (hasattr(encoder_model, "embeddings") and hasattr(encoder_model, "encoder")):
+        raise ValueError(f"train.freeze_embeddings / freeze_layers: a {model.config.model_type} model has no "
+                         "embeddings + encoder.layer stack (BERT and MPNet do); set both off for this base model")
     if embeddings:
         encoder_model.embeddings.requires_grad_(False)
+        # MPNet keeps its position information partly outside the embeddings: one relative-position
+        # bias table in the encoder, shared by every layer. It is frozen with the embeddings.
+        bias = getattr(encoder_model.encoder, "relative_attention_bias", None)
+        if bias is not None:
+            bias.requires_grad_(False)
         if uses_word_shapes(model.config):  # the shape rows are new: they must learn
             encoder_model.embeddings.token_type_embeddings.requires_grad_(True)
     if layers:
@@ -171,6 +208,45 @@ def freeze(model, *, embeddings: bool, layers: int) -> None:
             layer.requires_grad_(False)
 
 
+# Where adapters go when train.lora.target_modules is not set: each architecture's attention and
+# feed-forward projections, as suffixes of module paths (peft's matching). BERT: attention.self.query/
+# key/value and every `dense` (attention output, intermediate, output, pooler). MPNet names its attention
+# attn.q/k/v/o; its classification head has a `dense` of its own, which the head's full training covers.
+LORA_TARGETS: dict[str, list[str]] = {
+    "bert": ["query", "key", "value", "dense"],
+    "mpnet": ["attn.q", "attn.k", "attn.v", "attn.o", "intermediate.dense", "output.dense"],
+}
+
+
+def lora_targets(model, configured: list[str] | dict[str, list[str]] | None) -> list[str]:
+    """The module names that get adapters on `model`: train.lora.target_modules (a list, or a list per
+    model_type), else LORA_TARGETS for the model's type. A name that matches no module is refused:
+    peft would quietly adapt only the names that match (with MPNet, BERT's list adapts only `dense`)."""
+    from components.config import ConfigError
+
+    model_type = model.config.model_type
+    if isinstance(configured, dict):
+        if model_type not in configured:
+            raise ConfigError(f"train.lora.target_modules has lists for {sorted(configured)}, none for this base "
+                              f"model's type {model_type!r}: add `{model_type}: [...]`")
+        targets = configured[model_type]
+    elif configured:
+        targets = configured
+    elif model_type in LORA_TARGETS:
+        targets = LORA_TARGETS[model_type]
+    else:
+        targets = []
+    names = [name for name, _ in model.named_modules()]
+    unmatched = [t for t in targets if not any(n == t or n.endswith(f".{t}") for n in names)]
+    if unmatched or not targets:
+        linear = sorted({".".join(n.split(".")[-2:]) for n, m in model.named_modules()
+                         if isinstance(m, torch.nn.Linear)})
+        what = f"{unmatched} match no module of" if unmatched else "there are no default targets for"
+        raise ConfigError(f"train.lora.target_modules: {what} this {model_type} model; its linear layers end in "
+                          f"{linear} (defaults exist for {sorted(LORA_TARGETS)})")
+    return list(targets)
+
+
 def add_lora(model, params: TrainParams, token_level: bool):
     from peft import LoraConfig, TaskType, get_peft_model
 
@@ -178,7 +254,7 @@ def add_lora(model, params: TrainParams, token_level: bool):
     extra = ["token_type_embeddings"] if uses_word_shapes(model.config) else None
     config = LoraConfig(task_type=TaskType.TOKEN_CLS if token_level else TaskType.SEQ_CLS, r=params.lora.r,
                         lora_alpha=params.lora.alpha, lora_dropout=params.lora.dropout,
-                        target_modules=params.lora.target_modules, modules_to_save=extra)
+                        target_modules=lora_targets(model, params.lora.target_modules), modules_to_save=extra)
     return get_peft_model(model, config)
 
 
@@ -209,6 +285,32 @@ def _scheduler(optimizer, params: TrainParams, total_steps: int):
 def _loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
     return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
                                              weight=weights, ignore_index=IGNORE_INDEX)
+
+
+@dataclass(frozen=True)
+class Distillation:
+    """The student's loss when a teacher's logits ride in the batch: (1 - alpha) * cross-entropy on the
+    true labels + alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T)). Rows (or positions)
+    without a true label count in the KD term only; positions without a teacher target in CE only."""
+
+    temperature: float = 2.0
+    alpha: float = 0.5
+
+    def loss(self, logits: torch.Tensor, batch: dict[str, torch.Tensor], weights: torch.Tensor | None) -> torch.Tensor:
+        classes = logits.shape[-1]
+        student, teacher = logits.reshape(-1, classes), batch[TEACHER_LOGITS].reshape(-1, classes)
+        labels = batch["labels"].reshape(-1)
+        total = logits.sum() * 0.0  # a zero on the graph: a batch may lack either term
+        if (labels != IGNORE_INDEX).any():
+            total = total + (1 - self.alpha) * _loss(student, labels, weights)
+        has_target = ~torch.isnan(teacher).any(-1)
+        if self.alpha > 0 and has_target.any():
+            t = self.temperature
+            teacher_log = torch.log_softmax(teacher[has_target] / t, dim=-1)
+            student_log = torch.log_softmax(student[has_target] / t, dim=-1)
+            kl = torch.nn.functional.kl_div(student_log, teacher_log, log_target=True, reduction="batchmean")
+            total = total + self.alpha * t * t * kl  # T^2 keeps the gradients' scale as T changes
+        return total
 
 
 @torch.no_grad()
@@ -252,7 +354,8 @@ def _state_copy(model) -> dict[str, torch.Tensor]:
 def train_classifier(model, train: TokenizedSplit, validation: TokenizedSplit, labels: list[str],
                      params: TrainParams, pad_id: int, *, entity_types: list[str] | None = None,
                      checkpoints: Checkpointer | None = None,
-                     on_step: StepHook | None = None) -> tuple[TrainResult, object]:
+                     on_step: StepHook | None = None,
+                     distillation: Distillation | None = None) -> tuple[TrainResult, object]:
     """Fine-tune `model`; returns the history and the model holding the best validation epoch's weights
     (LoRA adapters merged in, so it saves as a plain transformers model).
 
@@ -261,6 +364,9 @@ def train_classifier(model, train: TokenizedSplit, validation: TokenizedSplit, l
 
     Launched by torchrun (several ranks), each rank trains on its shard of every epoch's batches under
     DistributedDataParallel; only rank 0 writes checkpoints and prints (components/model/distributed.py).
+
+    With `distillation`, `train` carries the teacher's logits (components/model/distill.py DistilledSplit)
+    and the loss is Distillation.loss.
     """
     ranks = launched_ranks()
     compute = resolve_compute(params.device, params.precision, ranks.local_rank)
@@ -268,12 +374,14 @@ def train_classifier(model, train: TokenizedSplit, validation: TokenizedSplit, l
     # that what runs next (another test, another trial) starts from the state it expects.
     with torch_threads(params.num_threads), process_group(ranks, compute):
         return _train(model, train, validation, labels, params, pad_id, entity_types=entity_types,
-                      checkpoints=checkpoints, on_step=on_step, compute=compute, ranks=ranks)
+                      checkpoints=checkpoints, on_step=on_step, compute=compute, ranks=ranks,
+                      distillation=distillation)
 
 
 def _train(model, train: TokenizedSplit, validation: TokenizedSplit, labels: list[str], params: TrainParams,
            pad_id: int, *, entity_types: list[str] | None, checkpoints: Checkpointer | None,
-           on_step: StepHook | None, compute: Compute, ranks: Ranks) -> tuple[TrainResult, object]:
+           on_step: StepHook | None, compute: Compute, ranks: Ranks,
+           distillation: Distillation | None = None) -> tuple[TrainResult, object]:
     seed_everything(params.seed)
     token_level = train.token_level
     train = subsample(train, params.max_train_examples, params.seed)
@@ -315,7 +423,10 @@ def _train(model, train: TokenizedSplit, validation: TokenizedSplit, labels: lis
             batch = compute.batch(collate(train, indices, pad_id))
             with compute.autocast():
                 logits = step_model(**model_inputs(batch)).logits
-            loss = _loss(logits.float(), batch["labels"], weights)
+            if distillation is None:
+                loss = _loss(logits.float(), batch["labels"], weights)
+            else:
+                loss = distillation.loss(logits.float(), batch, weights)
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)  # clip the true gradients, not the fp16-scaled ones
             torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], params.max_grad_norm)

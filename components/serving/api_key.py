@@ -1,6 +1,6 @@
 """An API key for the service, when serve.api_key_env names the environment variable that holds it.
 
-Clients send `Authorization: Bearer <key>` (or `X-API-Key: <key>`) on /predict and /invocations, and
+Clients send `Authorization: Bearer <key>` (or `X-API-Key: <key>`) on /predict, /invocations and /explain, and
 on /metrics and /metadata where serve.api_key_also_for lists them; /health stays open for load
 balancers. Keys are compared in constant time. The variable may hold several keys, comma-separated,
 all accepted: to rotate, add the new key, restart, move the clients over, remove the old one, restart.
@@ -15,7 +15,7 @@ from typing import Any
 from components.config import ConfigError
 from components.serving.request_bodies import error_json
 
-ALWAYS_PROTECTED = ("/predict", "/invocations")
+ALWAYS_PROTECTED = ("/predict", "/invocations", "/explain")
 
 
 def keys_from_environment(variable: str) -> tuple[bytes, ...]:

@@ -33,6 +33,13 @@ from components.serving.api_key import (
     keys_from_environment,
 )
 from components.serving.batcher import BatchAnswer, MicroBatcher, ServiceUnavailable
+from components.serving.explanations import (
+    EXPLAIN_PATH,
+    OneAtATime,
+    disabled_error,
+    explain_body_schema,
+    explain_request,
+)
 from components.serving.holder import ModelHolder, ReloadStats, ServedModel
 from components.serving.metrics import PROMETHEUS_CONTENT_TYPE, ServiceMetrics
 from components.serving.openapi import answers, invocations_body, predict_body
@@ -49,7 +56,7 @@ from components.serving.request_bodies import (
 )
 
 VERSION_HEADER = "X-Model-Version"
-ENDPOINTS = ("/predict", "/invocations", "/health", "/metadata", "/metrics")
+ENDPOINTS = ("/predict", "/invocations", "/explain", "/health", "/metadata", "/metrics")
 
 logger = logging.getLogger("tunegate.serve")
 
@@ -213,6 +220,30 @@ def create_app(model: ServedModel | ModelHolder, settings: ServiceSettings | Non
         body = await read_json(request, settings.max_body_bytes)
         return await predict(texts_from_mlflow_body(body, settings.max_texts_per_request))
 
+    explaining = OneAtATime()
+
+    @app.post(EXPLAIN_PATH, include_in_schema=settings.explain, response_model=None,
+              openapi_extra=explain_body_schema(settings) if settings.explain else None,
+              summary="Which words drove the served model's answer (Shapley values)")
+    async def explain_endpoint(request: Request) -> JSONResponse:
+        if not settings.explain:
+            raise disabled_error()
+        text, budget = explain_request(await read_json(request, settings.max_body_bytes), settings)
+        served = holder.current()  # one version for the whole explanation, even if a swap comes meanwhile
+
+        def run() -> list[dict]:
+            from components.explain.attributions import explain
+
+            with explaining:
+                return [e.to_dict() for e in explain(served.predictor, text, budget)]
+
+        try:
+            explanations = await run_in_threadpool(run)
+        except ValueError as error:  # the predictor's word on an input it cannot take
+            raise BadRequest(str(error)) from None
+        return JSONResponse({"model_version": served.version, "explanations": explanations},
+                            headers=_version_headers(served))
+
     @app.get("/health")
     async def health() -> JSONResponse:
         served = holder.current()
@@ -236,6 +267,8 @@ def create_app(model: ServedModel | ModelHolder, settings: ServiceSettings | Non
                        "max_chars_per_text": settings.max_chars_per_text,
                        "max_body_bytes": settings.max_body_bytes},
             "batching": {"max_batch_size": settings.max_batch_size, "max_wait_ms": settings.max_wait_ms},
+            "explain": {"enabled": settings.explain, "max_chars": settings.explain_max_chars,
+                        "max_evals": settings.explain_max_evals},
             "reloads": _reload_summary(holder.stats()),
         }), headers=_version_headers(served))
 
