@@ -31,8 +31,11 @@ from flows.approval import (
 )
 from flows.team_lock import model_lock
 
-ML_STAGES = ("validate", "preprocess", "adapt", "start", "teacher", "distill", "train", "evaluate", "export",
-             "robustness", "explain")
+# The DVC stages in order, in groups: one `dvc repro` per group, since each call costs about a second of
+# DVC start-up. validate (its report), train (the sweep before it) and distill (forced when its unlabelled
+# file changed) stand alone because the flow acts around them.
+ML_STAGES = (("validate",), ("preprocess",), ("adapt", "start", "teacher"), ("distill",), ("train",),
+             ("evaluate", "export", "robustness", "explain"))
 ONNX_OUT = "artifacts/onnx"
 
 
@@ -96,17 +99,18 @@ STAGE_REPORTS = {"validate": "artifacts/validation/report.json; Data Docs: artif
 
 
 @task(name="dvc-repro", cache_policy=NO_CACHE)
-def reproduce(layout: ProjectLayout, stage: str, force: bool = False) -> None:
+def reproduce(layout: ProjectLayout, stages: tuple[str, ...], force: bool = False) -> None:
     from components.lifecycle.versioning import VersioningError, run_dvc
 
     try:
         # --single-item: the flow runs the stages in order itself; without it every call would also
         # re-check (and re-run the always-changed `start` stage of) everything upstream.
         # A no-op when deps and params are unchanged; `force`: inputs DVC cannot see changed.
-        run_dvc(layout.root, "repro", "--single-item", *(["--force"] if force else []), stage)
+        run_dvc(layout.root, "repro", "--single-item", *(["--force"] if force else []), *stages)
     except VersioningError:
-        report = f"; report: {STAGE_REPORTS[stage]}" if stage in STAGE_REPORTS else ""
-        raise VersioningError(f"stage {stage!r} stopped: its reason is printed above{report}. Nothing was "
+        reports = "".join(f"; report: {STAGE_REPORTS[stage]}" for stage in stages if stage in STAGE_REPORTS)
+        which = f"stage {stages[0]!r}" if len(stages) == 1 else f"one of the stages {', '.join(stages)}"
+        raise VersioningError(f"{which} stopped: its reason is printed above{reports}. Nothing was "
                               "registered and the champion still serves.") from None
 
 
@@ -247,12 +251,12 @@ def _retrain(layout: ProjectLayout, params: Params, profile: str) -> dict:
     registry = tracking.open_registry(params, layout)
     run_id = tracking.start_run(registry, params, layout, data)
     try:
-        for stage in ML_STAGES:
-            if stage == "train" and params.sweep.enabled:
+        for stages in ML_STAGES:
+            if "train" in stages and params.sweep.enabled:
                 params = sweep_then_reload(params, layout, registry, run_id)
             # distill.unlabelled (e.g. the prediction log) grows under one name: DVC tracks it by the param.
-            stale = stage == "distill" and _unlabelled_changed(params, layout)
-            reproduce.with_options(name=stage)(layout, stage, force=stale)
+            stale = "distill" in stages and _unlabelled_changed(params, layout)
+            reproduce.with_options(name="+".join(stages))(layout, stages, force=stale)
         tracking.log_stage_outputs(registry, run_id, layout, params.is_token_task)
 
         model_md5 = tracking.output_md5(layout, "export", ONNX_OUT)
