@@ -15,9 +15,8 @@ from typing import Any, Literal, Mapping
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-
-class ConfigError(ValueError):
-    """Configuration that cannot work; the message says what to fix."""
+# Defined in a leaf module so that any family can raise it without importing the configuration.
+from components.errors import ConfigError
 
 
 class _Section(BaseModel):

@@ -83,7 +83,7 @@ def add_word_shapes(model) -> None:
     """Give `model` one token type per shape (a no-op when it has them, e.g. a champion)."""
     import torch
 
-    from components.config import ConfigError
+    from components.errors import ConfigError
 
     embeddings = model.base_model.embeddings
     table = getattr(embeddings, "token_type_embeddings", None)
