@@ -2,7 +2,8 @@
 a time, each trial a nested MLflow run under the retraining run; the best trial by its validation
 metric becomes the train stage's result, so the chain goes on with it without training again.
 
-Call `run_sweep` between `dvc repro preprocess` and `dvc repro train`. With sweep.runner: dask the trials
+Call `run_sweep` after every stage the train stage reads (preprocess, adapt, start, teacher, distill)
+and before `dvc repro train`. With sweep.runner: dask the trials
 are Dask tasks (prefect-dask's DaskTaskRunner), on the scheduler at sweep.address or on a LocalCluster
 started for the sweep; each still records its own nested MLflow run, from its worker process.
 """
