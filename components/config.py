@@ -13,18 +13,15 @@ from pathlib import Path
 from typing import Any, Literal, Mapping
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 # Defined in a leaf module so that any family can raise it without importing the configuration.
 from components.errors import ConfigError
+from components.production_params import EvaluateParams, MonitorParams
+from components.sections import Section
 
 
-class _Section(BaseModel):
-    # A misspelt key is an error, not a silently ignored setting.
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class DataParams(_Section):
+class DataParams(Section):
     source: str = Field(description="'builtin:<name>' or a path to a CSV, JSONL or Parquet file")
     text_column: str = "text"
     label_column: str = "label"
@@ -59,7 +56,7 @@ class DataParams(_Section):
         return self
 
 
-class DriftThresholds(_Section):
+class DriftThresholds(Section):
     # A check's value above `warn` warns, above `fail` fails; every drift value lies in [0, 1].
     warn: float = Field(ge=0, le=1)
     fail: float = Field(ge=0, le=1)
@@ -71,7 +68,7 @@ class DriftThresholds(_Section):
         return self
 
 
-class DriftParams(_Section):
+class DriftParams(Section):
     # False skips every drift check (the report says so) without removing the step.
     enabled: bool = True
     # Total variation distance between the label shares of the reference and the batch (0 same, 1 disjoint).
@@ -85,14 +82,14 @@ class DriftParams(_Section):
     seed: int = 0
 
 
-class SplitParams(_Section):
+class SplitParams(Section):
     validation_fraction: float = Field(default=0.1, gt=0, lt=0.5)
     test_fraction: float = Field(default=0.1, gt=0, lt=0.5)
     # Changing the salt reshuffles every example: champion and challenger stop being comparable.
     salt: str = "tunegate-v1"
 
 
-class ModelParams(_Section):
+class ModelParams(Section):
     base_model: str = Field(description="'builtin:<name>', a local directory, or a hub id")
     max_length: int = Field(default=128, ge=8, le=512)
     # Token classification: feed each word's capitalization (lower/title/upper/mixed) through the
@@ -100,7 +97,7 @@ class ModelParams(_Section):
     word_shapes: bool = False
 
 
-class LoraParams(_Section):
+class LoraParams(Section):
     # Low-rank adapters through peft; merged into the base weights before export, so the served
     # model is a plain transformers model of the same shape.
     enabled: bool = False
@@ -113,7 +110,7 @@ class LoraParams(_Section):
     target_modules: list[str] | dict[str, list[str]] | None = None
 
 
-class TrainParams(_Section):
+class TrainParams(Section):
     epochs: int = Field(default=2, ge=1)
     batch_size: int = Field(default=32, ge=1)
     eval_batch_size: int = Field(default=128, ge=1)
@@ -151,7 +148,7 @@ class TrainParams(_Section):
     replay_fraction: float = Field(default=1.0, ge=0, le=1)
 
 
-class AdaptParams(_Section):
+class AdaptParams(Section):
     """Domain-adaptive pretraining: masked-language-model training of the base model on the dataset's
     own (training split) text before fine-tuning, cached as its own DVC stage."""
 
@@ -164,7 +161,7 @@ class AdaptParams(_Section):
     seed: int = 42
 
 
-class SweepParams(_Section):
+class SweepParams(Section):
     """A hyperparameter search run by the flow before training; the best trial's values go on."""
 
     enabled: bool = False
@@ -209,7 +206,7 @@ ROBUSTNESS_KINDS = ("typo", "casing", "punctuation", "whitespace", "entity")
 ROBUSTNESS_TOKEN_KINDS = ("typo", "casing", "entity")  # those that keep word boundaries (NER)
 
 
-class GateParams(_Section):
+class GateParams(Section):
     min_accuracy: float = Field(default=0.0, ge=0, le=1)
     min_macro_f1: float = Field(default=0.0, ge=0, le=1)
     # Token classification: entity-level (exact span and type) micro F1, CoNLL scoring.
@@ -226,6 +223,14 @@ class GateParams(_Section):
     # Robustness: the share of predictions that must stay the same under each perturbation kind
     # (robustness.kinds). A number applies to every kind; a mapping names kinds. 0 judges nothing.
     min_invariance: float | dict[str, float] = 0.0
+    # Slices (evaluate.slices): each judged slice's compare_metric must reach min_slice_metric and may trail
+    # the champion's on the same slice by at most max_slice_regression. None: not judged.
+    min_slice_metric: float | None = Field(default=None, ge=0, le=1)
+    max_slice_regression: float | None = Field(default=None, ge=0, le=1)
+    # Shadow challenger (serve.shadow): before promotion the challenger must have shadowed at least
+    # min_shadow_requests requests and agreed with the champion on min_shadow_agreement of them. None: not judged.
+    min_shadow_agreement: float | None = Field(default=None, ge=0, le=1)
+    min_shadow_requests: int = Field(default=100, ge=1)
 
     @model_validator(mode="after")
     def _invariance_thresholds_are_shares_of_known_kinds(self) -> "GateParams":
@@ -259,7 +264,7 @@ def resolve_export_precision(precision: str | None, quantize: bool | None) -> st
     return precision
 
 
-class ExplainParams(_Section):
+class ExplainParams(Section):
     """Token attributions of the served model (components/explain): Shapley values over words."""
 
     # false: the explain stage writes a page saying so and explains nothing (the CLI and /explain still work).
@@ -278,7 +283,7 @@ class ExplainParams(_Section):
     seed: int = 0
 
 
-class RobustnessParams(_Section):
+class RobustnessParams(Section):
     """Invariance checks in the style of CheckList (components/robustness): perturbed test texts whose
     label should not change, and the share of predictions that stay the same."""
 
@@ -289,7 +294,7 @@ class RobustnessParams(_Section):
     seed: int = 0
 
 
-class DistillParams(_Section):
+class DistillParams(Section):
     """Knowledge distillation (components/model/distill.py): a larger teacher, fine-tuned by the
     `teacher` stage with the same training code, labels every training row (and optional unlabelled
     texts) softly; the student (model.base_model), which is what gets exported and served, learns from
@@ -324,7 +329,7 @@ class DistillParams(_Section):
         return self
 
 
-class ExportParams(_Section):
+class ExportParams(Section):
     opset: int = Field(default=17, ge=13)
     # int8: the CPU export (the quantization plan below); fp16: the GPU export (the fp32 graph converted
     # to fp16 weights and arithmetic, inputs and outputs unchanged); fp32: the exported graph as is.
@@ -371,7 +376,7 @@ class ExportParams(_Section):
                                 matmul_block_size=self.matmul_block_size)
 
 
-class RegistryParams(_Section):
+class RegistryParams(Section):
     model_name: str = "tunegate-classifier"
     experiment: str = "tunegate"
     # None: MLFLOW_TRACKING_URI if set, else a SQLite file under <project>/mlflow/.
@@ -389,14 +394,14 @@ class RegistryParams(_Section):
         return self
 
 
-class ApprovalParams(_Section):
+class ApprovalParams(Section):
     # local: the run approves itself (recorded as such); production: a person must answer.
     profile: Literal["local", "production"] = "local"
     timeout_s: int = Field(default=24 * 3600, ge=1)
     poll_interval_s: int = Field(default=2, ge=1)
 
 
-class ServiceSettings(_Section):
+class ServiceSettings(Section):
     """The service's knobs; `tunegate serve` fills them from params' `serve` section."""
 
     # Per-request limits: a request beyond them gets a 413 that says which limit, never a crash.
@@ -428,6 +433,10 @@ class ServiceSettings(_Section):
     explain: bool = False
     explain_max_chars: int = Field(default=1000, ge=1)
     explain_max_evals: int = Field(default=300, ge=10, le=20_000)
+    # Shadow: also run this registry alias (e.g. challenger) on a sampled share of requests, after the
+    # answer has gone out, and count how often it agrees with the served model. None: no shadow.
+    shadow: str | None = None
+    shadow_sample_rate: float = Field(default=0.1, ge=0, le=1)
 
 
 class ServeParams(ServiceSettings):
@@ -436,7 +445,7 @@ class ServeParams(ServiceSettings):
     providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"])
 
 
-class ScheduleParams(_Section):
+class ScheduleParams(Section):
     deployment_name: str = "scheduled-retrain"
     cron: str = "0 3 * * *"
     timezone: str = "UTC"
@@ -455,7 +464,7 @@ def iob2_tags(entity_types: list[str]) -> list[str]:
     return [OUTSIDE_TAG] + [f"{prefix}-{kind}" for kind in entity_types for prefix in ("B", "I")]
 
 
-class Params(_Section):
+class Params(Section):
     task: Task = "sequence-classification"
     data: DataParams
     drift: DriftParams = DriftParams()
@@ -473,6 +482,8 @@ class Params(_Section):
     explain: ExplainParams = ExplainParams()
     robustness: RobustnessParams = RobustnessParams()
     distill: DistillParams = DistillParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    monitor: MonitorParams = MonitorParams()
 
     @property
     def is_token_task(self) -> bool:
@@ -503,7 +514,7 @@ class Params(_Section):
 
 
 ENV_PREFIX = "TUNEGATE_"
-ENV_SECTIONS = ("registry", "approval", "serve", "schedule")
+ENV_SECTIONS = ("registry", "approval", "serve", "schedule", "monitor")
 
 
 def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
@@ -548,52 +559,3 @@ def load_params(path: Path, env: Mapping[str, str] | None = None) -> Params:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return parse_params(raw, source=str(path), env=env)
-
-
-def set_param(path: Path, dotted_key: str, value: Any) -> Any:
-    """Write one override into params.yaml, as `dvc exp run --set-param` does, and return the old value.
-
-    Overrides go through the file so that DVC's stage cache and the MLflow record both see them. The
-    file is edited round-trip (ruamel.yaml, as DVC itself does): its comments and order survive.
-    """
-    from ruamel.yaml import YAML
-
-    editor = YAML()  # round-trip mode
-    editor.preserve_quotes = True
-    editor.width = 4096  # never re-wrap a user's long lines
-    editor.representer.add_representer(  # `null` stays `null`, not an empty value
-        type(None), lambda representer, _: representer.represent_scalar("tag:yaml.org,2002:null", "null"))
-    editor.representer.add_representer(float, _represent_float)
-    raw = editor.load(Path(path).read_text(encoding="utf-8")) or {}
-    node = raw
-    *parents, leaf = dotted_key.split(".")
-    for part in parents:
-        node = node.setdefault(part, {})
-    old = node.get(leaf)
-    node[leaf] = value
-    plain = yaml.safe_load(_dump(editor, raw))
-    parse_params(plain, source=f"{path} with {dotted_key}={value!r}")  # refuse a bad override before writing
-    Path(path).write_text(_dump(editor, raw), encoding="utf-8")
-    return old
-
-
-def _represent_float(representer, value: float):
-    """A float as YAML 1.1 readers (PyYAML, hence DVC and this module) read back as a float: ruamel
-    writes 5e-05, which they take for a string; 5.0e-05 is a float to all of them."""
-    import math
-
-    if not math.isfinite(value):
-        return representer.represent_float(value)
-    text = repr(value)
-    mantissa, marker, exponent = text.partition("e")
-    if marker and "." not in mantissa:
-        text = f"{mantissa}.0e{exponent}"
-    return representer.represent_scalar("tag:yaml.org,2002:float", text)
-
-
-def _dump(editor, data) -> str:
-    import io
-
-    buffer = io.StringIO()
-    editor.dump(data, buffer)
-    return buffer.getvalue()

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import yaml
 
-from components.config import ConfigError, Params, load_params, set_param
+from components.config import ConfigError, Params, load_params
 from components.layout import ProjectLayout
+from components.params_file import set_param
 
 QUIET_DEFAULTS = {
     # No telemetry from a tool that may run on air-gapped machines (and Prefect's analytics

@@ -23,8 +23,9 @@ from typing import Any
 
 import yaml
 
-from components.config import ConfigError, Params, SweepParams, parse_params, set_param
+from components.config import ConfigError, Params, SweepParams, parse_params
 from components.layout import ProjectLayout
+from components.params_file import set_param
 
 SWEEP_DIR = "sweep"
 SUMMARY_FILE = "summary.json"
