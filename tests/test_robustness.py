@@ -200,6 +200,9 @@ def test_robustness_stage_measures_the_exported_model_and_mlflow_records_it(
     assert metrics["typo"]["n"] == 100  # max_rows
     # The tokenizer lower-cases and splits on whitespace: those kinds cannot change an input id.
     assert metrics["casing"]["invariance"] == 1.0 and metrics["whitespace"]["invariance"] == 1.0
+    # ... so each is answered from its original's prediction, without a model call, and counted as such.
+    assert metrics["casing"]["same_input"] == metrics["casing"]["n"] > 0
+    assert metrics["typo"]["same_input"] < metrics["typo"]["n"]
     assert metrics["typo"]["flipped"] > 0  # the tiny model reads one sentiment word: a typo in it can flip it
     assert metrics["min_invariance"] == min(metrics[k]["invariance"] for k in KINDS)
     assert list(flipped.columns) == FLIPPED_COLUMNS
@@ -305,6 +308,7 @@ def test_gate_refuses_a_served_model_that_flips_under_casing(cased_export, tmp_p
                                 RobustnessParams(kinds=["casing", "whitespace"], seed=0))
     figures = report.metrics()
     assert figures["casing"]["invariance"] < 0.8 and figures["whitespace"]["invariance"] == 1.0
+    assert figures["casing"]["same_input"] < figures["casing"]["n"]  # a cased tokenizer sees each change
     flipped = report.flipped
     assert set(flipped["kind"]) == {"casing"}
     assert (flipped["original"].str.contains("Good") & (flipped["change"] == "lower-cased")).any()
@@ -386,6 +390,7 @@ def test_ner_invariance_compares_entity_spans_carried_through_the_perturbation(t
     swappable = sum(any(s.kind in ("PER", "LOC") for s in spans_from_tags(r["tags"])) for r in records)
     assert report.kinds["entity"]["n"] == swappable and report.kinds["entity"]["skipped"] == len(records) - swappable
     assert report.kinds["casing"]["invariance"] == 1.0  # the tokenizer lower-cases every word
+    assert report.kinds["casing"]["same_input"] == report.kinds["casing"]["n"]
 
     samples = perturb_rows(frame["id"].tolist(), frame["text"].tolist(), TOKEN_KINDS, seed=0,
                            max_rows=RobustnessParams().max_rows, tags=[r["tags"] for r in records])

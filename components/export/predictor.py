@@ -306,6 +306,11 @@ class _OnnxModel:
                 results[i] = logits[slot] if logits.ndim == 2 else logits[slot, :len(ids[i])]
         return results
 
+    def input_keys(self, texts: list[str]) -> list[tuple]:
+        """What the model sees of each text (its token ids after truncation): texts with one key get one
+        answer, so a caller may score each key once (an uncased model cannot tell "Good" from "good")."""
+        return [tuple(ids) for ids in self._tokenize(check_texts(texts))["input_ids"]] if texts else []
+
     @staticmethod
     def _check_batch_size(batch_size: int) -> None:
         if batch_size < 1:
@@ -413,6 +418,25 @@ class OnnxTokenTagger(_OnnxModel):
             if kept.any():
                 results[index][kept] = softmax(logits[row][positions[kept]])
         return results
+
+    def input_keys(self, sentences: list[list[str]]) -> list[tuple]:  # type: ignore[override]
+        """What the model sees of each pre-split sentence: token ids, the word each token starts, and
+        with word shapes the shapes (casing changes those even where the ids stay the same)."""
+        sentences = check_sentences(sentences)
+        todo = [i for i, words in enumerate(sentences) if words]
+        keys: list[tuple] = [()] * len(sentences)
+        if not todo:
+            return keys
+        encoded = self._tokenize([sentences[i] for i in todo], is_split_into_words=True)
+        for row, index in enumerate(todo):
+            word_ids = encoded.word_ids(row)
+            shapes = ()
+            if self.card.word_shapes:
+                from components.data.word_shapes import token_shapes
+
+                shapes = tuple(token_shapes(sentences[index], word_ids))
+            keys[index] = (tuple(encoded["input_ids"][row]), tuple(word_ids), shapes)
+        return keys
 
     def _outside_rows(self, n_words: int, n_tags: int) -> np.ndarray:
         rows = np.zeros((n_words, n_tags), dtype=np.float32)

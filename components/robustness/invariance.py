@@ -61,7 +61,8 @@ class InvarianceReport:
         for kind, figures in self.kinds.items():
             share = "n/a" if figures["invariance"] is None else f"{figures['invariance']:.4f}"
             lines.append(f"  {kind:<12} {share}  ({figures['flipped']} of {figures['n']} predictions changed; "
-                         f"{figures['skipped']} rows the kind does not apply to)")
+                         f"{figures['skipped']} rows the kind does not apply to; {figures.get('same_input', 0)} "
+                         "perturbed inputs the model sees as their original)")
         if self.not_applicable:
             lines.append(f"  not measured for {self.task} (they move word boundaries): {', '.join(self.not_applicable)}")
         return "\n".join(lines)
@@ -73,23 +74,54 @@ def _classify(predictor, texts: list[str], batch_size: int) -> list[tuple[str, f
     return [(labels[int(row.argmax())], float(row.max())) for row in probabilities]
 
 
+def _input_keys(predictor, inputs: list) -> list:
+    """What the model sees of each input (predictor.input_keys); without that method every input is its own."""
+    return predictor.input_keys(inputs) if hasattr(predictor, "input_keys") else list(range(len(inputs)))
+
+
+def _once_per_input(predict, predictor, inputs: list, keys: list, batch_size: int) -> list:
+    """predict(predictor, inputs, batch_size), run once per distinct model input: on an uncased model
+    every casing change, and often a whitespace one, tokenizes to the original's ids."""
+    first: dict = {}
+    for index, key in enumerate(keys):
+        first.setdefault(key, index)
+    unique = sorted(first.values())
+    answers = dict(zip(unique, predict(predictor, [inputs[i] for i in unique], batch_size)))
+    return [answers[first[key]] for key in keys]
+
+
 def _describe(spans: Sequence[Span], words: Sequence[str]) -> str:
     return "; ".join(f"{s.kind} {' '.join(words[s.start:s.end])!r} @{s.start}-{s.end}" for s in spans) or "(none)"
 
 
-def _kind_figures(sample: KindSample, changed: list[bool]) -> dict[str, Any]:
+def _kind_figures(sample: KindSample, changed: list[bool], same_input: int) -> dict[str, Any]:
     n = len(changed)
     flipped = sum(changed)
-    return {"invariance": (n - flipped) / n if n else None, "n": n, "flipped": flipped, "skipped": sample.skipped}
+    return {"invariance": (n - flipped) / n if n else None, "n": n, "flipped": flipped, "skipped": sample.skipped,
+            "same_input": same_input}
+
+
+def _same_input_counts(wanted: list[str], everything: list[Perturbation], keys: list, kinds) -> dict[str, int]:
+    """Per kind, the perturbations the model sees exactly as their original (answered without a call).
+    keys: the originals' (in `wanted` order), then the perturbations'."""
+    originals = dict(zip(wanted, keys[:len(wanted)]))
+    counts = dict.fromkeys(kinds, 0)
+    for perturbation, key in zip(everything, keys[len(wanted):]):
+        counts[perturbation.kind] += key == originals[perturbation.row_id]
+    return counts
 
 
 def _measure_classifier(predictor, frame: pd.DataFrame, samples: dict[str, KindSample], batch_size: int):
     texts = dict(zip(frame["id"].astype(str), frame["text"]))
     gold = dict(zip(frame["id"].astype(str), frame["label"])) if "label" in frame else {}
     wanted = sorted({p.row_id for sample in samples.values() for p in sample.perturbations})
-    before = dict(zip(wanted, _classify(predictor, [texts[i] for i in wanted], batch_size)))
     everything = [p for sample in samples.values() for p in sample.perturbations]
-    after = _classify(predictor, [p.perturbed for p in everything], batch_size)  # one pass over all kinds
+    # Originals and perturbations in one pass, each distinct model input scored once.
+    inputs = [texts[i] for i in wanted] + [p.perturbed for p in everything]
+    keys = _input_keys(predictor, inputs)
+    answers = _once_per_input(_classify, predictor, inputs, keys, batch_size)
+    before, after = dict(zip(wanted, answers[:len(wanted)])), answers[len(wanted):]
+    same = _same_input_counts(wanted, everything, keys, samples)
     changed: dict[str, list[bool]] = {kind: [] for kind in samples}
     flipped = []
     for perturbation, (label, score) in zip(everything, after):
@@ -98,7 +130,7 @@ def _measure_classifier(predictor, frame: pd.DataFrame, samples: dict[str, KindS
         if label != old_label:
             flipped.append(_flipped_row(perturbation, gold.get(perturbation.row_id, ""),
                                         f"{old_label} ({old_score:.3f})", f"{label} ({score:.3f})"))
-    return changed, flipped
+    return changed, flipped, same
 
 
 def _words(joined: str) -> list[str]:
@@ -106,15 +138,22 @@ def _words(joined: str) -> list[str]:
     return joined.split(" ") if joined else []
 
 
+def _predict_words(predictor, sentences: list[list[str]], batch_size: int) -> list[list[str]]:
+    return predictor.predict_words(sentences, batch_size) if sentences else []
+
+
 def _measure_tagger(predictor, frame: pd.DataFrame, samples: dict[str, KindSample], batch_size: int):
     sentences = {row_id: _words(text) for row_id, text in zip(frame["id"].astype(str), frame["text"])}
     gold = {row_id: _words(tags) for row_id, tags in zip(frame["id"].astype(str), frame["label"])}
     wanted = sorted({p.row_id for sample in samples.values() for p in sample.perturbations})
-    before = {row_id: spans_from_tags(tags) for row_id, tags in
-              zip(wanted, predictor.predict_words([sentences[i] for i in wanted], batch_size) if wanted else [])}
     everything = [p for sample in samples.values() for p in sample.perturbations]
     perturbed_words = [_words(p.perturbed) for p in everything]
-    after_tags = predictor.predict_words(perturbed_words, batch_size) if everything else []
+    inputs = [sentences[i] for i in wanted] + perturbed_words
+    keys = _input_keys(predictor, inputs)
+    answers = _once_per_input(_predict_words, predictor, inputs, keys, batch_size)
+    before = {row_id: spans_from_tags(tags) for row_id, tags in zip(wanted, answers[:len(wanted)])}
+    after_tags = answers[len(wanted):]
+    same = _same_input_counts(wanted, everything, keys, samples)
     changed: dict[str, list[bool]] = {kind: [] for kind in samples}
     flipped = []
     for perturbation, words, tags in zip(everything, perturbed_words, after_tags):
@@ -127,7 +166,7 @@ def _measure_tagger(predictor, frame: pd.DataFrame, samples: dict[str, KindSampl
             row_words = sentences[perturbation.row_id]
             flipped.append(_flipped_row(perturbation, _describe(spans_from_tags(gold[perturbation.row_id]), row_words),
                                         _describe(original, row_words), _describe(after, words)))
-    return changed, flipped
+    return changed, flipped, same
 
 
 def _flipped_row(perturbation: Perturbation, label: str, before: str, after: str) -> dict[str, str]:
@@ -154,13 +193,13 @@ def measure_invariance(predictor, frame: pd.DataFrame, params: RobustnessParams,
     if token_task:
         tags = [_words(str(label)) for label in frame["label"]]
         samples = perturb_rows(ids, texts, kinds, params.seed, params.max_rows, tags=tags)
-        changed, flipped = _measure_tagger(predictor, frame, samples, batch_size)
+        changed, flipped, same = _measure_tagger(predictor, frame, samples, batch_size)
     else:
         samples = perturb_rows(ids, texts, kinds, params.seed, params.max_rows)
-        changed, flipped = _measure_classifier(predictor, frame, samples, batch_size)
+        changed, flipped, same = _measure_classifier(predictor, frame, samples, batch_size)
     return InvarianceReport(
         task=predictor.task, rows=len(frame),
-        kinds={kind: _kind_figures(samples[kind], changed[kind]) for kind in kinds},
+        kinds={kind: _kind_figures(samples[kind], changed[kind], same[kind]) for kind in kinds},
         flipped=pd.DataFrame(flipped, columns=FLIPPED_COLUMNS), not_applicable=skipped_kinds,
         seconds=time.perf_counter() - started)
 
