@@ -8,9 +8,9 @@ import json
 
 import pytest
 
-from components.config import set_param
 from components.layout import ProjectLayout
 from components.lifecycle.registry import CHAMPION, ModelRegistry, resolve_tracking_uri
+from components.params_file import set_param
 from flows.retrain import retrain
 from tests.project import git, make_project
 from tests.tiny import sentiment_frame

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from components.config import ConfigError, load_params, set_param
+from components.config import ConfigError, load_params
 from components.dask_cluster import (
     ClusterShape,
     DaskUnavailable,
@@ -25,6 +25,7 @@ from components.dask_cluster import (
 )
 from components.layout import ProjectLayout
 from components.lifecycle.registry import CHAMPION, ModelRegistry
+from components.params_file import set_param
 from tests.fixtures_classifier import tiny_classifier, tiny_onnx_export  # noqa: F401 - fixtures
 from tests.project import REPO_ROOT, read_params, tiny_params
 from tests.servers import free_port
