@@ -435,8 +435,17 @@ class ServiceSettings(Section):
     explain_max_evals: int = Field(default=300, ge=10, le=20_000)
     # Shadow: also run this registry alias (e.g. challenger) on a sampled share of requests, after the
     # answer has gone out, and count how often it agrees with the served model. None: no shadow.
-    shadow: str | None = None
+    shadow: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]+$")  # a registry alias, not champion
     shadow_sample_rate: float = Field(default=0.1, ge=0, le=1)
+    # Sampled requests waiting for the shadow beyond this are dropped (counted): it never holds the answer back.
+    shadow_queue_size: int = Field(default=64, ge=1)
+    shadow_log: Path = Path("artifacts/serving/shadow_disagreements.jsonl")  # JSON lines, project-relative
+
+    @model_validator(mode="after")
+    def _shadow_is_not_the_champion(self) -> "ServiceSettings":
+        if self.shadow == "champion":
+            raise ValueError("serve.shadow names the alias compared with the champion (e.g. challenger), not champion")
+        return self
 
 
 class ServeParams(ServiceSettings):

@@ -4,15 +4,86 @@ components/config.py, which composes them into Params, so that each file stays o
 
 from __future__ import annotations
 
-from pydantic import Field
+import re
+
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from components.sections import Section
 
+# The columns of the split CSVs a slice may select on: ingest keeps only id, text, label and batch_id (a
+# source file's other columns, e.g. a `language` one, do not reach the splits), and text has its own kinds.
+SLICE_COLUMNS = ("label", "batch_id", "id")
+SLICE_KINDS = ("column", "regex", "length")
+
 
 class SliceSpec(Section):
-    """One named group of test rows (helper C fills in the kinds: a column's values, a regex, a length band)."""
+    """One named group of test rows, of exactly one kind: `column` with `values` (a row whose column holds
+    one of them; batch_id also matches by the batch's file name, e.g. new-reviews.csv), `regex` (searched
+    in the text), or a text length band in characters (`min_chars` and/or `max_chars`, both inclusive)."""
 
-    name: str = Field(min_length=1)
+    # The name goes into MLflow metric names (slice_<name>_macro_f1) and the gate's check names.
+    name: str = Field(min_length=1, max_length=60, pattern=r"^[A-Za-z0-9_.-]+$")
+    column: str | None = None
+    values: list[str] | None = None
+    regex: str | None = None
+    min_chars: int | None = Field(default=None, ge=0)
+    max_chars: int | None = Field(default=None, ge=1)
+    _pattern: re.Pattern | None = PrivateAttr(default=None)
+
+    @field_validator("values", mode="before")
+    @classmethod
+    def _one_value_is_a_list(cls, value):
+        return [str(value)] if isinstance(value, (str, int, float)) and not isinstance(value, bool) else value
+
+    @model_validator(mode="after")
+    def _exactly_one_kind(self) -> SliceSpec:
+        kinds = self.kinds()
+        if len(kinds) != 1:
+            raise ValueError(f"slice {self.name!r} must have exactly one kind: `column` with `values`, `regex`, or "
+                             f"`min_chars`/`max_chars` (found {' and '.join(kinds) or 'none'}); one slice per kind")
+        if (self.column is None) != (self.values is None):
+            raise ValueError(f"slice {self.name!r}: `column` and `values` go together "
+                             "(e.g. column: batch_id, values: [new-reviews.csv])")
+        if self.column is not None:
+            if self.column not in SLICE_COLUMNS:
+                raise ValueError(f"slice {self.name!r}: column {self.column!r} is not in the test split, which holds "
+                                 f"{', '.join(SLICE_COLUMNS)} (and text: slice that with `regex` or `min_chars`/"
+                                 "`max_chars`)")
+            if not self.values:
+                raise ValueError(f"slice {self.name!r}: `values` is empty; name the {self.column} values it selects")
+        if self.regex is not None:
+            try:
+                object.__setattr__(self, "_pattern", re.compile(self.regex))  # compiled once, here
+            except re.error as error:
+                raise ValueError(f"slice {self.name!r}: regex {self.regex!r} does not compile: {error}") from None
+        if self.min_chars is not None and self.max_chars is not None and self.min_chars > self.max_chars:
+            raise ValueError(f"slice {self.name!r}: min_chars {self.min_chars} is above max_chars {self.max_chars}")
+        return self
+
+    def kinds(self) -> list[str]:
+        present = {"column": self.column is not None or self.values is not None, "regex": self.regex is not None,
+                   "length": self.min_chars is not None or self.max_chars is not None}
+        return [kind for kind in SLICE_KINDS if present[kind]]
+
+    @property
+    def kind(self) -> str:
+        return self.kinds()[0]
+
+    @property
+    def pattern(self) -> re.Pattern:
+        if self._pattern is None:
+            raise ValueError(f"slice {self.name!r} is not a regex slice")
+        return self._pattern
+
+    def describe(self) -> str:
+        """What the slice selects, for the model card and the gate."""
+        if self.kind == "column":
+            return f"{self.column} in {', '.join(self.values or [])}"
+        if self.kind == "regex":
+            return f"text matches /{self.regex}/"
+        low, high = self.min_chars, self.max_chars
+        return (f"{low}-{high} characters" if low is not None and high is not None
+                else f">= {low} characters" if low is not None else f"<= {high} characters")
 
 
 class EvaluateParams(Section):
@@ -21,10 +92,47 @@ class EvaluateParams(Section):
     # A slice with fewer test rows than this is reported, not gated: its figure is noise.
     min_slice_rows: int = Field(default=30, ge=1)
 
+    @model_validator(mode="after")
+    def _unique_names(self) -> EvaluateParams:
+        names = [spec.name for spec in self.slices]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise ValueError(f"evaluate.slices: the slice name(s) {', '.join(twice)} appear more than once; "
+                             "give each slice its own name")
+        return self
+
+
+class ShareThresholds(Section):
+    """A share above `warn` warns, above `fail` fails (inclusive limits, as drift's thresholds)."""
+
+    warn: float = Field(ge=0, le=1)
+    fail: float = Field(ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _warn_not_above_fail(self) -> ShareThresholds:
+        if self.warn > self.fail:
+            raise ValueError(f"warn ({self.warn}) is above fail ({self.fail})")
+        return self
+
 
 class MonitorParams(Section):
-    """Scheduled monitoring of the service's prediction log (helper A fills in the rest)."""
+    """Scheduled monitoring of the service's prediction log: drift against the champion's training rows,
+    the share of low-confidence answers, and the predicted-label shares (flows/monitor.py)."""
 
     deployment_name: str = "scheduled-monitor"
     cron: str = "0 * * * *"
     timezone: str = "UTC"
+    # The newest N logged predictions are judged: a window of recent traffic, not all of history.
+    last: int = Field(default=5000, ge=1)
+    # An answer whose score is below this is a low-confidence one (NER: the mean entity score of a text;
+    # texts without entities have no score and are not counted).
+    low_confidence: float = Field(default=0.6, ge=0, le=1)
+    # The share of low-confidence answers above `warn` warns, above `fail` fails (same rule as drift:).
+    low_confidence_share: ShareThresholds = ShareThresholds(warn=0.2, fail=0.4)
+    # Fewer scored answers than this: the share is reported, not judged (a handful of texts is noise).
+    min_scored: int = Field(default=30, ge=1)
+    # Texts in the labelling queue written when the status is warn or fail.
+    queue_size: int = Field(default=200, ge=1)
+    # On fail, run the retraining flow after the report. Off by default: retraining on unchanged labelled
+    # data changes nothing; label the queue and ingest it as a batch instead (`tunegate ingest`).
+    retrain_on_fail: bool = False

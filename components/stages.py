@@ -341,6 +341,16 @@ def evaluate(layout: ProjectLayout, params: Params) -> None:
     write_evaluation(metrics, predictions, layout.eval_dir)
     entity = f"entity_f1={metrics['entity_f1']:.4f} " if "entity_f1" in metrics else ""
     print(f"test: {entity}accuracy={metrics['accuracy']:.4f} macro_f1={metrics['macro_f1']:.4f} (n={metrics['n']})")
+    # evaluate.slices on the same predictions: artifacts/eval/slices.json, a dvc metrics file (the gate
+    # judges the served model's slice figures, computed the same way in components/export/scoring.py).
+    from components.model.slices import describe_slice, slice_metrics, write_slices
+
+    slices = slice_metrics(test, predictions["predicted"].tolist(), params.data.labels, params.evaluate,
+                           token_task=params.is_token_task)
+    write_slices(slices, layout.eval_dir / "slices.json")
+    for name, entry in slices.items():
+        print(f"slice {describe_slice(name, entry, params.gate.compare_metric)}"
+              + ("" if entry["judged"] else f"; not judged (< {entry['min_rows']} rows)"))
 
 
 def export(layout: ProjectLayout, params: Params) -> None:

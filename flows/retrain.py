@@ -15,12 +15,12 @@ from typing import Literal
 from prefect import flow, get_run_logger, runtime, task
 from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
 
-from components.config import Params, load_params
+from components.config import EvaluateParams, Params, load_params
 from components.export.scoring import score_onnx_dir
 from components.layout import ProjectLayout
 from components.lifecycle import tracking
 from components.lifecycle.locking import RunInProgress, exclusive_run
-from components.lifecycle.registry import CHAMPION
+from components.lifecycle.registry import CHALLENGER, CHAMPION
 from flows.approval import (
     PENDING,
     RETRAIN_FLOW_NAME,
@@ -116,8 +116,9 @@ def reproduce(layout: ProjectLayout, stages: tuple[str, ...], force: bool = Fals
 
 @task(name="score-int8", cache_policy=TASK_SOURCE + INPUTS, persist_result=True, result_serializer="json")
 def score_registered_version(tracking_uri: str, model_name: str, version: str, rows_md5: str,
-                             rows_csv: Path, labels: list[str]) -> dict:
-    """Re-score a registered model on labelled rows; cached per (version, content of the rows)."""
+                             rows_csv: Path, labels: list[str], slices: EvaluateParams | None = None) -> dict:
+    """Re-score a registered model on labelled rows; cached per (version, content of the rows, slices).
+    slices: params.evaluate, for the champion's figures on the same slice rows as the challenger's."""
     import tempfile
 
     from components.export.mlflow_model import onnx_dir_in
@@ -125,7 +126,7 @@ def score_registered_version(tracking_uri: str, model_name: str, version: str, r
 
     with tempfile.TemporaryDirectory() as scratch:
         model_dir = ModelRegistry(tracking_uri, model_name).download(version, Path(scratch))
-        return score_onnx_dir(onnx_dir_in(model_dir), rows_csv, labels)
+        return score_onnx_dir(onnx_dir_in(model_dir), rows_csv, labels, slices)
 
 
 def earlier_test_rows(layout: ProjectLayout, champion_batches: list[str]) -> tuple[Path, str] | None:
@@ -152,7 +153,7 @@ def gate(params: Params, layout: ProjectLayout, champion: dict | None, champion_
     from components.lifecycle.gate import decide
     from components.reports import read_json_if_present
 
-    challenger = score_onnx_dir(layout.onnx_dir, layout.split_file("test"), params.data.labels)
+    challenger = score_onnx_dir(layout.onnx_dir, layout.split_file("test"), params.data.labels, params.evaluate)
     parity = json.loads(layout.parity_file.read_text())
     forgetting = None
     if earlier_rows is not None:
@@ -203,6 +204,33 @@ def register(registry, run_id: str, layout: ProjectLayout, tags: dict, passed: b
     if passed:
         registry.set_alias(CHALLENGER, version.version)
     return version.version
+
+
+def _shadow_summary(params: Params, registry, version: str) -> str | None:
+    """The shadow figures for the approval form, when the shadow is used (serve.shadow or its gate)."""
+    if params.serve.shadow is None and params.gate.min_shadow_agreement is None:
+        return None
+    from components.serving.shadow_report import shadow_summary
+
+    return shadow_summary(version, registry.version(version).tags, params.gate)
+
+
+def _awaiting_shadow(params: Params, registry, version: str, approval: Approval) -> str | None:
+    """gate.min_shadow_agreement before promotion: when its figures do not hold yet, the approval is recorded,
+    `challenger` keeps pointing at the version (the service goes on shadowing it) and the run ends without
+    promoting, rather than hold the project for days; `tunegate promote` finishes once the figures hold.
+    Returns why, or None to promote. An answer `tunegate approve` already applied was checked there."""
+    from components.lifecycle.gate import shadow_check
+
+    check = shadow_check(registry.version(version).tags, params.gate)
+    if check is None or check.passed or approval.applied:
+        return None
+    if approval.how == "person" and registry.identity() is not None:
+        return None  # not this run's to record (flows/approval.py): deploy refuses it with the reason
+    registry.tag_version(version, {**approval.as_tags(), "shadow_gate": "waiting"})
+    return (f"v{version} approved by {approval.by} but not promoted: {check.detail}. It stays challenger; "
+            f"once `tunegate shadow-report --version {version}` says the requirement is met, run "
+            f"`tunegate promote {version}` (or --force --reason '...' to promote without it)")
 
 
 @task(name="deploy", cache_policy=NO_CACHE, **RETRY)
@@ -271,7 +299,7 @@ def _retrain(layout: ProjectLayout, params: Params, profile: str) -> dict:
             champion_metrics = score_registered_version(
                 registry.tracking_uri, registry.model_name, champion.version,
                 tracking.output_md5(layout, "preprocess", "artifacts/splits"), layout.split_file("test"),
-                params.data.labels)
+                params.data.labels, params.evaluate)
             rows = earlier_test_rows(layout, json.loads(champion.tags.get("data_batches", "[]")))
             if rows is not None:  # new batches since the champion: did the challenger forget the old ones?
                 earlier = (rows[0], score_registered_version.with_options(name="score-int8-earlier-rows")(
@@ -301,9 +329,13 @@ def _retrain(layout: ProjectLayout, params: Params, profile: str) -> dict:
         else:
             # The flow run first: whoever sees `pending` (an approver in another clone) also finds the run to resume.
             registry.tag_version(version, {"approval_flow_run": str(runtime.flow_run.id), "approval": PENDING})
+            # The version waiting is the one a service with serve.shadow: challenger shadows meanwhile (a re-asked
+            # version's alias may have moved on since it was registered).
+            registry.set_alias(CHALLENGER, version)
             print(f"v{version} waits for approval: `tunegate approve` or `tunegate reject`, or the Prefect UI")
             description = tracking.approval_description(registry.model_name, version, verdict,
-                                                        tracking.explain_report_link(registry, run_id))
+                                                        tracking.explain_report_link(registry, run_id),
+                                                        shadow=_shadow_summary(params, registry, version))
             approval = wait_for_approval(description,
                                          params.approval.timeout_s, params.approval.poll_interval_s)
         if not approval.approved:
@@ -311,6 +343,9 @@ def _retrain(layout: ProjectLayout, params: Params, profile: str) -> dict:
             return tracking.finish(registry, run_id, status="rejected-by-approver", version=version,
                                     message=f"rejected by {approval.by}: {approval.comment}")
 
+        waiting = _awaiting_shadow(params, registry, version, approval)
+        if waiting is not None:
+            return tracking.finish(registry, run_id, status="awaiting-shadow", version=version, message=waiting)
         previous = deploy(registry, version, approval)
         return tracking.finish(registry, run_id, status="promoted", version=version,
                                 message=f"v{version} is champion (previous: {'v' + previous if previous else 'none'})")

@@ -44,6 +44,7 @@ def tiny_params(base_model: Path, **sections) -> dict:
         "explain": {"enabled": False},
         "robustness": {"enabled": False},
         "distill": {"enabled": False, "teacher_model": None, "teacher_train": {}},  # keys dvc.yaml's stages track
+        "evaluate": {"slices": []},  # dvc.yaml's evaluate stage tracks the section: it must be there
     }
     for section, values in sections.items():
         params.setdefault(section, {}).update(values)

@@ -1,17 +1,23 @@
 """Continual learning through the real flow: a champion, a new batch, then a retraining that starts
 from the champion's weights with a replayed share of the old batches and a gate that checks the
-old batches' test rows for forgetting. Also domain-adaptive (MLM) pretraining as a stage."""
+old batches' test rows for forgetting. The new batch closes the labelling loop: logged live texts go
+out as a labelling queue, a person labels them in Label Studio, and `tunegate ingest` takes the export
+back and retrains. Also domain-adaptive (MLM) pretraining as a stage."""
 
 from __future__ import annotations
 
 import json
 
+import pandas as pd
 import pytest
 
+from components.data.ingest import DataStore
 from components.layout import ProjectLayout
 from components.lifecycle.registry import CHAMPION, ModelRegistry, resolve_tracking_uri
+from components.monitoring.labelling import labelling_queue, write_labelling_queue
 from components.params_file import set_param
 from flows.retrain import retrain
+from tests.label_studio import annotation, choice
 from tests.project import git, make_project
 from tests.tiny import sentiment_frame
 from tunegate.cli import main
@@ -24,17 +30,44 @@ def test_retraining_from_the_champion_replays_old_batches_and_checks_forgetting(
     first = retrain(project_dir=str(root))
     assert first["status"] == "promoted", first
 
-    new_rows = sentiment_frame(300, seed=9)
-    new_rows["review"] = "new batch " + new_rows["review"]
-    new_rows.to_csv(root / "incoming" / "more.csv", index=False)
-    assert main(["--project", str(root), "ingest", str(root / "incoming" / "more.csv"), "--no-retrain"]) == 0
+    # Live traffic the champion was unsure of goes out as a labelling queue, the served label as a suggestion
+    # that is wrong for every text: only what the person answers may become a label.
+    truth = sentiment_frame(300, seed=9).drop_duplicates("review")
+    texts = ("new batch " + truth["review"]).tolist()
+    flipped = {"positive": "negative", "negative": "positive"}
+    traffic = pd.DataFrame({"time": "2026-12-01T10:00:00Z", "version": first["version"], "text": texts,
+                            "label": truth["sentiment"].map(flipped).tolist(), "score": 0.51})
+    store = DataStore(root / "data")
+    queue = labelling_queue(traffic, store.read(), task="sequence-classification", size=len(texts),
+                            low_confidence=0.6)
+    assert len(queue) == len(texts) and (queue["suggestion"] != queue["text"].map(
+        dict(zip(texts, truth["sentiment"])))).all()
+    files = write_labelling_queue(queue, tmp_path / "queue", task="sequence-classification",
+                                  labels=["negative", "positive"], model_version=first["version"])
+    answers = dict(zip(texts, truth["sentiment"]))
+    export = [{"id": number, **task,  # task 1 nobody labelled: set aside, not trained on
+               "annotations": [] if number == 1 else [annotation([choice(answers[task["data"]["text"]])])]}
+              for number, task in enumerate(json.loads(files.label_studio_json.read_text()), start=1)]
+    exported = tmp_path / "project-7-at-2026-12-01-12-00.json"
+    exported.write_text(json.dumps(export))
+
     set_param(root / "params.yaml", "train.init_from", "champion")
     set_param(root / "params.yaml", "train.replay_fraction", 0.5)
     git(root, "add", "-A")
-    git(root, "commit", "-qm", "new batch; continue from the champion")
+    git(root, "commit", "-qm", "continue from the champion")
+    assert main(["--project", str(root), "ingest", str(exported)]) == 0  # the batch, then the retraining
 
-    second = retrain(project_dir=str(root))
+    batch = store.batches()[-1]
+    assert batch.batch_id.startswith(exported.name) and (batch.accepted, batch.quarantined) == (len(texts) - 1, 1)
+    added = store.read([batch])
+    assert (added["label"] == added["text"].map(answers)).all()  # the person's labels, never the suggestions
     layout = ProjectLayout(root)
+    registry = ModelRegistry(resolve_tracking_uri(None, layout.mlflow_dir), "tiny-sentiment")
+    (second_run,) = [run for run in registry.client.search_runs(
+        [e.experiment_id for e in registry.client.search_experiments()])
+        if batch.batch_id in run.data.tags.get("data_batches", "")]
+    second = {"run_id": second_run.info.run_id, "status": second_run.data.tags["outcome"],
+              "version": second_run.data.tags["outcome_version"]}
     start = json.loads((layout.start_dir / "start.json").read_text())
     assert (start["source"], start["champion_version"]) == ("champion", first["version"])
     assert (layout.start_dir / "model" / "model.safetensors").is_file()  # the champion's PyTorch weights
@@ -44,7 +77,6 @@ def test_retraining_from_the_champion_replays_old_batches_and_checks_forgetting(
     assert replay["new_rows"] > 150 and replay["replayed_rows"] == round(0.5 * replay["old_rows"])
     assert history["train_examples"] == replay["new_rows"] + replay["replayed_rows"]
 
-    registry = ModelRegistry(resolve_tracking_uri(None, layout.mlflow_dir), "tiny-sentiment")
     run = registry.client.get_run(second["run_id"])
     assert run.data.metrics["replay_replayed_rows"] == replay["replayed_rows"]
     decision = json.loads(open(registry.client.download_artifacts(second["run_id"], "gate/decision.json")).read())

@@ -6,6 +6,9 @@ import json
 
 import pytest
 
+# Imported before any test captures stdout: Prefect's console handler keeps the stream it was created with,
+# and a capsys stream is closed after its test (the next flow's log line would then raise).
+import flows.monitor  # noqa: F401
 from components.config import load_params
 from components.data.ingest import DataStore, ingest_batch, read_configured_source
 from tests.project import tiny_params, write_params
@@ -14,7 +17,7 @@ from tunegate.cli import main
 
 
 @pytest.fixture
-def project(tmp_path, tiny_base_model):
+def project(tmp_path, tiny_base_model, prefect_api):  # `tunegate monitor` runs the monitoring flow
     (tmp_path / "incoming").mkdir()
     sentiment_frame(400, seed=1).to_csv(tmp_path / "incoming" / "reviews.csv", index=False)
     write_params(tmp_path, tiny_params(tiny_base_model, serve={"prediction_log": "logs/predictions.jsonl"}))
@@ -32,8 +35,9 @@ def write_log(project, rows) -> None:
 
 
 def report_of(project) -> dict:
-    (path,) = (project / ".tunegate" / "monitor").glob("drift-*.json")
-    return json.loads(path.read_text())
+    """The drift part of the run's monitoring report (flows/monitor.py)."""
+    (path,) = (project / ".tunegate" / "monitor").glob("monitor-*.json")
+    return json.loads(path.read_text())["drift"]
 
 
 def test_traffic_like_the_training_data_is_ok(project, capsys):

@@ -4,6 +4,8 @@ SQLite registry, real ONNX int8, the approval answered from another thread, real
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -54,9 +56,17 @@ def run_with_approval(root: Path, decision: str, by: str, comment: str) -> dict:
     return outcome["result"]
 
 
+# evaluate.slices (tests/test_slices.py has the figures and the gate's verdicts): here, that the flow writes,
+# logs and cards them. ~120 test rows: short ~45, early_ids ~20, id_7 at most one (not judged).
+SLICES = {"evaluate": {"min_slice_rows": 15, "slices": [
+    {"name": "short", "max_chars": 35}, {"name": "early_ids", "regex": r"#\d\d?$"}, {"name": "id_7", "regex": "#7$"},
+    {"name": "first_batch", "column": "batch_id", "values": ["reviews.csv"]}]},
+    "gate": {"max_slice_regression": 0.5}}
+
+
 @pytest.fixture(scope="module")
 def promoted_project(tmp_path_factory, tiny_base_model, prefect_api) -> tuple[Path, dict]:
-    root = make_project(tmp_path_factory.mktemp("e2e") / "project", tiny_base_model, **SMALL_INSPECTIONS)
+    root = make_project(tmp_path_factory.mktemp("e2e") / "project", tiny_base_model, **SMALL_INSPECTIONS, **SLICES)
     started = time.perf_counter()
     result = run_with_approval(root, "approve", by="reviewer-ada", comment="metrics look right")
     result["seconds"] = time.perf_counter() - started
@@ -86,7 +96,16 @@ def test_first_run_is_approved_registered_and_served(promoted_project):
     epochs = registry.client.get_metric_history(result["run_id"], "validation_accuracy")
     assert sorted(m.step for m in epochs) == [1, 2, 3]
     artifacts = {a.path for a in registry.client.list_artifacts(result["run_id"], "evaluation")}
-    assert "evaluation/confusion_matrix.png" in artifacts
+    assert {"evaluation/confusion_matrix.png", "evaluation/slices.json"} <= artifacts
+    slices = json.loads((root / "artifacts" / "eval" / "slices.json").read_text())["slices"]
+    assert slices["first_batch"]["rows"] == int(tags["test_rows"]) and slices["first_batch"]["judged"]
+    assert 15 <= slices["short"]["rows"] < slices["first_batch"]["rows"] and slices["id_7"]["judged"] is False
+    assert run.data.metrics["slice_short_rows"] == slices["short"]["rows"]  # the evaluate stage's (PyTorch)
+    assert 0.0 <= run.data.metrics["int8_slice_short_macro_f1"] <= 1.0  # the served model's, which the gate judged
+    assert "slice id_7 (text matches /#7$/): not judged" in tags["gate_reasons"]
+    shown = subprocess.run([sys.executable, "-m", "dvc", "metrics", "show", "--json"], cwd=root, check=True,
+                           capture_output=True, text=True).stdout
+    assert "artifacts/eval/slices.json" in shown  # declared under metrics: in dvc.yaml
     docs = {a.path for a in registry.client.list_artifacts(result["run_id"], "validation/data_docs")}
     assert "validation/data_docs/index.html" in docs
     assert run.data.tags["data_docs"].endswith("/validation/data_docs/index.html")
@@ -117,7 +136,8 @@ def test_the_champion_is_an_mlflow_model_with_its_card(promoted_project, tmp_pat
     card = (registry.download("1", tmp_path) / "README.md").read_text()
     tags = registry.version("1").tags
     for expected in (tags["data_hash"], tags["git_commit"], "## Export parity", "Verdict: **passed**",
-                     "## Intended use", "## Limits", "`negative`, `positive`", f"| accuracy | {tags['test_accuracy']} |"):
+                     "## Intended use", "## Limits", "`negative`, `positive`", f"| accuracy | {tags['test_accuracy']} |",
+                     "## Slices", "| short | <= 35 characters |", "| id_7 | text matches /#7$/ |"):
         assert expected in card, expected
 
 
@@ -182,6 +202,9 @@ def test_worse_challenger_is_rejected_and_champion_keeps_serving(promoted_projec
 
         assert result["status"] == "rejected-by-gate", result
         assert "FAIL vs_champion" in result["message"]
+        # Each slice is compared with the champion re-scored on the same slice rows.
+        assert "slice_vs_champion_short: slice short (<= 35 characters): macro_f1" in result["message"]
+        assert f"vs champion v{champion}" in result["message"].split("slice_vs_champion_short")[1]
         assert registry.aliases()[CHAMPION] == champion
         assert registry.version(result["version"]).tags["gate"] == "failed"
         assert registry.aliases()[CHALLENGER] == champion

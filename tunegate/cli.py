@@ -82,8 +82,10 @@ def _serve(layout: ProjectLayout, params: Params, version: str | None, host: str
     serve = params.serve
     # ServeParams are the service's settings plus where to listen; the log path is project-relative.
     settings = serve.model_copy(update={"prediction_log": layout.root / serve.prediction_log}) if serve.prediction_log else serve
+    settings = settings.model_copy(update={"shadow_log": layout.root / serve.shadow_log})  # shadow-report reads it
     app = build_service_app(_open_registry(layout), layout.artifacts / "serving", serve.providers, settings,
                             version=version)
+    app.state.metrics.watch_monitoring(layout.root / ".tunegate" / "monitor")  # tunegate_monitor_* gauges
     served = app.state.model_holder.current()
     follows = f"pinned to v{version}" if version else f"follows 'champion' (checked every {serve.poll_interval_s:g} s)"
     print(f"serving {served.metadata['model_name']} v{served.metadata['model_version']}, {follows}, "
@@ -210,6 +212,7 @@ def cmd_ingest(args) -> int:
         ingest_batch,
         read_configured_source,
         read_file_source,
+        reads_labelled_traffic,
     )
     from components.lifecycle.versioning import version_data
     from components.model.modeling import load_tokenizer, resolve_model_source
@@ -225,6 +228,8 @@ def cmd_ingest(args) -> int:
             read_file_source(Path(args.path).absolute(), params.data, task=params.task), params.data, store, base=False,
             drift=params.drift, reference=_champion_training_data(layout, store),
             tokenizer_factory=lambda: load_tokenizer(resolve_model_source(params.model.base_model)), task=params.task,
+            # The labelling queue's export is drifted traffic by design: reported, not refused (issue #15).
+            drift_gate=not reads_labelled_traffic(Path(args.path)),
         )
     print(describe(result))
     print(f"data.dvc: {version_data(layout.root, layout.data_dir)} (commit data.dvc to record this version)")
@@ -235,27 +240,25 @@ def cmd_ingest(args) -> int:
 
 
 def cmd_monitor(args) -> int:
-    import time
+    # The scheduled monitoring flow (flows/monitor.py), run once; retraining stays here so that its
+    # output is cmd_run's. --last defaults to every logged line, as before monitor.last existed.
+    import json
 
-    from components.data.drift import drift_report
-    from components.data.ingest import DataStore
-    from components.model.modeling import load_tokenizer, resolve_model_source
-    from components.serving.prediction_log import read_prediction_log
+    from flows.monitor import monitor
+    from tunegate.console import hide_user_error_tracebacks
 
     layout = _layout(args)
     params = _params(layout)
     if not params.serve.prediction_log:
         raise ConfigError("serve.prediction_log is not set: the service keeps no sample of live traffic to check")
-    traffic = read_prediction_log(layout.root / params.serve.prediction_log, last=args.last)
-    reference = _champion_training_data(layout, DataStore(layout.data_dir))
-    report = drift_report(reference, traffic, load_tokenizer(resolve_model_source(params.model.base_model)), params.drift,
-                          task=params.task)
-    path = layout.root / ".tunegate" / "monitor" / time.strftime("drift-%Y%m%dT%H%M%SZ.json", time.gmtime())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    report.write(path)
-    print(f"live traffic ({len(traffic):,} logged predictions) vs the champion's training data: {report.summary()}")
-    print(f"report: {path}")
-    if report.status != "fail" or args.no_retrain:
+    hide_user_error_tracebacks(_user_errors())
+    result = monitor(project_dir=str(layout.root), last=args.last or 0, retrain_on_fail=False, print_summary=False)
+    report = json.loads(Path(result["report"]).read_text(encoding="utf-8"))
+    print(f"live traffic ({report['traffic_rows']:,} logged predictions) vs the champion's training data: "
+          f"{result['summary']}")
+    print(f"report: {result['report']} (also {result['latest']}, gauges in {result['textfile']}); "
+          f"MLflow run {result['mlflow_run_id']}")
+    if report["drift"]["status"] != "fail" or args.no_retrain:  # as before: drift failing retrains
         return 0
     print("drift crossed its fail threshold: retraining (skip with --no-retrain)")
     return cmd_run(argparse.Namespace(project=args.project, set=None, profile=None, no_serve=True))
@@ -307,18 +310,29 @@ def cmd_rollback(args) -> int:
     return 0
 
 
+def _shadow_unmet(params: Params, tags: dict[str, str]) -> str | None:
+    """Why gate.min_shadow_agreement does not hold yet for a version with these tags; None if it holds or is unset."""
+    from components.lifecycle.gate import shadow_check
+
+    check = shadow_check(tags, params.gate)
+    return None if check is None or check.passed else check.detail
+
+
 def cmd_promote(args) -> int:
     from components.lifecycle.registry_auth import EDIT
 
-    registry = _open_registry(_layout(args))
+    layout = _layout(args)
+    registry = _open_registry(layout)
     by = registry.actor(args.by)
     registry.require(EDIT, f"promote v{args.version}")  # before the forced_promotion tag: a refusal changes nothing
     version = registry.version(args.version)
     gate = version.tags.get("gate", "unknown")
-    if gate != "passed":
+    shadow = _shadow_unmet(_params(layout), version.tags)
+    if gate != "passed" or shadow:
         if not (args.force and args.reason):
-            raise ConfigError(f"v{args.version} did not pass its gates (gate={gate}); "
-                              "use --force --reason '...' to promote it anyway")
+            why = (f"did not pass its gates (gate={gate})" if gate != "passed"
+                   else f"has not met gate.min_shadow_agreement: {shadow}")
+            raise ConfigError(f"v{args.version} {why}; use --force --reason '...' to promote it anyway")
         registry.tag_version(args.version, {"forced_promotion": args.reason})
     previous = registry.promote(args.version, by=by, reason=args.reason or "manual promotion")
     print(f"champion: {'v' + previous.version if previous else 'none'} -> v{args.version}")
@@ -329,15 +343,21 @@ def cmd_schedule(args) -> int:
     from flows.schedule import serve_schedule
 
     layout = _layout(args)
-    schedule = _params(layout).schedule
+    params = _params(layout)
+    schedule = params.schedule
     if args.cron:
         schedule = schedule.model_copy(update={"cron": args.cron})
     if not os.environ.get("PREFECT_API_URL"):
         raise ConfigError("schedules need a Prefect server: run `prefect server start` in another terminal and "
                           "set PREFECT_API_URL=http://127.0.0.1:4200/api (or the URL of your server)")
-    print(f"serving deployment '{schedule.deployment_name}': cron '{schedule.cron}' ({schedule.timezone}), "
-          f"one run at a time ({schedule.when_running} when busy); Ctrl-C stops")
-    serve_schedule(layout.root, schedule)
+    if args.only != "monitor":
+        print(f"serving deployment '{schedule.deployment_name}': cron '{schedule.cron}' ({schedule.timezone}), "
+              f"one run at a time ({schedule.when_running} when busy); Ctrl-C stops")
+    if args.only != "retrain":
+        watch = params.monitor
+        print(f"serving deployment '{watch.deployment_name}': monitoring cron '{watch.cron}' ({watch.timezone}), "
+              f"reports in .tunegate/monitor/ ({'retrains' if watch.retrain_on_fail else 'no retraining'} on fail)")
+    serve_schedule(layout.root, schedule, params.monitor, only=args.only)
     return 0
 
 
@@ -372,12 +392,30 @@ def cmd_stage(args) -> int:
 
 
 def cmd_answer(args) -> int:
-    from flows.approval import answer_approval
+    from flows.approval import PENDING, answer_approval
 
     layout = _layout(args)
-    print(answer_approval(layout, _open_registry(layout), args.command, by=args.by, comment=args.comment,
-                          version=args.version))
+    registry = _open_registry(layout)
+    waiting = ([v for v in registry.find_versions(approval=PENDING) if args.version in (None, v.version)]
+               if args.command == "approve" else [])
+    if len(waiting) == 1 and (shadow := _shadow_unmet(_params(layout), waiting[0].tags)):
+        # An approval promotes at once: refused while the shadow figures fall short, and the version keeps waiting.
+        raise ConfigError(f"v{waiting[0].version} has not met gate.min_shadow_agreement: {shadow}. It keeps waiting; "
+                          f"approve again once `tunegate shadow-report --version {waiting[0].version}` says met, or "
+                          f"`tunegate promote {waiting[0].version} --force --reason '...'`")
+    print(answer_approval(layout, registry, args.command, by=args.by, comment=args.comment, version=args.version))
     return 0
+
+
+def cmd_shadow_report(args) -> int:
+    from components.serving.shadow_report import shadow_report
+
+    layout = _layout(args)
+    params = _params(layout)
+    text, check = shadow_report(_open_registry(layout), params.gate, layout.root / params.serve.shadow_log,
+                                args.version, args.last)
+    print(text)
+    return 0 if check is None or check.passed else 1  # scripts may wait on it
 
 
 BY_HELP = ("who acts, recorded on the version (default: your login name). When the MLflow server checks logins "
@@ -401,7 +439,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ingest = verbs.add_parser("ingest", help="bring data.source into data/, or add a new batch from PATH, and version it "
                                              "with DVC (a new batch triggers retraining)")
-    ingest.add_argument("path", nargs="?", help="a CSV, TSV, JSONL or Parquet file of new labelled rows")
+    ingest.add_argument("path", nargs="?", help="a CSV, TSV, JSONL or Parquet file of new labelled rows, or a Label "
+                        "Studio JSON export of the labelling queue")
     ingest.add_argument("--no-retrain", action="store_true", help="add the batch without retraining")
     ingest.set_defaults(handler=cmd_ingest)
 
@@ -450,13 +489,17 @@ def build_parser() -> argparse.ArgumentParser:
         answer.add_argument("--comment", default="", help="why (recorded on the version)")
         answer.set_defaults(handler=cmd_answer)
 
-    schedule = verbs.add_parser("schedule", help="run retraining on the cron schedule in params.yaml (needs a Prefect server)")
+    schedule = verbs.add_parser("schedule", help="run retraining (schedule.cron) and monitoring (monitor.cron) on their "
+                                                 "schedules in params.yaml (needs a Prefect server)")
     schedule.add_argument("--cron", help="override schedule.cron, e.g. '0 3 * * *'")
+    schedule.add_argument("--only", choices=("retrain", "monitor"),
+                          help="serve only this deployment (default: retraining on schedule.cron and monitoring on "
+                               "monitor.cron)")
     schedule.set_defaults(handler=cmd_schedule)
 
     monitor = verbs.add_parser("monitor", help="drift of live traffic (serve.prediction_log) vs the champion's "
                                                "training data; retrains when it fails")
-    monitor.add_argument("--last", type=int, help="only the last N logged predictions")
+    monitor.add_argument("--last", type=int, help="only the last N logged predictions (default: all of them)")
     monitor.add_argument("--no-retrain", action="store_true")
     monitor.set_defaults(handler=cmd_monitor)
 
@@ -474,6 +517,12 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument("--reason", help="why (recorded; required with --force)")
     promote.add_argument("--force", action="store_true", help="promote a version that failed its gates")
     promote.set_defaults(handler=cmd_promote)
+
+    shadow = verbs.add_parser("shadow-report", help="how the shadowed challenger (serve.shadow) agrees with the "
+                                                    "champion on live traffic; exit 1 while gate.min_shadow_agreement fails")
+    shadow.add_argument("--version", help="a registered version (default: the challenger)")
+    shadow.add_argument("--last", type=int, default=5, help="latest disagreements shown (from serve.shadow_log)")
+    shadow.set_defaults(handler=cmd_shadow_report)
 
     reproduce = verbs.add_parser("reproduce", help="rebuild the champion (or --version) from its lineage: restore its "
                                                    "params.yaml, dvc.lock and data.dvc, dvc pull, dvc repro")

@@ -59,7 +59,11 @@ EXCLUDED_CHECK = "excluded_label"
 # The raw frame of token data: lists of tokens and tags per sentence (dropped when a batch is written).
 TOKEN_COLUMNS = ["tokens", "tags"]
 # The extension of a source file, left out of the names of the batch's own files.
-DATA_SUFFIX = re.compile(r"\.(csv|tsv|jsonl|ndjson|parquet|conll|txt|iob)$", re.IGNORECASE)
+DATA_SUFFIX = re.compile(r"\.(csv|tsv|jsonl|ndjson|json|parquet|conll|txt|iob)$", re.IGNORECASE)
+# A reader may fill this column with why a row it read must not be trained on (a Label Studio task no
+# person annotated); such rows are set aside under this check, with that reason.
+REJECTED_COLUMN = "rejected"
+REJECTED_CHECK = "no_human_label"
 
 
 class DriftFailure(RuntimeError):
@@ -194,6 +198,11 @@ def read_file_source(path: Path, data: DataParams, *, task: Task = SEQUENCE_CLAS
     return RawSource(frame, batch_id=f"{path.name}@{digest}", description=f"{path} (sha256 {digest})")
 
 
+def reads_labelled_traffic(path: Path) -> bool:
+    """Whether `path` is read as a Label Studio export: live texts a person labelled (the labelling loop)."""
+    return Path(path).suffix.lower() == ".json"
+
+
 def read_configured_source(data: DataParams, project_root: Path, *, task: Task = SEQUENCE_CLASSIFICATION) -> RawSource:
     builtin = split_builtin(data.source)
     if builtin is not None:
@@ -294,7 +303,23 @@ def build_dataset(raw: RawSource, data: DataParams, *, task: Task = SEQUENCE_CLA
     })
     set_aside = rows[excluded].assign(check=EXCLUDED_CHECK, expectation="data.exclude_labels",
                                       reason="label '" + raw_labels[excluded] + "' is in data.exclude_labels")
-    return rows[~excluded].reset_index(drop=True), set_aside.reset_index(drop=True)
+    rejected = _rejected(frame) & ~excluded
+    if rejected.any():
+        set_aside = pd.concat([set_aside, _set_aside_rejected(rows, frame, rejected)])
+    kept = ~excluded & ~rejected
+    return rows[kept].reset_index(drop=True), set_aside.reset_index(drop=True)
+
+
+def _rejected(frame: pd.DataFrame) -> pd.Series:
+    if REJECTED_COLUMN not in frame.columns:
+        return pd.Series(False, index=frame.index)
+    return frame[REJECTED_COLUMN].fillna("").astype(str) != ""
+
+
+def _set_aside_rejected(rows: pd.DataFrame, frame: pd.DataFrame, rejected: pd.Series) -> pd.DataFrame:
+    # No label a person gave: the label cell stays empty, whatever a model suggested.
+    return rows[rejected].assign(label="", check=REJECTED_CHECK, expectation="a label given by a person",
+                                 reason=frame.loc[rejected, REJECTED_COLUMN].astype(str))
 
 
 def _build_token_dataset(raw: RawSource, data: DataParams) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -322,7 +347,11 @@ def _build_token_dataset(raw: RawSource, data: DataParams) -> tuple[pd.DataFrame
     if split is not None:
         columns[SPLIT_COLUMN] = split
     rows = pd.DataFrame(columns).assign(tokens=tokens, tags=tags)
-    return rows, rows.iloc[:0].drop(columns=TOKEN_COLUMNS)
+    rejected = _rejected(frame)
+    if not rejected.any():
+        return rows, rows.iloc[:0].drop(columns=TOKEN_COLUMNS)
+    set_aside = _set_aside_rejected(rows, frame, rejected).drop(columns=TOKEN_COLUMNS)
+    return rows[~rejected].reset_index(drop=True), set_aside.reset_index(drop=True)
 
 
 def _written_columns(frame: pd.DataFrame) -> list[str]:
@@ -358,11 +387,14 @@ def ingest_batch(
     reference: pd.DataFrame | None = None,
     tokenizer_factory: Callable[[], Any] | None = None,
     task: Task = SEQUENCE_CLASSIFICATION,
+    drift_gate: bool = True,
 ) -> IngestResult:
     """Quarantine bad rows, check the batch as a whole (and for drift), then add it to the dataset.
 
     A batch that fails a batch-level check or drifts beyond `fail` raises and adds nothing; its
-    reports are still written so the reason can be read. `task` must match the source (raw): token
+    reports are still written so the reason can be read. `drift_gate` False measures and reports drift
+    without refusing the batch: for the labelling queue coming back (`reads_labelled_traffic`), whose
+    texts were picked because they drifted and whose labels a person gave. `task` must match the source (raw): token
     lists for token-classification.
     """
     from components.data.validation.batch import validate_batch
@@ -412,7 +444,7 @@ def ingest_batch(
         drifted = drift_report(reference, clean, tokenizer_factory(), drift, task=task)
         drifted.write(reports / "drift.json")
         record.drift_status, drift_summary = drifted.status, drifted.summary()
-        if drifted.status == "fail":
+        if drifted.status == "fail" and drift_gate:
             raise DriftFailure(f"batch {raw.batch_id} drifted from the champion's training data:\n{drift_summary}")
 
     (store.data_dir / "batches").mkdir(parents=True, exist_ok=True)

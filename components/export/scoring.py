@@ -13,13 +13,15 @@ from components.model.evaluate import (
     evaluate_token_probabilities,
     sentences_and_tags,
 )
+from components.production_params import EvaluateParams
 
 
-def score_onnx_dir(onnx_dir: Path, test_csv: Path, labels: list[str]) -> dict:
+def score_onnx_dir(onnx_dir: Path, test_csv: Path, labels: list[str], slices: EvaluateParams | None = None) -> dict:
     """Metrics of a servable ONNX model on a labelled split: the figures the gate compares.
 
     labels: params.data.labels, i.e. the class names of a classifier or the entity types of a token
-    classifier (the export's card says which it is)."""
+    classifier (the export's card says which it is). slices: params.evaluate; with slices configured the
+    metrics hold "slices", each slice's figures from the same predictions (components/model/slices.py)."""
     from components.export.predictor import (
         OnnxTextClassifier,
         OnnxTokenTagger,
@@ -37,11 +39,21 @@ def score_onnx_dir(onnx_dir: Path, test_csv: Path, labels: list[str]) -> dict:
             raise ValueError(f"{onnx_dir} tags entity types {tagger.entity_types}, the data has {labels}")
         sentences, _ = sentences_and_tags(test)
         probabilities = tagger.predict_word_proba(sentences)
-        metrics, _ = evaluate_token_probabilities(test, probabilities, tagger.labels, list(labels))
-        return metrics
+        metrics, predictions = evaluate_token_probabilities(test, probabilities, tagger.labels, list(labels))
+        return _with_slices(metrics, test, predictions, labels, slices, token_task=True)
     classifier = OnnxTextClassifier(onnx_dir, **session)
     if list(classifier.labels) != list(labels):
         raise ValueError(f"{onnx_dir} predicts labels {list(classifier.labels)}, the data has {labels}")
     probabilities = classifier.predict_proba(test["text"].tolist())
-    metrics, _ = evaluate_frame(test, probabilities, labels)
-    return metrics
+    metrics, predictions = evaluate_frame(test, probabilities, labels)
+    return _with_slices(metrics, test, predictions, labels, slices, token_task=False)
+
+
+def _with_slices(metrics: dict, test: pd.DataFrame, predictions: pd.DataFrame, labels: list[str],
+                 slices: EvaluateParams | None, token_task: bool) -> dict:
+    if slices is None or not slices.slices:
+        return metrics
+    from components.model.slices import slice_metrics
+
+    return {**metrics, "slices": slice_metrics(test, predictions["predicted"].tolist(), list(labels), slices,
+                                               token_task=token_task)}

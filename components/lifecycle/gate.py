@@ -95,6 +95,9 @@ def decide(
         checks.append(_teacher_gap_check(challenger, teacher, gate))
     # robustness: the robustness stage's figures (artifacts/robustness/metrics.json), None if it never ran.
     checks += _invariance_checks(robustness, gate, token_task="entity_f1" in challenger)
+    # evaluate.slices: "slices" in the metrics (components/model/slices.py), the champion's on the same rows.
+    checks += _slice_checks(challenger.get("slices"), None if champion is None else champion.get("slices"),
+                            champion_version, gate)
     return GateDecision(passed=all(c.passed for c in checks), checks=checks, champion_version=champion_version)
 
 
@@ -162,3 +165,93 @@ def _invariance_checks(report: dict | None, gate: GateParams, token_task: bool) 
             detail=f"invariance under {kind} {share:.4f}: {flipped} of {n} perturbed test rows changed prediction "
                    f"({required}; listed in artifacts/robustness/flipped.csv)"))
     return checks
+
+
+SHADOW_FIGURES_TAG = "shadow"  # JSON {requests, agreed, errors, dropped}: one tag, so always consistent
+
+
+def shadow_figures(tags: dict[str, str]) -> dict[str, int]:
+    """The shadow figures the serving shadow wrote on a version (components/serving/shadow.py); zeros if none."""
+    import json
+
+    try:
+        found = json.loads(tags.get(SHADOW_FIGURES_TAG) or "{}")
+        return {key: int(found.get(key, 0)) for key in ("requests", "agreed", "errors", "dropped")}
+    except (ValueError, TypeError, AttributeError):
+        return {"requests": 0, "agreed": 0, "errors": 0, "dropped": 0}
+
+
+def shadow_check(tags: dict[str, str], gate: GateParams) -> GateCheck | None:
+    """gate.min_shadow_agreement over at least gate.min_shadow_requests shadowed texts, from the figures the
+    serving shadow wrote on the version's tags (components/serving/shadow.py). None when not required.
+
+    Judged before promotion, not at registration: the figures only grow while the version waits."""
+    if gate.min_shadow_agreement is None:
+        return None
+    threshold, needed = gate.min_shadow_agreement, gate.min_shadow_requests
+    figures = shadow_figures(tags)
+    requests, agreed = figures["requests"], figures["agreed"]
+    share = agreed / requests if requests else 0.0
+    if requests < needed:
+        return GateCheck(name="min_shadow_agreement", passed=False, value=share, threshold=threshold,
+                         detail=f"only {requests} of the {needed} shadowed requests required so far (agreement "
+                                f"{share:.4f}): serve with serve.shadow: challenger and wait, see `tunegate "
+                                f"shadow-report`")
+    return _at_least("min_shadow_agreement", share, threshold,
+                     f"shadow agreement with the champion on {requests} live requests")
+
+
+def _slice_checks(slices: dict | None, champion_slices: dict | None, champion_version: str | None,
+                  gate: GateParams) -> list[GateCheck]:
+    """Per slice of evaluate.slices: gate.min_slice_metric on the challenger's compare_metric, and
+    gate.max_slice_regression against the champion re-scored on the same slice rows. A slice with fewer
+    rows than evaluate.min_slice_rows is reported and not gated; with neither setting, each slice's
+    figure is listed as a pass for the reader."""
+    metric = gate.compare_metric
+    if not slices:
+        settings = [name for name in ("min_slice_metric", "max_slice_regression") if getattr(gate, name) is not None]
+        return [GateCheck(name=name, passed=False, value=0.0, threshold=getattr(gate, name),
+                          detail=f"gate.{name} is set but evaluate.slices is empty: name the slices to judge "
+                                 f"there, or set gate.{name}: null") for name in settings]
+    checks = []
+    for name, entry in slices.items():
+        where = f"slice {name} ({entry.get('selects', entry.get('kind', ''))})"
+        if not entry.get("judged") or metric not in entry:
+            checks.append(GateCheck(name=f"slice_{name}", passed=True, value=float(entry["rows"]),
+                                    threshold=float(entry.get("min_rows", 0)),
+                                    detail=f"{where}: not judged ({entry['rows']} rows < min_slice_rows "
+                                           f"{entry.get('min_rows', '?')})"))
+            continue
+        value = entry[metric]
+        if gate.min_slice_metric is None and gate.max_slice_regression is None:
+            checks.append(GateCheck(name=f"slice_{name}", passed=True, value=value, threshold=0.0,
+                                    detail=f"{where}: {metric} {value:.4f} on {entry['rows']} rows (not gated: "
+                                           "gate.min_slice_metric and gate.max_slice_regression are null)"))
+        if gate.min_slice_metric is not None:
+            checks.append(GateCheck(
+                name=f"min_slice_metric_{name}", passed=value >= gate.min_slice_metric, value=value,
+                threshold=gate.min_slice_metric,
+                detail=f"{where}: {metric} {value:.4f} on {entry['rows']} rows (required >= {gate.min_slice_metric:.4f})"))
+        if gate.max_slice_regression is not None:
+            checks.append(_slice_regression_check(name, where, entry, champion_slices, champion_version, gate))
+    return checks
+
+
+def _slice_regression_check(name: str, where: str, entry: dict, champion_slices: dict | None,
+                            champion_version: str | None, gate: GateParams) -> GateCheck:
+    metric, allowed = gate.compare_metric, gate.max_slice_regression
+    check = f"slice_vs_champion_{name}"
+    if champion_version is None:
+        return GateCheck(name=check, passed=True, value=0.0, threshold=-allowed,
+                         detail=f"{where}: no champion yet: judged on min_slice_metric alone")
+    theirs = (champion_slices or {}).get(name)
+    if theirs is None or metric not in theirs:
+        # The flow re-scores the champion with today's evaluate.slices: a missing figure is a fault, not a pass.
+        return GateCheck(name=check, passed=False, value=0.0, threshold=-allowed,
+                         detail=f"{where}: champion v{champion_version} has no {metric} on this slice to compare "
+                                "with (it was not re-scored with evaluate.slices)")
+    difference = entry[metric] - theirs[metric]
+    return GateCheck(
+        name=check, passed=difference >= -allowed, value=difference, threshold=-allowed,
+        detail=f"{where}: {metric} {entry[metric]:.4f} vs champion v{champion_version} {theirs[metric]:.4f} on the "
+               f"same {entry['rows']} rows ({difference:+.4f}; allowed >= {-allowed:+.4f})")

@@ -50,6 +50,32 @@ def _robustness_section(figures: Any) -> list[str]:
             "| perturbation | unchanged | rows | changed |", "|---|---|---|---|", *rows, ""]
 
 
+def _slices_section(slices: Any) -> list[str]:
+    """The per-slice table (evaluate.slices; tracking.version_tags' "slices", or its JSON read back from MLflow)."""
+    if isinstance(slices, str):
+        try:
+            slices = json.loads(slices)
+        except json.JSONDecodeError:
+            return []
+    if not isinstance(slices, dict) or not slices:
+        return []
+    entity = any("entity_f1" in entry for entry in slices.values() if isinstance(entry, dict))
+
+    def figure(entry: dict, key: str) -> str:
+        return format(entry[key], ".4f") if isinstance(entry.get(key), (int, float)) else "n/a"
+
+    rows = [f"| {name} | {entry.get('selects', entry.get('kind', ''))} | {entry.get('rows', '?')} | "
+            + (f"{figure(entry, 'entity_f1')} | " if entity else "")
+            + f"{figure(entry, 'accuracy')} | {figure(entry, 'macro_f1')} | "
+            + ("yes" if entry.get("judged") else f"no (< {entry.get('min_rows', '?')} rows)") + " |"
+            for name, entry in slices.items() if isinstance(entry, dict)]
+    return ["## Slices", "",
+            ("The test metrics of named groups of test rows (evaluate.slices in params.yaml), from the same "
+             "served predictions; a slice with fewer rows than evaluate.min_slice_rows is reported, not gated."), "",
+            "| slice | selects | rows | " + ("entity F1 | " if entity else "") + "accuracy | macro F1 | judged |",
+            "|---|---|---|" + ("---|" if entity else "") + "---|---|---|", *rows, ""]
+
+
 def render_model_card(model_name: str, tags: dict[str, Any], parity: dict[str, Any], gate_summary: str) -> str:
     """Markdown for the version described by `tags` (tracking.version_tags), its export `parity`
     report (artifacts/export/parity.json) and the gate's summary."""
@@ -104,6 +130,7 @@ def render_model_card(model_name: str, tags: dict[str, Any], parity: dict[str, A
         "",
         parity_line,
         "",
+        *_slices_section(tags.get("slices")),
         *_robustness_section(tags.get("robustness")),
         "## Gate",
         "",

@@ -11,9 +11,9 @@ from pathlib import Path
 
 from components.config import Params
 from components.layout import ProjectLayout
-from components.reports import read_json_if_present
 from components.lifecycle.registry import ModelRegistry, resolve_tracking_uri
 from components.lifecycle.versioning import stage_output_hash
+from components.reports import read_json_if_present
 
 # Settings that shape the model; runtime settings (registry, approval, serve) are not model lineage.
 MODEL_SECTIONS = {"task", "data", "split", "model", "adapt", "train", "sweep", "gate", "export", "drift", "distill"}
@@ -97,6 +97,7 @@ def log_stage_outputs(registry: ModelRegistry, run_id: str, layout: ProjectLayou
         scores.update({f"test_{label}_{k}": per_class[k] for k in ("precision", "recall", "f1")})
     parity = _read_json(layout.parity_file)
     scores.update({f"export_{k}": v for k, v in parity.items() if isinstance(v, (int, float))})
+    scores.update(slice_metrics_of(read_json_if_present(layout.eval_dir / "slices.json")))
     registry.log_metrics(run_id, scores)
 
     log_split_inputs(registry, run_id, layout, token_task)
@@ -241,10 +242,25 @@ def log_split_inputs(registry: ModelRegistry, run_id: str, layout: ProjectLayout
     registry.client.log_inputs(run_id, datasets=inputs)
 
 
+def slice_metrics_of(report: dict | None, prefix: str = "") -> dict[str, float]:
+    """evaluate.slices' figures (artifacts/eval/slices.json, or the gate's served metrics; entries as
+    components/model/slices.py writes them) as MLflow metrics: slice_<name>_rows, _judged (1 or 0) and each
+    figure (_accuracy, _macro_f1, _entity_f1), every name with `prefix` before it (int8_ for the served model)."""
+    metrics: dict[str, float] = {}
+    for name, entry in ((report or {}).get("slices") or {}).items():
+        metrics[f"{prefix}slice_{name}_rows"] = entry["rows"]
+        metrics[f"{prefix}slice_{name}_judged"] = 1.0 if entry["judged"] else 0.0
+        metrics.update({f"{prefix}slice_{name}_{key}": value for key, value in entry.items()
+                        if key in ("accuracy", "macro_f1", "entity_f1")})
+    return metrics
+
+
 def log_gate(registry: ModelRegistry, run_id: str, verdict: dict) -> None:
     served = verdict["challenger_metrics"]
     registry.log_metrics(run_id, {"int8_test_accuracy": served["accuracy"], "int8_test_macro_f1": served["macro_f1"],
                                   **{f"int8_test_{k}": served[k] for k in ENTITY_METRICS if k in served}})
+    # The served model's slice figures, which the gate judged: int8_slice_<name>_<metric>.
+    registry.log_metrics(run_id, slice_metrics_of(served, prefix="int8_"))
     registry.set_run_tags(run_id, {"gate": "passed" if verdict["passed"] else "failed"})
     registry.log_json(run_id, verdict["decision"], "gate/decision.json")
 
@@ -268,6 +284,8 @@ def version_tags(params: Params, layout: ProjectLayout, data: dict, verdict: dic
         "test_rows": str(served["n"]),
         **{f"test_{k}": f"{served[k]:.4f}" for k in ENTITY_METRICS if k in served},
         **robustness_tag(layout),
+        # evaluate.slices, the served model's figures per slice (the model card's table).
+        **({"slices": served["slices"]} if served.get("slices") else {}),
     }
 
 
@@ -279,15 +297,19 @@ def robustness_tag(layout: ProjectLayout) -> dict:
     return {"robustness": kinds} if kinds else {}
 
 
-def approval_description(model_name: str, version: str, verdict: dict, explain_report: str | None = None) -> str:
-    """What the approver reads (the Prefect pause form); explain_report: explain_report_link's answer."""
+def approval_description(model_name: str, version: str, verdict: dict, explain_report: str | None = None,
+                         shadow: str | None = None) -> str:
+    """What the approver reads (the Prefect pause form); explain_report: explain_report_link's answer;
+    shadow: the shadow challenger's figures and requirement (components/serving/shadow_report.py)."""
     served = verdict["challenger_metrics"]
     entity = f"entity F1 {served['entity_f1']:.4f}, " if "entity_f1" in served else ""
     report = (f"\n\nWhat it gets wrong, and why (most confident test errors with word attributions, deletion "
               f"test): [explanation report]({explain_report})" if explain_report else "")
     return (f"## Approve {model_name} v{version} for production?\n\n"
             f"Test {entity}accuracy {served['accuracy']:.4f}, macro-F1 {served['macro_f1']:.4f} "
-            f"on {served['n']} rows (the ONNX export, as served).{report}\n\n```\n{verdict['summary']}\n```")
+            f"on {served['n']} rows (the ONNX export, as served).{report}\n\n```\n{verdict['summary']}\n```"
+            + (f"\n\nShadow (live traffic, figures when this form was written; now: `tunegate shadow-report "
+               f"--version {version}`):\n\n```\n{shadow}\n```" if shadow else ""))
 
 
 def finish(registry: ModelRegistry, run_id: str, status: str, version: str | None, message: str) -> dict:

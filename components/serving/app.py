@@ -54,6 +54,7 @@ from components.serving.request_bodies import (
     texts_from_mlflow_body,
     texts_from_predict_body,
 )
+from components.serving.shadow import ShadowRunner
 
 VERSION_HEADER = "X-Model-Version"
 ENDPOINTS = ("/predict", "/invocations", "/explain", "/health", "/metadata", "/metrics")
@@ -132,11 +133,12 @@ def _effective_settings(settings: ServiceSettings | None, max_texts: int | None,
 
 def create_app(model: ServedModel | ModelHolder, settings: ServiceSettings | None = None, *,
                max_texts: int | None = None, max_body_bytes: int | None = None,
-               background: Sequence[BackgroundService] = ()) -> FastAPI:
+               background: Sequence[BackgroundService] = (), shadow: ShadowRunner | None = None) -> FastAPI:
     """The inference app for a fixed model (a ServedModel) or a swappable one (a ModelHolder).
 
     `background` services (e.g. a ChampionWatcher) are started and stopped with the app's lifespan,
-    as is the batcher's worker thread.
+    as is the batcher's worker thread. `shadow`: a second version compared with the champion on sampled
+    requests after each answer (serve.shadow); its watcher comes in `background`.
     """
     settings = _effective_settings(settings, max_texts, max_body_bytes)
     holder = model if isinstance(model, ModelHolder) else ModelHolder(model)
@@ -146,10 +148,14 @@ def create_app(model: ServedModel | ModelHolder, settings: ServiceSettings | Non
     metrics.watch(lambda: (holder.current(), holder.stats(), batcher.queued_texts))
     batcher = MicroBatcher(holder, max_batch_size=settings.max_batch_size, max_wait_ms=settings.max_wait_ms,
                            max_queued_texts=settings.max_queued_texts, metrics=metrics, prediction_log=prediction_log)
+    if shadow is not None:
+        metrics.watch_shadow(lambda: (shadow.totals(), shadow.stats().agreement))
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         batcher.start()
+        if shadow is not None:
+            shadow.start()
         for service in background:
             await run_in_threadpool(service.start)
         try:
@@ -158,10 +164,13 @@ def create_app(model: ServedModel | ModelHolder, settings: ServiceSettings | Non
             for service in reversed(background):
                 await run_in_threadpool(service.stop)
             await run_in_threadpool(batcher.stop)
+            if shadow is not None:
+                await run_in_threadpool(shadow.stop)
 
     app = FastAPI(title="tunegate classifier", version=holder.current().version or "unversioned", lifespan=lifespan)
     app.state.model_holder, app.state.batcher = holder, batcher
     app.state.metrics, app.state.settings = metrics, settings
+    app.state.shadow = shadow
     if settings.api_key_env:  # inside the metrics middleware: refused requests are counted too
         app.add_middleware(ApiKeyMiddleware, keys=keys_from_environment(settings.api_key_env),
                            protected=ALWAYS_PROTECTED + tuple(settings.api_key_also_for))
@@ -198,9 +207,12 @@ def create_app(model: ServedModel | ModelHolder, settings: ServiceSettings | Non
         sampled = prediction_log is not None and prediction_log.wants_request()
         try:
             # The batcher's worker thread runs the model: the event loop stays free for /health.
-            return _answer_response(await batcher.predict(texts, log=sampled))
+            answer = await batcher.predict(texts, log=sampled)
         except ValueError as error:  # the predictor's word on an input it cannot take
             raise BadRequest(str(error)) from None
+        if shadow is not None:  # after the answer exists; a draw and a put_nowait, never a wait
+            shadow.offer(answer.version, texts, answer.predictions)
+        return _answer_response(answer)
 
     task = getattr(holder.current().predictor, "task", "sequence-classification")
     documented = answers(task, bool(settings.api_key_env))
@@ -270,6 +282,7 @@ def create_app(model: ServedModel | ModelHolder, settings: ServiceSettings | Non
             "explain": {"enabled": settings.explain, "max_chars": settings.explain_max_chars,
                         "max_evals": settings.explain_max_evals},
             "reloads": _reload_summary(holder.stats()),
+            "shadow": shadow.describe() if shadow is not None else {"alias": None, "note": "serve.shadow is not set"},
         }), headers=_version_headers(served))
 
     @app.get("/metrics", response_class=PlainTextResponse,

@@ -183,4 +183,17 @@ def build_service_app(registry: ModelRegistry, cache_dir: Path, providers: list[
     watchers = [] if version is not None else [
         ChampionWatcher(registry, holder, cache_dir, providers, alias=alias, poll_interval_s=settings.poll_interval_s,
                         warmup_batch_size=min(8, settings.max_batch_size))]
-    return create_app(holder, settings, background=watchers)
+    shadow = None
+    if settings.shadow:  # a second alias, compared with the champion off the request path
+        from components.serving.shadow import ShadowRunner, ShadowWatcher
+
+        shadow = ShadowRunner(settings.shadow, settings.shadow_sample_rate, queue_size=settings.shadow_queue_size,
+                              log_path=settings.shadow_log)
+        def load_shadowed(shadowed_version: str):
+            model = load_served_model(registry, cache_dir, providers, version=shadowed_version)
+            warm_up(model, min(8, settings.max_batch_size))
+            return model
+
+        watchers.append(ShadowWatcher(registry, shadow, holder, load_shadowed,
+                                      poll_interval_s=settings.poll_interval_s))
+    return create_app(holder, settings, background=watchers, shadow=shadow)

@@ -51,6 +51,25 @@ class _ServiceStateCollector(Collector):
                                   value=reloads.registry_errors)
 
 
+class _ShadowCollector(Collector):
+    """The shadow challenger (serve.shadow), read at scrape time: texts by outcome since start, and the
+    shadowed version's agreement with the champion (absent while nothing was compared)."""
+
+    def __init__(self, state: Callable[[], tuple[dict[str, int], float | None]]) -> None:
+        self.state = state
+
+    def collect(self) -> Iterator:
+        totals, agreement = self.state()
+        outcomes = CounterMetricFamily("tunegate_shadow_requests", "Texts offered to the shadow challenger, by "
+                                       "outcome (agree, disagree, error, dropped: queue full).", labels=["outcome"])
+        for outcome, count in totals.items():
+            outcomes.add_metric([outcome], count)
+        yield outcomes
+        if agreement is not None:
+            yield GaugeMetricFamily("tunegate_shadow_agreement", "Share of shadowed texts on which the challenger "
+                                    "agreed with the champion.", value=agreement)
+
+
 class ServiceMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -83,6 +102,17 @@ class ServiceMetrics:
     def watch(self, state: ServiceState) -> None:
         """Report the service's state (model, reloads, queue) at every scrape."""
         self.registry.register(_ServiceStateCollector(state))
+
+    def watch_shadow(self, state: Callable[[], tuple[dict[str, int], float | None]]) -> None:
+        """Report the shadow challenger's counts and agreement at every scrape."""
+        self.registry.register(_ShadowCollector(state))
+
+    def watch_monitoring(self, monitor_dir) -> None:
+        """Expose the gauges of the project's latest monitoring report (.tunegate/monitor/latest.json), read
+        at scrape time: tunegate_monitor_* (components/monitoring/gauges.py); none until a report exists."""
+        from components.monitoring.gauges import monitor_collector
+
+        self.registry.register(monitor_collector(monitor_dir))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -77,7 +77,8 @@ class PredictionLog:
 
 
 def read_prediction_log(path: Path, last: int | None = None) -> pd.DataFrame:
-    """The logged predictions as a frame with `text` and `label` (the predicted label)."""
+    """The logged predictions as a frame with `text` and `label` (the predicted label), `score`, and for
+    NER `entities` (type, start, end, score)."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no prediction log; set serve.prediction_log and serve some traffic first")
     records = []
@@ -88,5 +89,8 @@ def read_prediction_log(path: Path, last: int | None = None) -> pd.DataFrame:
                     records.append(json.loads(line))
                 except json.JSONDecodeError:
                     continue  # a line cut by a crash mid-write; the rest are still good
-    frame = pd.DataFrame(records, columns=["time", "version", "text", "label", "score"])
+    columns = ["time", "version", "text", "label", "score"]
+    if any("entities" in record for record in records):  # NER: offsets and scores for the labelling queue
+        columns.append("entities")
+    frame = pd.DataFrame(records, columns=columns)
     return frame.tail(last).reset_index(drop=True) if last else frame

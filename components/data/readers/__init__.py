@@ -21,6 +21,10 @@ token per line, whitespace-separated columns with the tag last, a blank line bet
 str; tags stripped, not yet mapped through data.label_map) and ``source_row``: the line of the
 sentence's first token (CoNLL) or of the record (JSON Lines). A sentence whose tokens and tags do not
 pair up is read as it is: validation quarantines it with its reason.
+
+A `.json` file is a Label Studio export of the labelling queue (readers/label_studio.py), for either
+task: labels only from a person's annotations, and a `rejected` column naming each task that has none
+(ingest sets those aside with that reason).
 """
 
 from __future__ import annotations
@@ -38,14 +42,16 @@ from components.data.readers.common import (
 )
 from components.data.readers.delimited import read_delimited
 from components.data.readers.jsonl import read_jsonl
+from components.data.readers.label_studio import REJECTED_COLUMN, read_label_studio
 from components.data.readers.parquet import read_parquet
 from components.data.readers.tokens import parse_conll, read_token_file
 
-__all__ = ["IngestError", "parse_conll", "read_labelled_file", "read_token_file"]
+__all__ = ["REJECTED_COLUMN", "IngestError", "parse_conll", "read_labelled_file", "read_token_file"]
 
 
 def read_labelled_file(path: Path, data: DataParams) -> pd.DataFrame:
-    """Read `path` into a frame with columns text, label (raw, stripped) and source_row."""
+    """Read `path` into a frame with columns text, label (raw, stripped) and source_row (a Label Studio
+    export also has `rejected`: why a task must not be trained on, "" when it may)."""
     path = Path(path)
     kind = file_kind(path)
     if kind == "parquet":
@@ -53,4 +59,6 @@ def read_labelled_file(path: Path, data: DataParams) -> pd.DataFrame:
     utf8 = read_utf8(path, kind)
     if kind == "jsonl":
         return read_jsonl(path, utf8, data)
+    if kind == "label-studio":
+        return read_label_studio(path, utf8, data, token_task=False)
     return read_delimited(path, utf8, DELIMITERS[kind], data)

@@ -24,6 +24,7 @@ SUFFIX_KINDS: dict[str, str] = {
     ".jsonl": "jsonl",
     ".ndjson": "jsonl",
     ".parquet": "parquet",
+    ".json": "label-studio",  # a Label Studio export (readers/label_studio.py): the labelling queue coming back
 }
 # Token-classification files: CoNLL-style text or JSON Lines of token and tag lists.
 TOKEN_SUFFIX_KINDS: dict[str, str] = {
@@ -32,6 +33,7 @@ TOKEN_SUFFIX_KINDS: dict[str, str] = {
     ".iob": "conll",
     ".jsonl": "jsonl",
     ".ndjson": "jsonl",
+    ".json": "label-studio",
 }
 DELIMITERS: dict[str, str] = {"csv": ",", "tsv": "\t"}
 # Characters that, found in a lone header field, say the file was split on the wrong delimiter.
@@ -209,7 +211,7 @@ def reject_nul_bytes(path: Path, utf8: bytes, kind: str) -> None:
 
 def _text_position(prefix: str, kind: str) -> tuple[int, str | None]:
     """Row (and field name, where cheap to know) of the character that follows `prefix`."""
-    if kind in ("jsonl", "conll"):
+    if kind in ("jsonl", "conll", "label-studio"):
         return prefix.count("\n") + 1, None
     delimiter = DELIMITERS[kind]
     header: list[str] = []

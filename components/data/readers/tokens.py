@@ -32,6 +32,10 @@ def read_token_file(path: Path, data: DataParams) -> pd.DataFrame:
     utf8 = read_utf8(path, kind)
     if kind == "jsonl":
         return _read_token_jsonl(path, utf8, data)
+    if kind == "label-studio":
+        from components.data.readers.label_studio import read_label_studio
+
+        return read_label_studio(path, utf8, data, token_task=True)
     return parse_conll(path, utf8)
 
 
