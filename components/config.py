@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Annotated, Any, Literal, Mapping
 
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
 # Defined in a leaf module so that any family can raise it without importing the configuration.
 from components.errors import ConfigError
-from components.production_params import EvaluateParams, MonitorParams
+from components.production_params import EvaluateParams, MonitorParams, keep_columns_refusal, slice_columns_refusal
 from components.sections import Section
 
 
@@ -45,11 +45,16 @@ class DataParams(Section):
     min_examples_per_label: int = Field(default=1, ge=0)
     # Largest share of a batch's input rows that may be quarantined before the whole batch is refused.
     max_quarantine_fraction: float = Field(default=0.05, ge=0, le=1)
+    # Further columns of the source kept with each row (as text, missing -> ""), e.g. [source, language]:
+    # they reach the splits, so that evaluate.slices can select on them.
+    keep_columns: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _labels_are_distinct(self) -> "DataParams":
         if len(set(self.labels)) != len(self.labels):
             raise ValueError(f"data.labels has duplicates: {self.labels}")
+        if refusal := keep_columns_refusal(self.keep_columns, self.text_column, self.label_column):
+            raise ValueError(refusal)
         unknown = sorted(set(self.label_map.values()) - set(self.labels))
         if unknown:
             raise ValueError(f"data.label_map maps to {unknown}, which are not in data.labels {self.labels}")
@@ -519,6 +524,8 @@ class Params(Section):
             refusal = word_shapes_refusal(self.model.base_model)
             if refusal:
                 raise ValueError(refusal)
+        if refusal := slice_columns_refusal(self.evaluate, self.data.keep_columns):
+            raise ValueError(refusal)
         return self
 
 

@@ -10,10 +10,13 @@ from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from components.sections import Section
 
-# The columns of the split CSVs a slice may select on: ingest keeps only id, text, label and batch_id (a
-# source file's other columns, e.g. a `language` one, do not reach the splits), and text has its own kinds.
+# The columns of the split CSVs a slice may select on: ingest keeps id, text, label and batch_id, plus the
+# source's columns named in data.keep_columns (e.g. source, language); text has its own kinds.
 SLICE_COLUMNS = ("label", "batch_id", "id")
 SLICE_KINDS = ("column", "regex", "length")
+# Columns of the dataset and split files that ingest fills itself; a kept source column may not take their names.
+RESERVED_COLUMNS = ("id", "text", "label", "batch_id", "source_row", "split", "tokens", "tags", "rejected",
+                    "check", "expectation", "reason")
 
 
 class SliceSpec(Section):
@@ -44,13 +47,10 @@ class SliceSpec(Section):
         if (self.column is None) != (self.values is None):
             raise ValueError(f"slice {self.name!r}: `column` and `values` go together "
                              "(e.g. column: batch_id, values: [new-reviews.csv])")
-        if self.column is not None:
-            if self.column not in SLICE_COLUMNS:
-                raise ValueError(f"slice {self.name!r}: column {self.column!r} is not in the test split, which holds "
-                                 f"{', '.join(SLICE_COLUMNS)} (and text: slice that with `regex` or `min_chars`/"
-                                 "`max_chars`)")
-            if not self.values:
-                raise ValueError(f"slice {self.name!r}: `values` is empty; name the {self.column} values it selects")
+        # Whether the column reaches the split depends on data.keep_columns: Params checks it
+        # (slice_columns_refusal).
+        if self.column is not None and not self.values:
+            raise ValueError(f"slice {self.name!r}: `values` is empty; name the {self.column} values it selects")
         if self.regex is not None:
             try:
                 object.__setattr__(self, "_pattern", re.compile(self.regex))  # compiled once, here
@@ -100,6 +100,34 @@ class EvaluateParams(Section):
             raise ValueError(f"evaluate.slices: the slice name(s) {', '.join(twice)} appear more than once; "
                              "give each slice its own name")
         return self
+
+
+def slice_columns_refusal(evaluate: EvaluateParams, keep_columns: list[str]) -> str | None:
+    """Why a column slice cannot be measured (its column does not reach the test split), or None."""
+    available = [*SLICE_COLUMNS, *keep_columns]
+    for spec in evaluate.slices:
+        if spec.column is not None and spec.column not in available:
+            return (f"evaluate.slices: slice {spec.name!r}: column {spec.column!r} is not in the test split, which "
+                    f"holds {', '.join(available)} (and text: slice that with `regex` or `min_chars`/`max_chars`); "
+                    f"to slice by a column of your data, add it to data.keep_columns")
+    return None
+
+
+def keep_columns_refusal(keep_columns: list[str], text_column: str, label_column: str) -> str | None:
+    """Why data.keep_columns cannot be kept as given, or None (lives here to keep config.py short)."""
+    twice = sorted({name for name in keep_columns if keep_columns.count(name) > 1})
+    if twice:
+        return f"data.keep_columns: {', '.join(twice)} appear(s) more than once"
+    taken = [name for name in keep_columns if name in (text_column, label_column)]
+    if taken:
+        return (f"data.keep_columns: {', '.join(taken)} is the text or label column (data.text_column, "
+                "data.label_column), which every row keeps already")
+    # The dataset's own columns: a kept column of that name would overwrite them.
+    reserved = [name for name in keep_columns if name in RESERVED_COLUMNS]
+    if reserved:
+        return (f"data.keep_columns: {', '.join(reserved)} is a column tunegate writes itself "
+                f"({', '.join(RESERVED_COLUMNS)}); rename it in the source")
+    return None
 
 
 class ShareThresholds(Section):

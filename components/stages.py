@@ -38,7 +38,7 @@ def preprocess(layout: ProjectLayout, params: Params) -> None:
     from components.model.modeling import load_tokenizer, resolve_model_source
 
     tokenizer = load_tokenizer(resolve_model_source(params.model.base_model))
-    splits = assign_splits(read_dataset(layout.data_dir), params.split)
+    splits = assign_splits(read_dataset(layout.data_dir), params.split, params.data.keep_columns)
     layout.splits_dir.mkdir(parents=True, exist_ok=True)
     for name in SPLITS:
         splits[name].to_csv(layout.split_file(name), index=False, lineterminator="\n")

@@ -35,3 +35,13 @@ def wait_until_answers(url: str, process: subprocess.Popen, timeout_s: float = 9
         assert process.poll() is None, f"the server of {url} exited:\n{output()}"
         assert time.monotonic() < deadline, f"{url} did not answer within {timeout_s:.0f} s:\n{output()}"
         time.sleep(0.3)
+
+
+def stop_process(process: subprocess.Popen, timeout_s: float = 20) -> None:
+    """SIGTERM, and SIGKILL if it has not exited within timeout_s: a test never leaves a server behind."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

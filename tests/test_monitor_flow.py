@@ -21,6 +21,7 @@ from components.data.ingest import DataStore, ingest_batch, read_configured_sour
 from components.lifecycle.registry import resolve_tracking_uri
 from tests.fixtures_classifier import tiny_classifier, tiny_onnx_export  # noqa: F401 - fixtures
 from tests.project import REPO_ROOT, tiny_params, write_params
+from tests.servers import stop_process
 from tests.tiny import sentiment_frame
 
 CRON = "17 */2 * * 1-5"
@@ -89,11 +90,7 @@ def test_the_served_monitoring_deployment_runs_and_writes_report_mlflow_run_gaug
         run = run_deployment("monitor/scheduled-monitor", timeout=120, poll_interval=1)
         assert run.state.is_completed(), run.state
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_process(server)
 
     monitor_dir = root / ".tunegate" / "monitor"
     latest = json.loads((monitor_dir / "latest.json").read_text())

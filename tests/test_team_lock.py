@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.project import make_project
-from tests.servers import free_port, wait_until_answers
+from tests.servers import free_port, stop_process, wait_until_answers
 
 pytestmark = pytest.mark.slow
 
@@ -38,12 +38,7 @@ def prefect_server(tmp_path_factory) -> str:
         wait_until_answers(f"{url}/health", server, log=(home / "server.log").read_text)
         yield url
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop_process(server)
         log.close()
 
 

@@ -32,6 +32,7 @@ import re
 import sys
 import time
 import unicodedata
+from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -170,7 +171,12 @@ def _read_builtin(name: str, data: DataParams, task: Task = SEQUENCE_CLASSIFICAT
         return _read_builtin_splits(name)
     builtin = read_builtin_dataset(name)
     frame = pd.read_csv(io.BytesIO(builtin.payload), dtype=str, keep_default_na=False)
-    frame = frame.rename(columns={data.text_column: "text", data.label_column: "label"})[["text", "label"]]
+    missing = [name for name in data.keep_columns if name not in frame.columns]
+    if missing:
+        raise AssetError(f"built-in dataset {name!r} has no column(s) {missing} (data.keep_columns); "
+                         f"columns found: {list(frame.columns)}")
+    frame = frame.rename(columns={data.text_column: "text", data.label_column: "label"})
+    frame = frame[["text", "label", *data.keep_columns]]
     frame["source_row"] = range(2, len(frame) + 2)  # 1-based file line; line 1 is the header
     return RawSource(frame, batch_id=f"builtin:{name}@{builtin.fingerprint}", description=builtin.description)
 
@@ -231,17 +237,18 @@ class DataStore:
     def read(self, batches: list[BatchRecord] | None = None) -> pd.DataFrame:
         """The accepted rows of `batches` (default: all), in ingestion order.
 
-        The column `split` is there when some batch file has it, "" on the rows of those without it.
+        The column `split`, and each column kept by data.keep_columns, is there when some batch file has
+        it, "" on the rows of those without it (a batch ingested before the column was kept).
         """
         chosen = self.batches() if batches is None else batches
-        frames = [pd.read_csv(self.data_dir / b.batch_file,
-                              dtype={c: str for c in DATASET_COLUMNS[:4] + [SPLIT_COLUMN]},
+        # Every column as text but source_row: a kept column of numbers ("2021") stays as written.
+        frames = [pd.read_csv(self.data_dir / b.batch_file, dtype=defaultdict(lambda: str, source_row="int64"),
                               keep_default_na=False) for b in chosen]
         if not frames:
             return pd.DataFrame({c: pd.Series(dtype=str) for c in DATASET_COLUMNS})
         combined = pd.concat(frames, ignore_index=True)
-        if SPLIT_COLUMN in combined.columns:
-            combined[SPLIT_COLUMN] = combined[SPLIT_COLUMN].fillna("")
+        for column in combined.columns.drop(DATASET_COLUMNS, errors="ignore"):  # split, kept columns
+            combined[column] = combined[column].fillna("")
         return combined
 
     def quarantined_rows(self) -> int:
@@ -300,6 +307,7 @@ def build_dataset(raw: RawSource, data: DataParams, *, task: Task = SEQUENCE_CLA
         "label": raw_labels.map(lambda label: canonical_label(data.label_map.get(label, label), data.labels)),
         "batch_id": raw.batch_id,
         "source_row": frame["source_row"],
+        **_kept_columns(frame, data),
     })
     set_aside = rows[excluded].assign(check=EXCLUDED_CHECK, expectation="data.exclude_labels",
                                       reason="label '" + raw_labels[excluded] + "' is in data.exclude_labels")
@@ -308,6 +316,12 @@ def build_dataset(raw: RawSource, data: DataParams, *, task: Task = SEQUENCE_CLA
         set_aside = pd.concat([set_aside, _set_aside_rejected(rows, frame, rejected)])
     kept = ~excluded & ~rejected
     return rows[kept].reset_index(drop=True), set_aside.reset_index(drop=True)
+
+
+def _kept_columns(frame: pd.DataFrame, data: DataParams) -> dict[str, Any]:
+    """data.keep_columns as text; "" where the source has no such column (token files, Label Studio
+    exports: their readers do not carry them)."""
+    return {name: frame[name].fillna("").astype(str) if name in frame.columns else "" for name in data.keep_columns}
 
 
 def _rejected(frame: pd.DataFrame) -> pd.Series:
@@ -346,6 +360,7 @@ def _build_token_dataset(raw: RawSource, data: DataParams) -> tuple[pd.DataFrame
     }
     if split is not None:
         columns[SPLIT_COLUMN] = split
+    columns.update(_kept_columns(frame, data))
     rows = pd.DataFrame(columns).assign(tokens=tokens, tags=tags)
     rejected = _rejected(frame)
     if not rejected.any():
@@ -354,8 +369,8 @@ def _build_token_dataset(raw: RawSource, data: DataParams) -> tuple[pd.DataFrame
     return rows[~rejected].reset_index(drop=True), set_aside.reset_index(drop=True)
 
 
-def _written_columns(frame: pd.DataFrame) -> list[str]:
-    return DATASET_COLUMNS + ([SPLIT_COLUMN] if SPLIT_COLUMN in frame.columns else [])
+def _written_columns(frame: pd.DataFrame, data: DataParams) -> list[str]:
+    return DATASET_COLUMNS + ([SPLIT_COLUMN] if SPLIT_COLUMN in frame.columns else []) + list(data.keep_columns)
 
 
 def entity_counts(labels: pd.Series) -> pd.Series:
@@ -368,12 +383,13 @@ def entity_counts(labels: pd.Series) -> pd.Series:
 # DataParams fields added after datasets were first fingerprinted: left out of the fingerprint while
 # they hold their defaults, so that a dataset checked before they existed is not checked (and
 # rewritten, and given a new DVC hash) again for nothing.
-LATER_DATA_FIELDS = ("tokens_column", "tags_column")
+LATER_DATA_FIELDS = ("tokens_column", "tags_column", "keep_columns")
 
 
 def rules_fingerprint(data: DataParams) -> str:
     """Short hash of the data params a batch is checked under (BatchRecord.rules)."""
-    defaults = {name for name in LATER_DATA_FIELDS if getattr(data, name) == DataParams.model_fields[name].default}
+    defaults = {name for name in LATER_DATA_FIELDS
+                if getattr(data, name) == DataParams.model_fields[name].get_default(call_default_factory=True)}
     return hashlib.sha256(data.model_dump_json(exclude=defaults or None).encode()).hexdigest()[:12]
 
 
@@ -449,7 +465,7 @@ def ingest_batch(
 
     (store.data_dir / "batches").mkdir(parents=True, exist_ok=True)
     (store.data_dir / "quarantine").mkdir(parents=True, exist_ok=True)
-    accepted = repeats.unique[_written_columns(repeats.unique)]
+    accepted = repeats.unique[_written_columns(repeats.unique, data)]
     accepted.to_csv(store.data_dir / batch_file, index=False, lineterminator="\n")
     quarantined.to_csv(store.data_dir / quarantine_file, index=False, lineterminator="\n")
     if base:

@@ -36,16 +36,23 @@ def split_of(example_id: str, split: SplitParams) -> str:
     return "train"
 
 
-def assign_splits(dataset: pd.DataFrame, split: SplitParams) -> dict[str, pd.DataFrame]:
+def assign_splits(dataset: pd.DataFrame, split: SplitParams, keep_columns: list[str] | tuple[str, ...] = ()
+                  ) -> dict[str, pd.DataFrame]:
+    """keep_columns (data.keep_columns) follow the split's own columns, "" where the dataset lacks one
+    (no batch has it yet): slices select on them. They never move an example: the split is by id."""
     # Duplicates share an id, hence a split: no test example is also a training example.
     deduplicated = dataset.drop_duplicates(subset="id", keep="first")
+    missing = [name for name in keep_columns if name not in deduplicated.columns]
+    if missing:
+        deduplicated = deduplicated.assign(**{name: "" for name in missing})
     names = deduplicated["id"].map(lambda i: split_of(i, split))
     if OFFICIAL_SPLIT_COLUMN in deduplicated:
         # A source with an official split (CoNLL-2003's train/valid/test) keeps it: published scores
         # are comparable only on the official test set.
         official = deduplicated[OFFICIAL_SPLIT_COLUMN].fillna("").astype(str)
         names = names.where(official == "", official)
-    columns = [c for c in SPLIT_COLUMNS if c in deduplicated]  # batch_id: absent from a bare frame
+    # batch_id: absent from a bare frame
+    columns = [c for c in SPLIT_COLUMNS if c in deduplicated] + list(keep_columns)
     return {name: deduplicated.loc[names == name, columns].reset_index(drop=True) for name in SPLITS}
 
 

@@ -33,14 +33,21 @@ def _listed(value: Any) -> str:
     return ", ".join(f"`{item}`" for item in value) if isinstance(value, list) else str(value)
 
 
-def _robustness_section(figures: Any) -> list[str]:
-    """The invariance table (tracking.robustness_tag: a dict, or its JSON once read back from MLflow)."""
-    if isinstance(figures, str):
+def _mapping_of(value: Any) -> dict | None:
+    """A dict tag as tracking wrote it: the dict itself, or its JSON once read back from MLflow; None when it
+    is neither, or empty."""
+    if isinstance(value, str):
         try:
-            figures = json.loads(figures)
+            value = json.loads(value)
         except json.JSONDecodeError:
-            return []
-    if not isinstance(figures, dict) or not figures:
+            return None
+    return value if isinstance(value, dict) and value else None
+
+
+def _robustness_section(figures: Any) -> list[str]:
+    """The invariance table (tracking.robustness_tag)."""
+    figures = _mapping_of(figures)
+    if figures is None:
         return []
     rows = [f"| {kind} | {'n/a' if v.get('invariance') is None else format(v['invariance'], '.4f')} "
             f"| {v.get('n', '?')} | {v.get('flipped', '?')} |" for kind, v in figures.items() if isinstance(v, dict)]
@@ -51,13 +58,9 @@ def _robustness_section(figures: Any) -> list[str]:
 
 
 def _slices_section(slices: Any) -> list[str]:
-    """The per-slice table (evaluate.slices; tracking.version_tags' "slices", or its JSON read back from MLflow)."""
-    if isinstance(slices, str):
-        try:
-            slices = json.loads(slices)
-        except json.JSONDecodeError:
-            return []
-    if not isinstance(slices, dict) or not slices:
+    """The per-slice table (evaluate.slices; tracking.version_tags' "slices")."""
+    slices = _mapping_of(slices)
+    if slices is None:
         return []
     entity = any("entity_f1" in entry for entry in slices.values() if isinstance(entry, dict))
 

@@ -6,13 +6,13 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from components.lifecycle.registry import CHAMPION, ModelRegistry, VersionInfo
 from components.redact import redact_secrets, redact_uri
+from components.serving.background import StoppableThread
 
 METADATA_TAGS = ("git_commit", "data_hash", "data_batches", "base_model", "test_accuracy", "test_macro_f1", "test_entity_f1",
                  "test_rows", "gate", "approval", "approval_by", "approval_how", "promoted_at", "promoted_by")
@@ -85,7 +85,7 @@ class PollResult:
     error: str | None = None
 
 
-class ChampionWatcher:
+class ChampionWatcher(StoppableThread):
     """Polls the registry every poll_interval_s and, when `alias` points at another version, loads it,
     warms it up and swaps it into `holder`. A version that fails to load leaves the old one serving; it
     is logged, counted on the holder, and retried after retry_failed_after_s (not on every poll: a
@@ -94,6 +94,7 @@ class ChampionWatcher:
     def __init__(self, registry: ModelRegistry, holder, cache_dir: Path, providers: list[str], *,
                  alias: str = CHAMPION, poll_interval_s: float = 10.0, retry_failed_after_s: float = 300.0,
                  warmup_batch_size: int = 8) -> None:
+        super().__init__("tunegate-champion-watcher")
         self.registry = registry
         self.holder = holder
         self.cache_dir = Path(cache_dir)
@@ -103,8 +104,6 @@ class ChampionWatcher:
         self.retry_failed_after_s = retry_failed_after_s
         self.warmup_batch_size = warmup_batch_size
         self._failed_at: dict[str, float] = {}  # version -> time.monotonic() of its last failed load
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def load(self, version: str):
         served = load_served_model(self.registry, self.cache_dir, self.providers, version=version)
@@ -139,32 +138,12 @@ class ChampionWatcher:
         self.holder.swap(served)
         return PollResult("switched", target)
 
-    def _watch(self) -> None:
+    def _run(self) -> None:
         while not self._stop.wait(self.poll_interval_s):
             try:
                 self.poll_once()
             except Exception:  # noqa: BLE001 - a bug in one poll must not end hot reload for good
                 logger.exception("champion watcher: poll failed")
-
-    def start(self) -> "ChampionWatcher":
-        if self._thread is None:
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._watch, name="tunegate-champion-watcher", daemon=True)
-            self._thread.start()
-        return self
-
-    def stop(self, timeout_s: float = 60.0) -> None:
-        """Stop polling; a load in progress is waited for up to timeout_s."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout_s)
-            self._thread = None
-
-    def __enter__(self) -> "ChampionWatcher":
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
 
 
 def build_service_app(registry: ModelRegistry, cache_dir: Path, providers: list[str], settings=None, *,

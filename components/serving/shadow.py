@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from components.lifecycle.gate import SHADOW_FIGURES_TAG, shadow_figures
+from components.serving.background import StoppableThread
 
 logger = logging.getLogger("tunegate.shadow")
 
@@ -95,13 +96,14 @@ class _Sample:
     predictions: list[dict[str, Any]]
 
 
-class ShadowRunner:
+class ShadowRunner(StoppableThread):
     """Runs the shadowed model on sampled requests in a worker thread of its own.
 
     `offer` is all the request path pays: a random draw and a put_nowait."""
 
     def __init__(self, alias: str, sample_rate: float, *, queue_size: int = 64, log_path: Path | None = None,
                  seed: int | None = None) -> None:
+        super().__init__("tunegate-shadow")
         self.alias = alias
         self.sample_rate = sample_rate
         self.log_path = None if log_path is None else Path(log_path)
@@ -113,8 +115,6 @@ class ShadowRunner:
         self._totals = dict.fromkeys(OUTCOMES, 0)  # process lifetime, for Prometheus counters
         self._champion: str | None = None  # the champion version of the latest comparison
         self._note = f"no version has alias {alias!r} yet"
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     # --- what the watcher sets --------------------------------------------------------------------
     def set_model(self, model, baseline: ShadowStats | None = None, note: str = "") -> None:
@@ -168,21 +168,11 @@ class ShadowRunner:
             self._count(model.version, dropped=len(texts))
 
     # --- the worker -------------------------------------------------------------------------------
-    def start(self) -> "ShadowRunner":
-        if self._thread is None:
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._work, name="tunegate-shadow", daemon=True)
-            self._thread.start()
-        return self
-
     def stop(self, timeout_s: float = 10.0) -> None:
         """Stop after the sample in progress; queued samples are abandoned (they answer no one)."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout_s)
-            self._thread = None
+        super().stop(timeout_s)
 
-    def _work(self) -> None:
+    def _run(self) -> None:
         lower_this_threads_priority()
         while not self._stop.is_set():
             try:
@@ -280,7 +270,7 @@ def read_disagreements(path: Path, version: str | None = None, last: int = 5) ->
 
 # --- following the alias ---------------------------------------------------------------------------
 
-class ShadowWatcher:
+class ShadowWatcher(StoppableThread):
     """Every poll_interval_s: write the shadowed version's figures to its registry tags (when they
     changed), then load whatever version the alias points at now. A registry outage or a version that
     cannot be loaded costs a log line; the champion's service is never touched."""
@@ -289,14 +279,13 @@ class ShadowWatcher:
                  poll_interval_s: float = 10.0, retry_failed_after_s: float = 300.0) -> None:
         """load_version(version) -> a loaded, warmed-up ServedModel (components/serving/deployment.py's loading,
         passed in so that this module does not import the app's)."""
+        super().__init__("tunegate-shadow-watcher")
         self.registry, self.runner, self.champion_holder = registry, runner, champion_holder
         self.load_version = load_version
         self.poll_interval_s = poll_interval_s
         self.retry_failed_after_s = retry_failed_after_s
         self._failed_at: dict[str, float] = {}
         self._written: ShadowStats | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def flush(self) -> bool:
         """Write the shadowed version's figures to its tags if they changed since the last write."""
@@ -343,7 +332,7 @@ class ShadowWatcher:
         logger.info("shadowing version %s on %.0f%% of requests", target, 100 * self.runner.sample_rate)
         return "switched"
 
-    def _watch(self) -> None:
+    def _run(self) -> None:
         # Here, not in start(): the challenger's onnxruntime threads are created by the thread that loads it.
         lower_this_threads_priority()
         while not self._stop.is_set():
@@ -353,18 +342,8 @@ class ShadowWatcher:
                 logger.exception("shadow watcher: poll failed")
             self._stop.wait(self.poll_interval_s)
 
-    def start(self) -> "ShadowWatcher":
-        if self._thread is None:
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._watch, name="tunegate-shadow-watcher", daemon=True)
-            self._thread.start()
-        return self
-
     def stop(self, timeout_s: float = 30.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout_s)
-            self._thread = None
+        super().stop(timeout_s)
         try:
             self.flush()  # the last figures are not lost with the process
         except Exception as error:  # noqa: BLE001

@@ -106,14 +106,22 @@ def file_kind(path: Path, kinds: dict[str, str] = SUFFIX_KINDS) -> str:
     return kind
 
 
-def text_label_frame(texts: Any, labels: Any, source_rows: Any) -> pd.DataFrame:
-    """texts/labels: pyarrow string arrays or lists of str; source_rows: ints."""
+def text_label_frame(texts: Any, labels: Any, source_rows: Any, kept: dict[str, Any] | None = None) -> pd.DataFrame:
+    """texts/labels: pyarrow string arrays or lists of str; source_rows: ints; kept: data.keep_columns'
+    values by column (pyarrow string arrays or lists of str; null/None becomes "")."""
     # Labels come from spreadsheets and hand-written files: "positive " and "positive" are one label.
-    return pd.DataFrame({
+    frame = pd.DataFrame({
         "text": _str_series(texts),
         "label": _str_series(labels).str.strip(),
         "source_row": pd.Series(np.asarray(source_rows, dtype="int64")),
     })
+    for name, values in (kept or {}).items():
+        if hasattr(values, "to_pandas"):  # before to_pandas: a null would become the text "None"
+            import pyarrow.compute as pc
+
+            values = pc.fill_null(values, "")
+        frame[name] = _str_series(values).fillna("")
+    return frame
 
 
 def _str_series(values: Any) -> pd.Series:
@@ -143,6 +151,15 @@ def require_columns(path: Path, found: list[str], data: DataParams, delimiter: s
     for role, name in (("text", data.text_column), ("label", data.label_column)):
         if name not in found:
             raise _missing_column_error(path, role, name, found, delimiter)
+        if found.count(name) > 1:
+            raise IngestError(path, f"column {name!r} appears {found.count(name)} times in the header", field=name)
+    for name in data.keep_columns:
+        if name not in found:
+            problem = f"no column {name!r} (named in data.keep_columns); columns found: {found}"
+            near = [c for c in found if c.strip().lower() == name.strip().lower()]
+            raise IngestError(path, problem + (f"; did you mean {near[0]!r}? (names must match exactly)" if near
+                                               else "; add it to the file or remove it from data.keep_columns"),
+                              field=name)
         if found.count(name) > 1:
             raise IngestError(path, f"column {name!r} appears {found.count(name)} times in the header", field=name)
 

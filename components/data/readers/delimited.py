@@ -26,14 +26,15 @@ def read_delimited(path: Path, utf8: bytes, delimiter: str, data: DataParams) ->
     header = _csv_header(utf8, delimiter)
     require_columns(path, header, data, delimiter)
     try:
-        table = _arrow_csv(utf8, delimiter, [data.text_column, data.label_column])
+        table = _arrow_csv(utf8, delimiter, [data.text_column, data.label_column, *data.keep_columns])
     except pa.ArrowInvalid as error:
         _walk_csv_records(path, utf8, delimiter, len(header))  # raises with the row, if it can find it
         raise IngestError(path, f"could not be parsed: {error}") from None
     if table.num_rows == 0:
         raise IngestError(path, f"has a header ({header}) but no data rows")
     source_rows = _csv_source_rows(path, utf8, delimiter, len(header), table.num_rows)
-    return text_label_frame(table.column(data.text_column), table.column(data.label_column), source_rows)
+    return text_label_frame(table.column(data.text_column), table.column(data.label_column), source_rows,
+                            {name: table.column(name) for name in data.keep_columns})
 
 
 def _csv_header(utf8: bytes, delimiter: str) -> list[str]:

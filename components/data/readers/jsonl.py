@@ -26,7 +26,8 @@ def read_jsonl(path: Path, utf8: bytes, data: DataParams) -> pd.DataFrame:
     # Labels are usually strings, sometimes integers (0/1): both have a fast path.
     for label_type in (pa.string(), pa.int64()):
         try:
-            table = _arrow_jsonl(utf8, {data.text_column: pa.string(), data.label_column: label_type})
+            table = _arrow_jsonl(utf8, {data.text_column: pa.string(), data.label_column: label_type,
+                                        **{name: pa.string() for name in data.keep_columns}})
             break
         except pa.ArrowInvalid:
             continue
@@ -38,7 +39,9 @@ def read_jsonl(path: Path, utf8: bytes, data: DataParams) -> pd.DataFrame:
     if texts.null_count or labels.null_count or lines != table.num_rows:
         # A missing/null field, or blank lines that shift line numbers: read record by record.
         return _read_jsonl_records(path, utf8, data)
-    return text_label_frame(texts, labels, np.arange(1, table.num_rows + 1, dtype="int64"))
+    # A kept column's nulls and missing fields are "" (text_label_frame); a number in it takes the slow path.
+    return text_label_frame(texts, labels, np.arange(1, table.num_rows + 1, dtype="int64"),
+                            {name: table.column(name) for name in data.keep_columns})
 
 
 def _first_json_record(path: Path, utf8: bytes) -> dict[str, Any]:
@@ -94,14 +97,19 @@ def _read_jsonl_records(path: Path, utf8: bytes, data: DataParams) -> pd.DataFra
     texts: list[str] = []
     labels: list[str] = []
     rows: list[int] = []
+    kept: dict[str, list[str]] = {name: [] for name in data.keep_columns}
     for number, line in numbered_lines(utf8):
         record = parse_json_line(path, number, line)
         texts.append(_json_text(path, number, record, data.text_column))
         labels.append(_json_label(path, number, record, data.label_column))
         rows.append(number)
+        for name, values in kept.items():
+            value = record.get(name)
+            text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)  # 2021 -> "2021"
+            values.append("" if value is None else text)
     if not rows:
         raise IngestError(path, "the file has no JSON records")
-    return text_label_frame(texts, labels, rows)
+    return text_label_frame(texts, labels, rows, kept)
 
 
 def _json_text(path: Path, number: int, record: dict[str, Any], name: str) -> str:

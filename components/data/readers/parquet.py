@@ -28,7 +28,7 @@ def read_parquet(path: Path, data: DataParams) -> pd.DataFrame:
     _check_parquet_type(path, data.text_column, schema.field(data.text_column).type, allow_integers=False)
     _check_parquet_type(path, data.label_column, schema.field(data.label_column).type, allow_integers=True)
     try:
-        table = pq.read_table(path, columns=[data.text_column, data.label_column])
+        table = pq.read_table(path, columns=[data.text_column, data.label_column, *data.keep_columns])
     except (pa.ArrowException, OSError) as error:
         raise IngestError(path, f"could not be read ({error})") from None
     if table.num_rows == 0:
@@ -45,7 +45,19 @@ def read_parquet(path: Path, data: DataParams) -> pd.DataFrame:
         # Integer labels become "1"/"0"; dictionary-encoded strings become plain strings.
         columns[name] = column.cast(pa.string())
     return text_label_frame(columns[data.text_column], columns[data.label_column],
-                  np.arange(1, table.num_rows + 1, dtype="int64"))
+                            np.arange(1, table.num_rows + 1, dtype="int64"),
+                            {name: _kept_as_text(path, name, table.column(name)) for name in data.keep_columns})
+
+
+def _kept_as_text(path: Path, name: str, column: Any) -> Any:
+    """A kept column as strings (numbers, dates and booleans as pyarrow writes them; null stays null)."""
+    import pyarrow as pa
+
+    try:
+        return column.cast(pa.string())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
+        raise IngestError(path, f"column {name!r} (data.keep_columns) has type {column.type}, which cannot be "
+                                f"kept as text ({error})", field=name) from None
 
 
 def _check_parquet_type(path: Path, name: str, arrow_type: Any, *, allow_integers: bool) -> None:
