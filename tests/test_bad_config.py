@@ -2,29 +2,31 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 
+import flows.retrain  # noqa: F401 - Prefect's console logging set up before any test captures the terminal
 from tests.project import make_project, read_params, write_params
+from tunegate.cli import main
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def project(tmp_path, tiny_base_model):
-    return make_project(tmp_path / "project", tiny_base_model, rows=200)
+def project(tmp_path, tiny_base_model, prefect_api, capfd):
+    root = make_project(tmp_path / "project", tiny_base_model, rows=200)
+    capfd.readouterr()  # what setting up the project printed is not the run's output
+    return root
 
 
-def run(project) -> tuple[int, str]:
-    """`tunegate run` as a user types it, in its own process with its own Prefect."""
-    env = {**os.environ, "PREFECT_HOME": str(project / ".prefect")}
-    env.pop("PREFECT_API_URL", None)
-    done = subprocess.run([sys.executable, "-m", "tunegate", "--project", str(project), "run", "--no-serve"],
-                          env=env, capture_output=True, text=True, timeout=600)
-    return done.returncode, done.stdout + done.stderr
+@pytest.fixture
+def run(capfd):
+    """`tunegate run` as a user types it, on the session's Prefect server (a process of its own costs a
+    Prefect server start, ~15 s a test): its exit code and all it wrote to the terminal."""
+    def run_in(project) -> tuple[int, str]:
+        code = main(["--project", str(project), "run", "--no-serve"])
+        written = capfd.readouterr()
+        return code, written.out + written.err
+    return run_in
 
 
 def change(project, section: str, **values) -> None:
@@ -33,7 +35,7 @@ def change(project, section: str, **values) -> None:
     write_params(project, params)
 
 
-def test_unknown_base_model_path_fails_before_any_data_work(project):
+def test_unknown_base_model_path_fails_before_any_data_work(project, run):
     change(project, "model", base_model=str(project / "models" / "bert-tiny"))
     code, output = run(project)
     assert code == 2
@@ -41,7 +43,7 @@ def test_unknown_base_model_path_fails_before_any_data_work(project):
     assert not (project / "data").exists()
 
 
-def test_missing_text_column_names_the_file_and_the_columns_found(project):
+def test_missing_text_column_names_the_file_and_the_columns_found(project, run):
     change(project, "data", text_column="body")
     code, output = run(project)
     assert code == 2
@@ -49,7 +51,7 @@ def test_missing_text_column_names_the_file_and_the_columns_found(project):
     assert not (project / "artifacts" / "model").exists()
 
 
-def test_label_not_in_data_stops_before_training(project):
+def test_label_not_in_data_stops_before_training(project, run):
     change(project, "data", labels=["negative", "neutral", "positive"])
     code, output = run(project)
     assert code == 2
