@@ -322,12 +322,13 @@ def test_sequence_data_gains_no_split_column_and_keeps_its_fingerprint(tmp_path)
     from tests.tiny import sentiment_frame
 
     data = DataParams(source="s.csv", text_column="review", label_column="sentiment", labels=["negative", "positive"])
-    # The token fields at their defaults leave the fingerprint of data checked before they existed.
-    legacy = data.model_dump_json(exclude={"tokens_column", "tags_column"})
+    # The token fields and keep_columns at their defaults leave the fingerprint of data checked before they existed.
+    legacy = data.model_dump_json(exclude={"tokens_column", "tags_column", "keep_columns"})
     import hashlib
 
     assert rules_fingerprint(data) == hashlib.sha256(legacy.encode()).hexdigest()[:12]
     assert rules_fingerprint(data.model_copy(update={"tokens_column": "words"})) != rules_fingerprint(data)
+    assert rules_fingerprint(data.model_copy(update={"keep_columns": ["source"]})) != rules_fingerprint(data)
     path = tmp_path / "s.csv"
     sentiment_frame(30).to_csv(path, index=False)
     store = DataStore(tmp_path / "data")
