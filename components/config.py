@@ -17,7 +17,13 @@ from pydantic import Field, ValidationError, model_validator
 
 # Defined in a leaf module so that any family can raise it without importing the configuration.
 from components.errors import ConfigError
-from components.production_params import EvaluateParams, MonitorParams, keep_columns_refusal, slice_columns_refusal
+from components.production_params import (
+    DriftThresholds,
+    EvaluateParams,
+    MonitorParams,
+    keep_columns_refusal,
+    slice_columns_refusal,
+)
 from components.sections import Section
 
 
@@ -58,18 +64,6 @@ class DataParams(Section):
         unknown = sorted(set(self.label_map.values()) - set(self.labels))
         if unknown:
             raise ValueError(f"data.label_map maps to {unknown}, which are not in data.labels {self.labels}")
-        return self
-
-
-class DriftThresholds(Section):
-    # A check's value above `warn` warns, above `fail` fails; every drift value lies in [0, 1].
-    warn: float = Field(ge=0, le=1)
-    fail: float = Field(ge=0, le=1)
-
-    @model_validator(mode="after")
-    def _warn_not_above_fail(self) -> "DriftThresholds":
-        if self.warn > self.fail:
-            raise ValueError(f"warn ({self.warn}) is above fail ({self.fail})")
         return self
 
 

@@ -130,14 +130,15 @@ def keep_columns_refusal(keep_columns: list[str], text_column: str, label_column
     return None
 
 
-class ShareThresholds(Section):
-    """A share above `warn` warns, above `fail` fails (inclusive limits, as drift's thresholds)."""
+class DriftThresholds(Section):
+    """A figure in [0, 1] above `warn` warns, above `fail` fails (inclusive limits): drift's checks
+    (drift:) and monitoring's low-confidence share (monitor.low_confidence_share)."""
 
     warn: float = Field(ge=0, le=1)
     fail: float = Field(ge=0, le=1)
 
     @model_validator(mode="after")
-    def _warn_not_above_fail(self) -> ShareThresholds:
+    def _warn_not_above_fail(self) -> DriftThresholds:
         if self.warn > self.fail:
             raise ValueError(f"warn ({self.warn}) is above fail ({self.fail})")
         return self
@@ -156,7 +157,7 @@ class MonitorParams(Section):
     # texts without entities have no score and are not counted).
     low_confidence: float = Field(default=0.6, ge=0, le=1)
     # The share of low-confidence answers above `warn` warns, above `fail` fails (same rule as drift:).
-    low_confidence_share: ShareThresholds = ShareThresholds(warn=0.2, fail=0.4)
+    low_confidence_share: DriftThresholds = DriftThresholds(warn=0.2, fail=0.4)
     # Fewer scored answers than this: the share is reported, not judged (a handful of texts is noise).
     min_scored: int = Field(default=30, ge=1)
     # Texts in the labelling queue written when the status is warn or fail.

@@ -20,8 +20,16 @@ import pandas as pd
 from pydantic import BaseModel, Field
 
 from components.config import TOKEN_CLASSIFICATION, Task
-from components.data.drift import SEVERITY, CheckStatus, DriftReport, Status, entity_type_shares, label_shares
-from components.production_params import MonitorParams, ShareThresholds
+from components.data.drift import (
+    SEVERITY,
+    CheckStatus,
+    DriftReport,
+    Status,
+    entity_type_shares,
+    judge,
+    label_shares,
+)
+from components.production_params import DriftThresholds, MonitorParams
 from components.reports import JsonReport
 
 MONITOR_DIR = Path(".tunegate") / "monitor"
@@ -110,7 +118,7 @@ def champion_reference(registry: Any, store: Any) -> tuple[pd.DataFrame, ServedM
     return store.read([b for b in store.batches() if b.batch_id in trained_on]), served
 
 
-def confidence_check(scores: pd.Series, threshold: float, thresholds: ShareThresholds,
+def confidence_check(scores: pd.Series, threshold: float, thresholds: DriftThresholds,
                      min_scored: int) -> ConfidenceCheck:
     """The share of scored answers below `threshold`; null scores (NER without entities) are left out."""
     numeric = pd.to_numeric(scores, errors="coerce")
@@ -123,7 +131,7 @@ def confidence_check(scores: pd.Series, threshold: float, thresholds: ShareThres
                                detail=f"{len(scored)} scored answers, fewer than monitor.min_scored ({min_scored})")
     low = int((scored < threshold).sum())
     share = low / len(scored)
-    status: CheckStatus = "fail" if share > thresholds.fail else "warn" if share > thresholds.warn else "ok"
+    status: CheckStatus = judge(share, thresholds)
     detail = (f"{low:,} of {len(scored):,} scored answers below {threshold:g} ({share:.1%}; warn above "
               f"{thresholds.warn:.0%}, fail above {thresholds.fail:.0%})"
               + (f"; {unscored:,} without a score not counted" if unscored else ""))
