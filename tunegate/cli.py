@@ -193,16 +193,10 @@ def cmd_explain(args) -> int:
 
 
 def _champion_training_data(layout: ProjectLayout, store):
-    """The rows the champion was trained on: the drift reference for a new batch."""
-    import json
+    """The rows the champion was trained on: the drift reference for a new batch (as monitoring's)."""
+    from components.monitoring.traffic import champion_reference
 
-    from components.lifecycle.registry import CHAMPION
-
-    champion = _open_registry(layout).by_alias(CHAMPION)
-    if champion is None or "data_batches" not in champion.tags:
-        return store.read()  # no champion yet: compare with the data we have
-    trained_on = set(json.loads(champion.tags["data_batches"]))
-    return store.read([b for b in store.batches() if b.batch_id in trained_on])
+    return champion_reference(_open_registry(layout), store)[0]
 
 
 def cmd_ingest(args) -> int:
