@@ -24,6 +24,7 @@ from components.production_params import (
     keep_columns_refusal,
     slice_columns_refusal,
 )
+from components.peft_params import LoraParams, PeftMethod, PromptParams, migrate_lora_enabled
 from components.sections import Section
 
 
@@ -54,6 +55,9 @@ class DataParams(Section):
     # Further columns of the source kept with each row (as text, missing -> ""), e.g. [source, language]:
     # they reach the splits, so that evaluate.slices can select on them.
     keep_columns: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]] = Field(default_factory=list)
+    # Sequence classification: the model reads each text through this template, e.g. "Review: {text}",
+    # in training, evaluation, export parity and serving alike (clients send the raw text). None: as is.
+    template: str | None = None
 
     @model_validator(mode="after")
     def _labels_are_distinct(self) -> "DataParams":
@@ -96,19 +100,6 @@ class ModelParams(Section):
     word_shapes: bool = False
 
 
-class LoraParams(Section):
-    # Low-rank adapters through peft; merged into the base weights before export, so the served
-    # model is a plain transformers model of the same shape.
-    enabled: bool = False
-    r: int = Field(default=8, ge=1)
-    alpha: int = Field(default=16, ge=1)
-    dropout: float = Field(default=0.1, ge=0, lt=1)
-    # Module names (suffixes of module paths) that get adapters: a list, or a list per model_type
-    # ({bert: [...], mpnet: [...]}). None: the base model's attention and feed-forward projections
-    # (components/model/train.py LORA_TARGETS; BERT query/key/value/dense, MPNet attn.q/k/v/o + dense).
-    target_modules: list[str] | dict[str, list[str]] | None = None
-
-
 class TrainParams(Section):
     epochs: int = Field(default=2, ge=1)
     batch_size: int = Field(default=32, ge=1)
@@ -132,7 +123,10 @@ class TrainParams(Section):
     # Frozen parameters get no gradient: the embeddings and/or the lowest N encoder layers.
     freeze_embeddings: bool = False
     freeze_layers: int = Field(default=0, ge=0)
+    # What trains: none (every weight), lora, prefix or p-tuning (components/peft_params.py).
+    peft: PeftMethod = "none"
     lora: LoraParams = LoraParams()
+    prompt: PromptParams = PromptParams()
     # 'balanced' weighs each class's loss by n / (k * count): rare classes count as much as common ones.
     class_weights: Literal["none", "balanced"] = "none"
     # Stop when the validation metric has not improved for this many epochs (None: run every epoch).
@@ -145,6 +139,11 @@ class TrainParams(Section):
     # champion was trained on) is then mixed into the new batches' rows.
     init_from: Literal["base", "champion"] = "base"
     replay_fraction: float = Field(default=1.0, ge=0, le=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lora_enabled_is_now_peft(cls, data: Any) -> Any:
+        return migrate_lora_enabled(data)
 
 
 class AdaptParams(Section):

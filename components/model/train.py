@@ -386,7 +386,7 @@ def _train(model, train: TokenizedSplit, validation: TokenizedSplit, labels: lis
     token_level = train.token_level
     train = subsample(train, params.max_train_examples, params.seed)
     freeze(model, embeddings=params.freeze_embeddings, layers=params.freeze_layers)
-    if params.lora.enabled:
+    if params.peft == "lora":
         model = add_lora(model, params, token_level)
     model.to(compute.device)
     step_model = wrap(model, ranks, compute)  # DDP when there are several ranks
@@ -469,7 +469,7 @@ def _train(model, train: TokenizedSplit, validation: TokenizedSplit, labels: lis
 
     model.load_state_dict(best_state)
     model.to("cpu")  # saved, exported and served from the CPU, whatever trained it
-    if params.lora.enabled:
+    if params.peft == "lora":
         model = model.merge_and_unload()  # a plain model: export and serving need no peft
     result = TrainResult(
         history=[EpochRecord(**r) for r in state.history], best_epoch=state.best_epoch, train_examples=len(train),
