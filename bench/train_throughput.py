@@ -68,8 +68,8 @@ SPEED_TARGET = 1.3  # tunegate examples/s over Trainer examples/s
 ACCURACY_TARGET_POINTS = 0.5  # |accuracy difference| in percentage points
 # TrainParams fields that change what tunegate's loop does beyond the Trainer's plain fine-tuning,
 # or that make it write into the project; the bench uses their defaults.
-TUNEGATE_ONLY_OPTIONS = ("lora", "freeze_embeddings", "freeze_layers", "class_weights", "early_stopping_patience",
-                         "init_from", "replay_fraction")
+TUNEGATE_ONLY_OPTIONS = ("peft", "lora", "prompt", "freeze_embeddings", "freeze_layers", "class_weights",
+                         "early_stopping_patience", "init_from", "replay_fraction")
 # Reset too, but not worth a note: without a Checkpointer passed (the bench passes none) it does nothing.
 QUIET_RESETS = ("checkpoint_every_steps", "precision")
 TRAINER_SCHEDULES = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}

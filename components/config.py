@@ -15,8 +15,11 @@ from typing import Annotated, Any, Literal, Mapping
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
+from components.curve_params import CurveParams
+
 # Defined in a leaf module so that any family can raise it without importing the configuration.
 from components.errors import ConfigError
+from components.peft_params import LoraParams, PeftMethod, PromptParams, migrate_lora_enabled
 from components.production_params import (
     DriftThresholds,
     EvaluateParams,
@@ -24,7 +27,6 @@ from components.production_params import (
     keep_columns_refusal,
     slice_columns_refusal,
 )
-from components.peft_params import LoraParams, PeftMethod, PromptParams, migrate_lora_enabled
 from components.sections import Section
 
 
@@ -68,6 +70,10 @@ class DataParams(Section):
         unknown = sorted(set(self.label_map.values()) - set(self.labels))
         if unknown:
             raise ValueError(f"data.label_map maps to {unknown}, which are not in data.labels {self.labels}")
+        from components.data.template import template_refusal
+
+        if refusal := template_refusal(self.template):
+            raise ValueError(refusal)
         return self
 
 
@@ -480,6 +486,7 @@ class Params(Section):
     adapt: AdaptParams = AdaptParams()
     train: TrainParams = TrainParams()
     sweep: SweepParams = SweepParams()
+    curve: CurveParams = CurveParams()
     gate: GateParams = GateParams()
     export: ExportParams = ExportParams()
     registry: RegistryParams = RegistryParams()
@@ -518,6 +525,10 @@ class Params(Section):
             if refusal:
                 raise ValueError(refusal)
         if refusal := slice_columns_refusal(self.evaluate, self.data.keep_columns):
+            raise ValueError(refusal)
+        from components.data.template import token_task_refusal
+
+        if refusal := token_task_refusal(self.data.template, self.is_token_task):
             raise ValueError(refusal)
         return self
 

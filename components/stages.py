@@ -34,6 +34,7 @@ def preprocess(layout: ProjectLayout, params: Params) -> None:
         save_tokenized,
         tokenize_split,
         tokenize_tagged_split,
+        write_template_record,
     )
     from components.model.modeling import load_tokenizer, resolve_model_source
 
@@ -46,9 +47,11 @@ def preprocess(layout: ProjectLayout, params: Params) -> None:
             tokenized = tokenize_tagged_split(splits[name], tokenizer, params.model_labels, params.model.max_length,
                                               word_shapes=params.model.word_shapes)
         else:
-            tokenized = tokenize_split(splits[name], tokenizer, params.data.labels, params.model.max_length)
+            tokenized = tokenize_split(splits[name], tokenizer, params.data.labels, params.model.max_length,
+                                       template=params.data.template)
         save_tokenized(tokenized, layout.tokenized_file(name))
         print(f"{name}: {len(tokenized)} examples")
+    write_template_record(layout.splits_dir, params.data.template)  # the teacher and distill stages follow it
 
 
 def adapt(layout: ProjectLayout, params: Params) -> None:
@@ -58,8 +61,6 @@ def adapt(layout: ProjectLayout, params: Params) -> None:
     import pandas as pd
 
     from components.model.adapt import AdaptResult, adapt_language_model, write_card
-    from components.model.compute import resolve_compute
-    from components.model.modeling import resolve_model_source
 
     if layout.adapted_dir.exists():
         shutil.rmtree(layout.adapted_dir)
@@ -67,6 +68,9 @@ def adapt(layout: ProjectLayout, params: Params) -> None:
         write_card(AdaptResult(enabled=False, base_model=params.model.base_model), layout.adapted_dir)
         print("adapt: disabled (adapt.enabled: false); fine-tuning starts from the base model")
         return
+    from components.model.compute import resolve_compute  # imports torch: past the skip, which takes a second
+    from components.model.modeling import resolve_model_source
+
     texts = pd.read_csv(layout.split_file("train"), dtype=str, keep_default_na=False)["text"].tolist()
     compute = resolve_compute(params.train.device, params.train.precision)
     result = adapt_language_model(resolve_model_source(params.model.base_model), params.model.base_model, texts,
@@ -183,7 +187,8 @@ def distill(layout: ProjectLayout, params: Params) -> None:
     if params.is_token_task:
         logits = word_logits(model, tokenizer, split_joined(rows["text"]), params.model.max_length, batch_size)
     else:
-        logits = list(sequence_logits(model, tokenizer, rows["text"].tolist(), params.model.max_length, batch_size))
+        logits = list(sequence_logits(model, tokenizer, rows["text"].tolist(), params.model.max_length, batch_size,
+                                      template=params.data.template))
     write_targets(paths.targets, rows, logits, params.is_token_task)
     counts = rows["source"].value_counts()
     write_json(paths.targets_card, {"enabled": True, "teacher_model": params.distill.teacher_model,
@@ -335,8 +340,10 @@ def evaluate(layout: ProjectLayout, params: Params) -> None:
         metrics, predictions = evaluate_tokens_torch(model, tokenizer, test, params.data.labels,
                                                      params.model.max_length, params.train.eval_batch_size)
     else:
-        probabilities = predict_proba_torch(model, tokenizer, test["text"].tolist(), params.model.max_length,
-                                            params.train.eval_batch_size)
+        from components.data.template import apply_template
+
+        probabilities = predict_proba_torch(model, tokenizer, apply_template(params.data.template, test["text"]),
+                                            params.model.max_length, params.train.eval_batch_size)
         metrics, predictions = evaluate_frame(test, probabilities, params.data.labels)
     write_evaluation(metrics, predictions, layout.eval_dir)
     entity = f"entity_f1={metrics['entity_f1']:.4f} " if "entity_f1" in metrics else ""
@@ -364,7 +371,7 @@ def export(layout: ProjectLayout, params: Params) -> None:
                                        random_state=params.train.seed).tolist()
     result = export_onnx(layout.model_dir, layout.onnx_dir, opset=params.export.opset,
                          precision=params.export.precision, max_length=params.model.max_length,
-                         plan=params.export.plan(), calibration_texts=calibration)
+                         plan=params.export.plan(), calibration_texts=calibration, template=params.data.template)
     scheme = f" {result.quantization}" if result.quantization else ""
     fp16 = f"; largest fp32 activation {result.fp16_range_max:.4g} < 65504" if result.fp16_range_max is not None else ""
     print(f"exported {result.model_path} ({result.precision}{scheme}, {result.model_bytes:,} "

@@ -11,6 +11,12 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The tests' models are tiny: their ops gain nothing from a second thread, and OpenMP threads that spin
+# waiting for a core another process holds made a tiny training twice as slow on a shared 2-core machine
+# (train stage 57-62 s with 2 threads, 25-30 s with 1). Set before torch is imported, so this process and
+# every process a test starts (DVC stages, `tunegate run`, workers) inherit it; an explicit value wins.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 from tests.tiny import build_tiny_base_model, sentiment_frame  # noqa: E402
 
@@ -54,9 +60,12 @@ def tiny_base_model(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def prefect_api():
     """A real Prefect API on a temporary SQLite database, shared by the tests that run flows."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=60):
+    # No heartbeat thread: at the end of every flow run Prefect joins it, up to 1 s each, and nothing
+    # here watches heartbeats (they let a server notice a crashed run; tests end their runs themselves).
+    with prefect_test_harness(server_startup_timeout=60), temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         yield
 
 

@@ -287,7 +287,7 @@ def test_lora_on_mpnet_adapts_its_attention_and_trains_only_adapters_and_head(mp
     from components.model.modeling import load_classifier, load_tokenizer
     from components.model.train import add_lora
 
-    model = add_lora(load_classifier(str(mpnet_base), LABELS), train_params(lora={"enabled": True, "r": 4}), False)
+    model = add_lora(load_classifier(str(mpnet_base), LABELS), train_params(peft="lora", lora={"r": 4}), False)
     trainable = [name for name, p in model.named_parameters() if p.requires_grad]
     assert all("lora_" in name or ".classifier." in name for name in trainable), trainable
     for projection in ("attn.q", "attn.k", "attn.v", "attn.o", "intermediate.dense", "output.dense"):

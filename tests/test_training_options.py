@@ -68,7 +68,7 @@ def test_lora_trains_few_parameters_and_saves_a_plain_merged_model(tiny_base_mod
     save_model(warm, load_tokenizer(str(tiny_base_model)), warm_dir)
     base = _weights(load_classifier(str(warm_dir), LABELS))
     result, model = run(warm_dir, None, epochs=3, learning_rate=5e-3,
-                        lora={"enabled": True, "r": 4, "alpha": 8, "dropout": 0.0})
+                        peft="lora", lora={"r": 4, "alpha": 8, "dropout": 0.0})
     assert result.trainable_parameters < 0.15 * result.total_parameters
     assert result.best_score >= 0.85, result.history  # learned: chance is 0.5 on balanced labels
     save_model(model, load_tokenizer(str(tiny_base_model)), tmp_path / "merged")
@@ -86,7 +86,7 @@ def test_merging_lora_keeps_the_model_s_answers(tiny_base_model):
     from tests.train_job import train_params
 
     torch.manual_seed(0)
-    model = add_lora(load_classifier(str(tiny_base_model), LABELS), train_params(lora={"enabled": True, "r": 4}), False)
+    model = add_lora(load_classifier(str(tiny_base_model), LABELS), train_params(peft="lora", lora={"r": 4}), False)
     for name, parameter in model.named_parameters():
         if "lora_B" in name:
             torch.nn.init.normal_(parameter, std=0.5)  # fresh B is zero: make the adapter matter

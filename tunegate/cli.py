@@ -530,6 +530,10 @@ def build_parser() -> argparse.ArgumentParser:
                                          "evaluate", "export", "robustness", "explain"])
     stage.set_defaults(handler=cmd_stage)
 
+    from tunegate.curve_command import add_curve_parser
+
+    add_curve_parser(verbs, _user_errors)
+
     from tunegate.stack.commands import add_stack_parser
 
     add_stack_parser(verbs)

@@ -24,6 +24,7 @@ SPLIT_COLUMNS = ["id", "text", "label", "batch_id"]
 OFFICIAL_SPLIT_COLUMN = "split"
 # Sub-tokens after a word's first, and special tokens, carry no label: the loss skips them.
 IGNORE_INDEX = -100
+TEMPLATE_RECORD = "template.json"
 
 
 def split_of(example_id: str, split: SplitParams) -> str:
@@ -77,15 +78,31 @@ class TokenizedSplit:
         return TokenizedSplit(pick(self.input_ids), pick(self.labels), pick(self.batch_ids), pick(self.token_type_ids))
 
 
-def tokenize_split(frame: pd.DataFrame, tokenizer, labels: list[str], max_length: int) -> TokenizedSplit:
+def tokenize_split(frame: pd.DataFrame, tokenizer, labels: list[str], max_length: int, *,
+                   template: str | None = None) -> TokenizedSplit:
+    """template (data.template): the model reads each text inside it; the split's CSV keeps the raw text."""
+    from components.data.template import apply_template
+
     label_ids = {label: i for i, label in enumerate(labels)}
     unknown = sorted(set(frame["label"]) - set(label_ids))
     if unknown:
         raise ValueError(f"labels {unknown} are not in data.labels {labels}; validation should have caught this")
     # No padding here: batches are padded to their own longest example at training time.
-    encoded = tokenizer(frame["text"].tolist(), truncation=True, max_length=max_length, padding=False)
+    encoded = tokenizer(apply_template(template, frame["text"].tolist()), truncation=True, max_length=max_length,
+                        padding=False)
     return TokenizedSplit(input_ids=encoded["input_ids"], labels=[label_ids[x] for x in frame["label"]],
                           batch_ids=_batch_ids(frame))
+
+
+def write_template_record(splits_dir: Path, template: str | None) -> Path:
+    """artifacts/splits/template.json: the data.template the splits are read through. The split CSVs keep
+    the raw text, so without it a stage that reads them (the distillation teacher) would not see, through
+    DVC, that the text its model reads has changed."""
+    import json
+
+    path = Path(splits_dir) / TEMPLATE_RECORD
+    path.write_text(json.dumps({"template": template}) + "\n", encoding="utf-8")
+    return path
 
 
 def _batch_ids(frame: pd.DataFrame) -> list[str] | None:

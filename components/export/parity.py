@@ -90,6 +90,7 @@ def check_parity(
     """
     from tqdm.auto import tqdm
 
+    from components.data.template import apply_template
     from components.export.predictor import read_model_card
 
     texts = check_texts(texts)
@@ -124,7 +125,10 @@ def check_parity(
     onnx_batches: list[np.ndarray] = []
     for start in tqdm(starts, desc="parity torch vs onnx", unit="batch", disable=len(starts) < PROGRESS_MIN_BATCHES):
         batch = texts[start:start + batch_size]
-        torch_batches.append(softmax(torch_logits(model, encode(tokenizer, batch, input_names, max_length))))
+        # PyTorch reads the text inside the card's data.template, as in training; the predictor gets the raw
+        # text, as a client sends it, and must apply the same template itself.
+        templated = apply_template(card.template, batch)
+        torch_batches.append(softmax(torch_logits(model, encode(tokenizer, templated, input_names, max_length))))
         onnx_batches.append(predictor.predict_proba(batch, batch_size=len(batch)))
     torch_probs, onnx_probs = np.concatenate(torch_batches), np.concatenate(onnx_batches)
 

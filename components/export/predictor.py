@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from components.config import OUTSIDE_TAG, SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION
+from components.data.template import apply_template, template_refusal, token_task_refusal
 from components.entities import first_subtoken_positions
 
 MODEL_FILE = "model.onnx"
@@ -48,6 +49,17 @@ class ModelCard(BaseModel):
     # Token classification: token_type_ids carry each word's shape (components/data/word_shapes.py).
     word_shapes: bool = False
     quantization: str | None = None  # int8 scheme (components/export/quantize.py); None: fp32 or an older card
+    # data.template the model was trained with ("Review: {text}"): the predictor puts each raw text into it
+    # before tokenizing, so clients send raw text. None: the text as it is (and every older card).
+    template: str | None = None
+
+    @model_validator(mode="after")
+    def _template_fits(self) -> ModelCard:
+        refusal = template_refusal(self.template) or token_task_refusal(
+            self.template, self.task == TOKEN_CLASSIFICATION)
+        if refusal:
+            raise ValueError(refusal)
+        return self
 
 
 def read_model_card(model_dir: Path) -> ModelCard:
@@ -325,6 +337,11 @@ class OnnxTextClassifier(_OnnxModel):
     """
 
     TASK = SEQUENCE_CLASSIFICATION
+
+    def _tokenize(self, texts: list, **kwargs) -> Any:
+        """Raw texts into the card's template first (data.template): every caller (the service, batch
+        scoring, the MLflow pyfunc, parity, robustness, explanations) sends what a client would send."""
+        return super()._tokenize(apply_template(self.card.template, texts), **kwargs)
 
     def predict_logits(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         texts = check_texts(texts)

@@ -270,6 +270,7 @@ def export_onnx(
     task: Task | None = None,
     calibration_texts: Sequence[str] = (),
     precision: Precision | None = None,
+    template: str | None = None,
 ) -> ExportResult:
     """Export a saved sequence classifier or token classifier to `out_dir`, replacing an earlier export there.
 
@@ -283,6 +284,8 @@ def export_onnx(
         a few built-in probe texts.
     precision: "int8" (default), "fp16" or "fp32"; `quantize` is the old spelling (True: int8,
         False: fp32), and both given must agree.
+    template: data.template the model was trained with; the card carries it (the predictor applies it to
+        raw text) and the calibration texts, raw like a client's, are read through it.
     """
     from components.config import resolve_export_precision
     from components.entities import entity_types_of
@@ -301,6 +304,11 @@ def export_onnx(
     entity_types = entity_types_of(labels) if task == TOKEN_CLASSIFICATION else []
     if task == TOKEN_CLASSIFICATION and "O" not in labels:
         raise ExportError(f"{model_dir}: a token classifier's labels must be IOB2 tags with 'O', got {labels}")
+    from components.data.template import apply_template, template_refusal, token_task_refusal
+
+    if refusal := template_refusal(template) or token_task_refusal(template, task == TOKEN_CLASSIFICATION):
+        raise ExportError(refusal)
+    calibration_texts = apply_template(template, calibration_texts)
     max_length = max_length or default_max_length(tokenizer, model.config)
     input_names = graph_input_names(model, tokenizer)
     probes = [encode(tokenizer, texts, input_names, max_length) for texts in probe_batches(max_length)]
@@ -361,6 +369,7 @@ def export_onnx(
             task=task, labels=labels, entity_types=entity_types, max_length=max_length, precision=precision, opset=opset,
             input_names=input_names, output_names=["logits"], graph_optimized=bool(fused),
             word_shapes=uses_word_shapes(model.config), quantization=plan.scheme if quantize else None,
+            template=template,
         ))
         shipped_bytes = model_path.stat().st_size
         _replace_dir(staged, out_dir)

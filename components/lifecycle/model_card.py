@@ -79,6 +79,21 @@ def _slices_section(slices: Any) -> list[str]:
             "|---|---|---|" + ("---|" if entity else "") + "---|---|---|", *rows, ""]
 
 
+def template_of(tags: dict[str, Any]) -> str | None:
+    """data.template from the version's params tag (tracking.version_tags), or None (none, or an older tag)."""
+    params = _mapping_of(tags.get("params")) or {}
+    data = params.get("data") if isinstance(params.get("data"), dict) else {}
+    template = data.get("template")
+    return template if isinstance(template, str) else None
+
+
+def _template_lines(template: str | None) -> list[str]:
+    if template is None:
+        return []
+    return [(f"Input template: `{template}`. The model was trained, evaluated and is served reading each text "
+             "inside it (data.template); the service applies it itself, so send the raw text."), ""]
+
+
 def render_model_card(model_name: str, tags: dict[str, Any], parity: dict[str, Any], gate_summary: str) -> str:
     """Markdown for the version described by `tags` (tracking.version_tags), its export `parity`
     report (artifacts/export/parity.json) and the gate's summary."""
@@ -111,6 +126,7 @@ def render_model_card(model_name: str, tags: dict[str, Any], parity: dict[str, A
         "",
         f"Labels: {_listed(tags.get('labels', []))}.",
         "",
+        *_template_lines(template_of(tags)),
         f"Precision: **{precision}**: {PRECISION_USE.get(precision, '')}",
         "",
         "## Training data and code",

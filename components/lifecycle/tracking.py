@@ -85,8 +85,10 @@ def log_stage_outputs(registry: ModelRegistry, run_id: str, layout: ProjectLayou
     # best_epoch, train_examples, best_score, parameter counts: every number of the summary.
     registry.log_metrics(run_id, {k: v for k, v in history.items()
                                   if isinstance(v, (int, float)) and not isinstance(v, bool)})
-    registry.set_run_tags(run_id, {f"train_{key}": history[key] for key in ("device", "device_name", "precision")
-                                   if key in history})
+    # train_peft: what trained (none, lora, prefix, p-tuning); trainable_share and seconds_per_epoch are
+    # among the numbers above.
+    registry.set_run_tags(run_id, {f"train_{key}": history[key]
+                                   for key in ("device", "device_name", "precision", "peft") if key in history})
     if "replay" in history:  # continual learning: rows new, replayed and held back
         registry.log_metrics(run_id, {f"replay_{k}": v for k, v in history["replay"].items()})
 

@@ -14,12 +14,12 @@ import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-
-import torch
-from tqdm.auto import tqdm
+from typing import TYPE_CHECKING
 
 from components.config import AdaptParams
-from components.model.compute import Compute, resolve_compute
+
+if TYPE_CHECKING:
+    from components.model.compute import Compute
 
 ADAPT_CARD = "tunegate-adapt.json"
 
@@ -54,8 +54,13 @@ def adapted_source(out_dir: Path) -> str | None:
 
 def adapt_language_model(source: str, base_model: str, texts: list[str], params: AdaptParams, max_length: int,
                          out_dir: Path, compute: Compute | None = None) -> AdaptResult:
+    # torch and transformers load here, not at import: the stage with adapt.enabled false only writes
+    # its card, and importing torch for it cost every retraining about 5 s.
+    import torch
+    from tqdm.auto import tqdm
     from transformers import AutoModelForMaskedLM, DataCollatorForLanguageModeling
 
+    from components.model.compute import resolve_compute
     from components.model.modeling import load_tokenizer
 
     random.seed(params.seed)

@@ -118,19 +118,20 @@ def tokenize_frame(frame: pd.DataFrame, tokenizer, params: Params) -> TokenizedS
 
     if params.is_token_task:
         return tokenize_tagged_split(frame, tokenizer, params.model_labels, params.model.max_length)
-    return tokenize_split(frame, tokenizer, params.data.labels, params.model.max_length)
+    return tokenize_split(frame, tokenizer, params.data.labels, params.model.max_length, template=params.data.template)
 
 
 def score_on_test(model, tokenizer, test: pd.DataFrame, params: Params, batch_size: int) -> dict:
     """Test metrics with the evaluate stage's functions (the student's are artifacts/eval/metrics.json)."""
+    from components.data.template import apply_template
     from components.model.evaluate import evaluate_frame, evaluate_tokens_torch, predict_proba_torch
 
     if params.is_token_task:
         metrics, _ = evaluate_tokens_torch(model, tokenizer, test, params.data.labels, params.model.max_length,
                                            batch_size)
     else:
-        probabilities = predict_proba_torch(model, tokenizer, test["text"].tolist(), params.model.max_length,
-                                            batch_size)
+        probabilities = predict_proba_torch(model, tokenizer, apply_template(params.data.template, test["text"]),
+                                            params.model.max_length, batch_size)
         metrics, _ = evaluate_frame(test, probabilities, params.data.labels)
     return metrics
 
@@ -141,6 +142,8 @@ def teacher_fingerprint(params: Params, train_csv: Path, validation_csv: Path) -
     digest = hashlib.sha256(teacher.model_dump_json().encode())
     digest.update(json.dumps([params.task, params.model.max_length, params.distill.teacher_model,
                               params.model_labels]).encode())
+    if params.data.template is not None:  # only then: checkpoints of runs without a template keep their keys
+        digest.update(params.data.template.encode())
     for path in (train_csv, validation_csv):
         digest.update(path.read_bytes())
     return "teacher-" + digest.hexdigest()[:16]
@@ -148,11 +151,14 @@ def teacher_fingerprint(params: Params, train_csv: Path, validation_csv: Path) -
 
 # --- the teacher's logits --------------------------------------------------------------------------
 
-def sequence_logits(model, tokenizer, texts: list[str], max_length: int, batch_size: int) -> np.ndarray:
-    """[texts, classes] logits of a sequence classifier, in input order."""
+def sequence_logits(model, tokenizer, texts: list[str], max_length: int, batch_size: int, *,
+                    template: str | None = None) -> np.ndarray:
+    """[texts, classes] logits of a sequence classifier, in input order; texts are raw, and the teacher
+    reads them inside data.template (`template`), as it was trained."""
+    from components.data.template import apply_template
     from components.model.evaluate import predict_logits_torch
 
-    return predict_logits_torch(model, tokenizer, texts, max_length, batch_size)
+    return predict_logits_torch(model, tokenizer, apply_template(template, texts), max_length, batch_size)
 
 
 def word_logits(model, tokenizer, sentences: list[list[str]], max_length: int, batch_size: int) -> list[np.ndarray]:
@@ -286,8 +292,11 @@ def distilled_split(train: TokenizedSplit, train_frame: pd.DataFrame, targets: p
             if shapes is not None:
                 shapes += extra_shapes
         else:
-            extra_ids = tokenizer(texts, truncation=True, max_length=params.model.max_length,
-                                  padding=False)["input_ids"]
+            from components.data.template import apply_template
+
+            # The student reads unlabelled texts as it reads its labelled ones: inside data.template.
+            extra_ids = tokenizer(apply_template(params.data.template, texts), truncation=True,
+                                  max_length=params.model.max_length, padding=False)["input_ids"]
             extra_targets = logits
             labels += [IGNORE_INDEX] * len(extra_ids)
         input_ids += extra_ids

@@ -68,6 +68,13 @@ def load_classifier(source: str, labels: list[str], *, token_level: bool = False
         AutoModelForTokenClassification,
     )
 
+    from components.model.prompted import PROMPT_CARD
+
+    if (Path(source) / PROMPT_CARD).is_file():
+        # Its head was trained to read the text behind a soft prompt that a plain start would drop, and
+        # a p-tuning prompt keeps only its encoder's output, not the encoder: there is nothing to go on from.
+        raise ConfigError(f"{source} was trained with a soft prompt (train.peft prefix or p-tuning, {PROMPT_CARD}); "
+                          "fine-tuning cannot start from it: set train.init_from: base")
     model_class = AutoModelForTokenClassification if token_level else AutoModelForSequenceClassification
     try:
         return model_class.from_pretrained(
@@ -103,12 +110,17 @@ def load_torch_model(model_dir: Path, task: Task | None = None):
     `task` or else by its config) and its tokenizer, in eval mode.
 
     Eager attention: onnxruntime's BERT optimizer recognises (and fuses) only the eager attention graph.
+
+    A model trained with a soft prompt (prompt.json beside it) comes back as a PromptedModel
+    (components/model/prompted.py): the plain model with its prompt in front, called like the plain one.
     """
     from transformers import (
         AutoModelForSequenceClassification,
         AutoModelForTokenClassification,
         AutoTokenizer,
     )
+
+    from components.model.prompted import load_prompted, position_limit, read_prompt_card
 
     task = task or saved_model_task(model_dir)
     auto = AutoModelForTokenClassification if task == TOKEN_CLASSIFICATION else AutoModelForSequenceClassification
@@ -117,10 +129,21 @@ def load_torch_model(model_dir: Path, task: Task | None = None):
     )
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=False)
+    if read_prompt_card(model_dir) is not None:
+        model = load_prompted(model, Path(model_dir))
+        if model.method == "p-tuning" and position_limit(model.config):
+            # The virtual tokens take positions too: texts are cut to what is left (the export's default
+            # max_length and its saved tokenizer follow).
+            room = position_limit(model.config) - model.virtual_tokens
+            tokenizer.model_max_length = min(tokenizer.model_max_length, room)
     return model, tokenizer
 
 
 def model_task(model) -> Task:
+    from components.model.prompted import PromptedModel
+
+    if isinstance(model, PromptedModel):
+        return TOKEN_CLASSIFICATION if model.token_level else SEQUENCE_CLASSIFICATION
     return TOKEN_CLASSIFICATION if type(model).__name__.endswith("ForTokenClassification") else SEQUENCE_CLASSIFICATION
 
 

@@ -2,7 +2,8 @@
 
 Batches are grouped by length and padded only to their own longest example, which on short
 texts is several times cheaper than padding everything to max_length. Options (all in params'
-`train:` section): frozen embeddings and lower layers, LoRA adapters (merged before saving), class
+`train:` section): frozen embeddings and lower layers, LoRA adapters (merged before saving) or a soft
+prompt (prefix / p-tuning, components/model/prompts.py: saved beside the plain model), class
 weights, warmup with linear or cosine decay, gradient clipping, early stopping, and checkpoints
 after every epoch and every K steps from which a killed run resumes to the same result.
 """
@@ -37,6 +38,7 @@ from components.model.distributed import (
     shard,
     wrap,
 )
+from components.peft_params import PROMPT_METHODS
 
 StepHook = Callable[[int], None]  # called with the global step after each optimizer step
 # The teacher's logits of a distilled training split (components/model/distill.py) travel in the batch
@@ -83,13 +85,19 @@ class TrainResult:
     total_parameters: int = 0
     extra: dict = field(default_factory=dict)
     compute: dict = field(default_factory=dict)  # device, device_name, precision
+    peft: str = "none"  # train.peft: what trained
 
     def write(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         payload = {"best_epoch": self.best_epoch, "train_examples": self.train_examples, "metric": self.metric,
                    "best_score": self.best_score, "stopped_early": self.stopped_early,
                    "resumed_from_step": self.resumed_from_step, "trainable_parameters": self.trainable_parameters,
-                   "total_parameters": self.total_parameters, **self.compute, **self.extra,
+                   "total_parameters": self.total_parameters, "peft": self.peft,
+                   # Logged to MLflow for every method (components/lifecycle/tracking.py logs every number).
+                   "trainable_share": self.trainable_parameters / max(self.total_parameters, 1),
+                   "seconds_per_epoch": (sum(r.seconds for r in self.history) / len(self.history)
+                                         if self.history else 0.0),
+                   **self.compute, **self.extra,
                    "history": [asdict(r) for r in self.history]}
         path.write_text(json.dumps(payload, indent=2) + "\n")
 
@@ -357,7 +365,8 @@ def train_classifier(model, train: TokenizedSplit, validation: TokenizedSplit, l
                      on_step: StepHook | None = None,
                      distillation: Distillation | None = None) -> tuple[TrainResult, object]:
     """Fine-tune `model`; returns the history and the model holding the best validation epoch's weights
-    (LoRA adapters merged in, so it saves as a plain transformers model).
+    (LoRA adapters merged in, so it saves as a plain transformers model; with train.peft prefix or p-tuning,
+    a PromptedModel: the plain model and its trained prompt, components/model/prompted.py).
 
     With `checkpoints`, state is saved after every epoch (and every train.checkpoint_every_steps) and a
     matching checkpoint left by a killed run is resumed from, reaching the same weights.
@@ -388,6 +397,11 @@ def _train(model, train: TokenizedSplit, validation: TokenizedSplit, labels: lis
     freeze(model, embeddings=params.freeze_embeddings, layers=params.freeze_layers)
     if params.peft == "lora":
         model = add_lora(model, params, token_level)
+    elif params.peft in PROMPT_METHODS:
+        from components.model.prompts import add_prompt
+
+        longest = max((len(row) for s in (train, validation) for row in s.input_ids), default=0)
+        model = add_prompt(model, params.peft, params.prompt, longest)
     model.to(compute.device)
     step_model = wrap(model, ranks, compute)  # DDP when there are several ranks
     if ranks.distributed:
@@ -398,6 +412,7 @@ def _train(model, train: TokenizedSplit, validation: TokenizedSplit, labels: lis
     say(f"training on {compute.device.type} ({compute.device_name}), {compute.precision}{parallel}")
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
+    say(f"train.peft {params.peft}: {trainable:,} of {total:,} parameters train ({trainable / max(total, 1):.2%})")
     weights = class_weights(train, len(labels)).to(compute.device) if params.class_weights == "balanced" else None
     metric = "entity_f1" if token_level else "macro_f1"
 
@@ -471,10 +486,12 @@ def _train(model, train: TokenizedSplit, validation: TokenizedSplit, labels: lis
     model.to("cpu")  # saved, exported and served from the CPU, whatever trained it
     if params.peft == "lora":
         model = model.merge_and_unload()  # a plain model: export and serving need no peft
+    elif params.peft in PROMPT_METHODS:
+        model = model.frozen()  # the plain model + the trained prompt as constants (components/model/prompted.py)
     result = TrainResult(
         history=[EpochRecord(**r) for r in state.history], best_epoch=state.best_epoch, train_examples=len(train),
         metric=metric, best_score=state.best_score, stopped_early=state.stopped, resumed_from_step=resumed_from,
-        trainable_parameters=trainable, total_parameters=total, compute=compute.describe(),
+        trainable_parameters=trainable, total_parameters=total, compute=compute.describe(), peft=params.peft,
     )
     return result, model
 
