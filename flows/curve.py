@@ -24,8 +24,8 @@ from components.lifecycle.registry import ModelRegistry
 from components.model.curve import CurvePoint, cached_result, curve_dir, plan_points, run_point
 from components.model.curve_report import curve_metric, write_outputs
 from components.model.sweep import threads_per_trial
-from flows.retrain import ML_STAGES, RETRY, _unlabelled_changed, ingest_data, reproduce, transient_only
-from flows.sweep import PARENT_TAG, _log_history, _mlflow_writes
+from flows.retrain import ML_STAGES, RETRY, ingest_data, reproduce_group, transient_only
+from flows.sweep import PARENT_TAG, log_history, mlflow_writes
 
 POINT_METRICS = ("val_accuracy", "val_macro_f1", "val_entity_f1", "test_accuracy", "test_macro_f1", "test_entity_f1",
                  "trainable_share", "seconds_per_epoch", "train_seconds", "best_epoch", "epochs_run")
@@ -42,8 +42,7 @@ def prepare_splits(params: Params, layout: ProjectLayout) -> None:
     DVC stages the train stage reads (each a no-op when nothing changed)."""
     ingest_data(params, layout)
     for stages in ML_STAGES[:ML_STAGES.index(("train",))]:
-        stale = "distill" in stages and _unlabelled_changed(params, layout)
-        reproduce.with_options(name="+".join(stages))(layout, stages, force=stale)
+        reproduce_group(params, layout, stages)
 
 
 @task(name="curve-plan", cache_policy=NO_CACHE)
@@ -81,11 +80,11 @@ def train_point(params: Params, layout: ProjectLayout, registry: ModelRegistry, 
             "mlflow.source.name": "tunegate curve"}
     if stored is not None and stored.get("run_id"):
         tags["curve_trained_in_run"] = stored["run_id"]
-    with _mlflow_writes(registry.tracking_uri):
+    with mlflow_writes(registry.tracking_uri):
         run_id = registry.start_run(params.registry.experiment, name, tags)
         registry.log_params(run_id, _point_params(point))
     if stored is not None:
-        with _mlflow_writes(registry.tracking_uri):
+        with mlflow_writes(registry.tracking_uri):
             registry.log_metrics(run_id, _point_metrics(stored))
             registry.end_run(run_id)
         return {**stored, "cached": True}
@@ -94,14 +93,14 @@ def train_point(params: Params, layout: ProjectLayout, registry: ModelRegistry, 
     try:
         result = run_point(layout, params, point, threads, run_id=run_id)
     except BaseException as error:
-        with _mlflow_writes(registry.tracking_uri):
+        with mlflow_writes(registry.tracking_uri):
             registry.set_run_tags(run_id, {"error": str(error)[-4000:]})
             registry.end_run(run_id, failed=True)
         raise
-    with _mlflow_writes(registry.tracking_uri):
+    with mlflow_writes(registry.tracking_uri):
         history = layout.artifacts / "curve" / "points" / point.key / "train_history.json"
         if history.is_file():
-            _log_history(registry, run_id, history)
+            log_history(registry, run_id, history)
         registry.log_metrics(run_id, _point_metrics(result))
         registry.end_run(run_id)
     metric = curve_metric(params.is_token_task)
@@ -124,7 +123,7 @@ def log_curve(registry: ModelRegistry, run_id: str, files, rows: list[dict], fai
     means: dict[str, list[float]] = {}
     for row in rows:
         means.setdefault(f"{row['method']}_{row['labels']}_test_{metric}", []).append(row[f"test_{metric}"])
-    with _mlflow_writes(registry.tracking_uri):
+    with mlflow_writes(registry.tracking_uri):
         registry.log_metrics(run_id, {**{k: sum(v) / len(v) for k, v in means.items()},
                                       "curve_points": len(rows), "curve_points_failed": len(failed),
                                       "curve_points_cached": sum(bool(r.get("cached")) for r in rows)})

@@ -167,10 +167,13 @@ def gate(params: Params, layout: ProjectLayout, champion: dict | None, champion_
             "challenger_metrics": challenger}
 
 
-def _unlabelled_changed(params: Params, layout: ProjectLayout) -> bool:
+def reproduce_group(params: Params, layout: ProjectLayout, stages: tuple[str, ...]) -> None:
+    """One group of ML_STAGES through DVC, as one task run named after its stages."""
     from components.model.distill import unlabelled_changed
 
-    return unlabelled_changed(layout.artifacts, params, layout.root)
+    # distill.unlabelled (e.g. the prediction log) grows under one name: DVC tracks it by the param.
+    stale = "distill" in stages and unlabelled_changed(layout.artifacts, params, layout.root)
+    reproduce.with_options(name="+".join(stages))(layout, stages, force=stale)
 
 
 def _teacher_metrics(params: Params, layout: ProjectLayout) -> dict | None:
@@ -282,9 +285,7 @@ def _retrain(layout: ProjectLayout, params: Params, profile: str) -> dict:
         for stages in ML_STAGES:
             if "train" in stages and params.sweep.enabled:
                 params = sweep_then_reload(params, layout, registry, run_id)
-            # distill.unlabelled (e.g. the prediction log) grows under one name: DVC tracks it by the param.
-            stale = "distill" in stages and _unlabelled_changed(params, layout)
-            reproduce.with_options(name="+".join(stages))(layout, stages, force=stale)
+            reproduce_group(params, layout, stages)
         tracking.log_stage_outputs(registry, run_id, layout, params.is_token_task)
 
         model_md5 = tracking.output_md5(layout, "export", ONNX_OUT)

@@ -50,7 +50,7 @@ SQLITE_PREFIX = "sqlite:///"
 
 
 @contextmanager
-def _mlflow_writes(tracking_uri: str) -> Iterator[None]:
+def mlflow_writes(tracking_uri: str) -> Iterator[None]:
     """One MLflow writer at a time on a SQLite store: threads of this process queue on _mlflow_lock, and
     processes (trials on Dask workers) on an OS file lock beside the database, which the kernel releases
     if a worker dies holding it. A tracking server needs neither and gets only the thread lock."""
@@ -67,7 +67,7 @@ def _mlflow_writes(tracking_uri: str) -> Iterator[None]:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _log_history(registry: ModelRegistry, run_id: str, history_file: Path) -> None:
+def log_history(registry: ModelRegistry, run_id: str, history_file: Path) -> None:
     history = json.loads(history_file.read_text())
     for record in history.get("history", []):
         metrics = {k: v for k, v in record.items() if k != "epoch" and isinstance(v, (int, float))}
@@ -80,7 +80,7 @@ def sweep_trial(params: Params, layout: ProjectLayout, registry: ModelRegistry, 
     from components.model.sweep import params_with
 
     trial_params = params_with(params, overrides)
-    with _mlflow_writes(registry.tracking_uri):
+    with mlflow_writes(registry.tracking_uri):
         run_id = registry.start_run(params.registry.experiment, trial_name(index), {
             PARENT_TAG: parent_run_id, "sweep_trial": str(index), "sweep_overrides": overrides,
             "mlflow.source.name": "tunegate sweep"})
@@ -91,12 +91,12 @@ def sweep_trial(params: Params, layout: ProjectLayout, registry: ModelRegistry, 
     try:
         result = train_trial(layout, params, index, overrides, threads, run_id=run_id)
     except BaseException as error:
-        with _mlflow_writes(registry.tracking_uri):
+        with mlflow_writes(registry.tracking_uri):
             registry.set_run_tags(run_id, {"error": str(error)[-4000:]})
             registry.end_run(run_id, failed=True)
         raise
-    with _mlflow_writes(registry.tracking_uri):
-        _log_history(registry, run_id, result.history_file)
+    with mlflow_writes(registry.tracking_uri):
+        log_history(registry, run_id, result.history_file)
         registry.log_metrics(run_id, {"best_score": result.best_score, "best_epoch": result.best_epoch,
                                       "trial_seconds": result.seconds})
         registry.set_run_tags(run_id, {"metric": result.metric})
@@ -118,7 +118,7 @@ def _log_summary(registry: ModelRegistry, run_id: str, summary: dict) -> None:
     tags.update({f"sweep_best.{key}": value for key, value in summary["best_overrides"].items()})
     if summary.get("best_run_id"):
         tags["sweep_best_run_id"] = summary["best_run_id"]
-    with _mlflow_writes(registry.tracking_uri):
+    with mlflow_writes(registry.tracking_uri):
         registry.set_run_tags(run_id, tags)
         per_trial = {f"sweep_{trial_name(row['trial']).replace('-', '_')}_best_score": row["best_score"]
                      for row in summary["trials"] if row.get("best_score") is not None}

@@ -23,6 +23,9 @@ QUIET_DEFAULTS = {
     "TOKENIZERS_PARALLELISM": "false",
     # A registered model downloads in a second: MLflow's per-file bar only buries the command's answer.
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    # The run's own (ephemeral) Prefect server gets 20 s to start by default; on a busy 2-core machine
+    # it took longer and the whole run died before its first step. A slow start is not an error.
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
 }
 
 

@@ -162,13 +162,18 @@ def plan_points(layout: ProjectLayout, params: Params) -> list[CurvePoint]:
         label, count = (ALL, rows) if size == ALL or size >= rows else (size, size)
         if all(label != seen for seen, _ in sizes):
             sizes.append((label, count))
-    points = []
+    bases = {}
     for method, overrides in curve.methods.items():
         try:
-            base = params_with(params, overrides)
+            bases[method] = params_with(params, overrides)
         except ConfigError as error:
             raise ConfigError(f"curve.methods.{method}: {error}") from None
-        for label, count in sizes:
+    # Smallest size first, every method and seed at it: a long curve stopped halfway has the whole
+    # left part of every line (and the cheap points) rather than one method's line.
+    points = []
+    for label, count in sizes:
+        for method, overrides in curve.methods.items():
+            base = bases[method]
             epochs = epochs_for(count, base.train.batch_size, base.train.epochs, curve.min_steps)
             for seed in curve.seeds:
                 draft = CurvePoint(method, dict(overrides), label, count, seed, epochs, key="")
