@@ -25,7 +25,7 @@ from components.model.curve import CurvePoint, cached_result, curve_dir, plan_po
 from components.model.curve_report import curve_metric, write_outputs
 from components.model.sweep import threads_per_trial
 from flows.retrain import ML_STAGES, RETRY, ingest_data, reproduce_group, transient_only
-from flows.sweep import PARENT_TAG, log_history, mlflow_writes
+from flows.sweep import PARENT_TAG, failed_run_on_error, log_history, mlflow_writes
 
 POINT_METRICS = ("val_accuracy", "val_macro_f1", "val_entity_f1", "test_accuracy", "test_macro_f1", "test_entity_f1",
                  "trainable_share", "seconds_per_epoch", "train_seconds", "best_epoch", "epochs_run")
@@ -90,13 +90,8 @@ def train_point(params: Params, layout: ProjectLayout, registry: ModelRegistry, 
         return {**stored, "cached": True}
     get_run_logger().info("%s: %d rows, %d epochs, %d torch thread(s), MLflow run %s", name, point.labels,
                           point.epochs, threads, run_id)
-    try:
+    with failed_run_on_error(registry, run_id):
         result = run_point(layout, params, point, threads, run_id=run_id)
-    except BaseException as error:
-        with mlflow_writes(registry.tracking_uri):
-            registry.set_run_tags(run_id, {"error": str(error)[-4000:]})
-            registry.end_run(run_id, failed=True)
-        raise
     with mlflow_writes(registry.tracking_uri):
         history = layout.artifacts / "curve" / "points" / point.key / "train_history.json"
         if history.is_file():

@@ -67,6 +67,18 @@ def mlflow_writes(tracking_uri: str) -> Iterator[None]:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+@contextmanager
+def failed_run_on_error(registry: ModelRegistry, run_id: str) -> Iterator[None]:
+    """A nested run whose training raised ends failed, with the error's tail as a tag; the error goes on."""
+    try:
+        yield
+    except BaseException as error:
+        with mlflow_writes(registry.tracking_uri):
+            registry.set_run_tags(run_id, {"error": str(error)[-4000:]})
+            registry.end_run(run_id, failed=True)
+        raise
+
+
 def log_history(registry: ModelRegistry, run_id: str, history_file: Path) -> None:
     history = json.loads(history_file.read_text())
     for record in history.get("history", []):
@@ -88,13 +100,8 @@ def sweep_trial(params: Params, layout: ProjectLayout, registry: ModelRegistry, 
                                      "sweep.trial": str(index), "sweep.threads": str(threads)})
     get_run_logger().info("%s %s: training with %d torch thread(s), MLflow run %s",
                           trial_name(index), overrides, threads, run_id)
-    try:
+    with failed_run_on_error(registry, run_id):
         result = train_trial(layout, params, index, overrides, threads, run_id=run_id)
-    except BaseException as error:
-        with mlflow_writes(registry.tracking_uri):
-            registry.set_run_tags(run_id, {"error": str(error)[-4000:]})
-            registry.end_run(run_id, failed=True)
-        raise
     with mlflow_writes(registry.tracking_uri):
         log_history(registry, run_id, result.history_file)
         registry.log_metrics(run_id, {"best_score": result.best_score, "best_epoch": result.best_epoch,
