@@ -56,6 +56,11 @@ def token_task_refusal(template: str | None, token_task: bool) -> str | None:
             "Remove data.template (or set it to null)")
 
 
+def template_refusal_for(template: str | None, token_task: bool) -> str | None:
+    """Why `template` cannot go with a model of this kind (token_task: a token classifier), or None."""
+    return template_refusal(template) or token_task_refusal(template, token_task)
+
+
 def apply_template(template: str | None, texts: Iterable[str]) -> list[str]:
     """Each text as the model reads it: inside the template, or as it is when template is None.
 

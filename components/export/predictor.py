@@ -20,7 +20,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from components.config import OUTSIDE_TAG, SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION
-from components.data.template import apply_template, template_refusal, token_task_refusal
+from components.data.template import apply_template, template_refusal_for
 from components.entities import first_subtoken_positions
 
 MODEL_FILE = "model.onnx"
@@ -55,9 +55,7 @@ class ModelCard(BaseModel):
 
     @model_validator(mode="after")
     def _template_fits(self) -> ModelCard:
-        refusal = template_refusal(self.template) or token_task_refusal(
-            self.template, self.task == TOKEN_CLASSIFICATION)
-        if refusal:
+        if refusal := template_refusal_for(self.template, self.task == TOKEN_CLASSIFICATION):
             raise ValueError(refusal)
         return self
 

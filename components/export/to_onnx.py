@@ -304,9 +304,9 @@ def export_onnx(
     entity_types = entity_types_of(labels) if task == TOKEN_CLASSIFICATION else []
     if task == TOKEN_CLASSIFICATION and "O" not in labels:
         raise ExportError(f"{model_dir}: a token classifier's labels must be IOB2 tags with 'O', got {labels}")
-    from components.data.template import apply_template, template_refusal, token_task_refusal
+    from components.data.template import apply_template, template_refusal_for
 
-    if refusal := template_refusal(template) or token_task_refusal(template, task == TOKEN_CLASSIFICATION):
+    if refusal := template_refusal_for(template, task == TOKEN_CLASSIFICATION):
         raise ExportError(refusal)
     calibration_texts = apply_template(template, calibration_texts)
     max_length = max_length or default_max_length(tokenizer, model.config)
