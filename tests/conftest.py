@@ -51,6 +51,13 @@ def same_global_state_for_every_test():
     os.environ.update(environment)
 
 
+def pytest_collection_modifyitems(config, items):
+    """The slow end-to-end modules first (a stable sort keeps each module's own order): `make test` runs
+    on two workers, one module at a time each, and the minutes-long modules then overlap each other and
+    the quick tests instead of one of them starting last while the other worker sits idle."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(scope="session")
 def tiny_base_model(tmp_path_factory) -> Path:
     corpus = sentiment_frame(400, seed=123)["review"].tolist()

@@ -13,7 +13,14 @@ import pytest
 import flows.curve  # noqa: F401 - imports flows.retrain before capsys: Prefect's console-handler quirk
 from components.config import ConfigError
 from components.curve_params import CurveParams
-from components.model.curve import epochs_for, sentence_order, stratified_order, subset, subset_order
+from components.model.curve import (
+    epochs_for,
+    sentence_order,
+    stratified_order,
+    subset,
+    subset_order,
+    validation_interval,
+)
 from tests.project import make_project
 
 LABELS = [0] * 140 + [1] * 60  # 70% / 30%
@@ -43,6 +50,8 @@ def test_small_subsets_train_at_least_min_steps():
     assert epochs_for(rows=64, batch_size=32, epochs=2, min_steps=100) == 50
     assert epochs_for(rows=10_000, batch_size=32, epochs=2, min_steps=100) == 2
     assert epochs_for(rows=64, batch_size=32, epochs=2, min_steps=0) == 2
+    # and validate as often as the recipe does: twice for a 2-epoch recipe, the last epoch included
+    assert validation_interval(50, 2) == 25 and validation_interval(2, 2) == 1 and validation_interval(7, 2) == 4
 
 
 @pytest.mark.parametrize("values, says", [

@@ -120,6 +120,13 @@ def test_early_stopping_stops_when_the_metric_stalls(tiny_base_model):
     assert result.best_epoch == 1
 
 
+def test_validation_every_n_epochs_scores_and_picks_only_those_epochs_and_the_last(tiny_base_model):
+    result, _ = run(tiny_base_model, None, epochs=5, validate_every=2)
+    validated = [r.epoch for r in result.history if r.validation_accuracy is not None]
+    assert [r.epoch for r in result.history] == [1, 2, 3, 4, 5] and validated == [2, 4, 5]
+    assert result.best_epoch in validated and result.best_score >= 0.9, result.history
+
+
 def test_a_hard_killed_run_resumes_to_the_same_weights(tiny_base_model, tmp_path):
     checkpoints = tmp_path / "checkpoints"
     # Killed at step 67 of 120: the last checkpoint is step 65, mid-epoch 2 (40 steps per epoch).

@@ -87,6 +87,7 @@ class CurvePoint:
     labels: int  # training rows (NER: sentences) it trains on
     seed: int
     epochs: int
+    validate_every: int  # epochs between validation passes: as many passes as the method's own recipe makes
     key: str
 
     @property
@@ -98,7 +99,7 @@ class CurvePoint:
         curve (max_train_examples would draw its own, un-nested sample) and no step checkpoints (a killed
         point starts again: its epoch checkpoints suffice)."""
         return {**self.overrides, "train.seed": self.seed, "train.epochs": self.epochs,
-                "train.max_train_examples": None, "train.checkpoint_every_steps": None}
+                "train.validate_every": self.validate_every, "train.max_train_examples": None, "train.checkpoint_every_steps": None}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -127,6 +128,13 @@ def require_splits(layout: ProjectLayout) -> None:
 def epochs_for(rows: int, batch_size: int, epochs: int, min_steps: int) -> int:
     steps_per_epoch = max(1, math.ceil(rows / batch_size))
     return max(epochs, math.ceil(min_steps / steps_per_epoch))
+
+
+def validation_interval(epochs: int, recipe_epochs: int) -> int:
+    """Epochs between validation passes, so that a point validates as often as the method's own recipe
+    (train.epochs) does: 50 epochs over 64 rows would otherwise spend most of their time scoring the
+    validation split."""
+    return math.ceil(epochs / recipe_epochs)
 
 
 def point_key(layout: ProjectLayout, params: Params, train_overrides: dict[str, Any], size: int | str,
@@ -175,10 +183,11 @@ def plan_points(layout: ProjectLayout, params: Params) -> list[CurvePoint]:
         for method, overrides in curve.methods.items():
             base = bases[method]
             epochs = epochs_for(count, base.train.batch_size, base.train.epochs, curve.min_steps)
+            validate_every = validation_interval(epochs, base.train.epochs)
             for seed in curve.seeds:
-                draft = CurvePoint(method, dict(overrides), label, count, seed, epochs, key="")
+                draft = CurvePoint(method, dict(overrides), label, count, seed, epochs, validate_every, key="")
                 key = point_key(layout, params, draft.train_overrides(), label, count)
-                points.append(CurvePoint(method, dict(overrides), label, count, seed, epochs, key))
+                points.append(CurvePoint(method, dict(overrides), label, count, seed, epochs, validate_every, key))
     return points
 
 

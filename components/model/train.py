@@ -64,9 +64,9 @@ class DistilledSplit(TokenizedSplit):
 class EpochRecord:
     epoch: int
     train_loss: float
-    validation_loss: float
-    validation_accuracy: float
-    validation_macro_f1: float
+    validation_loss: float | None  # None: no validation pass after this epoch (train.validate_every)
+    validation_accuracy: float | None
+    validation_macro_f1: float | None
     seconds: float
     examples_per_second: float
     validation_entity_f1: float | None = None
@@ -461,23 +461,29 @@ def _train(model, train: TokenizedSplit, validation: TokenizedSplit, labels: lis
                 on_step(state.global_step)
         progress.close()
         seconds = seconds_before + time.perf_counter() - started
-        scores = evaluate_split(model, validation, labels, params.eval_batch_size, pad_id, entity_types, compute)
         train_loss = mean_over_ranks(state.running_loss / max(len(batches), 1), ranks)
-        record = EpochRecord(epoch, train_loss, scores["loss"], scores["accuracy"],
-                             scores["macro_f1"], seconds, len(train) / seconds, scores.get("entity_f1"))
-        state.history.append(asdict(record))
-        say(f"epoch {epoch}: train_loss={record.train_loss:.4f} val_loss={record.validation_loss:.4f} "
-                   f"val_accuracy={record.validation_accuracy:.4f} val_{metric}={scores[metric]:.4f}")
-        if scores[metric] > state.best_score:
-            state.best_score, state.best_epoch, state.epochs_without_improvement = scores[metric], epoch, 0
-            best_state = _state_copy(model)
-            if checkpoints and ranks.is_main:
-                checkpoints.save_best(best_state)
+        if epoch % params.validate_every and epoch < params.epochs:
+            state.history.append(asdict(EpochRecord(epoch, train_loss, None, None, None, seconds,
+                                                    len(train) / seconds)))
+            say(f"epoch {epoch}: train_loss={train_loss:.4f} (validation every {params.validate_every} epochs)")
         else:
-            state.epochs_without_improvement += 1
-            if params.early_stopping_patience and state.epochs_without_improvement >= params.early_stopping_patience:
-                state.stopped = True
-                say(f"early stopping: no better val_{metric} for {state.epochs_without_improvement} epoch(s)")
+            scores = evaluate_split(model, validation, labels, params.eval_batch_size, pad_id, entity_types, compute)
+            record = EpochRecord(epoch, train_loss, scores["loss"], scores["accuracy"],
+                                 scores["macro_f1"], seconds, len(train) / seconds, scores.get("entity_f1"))
+            state.history.append(asdict(record))
+            say(f"epoch {epoch}: train_loss={record.train_loss:.4f} val_loss={record.validation_loss:.4f} "
+                f"val_accuracy={record.validation_accuracy:.4f} val_{metric}={scores[metric]:.4f}")
+            if scores[metric] > state.best_score:
+                state.best_score, state.best_epoch, state.epochs_without_improvement = scores[metric], epoch, 0
+                best_state = _state_copy(model)
+                if checkpoints and ranks.is_main:
+                    checkpoints.save_best(best_state)
+            else:
+                state.epochs_without_improvement += 1
+                if params.early_stopping_patience and state.epochs_without_improvement >= params.early_stopping_patience:
+                    state.stopped = True
+                    say(f"early stopping: no better val_{metric} for {state.epochs_without_improvement} "
+                        "validation pass(es)")
         state.epoch, state.step_in_epoch, state.running_loss, state.seconds_in_epoch = epoch + 1, 0, 0.0, 0.0
         if checkpoints:
             _save_checkpoint(checkpoints, model, optimizer, scheduler, state, ranks)
