@@ -146,6 +146,7 @@ def test_the_http_service_and_explain_take_raw_text(predictor):
         explained = http.post("/explain", json={"text": RAW[0], "max_evals": 20})
         assert explained.status_code == 200, explained.text
         words = explained.json()["explanations"][0]["words"]
+        assert http.get("/metadata").json()["template"] == TEMPLATE  # what a client's text goes into
     # Attributions are over the client's words, with offsets into the client's text: no template word.
     assert [w["word"] for w in words] == RAW[0].split()
     assert all(RAW[0][w["start"]:w["end"]] == w["word"] for w in words)

@@ -272,7 +272,9 @@ def create_app(model: ServedModel | ModelHolder, settings: ServiceSettings | Non
             **({"entity_types": list(served.predictor.entity_types)}
                if hasattr(served.predictor, "entity_types") else {}),
             "providers": list(getattr(served.predictor, "providers", []) or []),
-            **({"precision": served.predictor.card.precision, "quantization": served.predictor.card.quantization}
+            # template: data.template, which the service puts each client text into (None: texts as sent)
+            **({"precision": served.predictor.card.precision, "quantization": served.predictor.card.quantization,
+                "template": served.predictor.card.template}
                if hasattr(served.predictor, "card") else {}),
             "max_texts": settings.max_texts_per_request,
             "limits": {"max_texts_per_request": settings.max_texts_per_request,
