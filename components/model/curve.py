@@ -22,7 +22,7 @@ import math
 import random
 import shutil
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -99,7 +99,8 @@ class CurvePoint:
         curve (max_train_examples would draw its own, un-nested sample) and no step checkpoints (a killed
         point starts again: its epoch checkpoints suffice)."""
         return {**self.overrides, "train.seed": self.seed, "train.epochs": self.epochs,
-                "train.validate_every": self.validate_every, "train.max_train_examples": None, "train.checkpoint_every_steps": None}
+                "train.validate_every": self.validate_every, "train.max_train_examples": None,
+                "train.checkpoint_every_steps": None}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -186,8 +187,7 @@ def plan_points(layout: ProjectLayout, params: Params) -> list[CurvePoint]:
             validate_every = validation_interval(epochs, base.train.epochs)
             for seed in curve.seeds:
                 draft = CurvePoint(method, dict(overrides), label, count, seed, epochs, validate_every, key="")
-                key = point_key(layout, params, draft.train_overrides(), label, count)
-                points.append(CurvePoint(method, dict(overrides), label, count, seed, epochs, validate_every, key))
+                points.append(replace(draft, key=point_key(layout, params, draft.train_overrides(), label, count)))
     return points
 
 
