@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 
+from components.model.checkpoints import TrainingState
 from tests.project import REPO_ROOT
 from tests.train_job import (
     ENTITY_TYPES,
@@ -118,6 +119,21 @@ def test_early_stopping_stops_when_the_metric_stalls(tiny_base_model):
     assert result.stopped_early
     assert [r.epoch for r in result.history] == [1, 2]
     assert result.best_epoch == 1
+
+
+def test_training_state_keeps_the_best_pass_and_stops_after_patience_passes_without_a_better_one():
+    state = TrainingState()
+    assert state.observe(0.5, 1, patience=2)
+    assert not state.observe(0.5, 2, patience=2)  # equal is not better: the earlier weights stay
+    assert not state.stopped
+    assert state.observe(0.6, 3, patience=2)  # a better pass resets the count
+    assert (state.best_epoch, state.best_score, state.epochs_without_improvement) == (3, 0.6, 0)
+    assert not state.observe(0.4, 4, patience=2) and not state.stopped
+    assert not state.observe(0.4, 5, patience=2) and state.stopped
+    unbounded = TrainingState()
+    for epoch in range(1, 6):
+        unbounded.observe(0.1 if epoch == 1 else 0.0, epoch, patience=None)
+    assert not unbounded.stopped and unbounded.best_epoch == 1
 
 
 def test_validation_every_n_epochs_scores_and_picks_only_those_epochs_and_the_last(tiny_base_model):

@@ -34,6 +34,16 @@ class TrainingState:
     stopped: bool = False
     history: list[dict] = field(default_factory=list)
 
+    def observe(self, score: float, epoch: int, patience: int | None) -> bool:
+        """Count a validation pass; True when its score is the best so far (its weights are the ones to keep).
+        After `patience` passes in a row without a better score, `stopped` is set."""
+        if score > self.best_score:
+            self.best_score, self.best_epoch, self.epochs_without_improvement = score, epoch, 0
+            return True
+        self.epochs_without_improvement += 1
+        self.stopped = bool(patience) and self.epochs_without_improvement >= patience
+        return False
+
 
 def _atomic_save(payload: dict, path: Path) -> None:
     scratch = path.with_suffix(".tmp")

@@ -473,17 +473,13 @@ def _train(model, train: TokenizedSplit, validation: TokenizedSplit, labels: lis
             state.history.append(asdict(record))
             say(f"epoch {epoch}: train_loss={record.train_loss:.4f} val_loss={record.validation_loss:.4f} "
                 f"val_accuracy={record.validation_accuracy:.4f} val_{metric}={scores[metric]:.4f}")
-            if scores[metric] > state.best_score:
-                state.best_score, state.best_epoch, state.epochs_without_improvement = scores[metric], epoch, 0
+            if state.observe(scores[metric], epoch, params.early_stopping_patience):
                 best_state = _state_copy(model)
                 if checkpoints and ranks.is_main:
                     checkpoints.save_best(best_state)
-            else:
-                state.epochs_without_improvement += 1
-                if params.early_stopping_patience and state.epochs_without_improvement >= params.early_stopping_patience:
-                    state.stopped = True
-                    say(f"early stopping: no better val_{metric} for {state.epochs_without_improvement} "
-                        "validation pass(es)")
+            elif state.stopped:
+                say(f"early stopping: no better val_{metric} for {state.epochs_without_improvement} "
+                    "validation pass(es)")
         state.epoch, state.step_in_epoch, state.running_loss, state.seconds_in_epoch = epoch + 1, 0, 0.0, 0.0
         if checkpoints:
             _save_checkpoint(checkpoints, model, optimizer, scheduler, state, ranks)
