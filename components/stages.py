@@ -51,7 +51,8 @@ def preprocess(layout: ProjectLayout, params: Params) -> None:
                                        template=params.data.template)
         save_tokenized(tokenized, layout.tokenized_file(name))
         print(f"{name}: {len(tokenized)} examples")
-    write_template_record(layout.splits_dir, params.data.template)  # the teacher and distill stages follow it
+    # The teacher and distill stages follow it (a changed template or model.word_shapes re-trains the teacher).
+    write_template_record(layout.splits_dir, params.data.template, params.model.word_shapes)
 
 
 def adapt(layout: ProjectLayout, params: Params) -> None:
@@ -110,6 +111,7 @@ def teacher(layout: ProjectLayout, params: Params) -> None:
     from components.model.compute import resolve_compute
     from components.model.distill import score_on_test, teacher_fingerprint, tokenize_frame
     from components.model.modeling import load_classifier, load_tokenizer, resolve_model_source
+    from components.model.shape_channel import add_word_shapes
     from components.model.train import save_model, seed_everything, train_classifier
 
     settings = params.distill.teacher_train
@@ -121,6 +123,8 @@ def teacher(layout: ProjectLayout, params: Params) -> None:
     frames = {name: pd.read_csv(layout.split_file(name), dtype=str, keep_default_na=False) for name in SPLITS}
     seed_everything(settings.seed)
     model = load_classifier(source, params.model_labels, token_level=params.is_token_task)
+    if params.model.word_shapes:  # the teacher reads capitalization as the student does
+        model = add_word_shapes(model, source)
     checkpoints = Checkpointer(layout.checkpoints_dir / teacher_fingerprint(
         params, layout.split_file("train"), layout.split_file("validation")))
     train_split, validation_split = (tokenize_frame(frames[name], tokenizer, params) for name in ("train", "validation"))
@@ -233,7 +237,7 @@ def training_fingerprint(layout: ProjectLayout, params: Params) -> str:
 def train_model(layout: ProjectLayout, params: Params, outputs: TrainOutputs):
     """Fine-tune from the starting point on the tokenized splits; the best epoch's model goes to outputs."""
     from components.data.preprocess import load_tokenized
-    from components.data.word_shapes import add_word_shapes, uses_word_shapes
+    from components.data.word_shapes import uses_word_shapes
     from components.model.adapt import adapted_source
     from components.model.checkpoints import Checkpointer
     from components.model.continual import START_MODEL, read_starting_point, replay_mix
@@ -243,6 +247,7 @@ def train_model(layout: ProjectLayout, params: Params, outputs: TrainOutputs):
         load_tokenizer,
         resolve_model_source,
     )
+    from components.model.shape_channel import add_word_shapes
     from components.model.train import save_model, seed_everything, train_classifier
 
     point = read_starting_point(layout.start_dir)
@@ -258,7 +263,7 @@ def train_model(layout: ProjectLayout, params: Params, outputs: TrainOutputs):
     if uses_word_shapes(model.config) and not params.model.word_shapes:
         raise ConfigError(f"model.word_shapes: the starting model {source} reads word shapes; keep model.word_shapes: true")
     if params.model.word_shapes:
-        add_word_shapes(model)
+        model = add_word_shapes(model, source)
     train_split = load_tokenized(layout.tokenized_file("train"))
     labelled_rows, distillation = len(train_split), None
     if params.distill.enabled:

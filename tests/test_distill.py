@@ -197,6 +197,48 @@ def test_ner_word_targets_land_on_the_students_first_sub_tokens(tiny_ner_base_mo
     assert np.isfinite(result.history[0].train_loss) and result.history[0].train_loss > 0
 
 
+def test_with_word_shapes_an_uncased_mpnet_teacher_reads_capitalization(tiny_ner_base_model, tmp_path):
+    import torch
+
+    from components.config import iob2_tags
+    from components.data.preprocess import write_template_record
+    from components.data.word_shapes import TITLE
+    from components.model.distill import teacher_fingerprint, tokenize_frame, word_logits
+    from components.model.modeling import load_classifier, load_tokenizer
+    from components.model.shape_channel import add_word_shapes
+    from tests.tiny import ner_corpus
+    from tests.tiny_mpnet import build_tiny_mpnet_model
+    from tests.train_job import ENTITY_TYPES
+
+    mpnet = build_tiny_mpnet_model(tmp_path / "teacher", ner_corpus())
+    settings = {"task": "token-classification", "data": {"source": "x.jsonl", "labels": ENTITY_TYPES},
+                "model": {"base_model": str(tiny_ner_base_model), "max_length": 32, "word_shapes": True},
+                "distill": {"enabled": True, "teacher_model": str(mpnet)}}
+    params = parse_params(settings, env={})
+    frame = pd.DataFrame({"text": ["they met Paris", "they met paris"], "label": ["O O B-LOC", "O O O"]})
+    tokenizer = load_tokenizer(str(mpnet))
+    split = tokenize_frame(frame, tokenizer, params)
+    assert split.input_ids[0] == split.input_ids[1]  # the tokenizer lowercases: the ids alone cannot tell
+    assert split.token_type_ids[0] != split.token_type_ids[1] and TITLE in split.token_type_ids[0]
+
+    torch.manual_seed(0)
+    teacher = add_word_shapes(load_classifier(str(mpnet), iob2_tags(ENTITY_TYPES), token_level=True))
+    with torch.no_grad():
+        teacher.shape_embeddings.weight[TITLE] += 1.0  # what training would learn, in caricature
+    capital, lower = word_logits(teacher, tokenizer, [["they", "met", "Paris"], ["they", "met", "paris"]], 32, 8)
+    assert not np.allclose(capital[2], lower[2])  # the distill targets carry what capitalization says
+
+    # The teacher's checkpoints and DVC's view of the splits both change with the setting.
+    for name in ("train", "validation"):
+        frame.to_csv(tmp_path / f"{name}.csv", index=False)
+    plain = parse_params({**settings, "model": {**settings["model"], "word_shapes": False}}, env={})
+    assert (teacher_fingerprint(params, tmp_path / "train.csv", tmp_path / "validation.csv")
+            != teacher_fingerprint(plain, tmp_path / "train.csv", tmp_path / "validation.csv"))
+    assert json.loads(write_template_record(tmp_path, None, True).read_text()) == {"template": None,
+                                                                                    "word_shapes": True}
+    assert json.loads(write_template_record(tmp_path, None, False).read_text()) == {"template": None}
+
+
 def test_gate_refuses_a_student_that_trails_its_teacher_by_more_than_max_teacher_gap():
     from components.lifecycle.gate import decide
 

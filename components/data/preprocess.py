@@ -94,14 +94,17 @@ def tokenize_split(frame: pd.DataFrame, tokenizer, labels: list[str], max_length
                           batch_ids=_batch_ids(frame))
 
 
-def write_template_record(splits_dir: Path, template: str | None) -> Path:
-    """artifacts/splits/template.json: the data.template the splits are read through. The split CSVs keep
-    the raw text, so without it a stage that reads them (the distillation teacher) would not see, through
-    DVC, that the text its model reads has changed."""
+def write_template_record(splits_dir: Path, template: str | None, word_shapes: bool = False) -> Path:
+    """artifacts/splits/template.json: how the splits are read: through data.template, and with word shapes
+    (model.word_shapes). The split CSVs keep the raw text, so without it a stage that reads them (the
+    distillation teacher) would not see, through DVC, that what its model reads has changed."""
     import json
 
+    record: dict = {"template": template}
+    if word_shapes:  # only then: a record written before word shapes reached the teacher stays the same
+        record["word_shapes"] = True
     path = Path(splits_dir) / TEMPLATE_RECORD
-    path.write_text(json.dumps({"template": template}) + "\n", encoding="utf-8")
+    path.write_text(json.dumps(record) + "\n", encoding="utf-8")
     return path
 
 

@@ -84,8 +84,9 @@ def default_max_length(tokenizer, config) -> int:
 
 
 def graph_input_names(model, tokenizer) -> list[str]:
-    """Inputs the tokenizer produces and the model takes, in a fixed order."""
-    produced = set(tokenizer(["probe"]).keys())
+    """Inputs the tokenizer produces and the model takes, in a fixed order; token_type_ids also where they
+    carry word shapes, which the predictor computes (an MPNet tokenizer gives none)."""
+    produced = set(tokenizer(["probe"]).keys()) | ({"token_type_ids"} if uses_word_shapes(model.config) else set())
     accepted = set(inspect.signature(model.forward).parameters)
     names = [n for n in CANDIDATE_INPUTS if n in produced and n in accepted]
     if "input_ids" not in names:
@@ -94,7 +95,9 @@ def graph_input_names(model, tokenizer) -> list[str]:
 
 
 def encode(tokenizer, texts: list[str], input_names: list[str], max_length: int) -> dict[str, np.ndarray]:
-    encoded = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="np")
+    encoded = dict(tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="np"))
+    if "token_type_ids" in input_names and "token_type_ids" not in encoded:  # word shapes: the lower shape, 0
+        encoded["token_type_ids"] = np.zeros_like(encoded["input_ids"])
     return {name: np.asarray(encoded[name], dtype=np.int64) for name in input_names}
 
 

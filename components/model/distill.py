@@ -112,12 +112,13 @@ def unlabelled_changed(artifacts: Path, params: Params, root: Path) -> bool:
 
 def tokenize_frame(frame: pd.DataFrame, tokenizer, params: Params) -> TokenizedSplit:
     """A split frame in the teacher's sub-tokens, as the preprocess stage tokenizes for the student.
-    The teacher reads plain words: model.word_shapes is the student's setting (a cased teacher sees
-    capitals itself)."""
+    With model.word_shapes the teacher reads them too: capitalization is the task's cue, whichever model
+    learns it (an uncased teacher would not see it otherwise)."""
     from components.data.preprocess import tokenize_split, tokenize_tagged_split
 
     if params.is_token_task:
-        return tokenize_tagged_split(frame, tokenizer, params.model_labels, params.model.max_length)
+        return tokenize_tagged_split(frame, tokenizer, params.model_labels, params.model.max_length,
+                                     word_shapes=params.model.word_shapes)
     return tokenize_split(frame, tokenizer, params.data.labels, params.model.max_length, template=params.data.template)
 
 
@@ -144,6 +145,8 @@ def teacher_fingerprint(params: Params, train_csv: Path, validation_csv: Path) -
                               params.model_labels]).encode())
     if params.data.template is not None:  # only then: checkpoints of runs without a template keep their keys
         digest.update(params.data.template.encode())
+    if params.model.word_shapes:  # likewise
+        digest.update(b"word_shapes")
     for path in (train_csv, validation_csv):
         digest.update(path.read_bytes())
     return "teacher-" + digest.hexdigest()[:16]

@@ -113,6 +113,8 @@ def load_torch_model(model_dir: Path, task: Task | None = None):
 
     A model trained with a soft prompt (prompt.json beside it) comes back as a PromptedModel
     (components/model/prompted.py): the plain model with its prompt in front, called like the plain one.
+    One without token types that reads word shapes comes back as a ShapeChannel
+    (components/model/shape_channel.py), its shape table beside it.
     """
     from transformers import (
         AutoModelForSequenceClassification,
@@ -120,7 +122,9 @@ def load_torch_model(model_dir: Path, task: Task | None = None):
         AutoTokenizer,
     )
 
+    from components.data.word_shapes import token_type_rows, uses_word_shapes
     from components.model.prompted import load_prompted, position_limit, read_prompt_card
+    from components.model.shape_channel import load_shape_channel
 
     task = task or saved_model_task(model_dir)
     auto = AutoModelForTokenClassification if task == TOKEN_CLASSIFICATION else AutoModelForSequenceClassification
@@ -129,6 +133,8 @@ def load_torch_model(model_dir: Path, task: Task | None = None):
     )
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=False)
+    if uses_word_shapes(model.config) and not token_type_rows(model.config):
+        model = load_shape_channel(model, Path(model_dir)).eval()
     if read_prompt_card(model_dir) is not None:
         model = load_prompted(model, Path(model_dir))
         if model.method == "p-tuning" and position_limit(model.config):
@@ -141,8 +147,9 @@ def load_torch_model(model_dir: Path, task: Task | None = None):
 
 def model_task(model) -> Task:
     from components.model.prompted import PromptedModel
+    from components.model.shape_channel import ShapeChannel
 
-    if isinstance(model, PromptedModel):
+    if isinstance(model, (PromptedModel, ShapeChannel)):
         return TOKEN_CLASSIFICATION if model.token_level else SEQUENCE_CLASSIFICATION
     return TOKEN_CLASSIFICATION if type(model).__name__.endswith("ForTokenClassification") else SEQUENCE_CLASSIFICATION
 

@@ -69,9 +69,13 @@ def trainable_head(model) -> list[str]:
 def add_prompt(model, method: str, settings: PromptParams, longest: int) -> PromptTrainingModel:
     """`model` frozen but for its head (and its word-shape token types, which are new rows), with a
     trainable prompt in front. `longest`: the longest tokenized row it will see."""
-    from components.data.word_shapes import uses_word_shapes
+    from components.model.shape_channel import ShapeChannel, keep_shapes_trainable
 
     model_type = model.config.model_type
+    if isinstance(model, ShapeChannel):
+        raise ConfigError(f"train.peft: {method} with model.word_shapes on a {model_type} model: its word shapes ride "
+                          "on the word embeddings (it has no token type ids), and a soft prompt does too; use "
+                          "train.peft: lora (or none), or model.word_shapes: false")
     if method == "prefix" and not getattr(model, "_supports_attention_backend", False):
         raise ConfigError(f"train.peft: prefix puts trained keys/values into every attention layer through "
                           f"transformers' attention interface, which {model_type} attention does not use; use "
@@ -85,6 +89,5 @@ def add_prompt(model, method: str, settings: PromptParams, longest: int) -> Prom
     head = set(trainable_head(model))
     for name, parameter in model.named_parameters():
         parameter.requires_grad_(name in head)
-    if uses_word_shapes(model.config):  # the shape rows are new: they must learn
-        model.base_model.embeddings.token_type_embeddings.requires_grad_(True)
+    keep_shapes_trainable(model)
     return PromptTrainingModel(model, method, settings)

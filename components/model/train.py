@@ -38,6 +38,7 @@ from components.model.distributed import (
     shard,
     wrap,
 )
+from components.model.shape_channel import ShapeChannel, keep_shapes_trainable
 from components.peft_params import PROMPT_METHODS
 
 StepHook = Callable[[int], None]  # called with the global step after each optimizer step
@@ -206,8 +207,7 @@ def freeze(model, *, embeddings: bool, layers: int) -> None:
         bias = getattr(encoder_model.encoder, "relative_attention_bias", None)
         if bias is not None:
             bias.requires_grad_(False)
-        if uses_word_shapes(model.config):  # the shape rows are new: they must learn
-            encoder_model.embeddings.token_type_embeddings.requires_grad_(True)
+        keep_shapes_trainable(model)
     if layers:
         stack = encoder_model.encoder.layer
         if layers > len(stack):
@@ -258,12 +258,26 @@ def lora_targets(model, configured: list[str] | dict[str, list[str]] | None) -> 
 def add_lora(model, params: TrainParams, token_level: bool):
     from peft import LoraConfig, TaskType, get_peft_model
 
+    channel = model if isinstance(model, ShapeChannel) else None
+    if channel is not None:  # adapters on the model inside; the channel's own shape table trains in full
+        model = channel.model
     # New weights train in full beside the adapters: the word-shape rows (peft already adds the head).
-    extra = ["token_type_embeddings"] if uses_word_shapes(model.config) else None
+    extra = ["token_type_embeddings"] if uses_word_shapes(model.config) and channel is None else None
     config = LoraConfig(task_type=TaskType.TOKEN_CLS if token_level else TaskType.SEQ_CLS, r=params.lora.r,
                         lora_alpha=params.lora.alpha, lora_dropout=params.lora.dropout,
                         target_modules=lora_targets(model, params.lora.target_modules), modules_to_save=extra)
-    return get_peft_model(model, config)
+    if channel is None:
+        return get_peft_model(model, config)
+    channel.model = get_peft_model(model, config)
+    return channel
+
+
+def merge_lora(model):
+    """The model with its LoRA adapters merged in: a plain model, which export and serving take without peft."""
+    if isinstance(model, ShapeChannel):
+        model.model = model.model.merge_and_unload()
+        return model
+    return model.merge_and_unload()
 
 
 def _optimizer(model: torch.nn.Module, params: TrainParams) -> torch.optim.Optimizer:
@@ -487,7 +501,7 @@ def _train(model, train: TokenizedSplit, validation: TokenizedSplit, labels: lis
     model.load_state_dict(best_state)
     model.to("cpu")  # saved, exported and served from the CPU, whatever trained it
     if params.peft == "lora":
-        model = model.merge_and_unload()  # a plain model: export and serving need no peft
+        model = merge_lora(model)
     elif params.peft in PROMPT_METHODS:
         model = model.frozen()  # the plain model + the trained prompt as constants (components/model/prompted.py)
     result = TrainResult(
