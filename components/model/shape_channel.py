@@ -64,9 +64,10 @@ class ShapeChannel(torch.nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, **kwargs):
+        if token_type_ids is None:  # as BERT reads a missing token_type_ids: all the first row (lower)
+            token_type_ids = torch.zeros_like(input_ids)
         embeddings = self.model.get_input_embeddings()(input_ids)
-        if token_type_ids is not None:
-            embeddings = embeddings + self.shape_embeddings(token_type_ids).to(embeddings.dtype)
+        embeddings = embeddings + self.shape_embeddings(token_type_ids).to(embeddings.dtype)
         return self.model(inputs_embeds=embeddings, attention_mask=attention_mask,
                           position_ids=self._position_ids(input_ids), **kwargs)
 
@@ -74,7 +75,9 @@ class ShapeChannel(torch.nn.Module):
         """The positions the model gives itself from input_ids, which it cannot see behind inputs_embeds:
         MPNet (like RoBERTa) numbers real tokens from pad_token_id + 1 and gives padding pad_token_id;
         from embeddings alone it would number every position, padding included, in a row."""
-        if self.config.model_type not in ("mpnet", "roberta", "xlm-roberta"):
+        from components.model.prompted import POSITIONS_AFTER_PADDING
+
+        if self.config.model_type not in POSITIONS_AFTER_PADDING:
             return None  # positions 0, 1, ... either way
         pad = int(self.config.pad_token_id)
         real = input_ids.ne(pad).long()
