@@ -146,10 +146,9 @@ def load_torch_model(model_dir: Path, task: Task | None = None):
 
 
 def model_task(model) -> Task:
-    from components.model.prompted import PromptedModel
-    from components.model.shape_channel import ShapeChannel
+    from components.model.wrapped import WrappedModel
 
-    if isinstance(model, (PromptedModel, ShapeChannel)):
+    if isinstance(model, WrappedModel):
         return TOKEN_CLASSIFICATION if model.token_level else SEQUENCE_CLASSIFICATION
     return TOKEN_CLASSIFICATION if type(model).__name__.endswith("ForTokenClassification") else SEQUENCE_CLASSIFICATION
 

@@ -24,6 +24,8 @@ from types import SimpleNamespace
 
 import torch
 
+from components.model.wrapped import WrappedModel
+
 PROMPT_WEIGHTS = "prompt.safetensors"
 PROMPT_CARD = "prompt.json"
 # The attention implementation a prefix-tuned model runs with: sdpa with the layer's prefix keys and
@@ -65,10 +67,6 @@ def use_prefix_attention(model) -> None:
     model.set_attn_implementation(PREFIX_ATTENTION)
 
 
-def is_token_classifier(model) -> bool:
-    return type(model).__name__.endswith("ForTokenClassification")
-
-
 # Model types that number a sequence's positions from pad_token_id + 1 (padding itself gets pad_token_id).
 POSITIONS_AFTER_PADDING = ("mpnet", "roberta", "xlm-roberta")
 
@@ -82,35 +80,21 @@ def position_limit(config) -> int:
     return limit
 
 
-class PromptedModel(torch.nn.Module):
+class PromptedModel(WrappedModel):
     """`model` with a soft prompt in front; forward(input_ids, attention_mask, token_type_ids) returns an
     object with `.logits` shaped like the plain model's. Subclassed at training time
     (components/model/prompts.py), where the prompt comes from a trainable encoder instead of constants."""
 
     def __init__(self, model, method: str, virtual_tokens: int, constants: dict[str, torch.Tensor] | None = None):
-        super().__init__()
+        super().__init__(model)
         if method not in ("prefix", "p-tuning"):
             raise ValueError(f"unknown prompt method {method!r} (prefix or p-tuning)")
-        self.model = model
         self.method = method
         self.virtual_tokens = virtual_tokens
         for name, tensor in (constants or {}).items():
             self.register_buffer(name, tensor)
         if method == "prefix":
             use_prefix_attention(model)
-
-    # What downstream code reads off a transformers model.
-    @property
-    def config(self):
-        return self.model.config
-
-    @property
-    def device(self) -> torch.device:
-        return self.model.device
-
-    @property
-    def token_level(self) -> bool:
-        return is_token_classifier(self.model)
 
     def prompt_tensors(self) -> dict[str, torch.Tensor]:
         """The prompt tensors: {"prompt"} for p-tuning, {"keys", "values"} for prefix."""

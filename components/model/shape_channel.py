@@ -19,18 +19,18 @@ from pathlib import Path
 import torch
 
 from components.data.word_shapes import CONFIG_FLAG, SHAPES, token_type_rows, uses_word_shapes
+from components.model.wrapped import WrappedModel
 
 SHAPE_WEIGHTS = "word_shapes.safetensors"
 _TABLE = "shape_embeddings"
 
 
-class ShapeChannel(torch.nn.Module):
+class ShapeChannel(WrappedModel):
     """`model` reading word shapes through a table of its own; forward(input_ids, attention_mask,
     token_type_ids) returns the model's output."""
 
     def __init__(self, model, table: torch.Tensor | None = None):
-        super().__init__()
-        self.model = model
+        super().__init__(model)
         hidden = model.get_input_embeddings().embedding_dim
         self.shape_embeddings = torch.nn.Embedding(len(SHAPES), hidden)
         with torch.no_grad():
@@ -40,24 +40,9 @@ class ShapeChannel(torch.nn.Module):
                 self.shape_embeddings.weight.copy_(table)
         setattr(model.config, CONFIG_FLAG, True)
 
-    # What downstream code reads off a transformers model.
     @property
-    def config(self):
-        return self.model.config
-
-    @property
-    def device(self) -> torch.device:
-        return self.model.device
-
-    @property
-    def base_model(self):
+    def base_model(self):  # freezing and LoRA reach into it
         return self.model.base_model
-
-    @property
-    def token_level(self) -> bool:
-        from components.model.prompted import is_token_classifier
-
-        return is_token_classifier(self.model)
 
     def get_input_embeddings(self):
         return self.model.get_input_embeddings()
