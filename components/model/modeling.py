@@ -146,11 +146,10 @@ def load_torch_model(model_dir: Path, task: Task | None = None):
 
 
 def model_task(model) -> Task:
-    from components.model.wrapped import WrappedModel
+    from components.model.wrapped import WrappedModel, is_token_classifier
 
-    if isinstance(model, WrappedModel):
-        return TOKEN_CLASSIFICATION if model.token_level else SEQUENCE_CLASSIFICATION
-    return TOKEN_CLASSIFICATION if type(model).__name__.endswith("ForTokenClassification") else SEQUENCE_CLASSIFICATION
+    token_level = model.token_level if isinstance(model, WrappedModel) else is_token_classifier(model)
+    return TOKEN_CLASSIFICATION if token_level else SEQUENCE_CLASSIFICATION
 
 
 def labels_in_id_order(model) -> list[str]:

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from components.config import TrainParams
 from components.data.preprocess import IGNORE_INDEX, TokenizedSplit
-from components.data.word_shapes import uses_word_shapes
+from components.data.word_shapes import token_type_rows, uses_word_shapes
 from components.model.checkpoints import Checkpointer, TrainingState
 from components.model.compute import Compute, resolve_compute
 from components.model.distributed import (
@@ -258,18 +258,16 @@ def lora_targets(model, configured: list[str] | dict[str, list[str]] | None) -> 
 def add_lora(model, params: TrainParams, token_level: bool):
     from peft import LoraConfig, TaskType, get_peft_model
 
-    channel = model if isinstance(model, ShapeChannel) else None
-    if channel is not None:  # adapters on the model inside; the channel's own shape table trains in full
-        model = channel.model
-    # New weights train in full beside the adapters: the word-shape rows (peft already adds the head).
-    extra = ["token_type_embeddings"] if uses_word_shapes(model.config) and channel is None else None
+    if isinstance(model, ShapeChannel):  # adapters on the model inside; the channel's own shape table trains in full
+        model.model = add_lora(model.model, params, token_level)
+        return model
+    # New weights train in full beside the adapters: the word-shape rows of a token type table (peft already
+    # adds the head).
+    extra = ["token_type_embeddings"] if uses_word_shapes(model.config) and token_type_rows(model.config) else None
     config = LoraConfig(task_type=TaskType.TOKEN_CLS if token_level else TaskType.SEQ_CLS, r=params.lora.r,
                         lora_alpha=params.lora.alpha, lora_dropout=params.lora.dropout,
                         target_modules=lora_targets(model, params.lora.target_modules), modules_to_save=extra)
-    if channel is None:
-        return get_peft_model(model, config)
-    channel.model = get_peft_model(model, config)
-    return channel
+    return get_peft_model(model, config)
 
 
 def merge_lora(model):
