@@ -170,6 +170,20 @@ class AdaptParams(Section):
     seed: int = 42
 
 
+# The distillation settings that shape only the student's loss: a sweep varies them over the teacher's
+# logits as the distill stage wrote them, without training the teacher again.
+SWEEPABLE_DISTILL_KEYS = ("temperature", "alpha")
+SWEEPABLE = "train.<setting>, distill.temperature or distill.alpha"
+
+
+def is_sweepable(key: str) -> bool:
+    """Whether a trial may set this dotted key: what the train stage alone reads."""
+    section, _, name = key.partition(".")
+    if section == "train":
+        return name in TrainParams.model_fields
+    return section == "distill" and name in SWEEPABLE_DISTILL_KEYS
+
+
 class SweepParams(Section):
     """A hyperparameter search run by the flow before training; the best trial's values go on."""
 
@@ -179,7 +193,8 @@ class SweepParams(Section):
     trials: int = Field(default=4, ge=1)
     max_concurrency: int = Field(default=2, ge=1)
     seed: int = 0
-    # Dotted train.* keys to the values to try, e.g. {"train.learning_rate": [5e-5, 1e-4]}.
+    # Dotted keys to the values to try, e.g. {"train.learning_rate": [5e-5, 1e-4]}: train.* settings, and
+    # distill.temperature and distill.alpha when distillation is on.
     space: dict[str, list[Any]] = Field(default_factory=dict)
     # Where the trials run: local (this process's threads, each trial training in a child process) or
     # dask (one Dask task per trial: on the scheduler at `address`, else on a LocalCluster of
@@ -188,11 +203,10 @@ class SweepParams(Section):
     address: str = ""  # tcp://host:8786, runner dask only; its workers must see the project at the same path
 
     @model_validator(mode="after")
-    def _space_is_train_params(self) -> "SweepParams":
+    def _space_is_sweepable(self) -> "SweepParams":
         for key, values in self.space.items():
-            section, _, field = key.partition(".")
-            if section != "train" or field not in TrainParams.model_fields:
-                raise ValueError(f"sweep.space: {key!r} is not a train.* setting")
+            if not is_sweepable(key):
+                raise ValueError(f"sweep.space: {key!r} cannot be swept: {SWEEPABLE}")
             if not values:
                 raise ValueError(f"sweep.space: {key!r} has no values to try")
         if self.enabled and not self.space:
@@ -521,6 +535,10 @@ class Params(Section):
             raise ValueError(f"data.labels: give entity types (PER, LOC, ...), not tags: {self.data.labels}")
         if self.gate.compare_metric == "entity_f1" and not self.is_token_task:
             raise ValueError("gate.compare_metric: entity_f1 needs task: token-classification")
+        swept_distill = [key for key in self.sweep.space if key.startswith("distill.")]
+        if swept_distill and not self.distill.enabled:
+            raise ValueError(f"sweep.space: {', '.join(swept_distill)} only shape a distilled student's loss, "
+                             "and distill.enabled is false: enable distillation or drop the key")
         if self.model.word_shapes and not self.is_token_task:
             raise ValueError("model.word_shapes: needs task: token-classification (words are tagged one by one)")
         if refusal := slice_columns_refusal(self.evaluate, self.data.keep_columns):

@@ -23,7 +23,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from components.config import ConfigError, Params
+from components.config import SWEEPABLE_DISTILL_KEYS, ConfigError, Params
 from components.layout import ProjectLayout
 from components.lifecycle.registry import ModelRegistry
 from components.lifecycle.tracking import flatten
@@ -86,6 +86,14 @@ def log_history(registry: ModelRegistry, run_id: str, history_file: Path) -> Non
         registry.log_metrics(run_id, metrics, step=record["epoch"])
 
 
+def swept_sections(params: Params) -> dict[str, Any]:
+    """What a trial's MLflow run records of its settings: train, and the student's distillation knobs."""
+    sections: dict[str, Any] = {"train": params.train.model_dump(mode="json")}
+    if params.distill.enabled:
+        sections["distill"] = params.distill.model_dump(mode="json", include=set(SWEEPABLE_DISTILL_KEYS))
+    return sections
+
+
 @task(name="sweep-trial", task_run_name="trial-{index}", cache_policy=NO_CACHE, persist_result=False)
 def sweep_trial(params: Params, layout: ProjectLayout, registry: ModelRegistry, parent_run_id: str, index: int,
                 overrides: dict[str, Any], threads: int) -> TrialResult:
@@ -96,7 +104,7 @@ def sweep_trial(params: Params, layout: ProjectLayout, registry: ModelRegistry, 
         run_id = registry.start_run(params.registry.experiment, trial_name(index), {
             PARENT_TAG: parent_run_id, "sweep_trial": str(index), "sweep_overrides": overrides,
             "mlflow.source.name": "tunegate sweep"})
-        registry.log_params(run_id, {**flatten({"train": trial_params.train.model_dump(mode="json")}),
+        registry.log_params(run_id, {**flatten(swept_sections(trial_params)),
                                      "sweep.trial": str(index), "sweep.threads": str(threads)})
     get_run_logger().info("%s %s: training with %d torch thread(s), MLflow run %s",
                           trial_name(index), overrides, threads, run_id)
@@ -194,7 +202,7 @@ def run_sweep(params: Params, layout: ProjectLayout, registry: ModelRegistry, pa
     previous_values (params.yaml's values before), trials (one row per trial), failed, cached
     (true when the train stage still held this sweep's winner and nothing ran). Raises
     SweepFailed when every trial failed, ConfigError when a trial's values are not valid settings.
-    After it returns, reload params.yaml: its train.* values are the winner's.
+    After it returns, reload params.yaml: its swept values are the winner's.
     """
     if params.sweep.runner == "dask":
         return _run_on_dask(params, layout, registry, parent_run_id)

@@ -20,7 +20,7 @@ from components.model.sweep import (
     threads_per_trial,
     trial_overrides,
 )
-from tests.project import make_project, read_params, tiny_params
+from tests.project import make_project, read_params, tiny_params, write_params
 
 SPACE = {"train.learning_rate": [1e-4, 5e-5], "train.batch_size": [16, 32, 64]}
 
@@ -86,6 +86,28 @@ def test_params_with_refuses_bad_values_saying_which(params, overrides, says):
     assert says in str(caught.value)
 
 
+def test_the_students_distillation_knobs_can_be_swept_when_distillation_is_on(tmp_path):
+    from components.config import parse_params
+
+    raw = tiny_params(tmp_path / "model", distill={"enabled": True, "teacher_model": "builtin:all-mpnet-base-v2"},
+                      sweep={"enabled": True, "space": {"distill.alpha": [0.2, 0.5], "distill.temperature": [1, 4]}})
+    params = parse_params(raw, source="params.yaml", env={})
+    changed = params_with(params, {"distill.alpha": 0.2, "distill.temperature": 4.0, "train.epochs": 5})
+    assert (changed.distill.alpha, changed.distill.temperature, changed.train.epochs) == (0.2, 4.0, 5)
+    assert changed.distill.teacher_model == params.distill.teacher_model and params.distill.alpha == 0.5
+
+    with pytest.raises(ConfigError, match="only shape a distilled student's loss"):
+        parse_params({**raw, "distill": {"enabled": False}}, source="params.yaml", env={})
+    # What would retrain the teacher is not the sweep's to vary: its logits are the distill stage's output.
+    for key, value in (("distill.teacher_model", "builtin:all-minilm-l6-v2"), ("distill.teacher_train", {})):
+        with pytest.raises(ConfigError, match="cannot be swept"):
+            parse_params({**raw, "sweep": {"space": {key: [value]}}}, source="params.yaml", env={})
+        with pytest.raises(ConfigError, match="distill.temperature or distill.alpha can be swept"):
+            params_with(params, {key: value})
+    with pytest.raises(ConfigError, match="distill.alpha"):
+        params_with(params, {"distill.alpha": 1.5})  # the value is checked too
+
+
 def test_best_trial_is_the_highest_score_and_the_lower_index_on_ties(tmp_path):
     def result(index, score):
         return TrialResult(index, {}, score, "macro_f1", 1, tmp_path, tmp_path)
@@ -104,12 +126,13 @@ def test_threads_are_shared_out_between_trials_running_at_once():
 SWEEP_SPACE = {"train.learning_rate": [0.0, 0.005]}  # zero leaves the head random: trial 1 must win
 
 
-def prepared_project(root: Path, base_model: Path) -> tuple[ProjectLayout, ModelRegistry]:
+def prepared_project(root: Path, base_model: Path, space: dict | None = None,
+                     **sections) -> tuple[ProjectLayout, ModelRegistry]:
     from components.lifecycle.versioning import run_dvc
     from tunegate.cli import main
 
-    make_project(root, base_model,
-                 sweep={"enabled": True, "method": "grid", "max_concurrency": 2, "space": SWEEP_SPACE})
+    make_project(root, base_model, **sections,
+                 sweep={"enabled": True, "method": "grid", "max_concurrency": 2, "space": space or SWEEP_SPACE})
     assert main(["--project", str(root), "ingest"]) == 0
     run_dvc(root, "repro", "preprocess", "adapt", "start", "teacher", "distill", capture=True)  # all train reads
     layout = ProjectLayout(root)
@@ -229,6 +252,39 @@ def test_a_failed_trial_does_not_stop_the_others_and_all_failing_fails_the_sweep
     with pytest.raises(SweepFailed) as caught:
         run_sweep(load_params(layout.params_file), layout, registry, registry.start_run("tunegate", "p", {}))
     assert "trial-00 boom" in str(caught.value) and "trial-01 boom" in str(caught.value)
+
+
+@pytest.mark.slow
+def test_a_sweep_of_the_distillation_weight_trains_students_of_one_teacher(tmp_path, tiny_base_model, prefect_api):
+    from components.lifecycle.versioning import run_dvc
+    from components.model.distill import DistillPaths
+    from flows.sweep import run_sweep
+
+    distill = {"enabled": True, "teacher_model": str(tiny_base_model), "alpha": 0.5,
+               "teacher_train": {"epochs": 1, "learning_rate": 0.003, "num_threads": 1}}
+    layout, registry = prepared_project(tmp_path / "project", tiny_base_model, space={"distill.alpha": [0.0, 0.9]},
+                                        distill=distill)
+    root, teacher = layout.root, DistillPaths(layout.artifacts)
+    made_by_the_stages = {path: path.read_bytes()
+                          for path in (teacher.teacher_model / "model.safetensors", teacher.targets)}
+    parent = registry.start_run("tunegate", "retrain-parent", {})
+    summary = run_sweep(load_params(layout.params_file), layout, registry, parent)
+
+    runs = sorted(child_runs(registry, parent), key=lambda r: int(r.data.tags["sweep_trial"]))
+    assert [float(r.data.params["distill.alpha"]) for r in runs] == [0.0, 0.9]
+    assert all(float(r.data.params["distill.temperature"]) == 2.0 for r in runs)
+    winner = summary["best_overrides"]["distill.alpha"]
+    assert read_params(root)["distill"]["alpha"] == winner and summary["previous_values"] == {"distill.alpha": 0.5}
+    assert json.loads(layout.train_history.read_text())["distill"]["alpha"] == winner
+    # The students learnt from the one teacher: neither it nor its logits were made again.
+    assert all(path.read_bytes() == content for path, content in made_by_the_stages.items())
+    assert json.loads(run_dvc(root, "status", "--json", "train", capture=True).stdout) == {}
+
+    # DVC tracks the knob for the train stage: another weight by hand makes the student stale.
+    params = read_params(root)
+    params["distill"]["alpha"] = 0.3
+    write_params(root, params)
+    assert "train" in json.loads(run_dvc(root, "status", "--json", "train", capture=True).stdout)
 
 
 @pytest.mark.slow

@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from components.config import ConfigError, Params, SweepParams, parse_params
+from components.config import SWEEPABLE, ConfigError, Params, SweepParams, is_sweepable, parse_params
 from components.layout import ProjectLayout
 from components.params_file import set_param
 
@@ -77,13 +77,14 @@ def trial_overrides(sweep: SweepParams) -> list[dict[str, Any]]:
 
 
 def params_with(params: Params, overrides: dict[str, Any]) -> Params:
-    """A validated copy of `params` with the given train.* values replaced; ConfigError if one is bad."""
+    """A validated copy of `params` with the given dotted values replaced (train.*, distill.temperature,
+    distill.alpha); ConfigError if one is bad."""
     raw = params.model_dump(mode="json")
     for key, value in overrides.items():
+        if not is_sweepable(key):
+            raise ConfigError(f"sweep override {key!r}: only {SWEEPABLE} can be swept")
         section, _, name = key.partition(".")
-        if section != "train" or not name or "." in name or name not in raw["train"]:
-            raise ConfigError(f"sweep override {key!r}: only train.<setting> keys can be swept")
-        raw["train"][name] = value
+        raw[section][name] = value
     described = ", ".join(f"{k}={v!r}" for k, v in overrides.items()) or "no overrides"
     # env={}: runtime settings from the environment are already in `params`.
     return parse_params(raw, source=f"sweep trial ({described})", env={})
@@ -240,11 +241,12 @@ def apply_trial(layout: ProjectLayout, params: Params, trial: TrialResult) -> di
     from components.stages import train_outputs
 
     previous = {}
-    current = params.model_dump(mode="json")["train"]
+    current = params.model_dump(mode="json")
     for key, value in trial.overrides.items():
         if key in RUNTIME_TRAIN_KEYS:
             continue
-        previous[key] = current.get(key.partition(".")[2])
+        section, _, name = key.partition(".")
+        previous[key] = current[section].get(name)
         if previous[key] != value:
             set_param(layout.params_file, key, value)
     outputs = train_outputs(layout, params_with(params, trial.overrides))
