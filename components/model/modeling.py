@@ -123,8 +123,9 @@ def load_torch_model(model_dir: Path, task: Task | None = None):
     )
 
     from components.data.word_shapes import token_type_rows, uses_word_shapes
-    from components.model.prompted import load_prompted, position_limit, read_prompt_card
+    from components.model.prompted import load_prompted, read_prompt_card
     from components.model.shape_channel import load_shape_channel
+    from components.model.wrapped import position_limit
 
     task = task or saved_model_task(model_dir)
     auto = AutoModelForTokenClassification if task == TOKEN_CLASSIFICATION else AutoModelForSequenceClassification

@@ -24,7 +24,7 @@ from types import SimpleNamespace
 
 import torch
 
-from components.model.wrapped import WrappedModel
+from components.model.wrapped import WrappedModel, position_limit
 
 PROMPT_WEIGHTS = "prompt.safetensors"
 PROMPT_CARD = "prompt.json"
@@ -65,19 +65,6 @@ def use_prefix_attention(model) -> None:
     AttentionInterface.register(PREFIX_ATTENTION, _prefixed_attention)
     AttentionMaskInterface.register(PREFIX_ATTENTION, sdpa_mask)
     model.set_attn_implementation(PREFIX_ATTENTION)
-
-
-# Model types that number a sequence's positions from pad_token_id + 1 (padding itself gets pad_token_id).
-POSITIONS_AFTER_PADDING = ("mpnet", "roberta", "xlm-roberta")
-
-
-def position_limit(config) -> int:
-    """How many positions a sequence may have: max_position_embeddings, less the padding offset of
-    models that number positions from pad_token_id + 1 (MPNet, RoBERTa)."""
-    limit = int(getattr(config, "max_position_embeddings", 0) or 0)
-    if config.model_type in POSITIONS_AFTER_PADDING:
-        limit -= int(config.pad_token_id or 0) + 1
-    return limit
 
 
 class PromptedModel(WrappedModel):

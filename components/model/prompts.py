@@ -15,8 +15,8 @@ from __future__ import annotations
 import torch
 
 from components.errors import ConfigError
-from components.model.prompted import PromptedModel, position_limit
-from components.model.wrapped import is_token_classifier
+from components.model.prompted import PromptedModel
+from components.model.wrapped import is_token_classifier, position_limit
 from components.peft_params import PromptParams
 
 

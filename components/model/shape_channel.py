@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from components.data.word_shapes import CONFIG_FLAG, SHAPES, token_type_rows, uses_word_shapes
-from components.model.wrapped import WrappedModel
+from components.model.wrapped import POSITIONS_AFTER_PADDING, WrappedModel
 
 SHAPE_WEIGHTS = "word_shapes.safetensors"
 _TABLE = "shape_embeddings"
@@ -60,8 +60,6 @@ class ShapeChannel(WrappedModel):
         """The positions the model gives itself from input_ids, which it cannot see behind inputs_embeds:
         MPNet (like RoBERTa) numbers real tokens from pad_token_id + 1 and gives padding pad_token_id;
         from embeddings alone it would number every position, padding included, in a row."""
-        from components.model.prompted import POSITIONS_AFTER_PADDING
-
         if self.config.model_type not in POSITIONS_AFTER_PADDING:
             return None  # positions 0, 1, ... either way
         pad = int(self.config.pad_token_id)
