@@ -428,3 +428,27 @@ def test_a_soft_prompt_with_word_shapes_on_mpnet_is_refused(mpnet_base):
     model = add_word_shapes(load_classifier(str(mpnet_base), iob2_tags(ENTITY_TYPES), token_level=True))
     with pytest.raises(ConfigError, match=r"p-tuning with model.word_shapes on a mpnet model.*train.peft: lora"):
         add_prompt(model, "p-tuning", PromptParams(), longest=16)
+
+
+def test_a_continual_start_from_a_shaped_mpnet_champion_reads_its_shape_table(mpnet_base, tmp_path):
+    from components.model.modeling import load_classifier, load_tokenizer
+    from components.model.shape_channel import add_word_shapes
+    from components.model.train import save_model
+
+    tags = iob2_tags(ENTITY_TYPES)
+    torch.manual_seed(0)
+    champion = add_word_shapes(load_classifier(str(mpnet_base), tags, token_level=True), mpnet_base)
+    with torch.no_grad():
+        champion.shape_embeddings.weight.normal_()  # what its training learned
+    tokenizer = load_tokenizer(str(mpnet_base))
+    save_model(champion, tokenizer, tmp_path / "champion")  # what a registered version logs (PYTORCH_ARTIFACT)
+
+    # The train stage's start from artifacts/start/model: the classifier, then its shapes from beside it.
+    source = tmp_path / "champion"
+    started = add_word_shapes(load_classifier(str(source), tags, token_level=True), source).eval()
+    torch.testing.assert_close(started.shape_embeddings.weight, champion.shape_embeddings.weight)
+    batch = tokenizer(["Anna met Bob in Paris", "the match ended"], padding=True, return_tensors="pt")
+    shapes = torch.randint(0, 4, batch["input_ids"].shape)
+    with torch.no_grad():
+        torch.testing.assert_close(started(**batch, token_type_ids=shapes).logits,
+                                   champion.eval()(**batch, token_type_ids=shapes).logits)
