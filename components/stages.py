@@ -147,7 +147,10 @@ def teacher(layout: ProjectLayout, params: Params) -> None:
 
 def distill(layout: ProjectLayout, params: Params) -> None:
     """The teacher's logits for every training row and for the unlabelled texts (distill.unlabelled),
-    keyed by row id: the student's soft targets. A card saying "skipped" when distill is off."""
+    keyed by row id: the student's soft targets. A card saying "skipped" when distill is off.
+
+    Logits made before from the same inputs (the stage re-runs when only distill.temperature or
+    distill.alpha changed) are copied back from .tunegate/checkpoints/ instead of labelling again."""
     import shutil
 
     from components.model.distill import DistillPaths, write_json
@@ -164,14 +167,26 @@ def distill(layout: ProjectLayout, params: Params) -> None:
     from components.model.compute import resolve_compute
     from components.model.distill import (
         file_md5,
+        keep_targets,
         read_unlabelled,
+        reuse_kept_targets,
         sequence_logits,
+        targets_fingerprint,
         unlabelled_path,
         word_logits,
         write_targets,
     )
     from components.model.evaluate import split_joined
     from components.model.modeling import load_torch_model
+
+    inputs = [layout.split_file("train")]
+    if params.distill.unlabelled:  # which unlabelled texts are kept depends on every split's ids
+        inputs = [layout.split_file(name) for name in SPLITS] + [unlabelled_path(layout.root, params.distill.unlabelled)]
+    kept = layout.checkpoints_dir / targets_fingerprint(params, paths.teacher_model, inputs)
+    if reuse_kept_targets(kept, paths.distill_dir):
+        print(f"distill: the teacher's logits for these inputs were made before (only the student's temperature "
+              f"or weight changed): reused {kept.name}")
+        return
 
     train = pd.read_csv(layout.split_file("train"), dtype=str, keep_default_na=False)
     rows = train[["id", "text"]].assign(source="train")
@@ -202,6 +217,7 @@ def distill(layout: ProjectLayout, params: Params) -> None:
                                     "level": "word" if params.is_token_task else "text"})
     print(f"distill: teacher logits for {counts.get('train', 0)} training rows and "
           f"{counts.get('unlabelled', 0)} unlabelled texts -> {paths.targets}")
+    keep_targets(paths.distill_dir, kept)
 
 
 @dataclass(frozen=True)

@@ -74,7 +74,7 @@ def test_student_distilled_with_alpha_1_follows_a_teacher_that_flips_the_classes
 
 
 @pytest.mark.slow  # about 10 s alone, 30 s on a busy machine: the stages, DVC and MLflow for real
-def test_teacher_and_distill_stages_feed_the_train_stage(tiny_base_model, teacher_base, tmp_path):
+def test_teacher_and_distill_stages_feed_the_train_stage(tiny_base_model, teacher_base, tmp_path, capsys):
     from components import stages
     from components.config import load_params
     from components.data.ingest import DataStore, ingest_batch, read_configured_source
@@ -118,6 +118,21 @@ def test_teacher_and_distill_stages_feed_the_train_stage(tiny_base_model, teache
     assert history["train_examples"] == len(train_ids) + len(unlabelled)
     assert (layout.model_dir / "model.safetensors").is_file()
     assert not unlabelled_changed(layout.artifacts, settings, root)
+
+    # A new temperature or weight re-runs the DVC stage (it tracks the distill section), but only the
+    # student reads them: the teacher's logits come back from where the first run kept them.
+    capsys.readouterr()
+    made = paths.targets.read_bytes()
+    for change in ({"alpha": 0.2}, {"temperature": 4.0}):
+        stages.distill(layout, settings.model_copy(update={"distill": settings.distill.model_copy(update=change)}))
+        assert "reused distill-" in capsys.readouterr().out
+        assert paths.targets.read_bytes() == made and json.loads(paths.targets_card.read_text())["train_rows"]
+    shorter = settings.model_copy(update={"model": settings.model.model_copy(update={"max_length": 16})})
+    stages.distill(layout, shorter)  # an input of the logits changed: the teacher labels again
+    assert "teacher logits for" in capsys.readouterr().out
+    assert len(list(layout.checkpoints_dir.glob("distill-*"))) == 1  # only the latest is kept
+    stages.distill(layout, settings)
+    assert "teacher logits for" in capsys.readouterr().out and paths.targets.read_bytes() == made
 
     # MLflow: the teacher's figures and settings on the run, its name and model hash on the version.
     from components.lifecycle.model_card import render_model_card

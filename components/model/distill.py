@@ -207,6 +207,52 @@ def read_unlabelled(path: Path, column: str, params: Params, known_ids: set[str]
     return rows.reset_index(drop=True)
 
 
+# --- the teacher's logits, kept for a second run on the same inputs ---------------------------------
+# The distill stage's DVC entry tracks the whole distill section (a params.yaml may hold only some of
+# its keys), so a new temperature or weight re-runs the stage; its logits do not depend on them, and
+# labelling a corpus with a base-size teacher takes minutes. The stage keeps its last output under a
+# key of everything that does decide the logits, code included, and copies it back on a match.
+LOGITS_CODE = ("model/distill.py", "model/modeling.py", "model/shape_channel.py", "model/wrapped.py",
+               "data/template.py", "data/word_shapes.py")
+STUDENT_ONLY = {"temperature", "alpha"}
+KEPT_PREFIX = "distill-"
+
+
+def targets_fingerprint(params: Params, teacher_model: Path, inputs: list[Path]) -> str:
+    """The teacher's weights, the input files, the settings and code that decide its logits; not
+    distill.temperature nor distill.alpha, which only the student's loss reads."""
+    digest = hashlib.sha256(params.distill.model_dump_json(exclude=STUDENT_ONLY).encode())
+    digest.update(json.dumps([params.task, params.model.max_length, params.model.word_shapes,
+                              params.data.template, params.model_labels]).encode())
+    components = Path(__file__).resolve().parents[1]
+    files = sorted(p for p in teacher_model.rglob("*") if p.is_file())
+    for path in [*files, *inputs, *(components / name for name in LOGITS_CODE)]:
+        digest.update(path.name.encode())
+        with path.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 24), b""):
+                digest.update(chunk)
+    return KEPT_PREFIX + digest.hexdigest()[:16]
+
+
+def reuse_kept_targets(kept: Path, distill_dir: Path) -> bool:
+    """Copy the logits kept under `kept` into the stage's output; False when none are kept there."""
+    import shutil
+
+    if not (kept / "targets.parquet").is_file():
+        return False
+    shutil.copytree(kept, distill_dir, dirs_exist_ok=True)
+    return True
+
+
+def keep_targets(distill_dir: Path, kept: Path) -> None:
+    """Keep this output for the next run on the same inputs, in place of the one kept before."""
+    import shutil
+
+    for earlier in kept.parent.glob(KEPT_PREFIX + "*"):
+        shutil.rmtree(earlier, ignore_errors=True)
+    shutil.copytree(distill_dir, kept)
+
+
 def file_md5(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
 
