@@ -206,7 +206,7 @@ class SweepParams(Section):
     def _space_is_sweepable(self) -> "SweepParams":
         for key, values in self.space.items():
             if not is_sweepable(key):
-                raise ValueError(f"sweep.space: {key!r} cannot be swept: {SWEEPABLE}")
+                raise ValueError(f"sweep.space: {key!r} cannot be swept (only {SWEEPABLE})")
             if not values:
                 raise ValueError(f"sweep.space: {key!r} has no values to try")
         if self.enabled and not self.space:
