@@ -184,8 +184,8 @@ def distill(layout: ProjectLayout, params: Params) -> None:
         inputs = [layout.split_file(name) for name in SPLITS] + [unlabelled_path(layout.root, params.distill.unlabelled)]
     kept = layout.checkpoints_dir / targets_fingerprint(params, paths.teacher_model, inputs)
     if reuse_kept_targets(kept, paths.distill_dir):
-        print(f"distill: the teacher's logits for these inputs were made before (only the student's temperature "
-              f"or weight changed): reused {kept.name}")
+        print(f"distill: the teacher's logits for the same teacher, data, settings and code were made before: "
+              f"reused {kept.name}")
         return
 
     train = pd.read_csv(layout.split_file("train"), dtype=str, keep_default_na=False)
