@@ -250,7 +250,10 @@ def keep_targets(distill_dir: Path, kept: Path) -> None:
 
     for earlier in kept.parent.glob(KEPT_PREFIX + "*"):
         shutil.rmtree(earlier, ignore_errors=True)
-    shutil.copytree(distill_dir, kept)
+    # Copied beside, then renamed: a run killed while copying leaves no half file that the next run reuses.
+    partial = kept.with_name(kept.name + ".partial")
+    shutil.copytree(distill_dir, partial)
+    partial.rename(kept)
 
 
 def file_md5(path: Path) -> str:
