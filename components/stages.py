@@ -179,9 +179,10 @@ def distill(layout: ProjectLayout, params: Params) -> None:
     from components.model.evaluate import split_joined
     from components.model.modeling import load_torch_model
 
+    unlabelled = unlabelled_path(layout.root, params.distill.unlabelled) if params.distill.unlabelled else None
     inputs = [layout.split_file("train")]
-    if params.distill.unlabelled:  # which unlabelled texts are kept depends on every split's ids
-        inputs = [layout.split_file(name) for name in SPLITS] + [unlabelled_path(layout.root, params.distill.unlabelled)]
+    if unlabelled is not None:  # which unlabelled texts are kept depends on every split's ids
+        inputs = [layout.split_file(name) for name in SPLITS] + [unlabelled]
     kept = layout.checkpoints_dir / targets_fingerprint(params, paths.teacher_model, inputs)
     if reuse_kept_targets(kept, paths.distill_dir):
         print(f"distill: the teacher's logits for the same teacher, data, settings and code were made before: "
@@ -191,14 +192,13 @@ def distill(layout: ProjectLayout, params: Params) -> None:
     train = pd.read_csv(layout.split_file("train"), dtype=str, keep_default_na=False)
     rows = train[["id", "text"]].assign(source="train")
     unlabelled_md5 = None
-    if params.distill.unlabelled:
-        path = unlabelled_path(layout.root, params.distill.unlabelled)
+    if unlabelled is not None:
         known = set()
         for name in SPLITS:
             known |= set(pd.read_csv(layout.split_file(name), dtype=str, keep_default_na=False)["id"])
-        extra = read_unlabelled(path, params.distill.unlabelled_text_column, params, known)
+        extra = read_unlabelled(unlabelled, params.distill.unlabelled_text_column, params, known)
         rows = pd.concat([rows, extra.assign(source="unlabelled")], ignore_index=True)
-        unlabelled_md5 = file_md5(path)
+        unlabelled_md5 = file_md5(unlabelled)
     model, tokenizer = load_torch_model(paths.teacher_model)
     # fp32 logits, on the GPU when there is one; the teacher's settings throughout (the student's may be swept).
     model.to(resolve_compute(params.distill.teacher_train.device, "fp32").device)
