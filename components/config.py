@@ -170,9 +170,10 @@ class AdaptParams(Section):
     seed: int = 42
 
 
-# The distillation settings that shape only the student's loss: a sweep varies them over the teacher's
-# logits as the distill stage wrote them, without training the teacher again.
-SWEEPABLE_DISTILL_KEYS = ("temperature", "alpha")
+# The distillation settings that shape only the student's loss, not the teacher nor its logits: a sweep
+# varies them over the logits as the distill stage wrote them, and that stage reuses its logits when only
+# they changed.
+STUDENT_LOSS_KEYS = ("temperature", "alpha")
 SWEEPABLE = "train.<setting>, distill.temperature or distill.alpha"
 
 
@@ -181,7 +182,7 @@ def is_sweepable(key: str) -> bool:
     section, _, name = key.partition(".")
     if section == "train":
         return name in TrainParams.model_fields
-    return section == "distill" and name in SWEEPABLE_DISTILL_KEYS
+    return section == "distill" and name in STUDENT_LOSS_KEYS
 
 
 class SweepParams(Section):

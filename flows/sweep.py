@@ -23,7 +23,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from components.config import SWEEPABLE_DISTILL_KEYS, ConfigError, Params
+from components.config import STUDENT_LOSS_KEYS, ConfigError, Params
 from components.layout import ProjectLayout
 from components.lifecycle.registry import ModelRegistry
 from components.lifecycle.tracking import flatten
@@ -90,7 +90,7 @@ def swept_sections(params: Params) -> dict[str, Any]:
     """What a trial's MLflow run records of its settings: train, and the student's distillation knobs."""
     sections: dict[str, Any] = {"train": params.train.model_dump(mode="json")}
     if params.distill.enabled:
-        sections["distill"] = params.distill.model_dump(mode="json", include=set(SWEEPABLE_DISTILL_KEYS))
+        sections["distill"] = params.distill.model_dump(mode="json", include=set(STUDENT_LOSS_KEYS))
     return sections
 
 

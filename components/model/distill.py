@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from components.config import ConfigError, Params
+from components.config import STUDENT_LOSS_KEYS, ConfigError, Params
 from components.layout import ProjectLayout
 from components.reports import read_json_if_present
 
@@ -214,14 +214,13 @@ def read_unlabelled(path: Path, column: str, params: Params, known_ids: set[str]
 # key of everything that does decide the logits, code included, and copies it back on a match.
 LOGITS_CODE = ("model/distill.py", "model/modeling.py", "model/shape_channel.py", "model/wrapped.py",
                "data/template.py", "data/word_shapes.py")
-STUDENT_ONLY = {"temperature", "alpha"}
 KEPT_PREFIX = "distill-"
 
 
 def targets_fingerprint(params: Params, teacher_model: Path, inputs: list[Path]) -> str:
     """The teacher's weights, the input files, the settings and code that decide its logits; not
     distill.temperature nor distill.alpha, which only the student's loss reads."""
-    digest = hashlib.sha256(params.distill.model_dump_json(exclude=STUDENT_ONLY).encode())
+    digest = hashlib.sha256(params.distill.model_dump_json(exclude=set(STUDENT_LOSS_KEYS)).encode())
     digest.update(json.dumps([params.task, params.model.max_length, params.model.word_shapes,
                               params.data.template, params.model_labels]).encode())
     components = Path(__file__).resolve().parents[1]
