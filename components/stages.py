@@ -166,6 +166,7 @@ def distill(layout: ProjectLayout, params: Params) -> None:
 
     from components.model.compute import resolve_compute
     from components.model.distill import (
+        augmented_rows,
         file_md5,
         keep_targets,
         read_unlabelled,
@@ -181,24 +182,26 @@ def distill(layout: ProjectLayout, params: Params) -> None:
 
     unlabelled = unlabelled_path(layout.root, params.distill.unlabelled) if params.distill.unlabelled else None
     inputs = [layout.split_file("train")]
-    if unlabelled is not None:  # which unlabelled texts are kept depends on every split's ids
-        inputs = [layout.split_file(name) for name in SPLITS] + [unlabelled]
+    if unlabelled is not None or params.distill.augment_copies:  # what is kept depends on every split
+        inputs = [layout.split_file(name) for name in SPLITS] + ([unlabelled] if unlabelled else [])
     kept = layout.checkpoints_dir / targets_fingerprint(params, paths.teacher_model, inputs)
     if reuse_kept_targets(kept, paths.distill_dir):
         print(f"distill: the teacher's logits for the same teacher, data, settings and code were made before: "
               f"reused {kept.name}")
         return
 
-    train = pd.read_csv(layout.split_file("train"), dtype=str, keep_default_na=False)
-    rows = train[["id", "text"]].assign(source="train")
+    splits = {name: pd.read_csv(layout.split_file(name), dtype=str, keep_default_na=False) for name in SPLITS}
+    rows = splits["train"][["id", "text"]].assign(source="train")
     unlabelled_md5 = None
     if unlabelled is not None:
-        known = set()
-        for name in SPLITS:
-            known |= set(pd.read_csv(layout.split_file(name), dtype=str, keep_default_na=False)["id"])
+        known = set().union(*(frame["id"] for frame in splits.values()))
         extra = read_unlabelled(unlabelled, params.distill.unlabelled_text_column, params, known)
         rows = pd.concat([rows, extra.assign(source="unlabelled")], ignore_index=True)
         unlabelled_md5 = file_md5(unlabelled)
+    if params.distill.augment_copies:
+        known_texts = set().union(*(frame["text"] for frame in splits.values()))
+        augmented = augmented_rows(splits["train"], params, known_texts)
+        rows = pd.concat([rows, augmented.assign(source="augmented")], ignore_index=True)
     model, tokenizer = load_torch_model(paths.teacher_model)
     # fp32 logits, on the GPU when there is one; the teacher's settings throughout (the student's may be swept).
     model.to(resolve_compute(params.distill.teacher_train.device, "fp32").device)
@@ -213,10 +216,12 @@ def distill(layout: ProjectLayout, params: Params) -> None:
     write_json(paths.targets_card, {"enabled": True, "teacher_model": params.distill.teacher_model,
                                     "train_rows": int(counts.get("train", 0)),
                                     "unlabelled_rows": int(counts.get("unlabelled", 0)),
+                                    "augmented_rows": int(counts.get("augmented", 0)),
                                     "unlabelled": params.distill.unlabelled, "unlabelled_md5": unlabelled_md5,
                                     "level": "word" if params.is_token_task else "text"})
-    print(f"distill: teacher logits for {counts.get('train', 0)} training rows and "
-          f"{counts.get('unlabelled', 0)} unlabelled texts -> {paths.targets}")
+    print(f"distill: teacher logits for {counts.get('train', 0)} training rows, "
+          f"{counts.get('unlabelled', 0)} unlabelled texts and {counts.get('augmented', 0)} augmented ones "
+          f"-> {paths.targets}")
     keep_targets(paths.distill_dir, kept)
 
 
@@ -305,7 +310,8 @@ def train_model(layout: ProjectLayout, params: Params, outputs: TrainOutputs):
         extra["replay"] = mix
     if distillation is not None:
         extra["distill"] = {"teacher_model": params.distill.teacher_model, "temperature": distillation.temperature,
-                            "alpha": distillation.alpha, "labelled_rows": labelled_rows}
+                            "alpha": distillation.alpha, "labelled_rows": labelled_rows,
+                            "teacher_only_rows": len(train_split) - labelled_rows}
     result = replace(result, extra=extra)
     result.write(outputs.history_file)
     checkpoints.clear()  # the run finished: the saved model is the result

@@ -134,6 +134,21 @@ def test_teacher_and_distill_stages_feed_the_train_stage(tiny_base_model, teache
     stages.distill(layout, settings)
     assert "teacher logits for" in capsys.readouterr().out and paths.targets.read_bytes() == made
 
+    # Augmented copies of the training rows: the teacher labels them, the student learns them from its
+    # distributions alone; none repeats a text of any split.
+    augmented = settings.model_copy(update={"distill": settings.distill.model_copy(update={"augment_copies": 1})})
+    stages.distill(layout, augmented)
+    targets = read_targets(paths.targets)
+    copies = targets[targets["source"] == "augmented"]
+    split_texts = set().union(*(pd.read_csv(layout.split_file(name), dtype=str, keep_default_na=False)["text"]
+                                for name in ("train", "validation", "test")))
+    assert len(copies) > 0.5 * len(train_ids) and not set(copies["text"]) & split_texts
+    assert json.loads(paths.targets_card.read_text())["augmented_rows"] == len(copies)
+    stages.STAGES["train"](layout, augmented)
+    history = json.loads(layout.train_history.read_text())
+    assert history["train_examples"] == len(train_ids) + len(unlabelled) + len(copies)
+    assert history["distill"]["teacher_only_rows"] == len(unlabelled) + len(copies)
+
     # MLflow: the teacher's figures and settings on the run, its name and model hash on the version.
     from components.lifecycle.model_card import render_model_card
     from components.lifecycle.tracking import log_teacher, open_registry, teacher_tag

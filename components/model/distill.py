@@ -31,7 +31,7 @@ if TYPE_CHECKING:  # torch, pandas and the training code load when used: a skipp
     from components.data.preprocess import TokenizedSplit
     from components.model.train import DistilledSplit
 
-UNLABELLED_BATCH = "distill:unlabelled"  # the batch id of unlabelled rows: new rows to continual training
+UNLABELLED_BATCH = "distill:unlabelled"  # the batch id of unlabelled and augmented rows: new rows to continual training
 
 
 @dataclass(frozen=True)
@@ -207,13 +207,34 @@ def read_unlabelled(path: Path, column: str, params: Params, known_ids: set[str]
     return rows.reset_index(drop=True)
 
 
+def augmented_rows(train: pd.DataFrame, params: Params, known_texts: set[str]) -> pd.DataFrame:
+    """distill.augment_copies new texts per training row (id, text; components/data/augment.py), made
+    with teacher_train.seed, deduplicated, and without any text of the splits: a copy that happens to
+    read as a validation or test row must not reach training."""
+    import pandas as pd
+
+    from components.data.augment import perturb_words, swap_mentions
+    from components.data.ingest import text_ids
+    from components.model.evaluate import sentences_and_tags
+
+    copies, seed = params.distill.augment_copies, params.distill.teacher_train.seed
+    if params.is_token_task:
+        sentences, tags = sentences_and_tags(train)
+        texts = [" ".join(words) for words in swap_mentions(sentences, tags, copies, seed)]
+    else:
+        texts = perturb_words(train["text"].tolist(), copies, seed)
+    texts = pd.Series(texts, dtype=str).drop_duplicates()
+    texts = texts[~texts.isin(known_texts)]
+    return pd.DataFrame({"id": text_ids(texts).to_numpy(), "text": texts.to_numpy()})
+
+
 # --- the teacher's logits, kept for a second run on the same inputs ---------------------------------
 # The distill stage's DVC entry tracks the whole distill section (a params.yaml may hold only some of
 # its keys), so a new temperature or weight re-runs the stage; its logits do not depend on them, and
 # labelling a corpus with a base-size teacher takes minutes. The stage keeps its last output under a
 # key of everything that does decide the logits, code included, and copies it back on a match.
 LOGITS_CODE = ("model/distill.py", "model/modeling.py", "model/shape_channel.py", "model/wrapped.py",
-               "data/template.py", "data/word_shapes.py")
+               "data/template.py", "data/word_shapes.py", "data/augment.py")
 KEPT_PREFIX = "distill-"
 
 
@@ -260,7 +281,7 @@ def file_md5(path: Path) -> str:
 
 
 def write_targets(path: Path, frame: pd.DataFrame, logits: list[np.ndarray], token_level: bool) -> None:
-    """id, source (train | unlabelled), text, and the logits: [classes] per row, or [words][tags]."""
+    """id, source (train | unlabelled | augmented), text, and the logits: [classes] per row, or [words][tags]."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -317,7 +338,7 @@ def student_rows(texts: list[str], word_targets: list[np.ndarray], tokenizer, pa
 def distilled_split(train: TokenizedSplit, train_frame: pd.DataFrame, targets: pd.DataFrame, tokenizer,
                     params: Params) -> DistilledSplit:
     """The tokenized training split (rows in train_frame's order) with the teacher's targets attached
-    by row id, plus the unlabelled rows (KD term only)."""
+    by row id, plus the unlabelled and augmented rows (KD term only)."""
     from components.data.preprocess import IGNORE_INDEX
     from components.model.train import DistilledSplit
 
@@ -332,7 +353,7 @@ def distilled_split(train: TokenizedSplit, train_frame: pd.DataFrame, targets: p
     row_targets = [targets["logits"].iloc[by_id[row_id]] for row_id in train_frame["id"]]
     if train.token_level:
         _, row_targets, _ = student_rows(train_frame["text"].tolist(), row_targets, tokenizer, params)
-    unlabelled = targets[targets["source"] == "unlabelled"]
+    unlabelled = targets[targets["source"] != "train"]  # unlabelled and augmented texts: the KD term alone
     input_ids, labels = list(train.input_ids), list(train.labels)
     shapes = None if train.token_type_ids is None else list(train.token_type_ids)
     if len(unlabelled):
