@@ -241,17 +241,18 @@ def train_outputs(layout: ProjectLayout, params: Params) -> TrainOutputs:
 def training_fingerprint(layout: ProjectLayout, params: Params) -> str:
     import hashlib
 
+    from components.model.fingerprint import update_with_files
+
     digest = hashlib.sha256(params.model_dump_json(include={"task", "model", "adapt", "train"}).encode())
     digest.update(json.dumps(params.model_labels).encode())
-    for path in (layout.tokenized_file("train"), layout.tokenized_file("validation"),
-                 layout.adapted_dir / "tunegate-adapt.json", layout.start_dir / "start.json"):
-        digest.update(path.read_bytes() if path.is_file() else b"-")
+    update_with_files(digest, (layout.tokenized_file("train"), layout.tokenized_file("validation"),
+                               layout.adapted_dir / "tunegate-adapt.json", layout.start_dir / "start.json"),
+                      missing=b"-")  # no adapt or start output: the stages did not run, the key still stands
     if params.distill.enabled:  # only then: the checkpoints of plain runs keep their keys
         from components.model.distill import DistillPaths
 
-        targets = DistillPaths(layout.artifacts).targets
         digest.update(params.distill.model_dump_json().encode())
-        digest.update(targets.read_bytes() if targets.is_file() else b"-")
+        update_with_files(digest, [DistillPaths(layout.artifacts).targets], missing=b"-")
     return digest.hexdigest()[:16]
 
 

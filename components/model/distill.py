@@ -23,6 +23,7 @@ import numpy as np
 
 from components.config import STUDENT_LOSS_KEYS, ConfigError, Params
 from components.layout import ProjectLayout
+from components.model.fingerprint import update_with_files
 from components.reports import read_json_if_present
 
 if TYPE_CHECKING:  # torch, pandas and the training code load when used: a skipped stage needs none of them
@@ -147,8 +148,7 @@ def teacher_fingerprint(params: Params, train_csv: Path, validation_csv: Path) -
         digest.update(params.data.template.encode())
     if params.model.word_shapes:  # likewise
         digest.update(b"word_shapes")
-    for path in (train_csv, validation_csv):
-        digest.update(path.read_bytes())
+    update_with_files(digest, (train_csv, validation_csv))
     return "teacher-" + digest.hexdigest()[:16]
 
 
@@ -246,11 +246,7 @@ def targets_fingerprint(params: Params, teacher_model: Path, inputs: list[Path])
                               params.data.template, params.model_labels]).encode())
     components = Path(__file__).resolve().parents[1]
     files = sorted(p for p in teacher_model.rglob("*") if p.is_file())
-    for path in [*files, *inputs, *(components / name for name in LOGITS_CODE)]:
-        digest.update(path.name.encode())
-        with path.open("rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 24), b""):
-                digest.update(chunk)
+    update_with_files(digest, [*files, *inputs, *(components / name for name in LOGITS_CODE)], names=True)
     return KEPT_PREFIX + digest.hexdigest()[:16]
 
 
