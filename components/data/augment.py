@@ -1,4 +1,4 @@
-"""New texts near the training split, for the distillation teacher to label (distill.augment).
+"""New texts near the training split, for the distillation teacher to label (distill.augment_copies).
 
 A teacher's outputs on the rows it was fine-tuned on are close to one-hot: they say little that the
 labels do not. On texts it has not seen, its distributions carry what it knows about neighbouring
