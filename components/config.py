@@ -339,10 +339,7 @@ class DistillParams(Section):
     unlabelled: str | None = None
     unlabelled_text_column: str = "text"
     max_unlabelled: int | None = Field(default=None, ge=1, description="cap, sampled with teacher_train.seed")
-    # Augmented copies of the training split that the teacher labels, learnt like unlabelled text
-    # (components/data/augment.py: NER mentions swapped for others of their type; classification words
-    # dropped and swapped). 0: none. Each copy adds about a training split to every student epoch.
-    augment_copies: int = Field(default=0, ge=0, le=16)
+    augment_copies: int = Field(default=0, ge=0, le=16, description="teacher-labelled copies per row (data/augment.py)")
 
     @model_validator(mode="after")
     def _teacher_settings_work(self) -> "DistillParams":
