@@ -19,6 +19,7 @@ from components.curve_params import CurveParams
 
 # Defined in a leaf module so that any family can raise it without importing the configuration.
 from components.errors import ConfigError
+from components.gate_params import ROBUSTNESS_KINDS, ROBUSTNESS_TOKEN_KINDS, GateParams  # noqa: F401 (re-exported)
 from components.peft_params import LoraParams, PeftMethod, PromptParams, migrate_lora_enabled
 from components.production_params import (
     DriftThresholds,
@@ -222,50 +223,6 @@ class SweepParams(Section):
             if not parts.scheme or not parts.hostname or parts.port is None:
                 raise ValueError(f"sweep.address {self.address!r}: expected a Dask scheduler address "
                                  "scheme://host:port, e.g. tcp://10.0.0.5:8786 (what `dask scheduler` prints)")
-        return self
-
-
-# The perturbation kinds of the robustness checks (components/robustness/perturb.py).
-ROBUSTNESS_KINDS = ("typo", "casing", "punctuation", "whitespace", "entity")
-ROBUSTNESS_TOKEN_KINDS = ("typo", "casing", "entity")  # those that keep word boundaries (NER)
-
-
-class GateParams(Section):
-    min_accuracy: float = Field(default=0.0, ge=0, le=1)
-    min_macro_f1: float = Field(default=0.0, ge=0, le=1)
-    # Token classification: entity-level (exact span and type) micro F1, CoNLL scoring.
-    min_entity_f1: float = Field(default=0.0, ge=0, le=1)
-    compare_metric: Literal["accuracy", "macro_f1", "entity_f1"] = "macro_f1"
-    # The challenger may be at most this much worse than the champion on the same test rows.
-    max_regression: float = Field(default=0.005, ge=0, le=1)
-    # ... and at most this much worse on the test rows of the batches the champion was trained on,
-    # so that learning the new batches cannot quietly forget the old ones.
-    max_forgetting: float = Field(default=0.01, ge=0, le=1)
-    # Distillation: the served student may trail its teacher's test compare_metric by at most this
-    # much (None: not judged; judged only when distill.enabled).
-    max_teacher_gap: float | None = Field(default=None, ge=0, le=1)
-    # Robustness: the share of predictions that must stay the same under each perturbation kind
-    # (robustness.kinds). A number applies to every kind; a mapping names kinds. 0 judges nothing.
-    min_invariance: float | dict[str, float] = 0.0
-    # Slices (evaluate.slices): each judged slice's compare_metric must reach min_slice_metric and may trail
-    # the champion's on the same slice by at most max_slice_regression. None: not judged.
-    min_slice_metric: float | None = Field(default=None, ge=0, le=1)
-    max_slice_regression: float | None = Field(default=None, ge=0, le=1)
-    # Shadow challenger (serve.shadow): before promotion the challenger must have shadowed at least
-    # min_shadow_requests requests and agreed with the champion on min_shadow_agreement of them. None: not judged.
-    min_shadow_agreement: float | None = Field(default=None, ge=0, le=1)
-    min_shadow_requests: int = Field(default=100, ge=1)
-
-    @model_validator(mode="after")
-    def _invariance_thresholds_are_shares_of_known_kinds(self) -> "GateParams":
-        named = self.min_invariance if isinstance(self.min_invariance, dict) else {}
-        unknown = sorted(set(named) - set(ROBUSTNESS_KINDS))
-        if unknown:
-            raise ValueError(f"min_invariance names {unknown}, which are not perturbation kinds "
-                             f"({', '.join(ROBUSTNESS_KINDS)})")
-        shares = named.values() if named else [self.min_invariance]
-        if any(not 0 <= share <= 1 for share in shares):
-            raise ValueError(f"min_invariance {self.min_invariance}: shares lie in [0, 1]")
         return self
 
 
