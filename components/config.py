@@ -358,11 +358,31 @@ class ExportParams(Section):
                                 matmul_block_size=self.matmul_block_size)
 
 
+class SigningParams(Section):
+    # The PEM public key every loader and promotion checks a version's signed manifest with (a path, relative
+    # to the project). None: signatures are not checked, only each file against the manifest.
+    public_key: str | None = None
+    # The environment variable that holds the private key (PEM text, or a PEM file's path) registration signs
+    # with: a secret, never in params.yaml. Unset at registration: the version is registered unsigned.
+    private_key_env: str = Field(default="TUNEGATE_SIGNING_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
 class RegistryParams(Section):
     model_name: str = "tunegate-classifier"
     experiment: str = "tunegate"
     # None: MLFLOW_TRACKING_URI if set, else a SQLite file under <project>/mlflow/.
     tracking_uri: str | None = None
+    signing: SigningParams = SigningParams()
+    # true: a version without a valid signature is refused at serve, predict, pyfunc load and promotion
+    # (production); false: it is loaded with a warning, its files still checked against its manifest.
+    require_signature: bool = False
+
+    @model_validator(mode="after")
+    def _a_required_signature_needs_a_key(self) -> RegistryParams:
+        if self.require_signature and not self.signing.public_key:
+            raise ValueError("registry.require_signature is true but registry.signing.public_key is not set: name the "
+                             "PEM public key that versions are checked with (`tunegate keygen` makes a key pair)")
+        return self
 
     @model_validator(mode="after")
     def _no_password_in_tracking_uri(self) -> RegistryParams:

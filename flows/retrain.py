@@ -15,7 +15,7 @@ from typing import Literal
 from prefect import flow, get_run_logger, runtime, task
 from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
 
-from components.config import EvaluateParams, Params, load_params
+from components.config import EvaluateParams, Params, RegistryParams, load_params
 from components.export.scoring import score_onnx_dir
 from components.layout import ProjectLayout
 from components.lifecycle import tracking
@@ -45,10 +45,11 @@ def transient_only(task, task_run, state) -> bool:
     from components.data.ingest import DriftFailure
     from components.data.readers import IngestError
     from components.data.validation.report import DataValidationError
+    from components.export.integrity import ModelIntegrityError
 
     try:
         state.result()
-    except (ConfigError, IngestError, DataValidationError, DriftFailure, FileNotFoundError):
+    except (ConfigError, IngestError, DataValidationError, DriftFailure, FileNotFoundError, ModelIntegrityError):
         return False
     except Exception:
         return True
@@ -61,10 +62,13 @@ RETRY = {"retries": 2, "retry_delay_seconds": [2, 10], "retry_condition_fn": tra
 @task(name="check-config", cache_policy=NO_CACHE)
 def check_config(params: Params, layout: ProjectLayout) -> str:
     """Fail in seconds, not after an hour of training, on settings that cannot work."""
+    from components.lifecycle.signing import require_signing_key, trust_policy
     from components.model.modeling import resolve_model_source
 
     if not (layout.root / ".dvc").is_dir():
         raise RuntimeError(f"{layout.root} is not a DVC project: run `git init && dvc init` there first")
+    trust_policy(params.registry, layout.root)  # a missing public key file
+    require_signing_key(params.registry)  # registry.require_signature without the private key to sign with
     if params.sweep.enabled:
         from components.model.sweep import check_trials
 
@@ -118,7 +122,9 @@ def reproduce(layout: ProjectLayout, stages: tuple[str, ...], force: bool = Fals
 def score_registered_version(tracking_uri: str, model_name: str, version: str, rows_md5: str,
                              rows_csv: Path, labels: list[str], slices: EvaluateParams | None = None) -> dict:
     """Re-score a registered model on labelled rows; cached per (version, content of the rows, slices).
-    slices: params.evaluate, for the champion's figures on the same slice rows as the challenger's."""
+    slices: params.evaluate, for the champion's figures on the same slice rows as the challenger's. The scores
+    hold per-row outcomes, for the gate's paired comparison with the challenger on the same rows (a result
+    cached before they were recorded has none: the gate then judges by the point rule and says so)."""
     import tempfile
 
     from components.export.mlflow_model import onnx_dir_in
@@ -151,6 +157,7 @@ def gate(params: Params, layout: ProjectLayout, champion: dict | None, champion_
     """`earlier_rows`: the champion's own test rows and the champion's metrics on them."""
 
     from components.lifecycle.gate import decide
+    from components.lifecycle.paired import without_outcomes
     from components.reports import read_json_if_present
 
     challenger = score_onnx_dir(layout.onnx_dir, layout.split_file("test"), params.data.labels, params.evaluate)
@@ -163,8 +170,9 @@ def gate(params: Params, layout: ProjectLayout, champion: dict | None, champion_
     decision = decide(challenger, parity, champion, champion_version, params.gate, params.export, forgetting,
                       robustness=read_json_if_present(layout.robustness_metrics), teacher=_teacher_metrics(params, layout))
     get_run_logger().info(decision.summary())
+    # Without the per-row outcomes: what follows logs, tags and shows these metrics.
     return {"decision": decision.model_dump(), "summary": decision.summary(), "passed": decision.passed,
-            "challenger_metrics": challenger}
+            "challenger_metrics": without_outcomes(challenger)}
 
 
 def reproduce_group(params: Params, layout: ProjectLayout, stages: tuple[str, ...]) -> None:
@@ -184,12 +192,15 @@ def _teacher_metrics(params: Params, layout: ProjectLayout) -> dict | None:
 
 
 @task(name="register", cache_policy=NO_CACHE, **RETRY)
-def register(registry, run_id: str, layout: ProjectLayout, tags: dict, passed: bool, gate_summary: str) -> str:
+def register(registry, run_id: str, layout: ProjectLayout, tags: dict, passed: bool, gate_summary: str,
+             signing: RegistryParams) -> str:
+    """signing: params' registry section; the version's manifest is signed with its private key when that is set."""
     import tempfile
 
     from components.export.mlflow_model import save_mlflow_model
     from components.lifecycle.model_card import render_model_card
     from components.lifecycle.registry import CHALLENGER
+    from components.lifecycle.signing import seal_model_dir
     from components.model.continual import PYTORCH_ARTIFACT
 
     # A retry after a failure past create_model_version must not register the model twice.
@@ -203,7 +214,8 @@ def register(registry, run_id: str, layout: ProjectLayout, tags: dict, passed: b
         with tempfile.TemporaryDirectory(prefix="tunegate-model-") as scratch:
             # The version is an MLflow Model: pyfunc over the ONNX export (int8, fp16 or fp32), with its card.
             model = save_mlflow_model(layout.onnx_dir, Path(scratch) / "model", card=card)
-            version = registry.register(run_id, model, tags)
+            # Every file's sha256 in a manifest, signed: loaders and promotion refuse other bytes.
+            version = registry.register(run_id, model, {**tags, **seal_model_dir(model, signing)})
     if passed:
         registry.set_alias(CHALLENGER, version.version)
     return version.version
@@ -319,7 +331,7 @@ def _retrain(layout: ProjectLayout, params: Params, profile: str) -> dict:
             report = tracking.explain_report_link(registry, run_id)
             if report:  # the model card links it
                 tags["explain_report"] = report
-            version = register(registry, run_id, layout, tags, verdict["passed"], verdict["summary"])
+            version = register(registry, run_id, layout, tags, verdict["passed"], verdict["summary"], params.registry)
         if not verdict["passed"]:
             return tracking.finish(registry, run_id, status="rejected-by-gate", version=version,
                                     message=verdict["summary"])

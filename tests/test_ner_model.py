@@ -242,6 +242,12 @@ def test_score_onnx_dir_on_an_ner_split(tagger, int8_export, held_out, tmp_path)
     ner_split_frame(held_out).to_csv(test_csv, index=False)
     metrics = score_onnx_dir(int8_export.out_dir, test_csv, ENTITY_TYPES)
     assert metrics["n"] == len(held_out) and metrics["entity_f1"] >= 0.9
+    # Per-sentence counts for the gate's paired comparison: they give the same entity F1 and word accuracy.
+    from components.lifecycle.paired import OUTCOMES, metric_value
+
+    assert metrics[OUTCOMES]["ids"] == ner_split_frame(held_out)["id"].astype(str).tolist()
+    for metric in ("entity_f1", "accuracy", "macro_f1"):
+        assert metric_value(metrics[OUTCOMES], metric) == pytest.approx(metrics[metric])
     assert set(metrics["per_class"]) == set(ENTITY_TYPES) and metrics["per_class"]["PER"]["f1"] >= 0.9
     with pytest.raises(ValueError, match="entity types"):
         score_onnx_dir(int8_export.out_dir, test_csv, ["PER", "LOC"])

@@ -207,6 +207,10 @@ def test_worse_challenger_is_rejected_and_champion_keeps_serving(promoted_projec
         assert f"vs champion v{champion}" in result["message"].split("slice_vs_champion_short")[1]
         assert registry.aliases()[CHAMPION] == champion
         assert registry.version(result["version"]).tags["gate"] == "failed"
+        # The paired comparison: its interval in the run's metrics and on the version (the model card's line).
+        metrics = registry.client.get_run(result["run_id"]).data.metrics
+        assert metrics["gate_vs_champion_high"] > metrics["gate_vs_champion_diff"] > 0.02
+        assert json.loads(registry.version(result["version"]).tags["vs_champion"])["high"] > 0.02
         assert registry.aliases()[CHALLENGER] == champion
         metadata = httpx.get(f"{server.url}/metadata").json()
         assert metadata["model_version"] == champion

@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.fixtures_classifier import tiny_classifier, tiny_onnx_export  # noqa: F401 - fixtures
 from tests.project import GIT_IDENTITY, REPO_ROOT, git, make_project
 from tests.servers import free_port, wait_until_answers
 
@@ -213,3 +214,48 @@ def assert_no_secret_anywhere(settings, keys, registry, projects: list[Path]) ->
         texts += [(project / name).read_text(errors="replace") for name in tracked if (project / name).is_file()]
     for secret in secrets:
         assert not any(secret in text for text in texts), "a stack secret leaked"
+
+
+def test_a_model_replaced_in_the_bucket_is_refused_at_serve_pyfunc_and_promote(stack, tiny_onnx_export, tmp_path,
+                                                                              monkeypatch):
+    """A signed version registered through the MLflow server lands in S3; its model.onnx replaced there, by
+    anyone holding the bucket's keys, is refused by the service, the pyfunc loader and promotion."""
+    import mlflow
+    from components.export.integrity import ModelIntegrityError, TrustPolicy
+    from components.lifecycle.registry import CHAMPION, ModelRegistry
+    from components.lifecycle.signing import generate_key_pair
+    from components.serving.deployment import load_served_model
+    from tests.signed_models import register
+    from tunegate.stack.services import s3_client
+
+    settings, keys = stack
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", keys.mlflow_admin_password)
+    private_key, public_key = generate_key_pair(tmp_path / "keys")
+    registry = ModelRegistry(settings.mlflow_uri, "tamper-sentiment",
+                             trust=TrustPolicy(public_key.read_bytes(), require_signature=True))
+    first = register(registry, tiny_onnx_export.out_dir, tmp_path / "staged-1", private_key)
+    second = register(registry, tiny_onnx_export.out_dir, tmp_path / "staged-2", private_key)
+    registry.promote(first, by="admin", reason="first")
+    assert registry.verify(second).status == "signed"
+
+    run_id = registry.version(second).run_id
+    bucket = s3_client(settings, keys)
+    stored = [key for key in s3_keys_under(settings, keys, "mlflow-artifacts/")
+              if run_id in key and key.endswith("/model.onnx")]
+    assert len(stored) == 1, stored
+    data = bytearray(bucket.get_object(Bucket=settings.bucket, Key=stored[0])["Body"].read())
+    data[len(data) // 2] ^= 0x01
+    bucket.put_object(Bucket=settings.bucket, Key=stored[0], Body=bytes(data))
+
+    with pytest.raises(ModelIntegrityError, match="model.onnx"):
+        load_served_model(registry, tmp_path / "cache", ["CPUExecutionProvider"], version=second)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", settings.mlflow_uri)
+    monkeypatch.setenv("TUNEGATE_SIGNING_PUBLIC_KEY", str(public_key))
+    with pytest.raises(ModelIntegrityError, match="model.onnx"):
+        mlflow.pyfunc.load_model(f"models:/tamper-sentiment/{second}")
+    with pytest.raises(ModelIntegrityError, match="model.onnx"):
+        registry.promote(second, by="admin", reason="replaced in the bucket")
+    assert registry.aliases()[CHAMPION] == first
+    served = load_served_model(registry, tmp_path / "cache", ["CPUExecutionProvider"], version=first)
+    assert served.metadata["integrity"]["status"] == "signed"

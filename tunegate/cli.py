@@ -534,6 +534,9 @@ def build_parser() -> argparse.ArgumentParser:
     stage.set_defaults(handler=cmd_stage)
 
     from tunegate.curve_command import add_curve_parser
+    from tunegate.signing_commands import add_signing_parsers
+
+    add_signing_parsers(verbs, _layout, _open_registry)
 
     add_curve_parser(verbs, _user_errors)
 
@@ -549,6 +552,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from components.data.ingest import DriftFailure
     from components.data.readers import IngestError
     from components.data.validation.report import DataValidationError
+    from components.export.integrity import ModelIntegrityError
     from components.lifecycle.locking import RunInProgress
     from components.lifecycle.registry_auth import RegistryAccessError
     from components.lifecycle.versioning import VersioningError
@@ -556,7 +560,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from tunegate.stack.services import StackError
 
     return (ConfigError, LookupError, FileNotFoundError, AssetError, IngestError, DataValidationError, DriftFailure,
-            VersioningError, RunInProgress, BatchScoringError, RegistryAccessError, StackError)
+            VersioningError, RunInProgress, BatchScoringError, RegistryAccessError, StackError, ModelIntegrityError)
 
 
 def main(argv: list[str] | None = None) -> int:

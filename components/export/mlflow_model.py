@@ -24,11 +24,13 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # components/
 MODEL_CODE = Path(__file__).with_name("mlflow_entry.py")
 # What loading and predicting import, relative to components/: the runtime, not the pipeline.
 RUNTIME_MODULES = ("__init__.py", "config.py", "entities.py", "export/__init__.py", "export/predictor.py",
-                   "export/pyfunc.py")
+                   "export/pyfunc.py", "export/integrity.py")
 # The predictor's dependencies, pinned to what exported the model. onnxruntime-gpu runs on CPUs too;
 # where only onnxruntime is installed, that is what the model asks for.
 RUNTIME_DISTRIBUTIONS = ("mlflow", "onnxruntime-gpu|onnxruntime", "transformers", "tokenizers", "numpy", "pandas",
-                         "pydantic", "pyyaml")
+                         "pydantic", "pyyaml",
+                         # the signature check before loading (components/export/integrity.py)
+                         "model-signing", "pyopenssl")
 MODEL_CARD_FILE = "README.md"
 EXAMPLE_TEXTS = {"sequence-classification": ["a moving, beautifully acted film", "ninety minutes of tedium"],
                  TOKEN_CLASSIFICATION: ["EU rejects German call to boycott British lamb ."]}

@@ -8,6 +8,7 @@ character offsets into the text) for a token classifier (NER)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ class TunegatePyfunc(PythonModel):
         # MLflow's loader takes no providers: the export's precision picks them. An fp16 export (the GPU
         # plan) runs on CUDA where there is a CUDA device; int8, fp32 and fp16 without a GPU on the CPU.
         onnx_dir = Path(context.artifacts[ONNX_ARTIFACT])
+        verify_loaded_model(onnx_dir, getattr(context, "model_config", None) or {})
         self.predictor = load_predictor(onnx_dir, providers=default_providers(read_model_card(onnx_dir).precision))
 
     def predict(self, context, model_input, params=None):
@@ -49,3 +51,28 @@ def texts_of(model_input: Any) -> list[str]:
     from components.export.predictor import check_texts
 
     return check_texts(model_input)
+
+
+def verify_loaded_model(onnx_dir: Path, model_config: dict) -> None:
+    """Check the model MLflow is loading against its manifest (and signature) before anything reads it.
+
+    Without params.yaml here, the public key and the rule come from the environment (TUNEGATE_SIGNING_PUBLIC_KEY,
+    TUNEGATE_REQUIRE_SIGNATURE) or from `mlflow.pyfunc.load_model(..., model_config={"signing_public_key": ...,
+    "require_signature": true})`."""
+    from components.export.integrity import (
+        PUBLIC_KEY_ENV,
+        REQUIRE_SIGNATURE_ENV,
+        TrustPolicy,
+        bytecode_cache,
+        verify_model_dir,
+    )
+
+    model_root = next((folder for folder in Path(onnx_dir).resolve().parents if (folder / "MLmodel").is_file()), None)
+    if model_root is None:
+        raise FileNotFoundError(f"{onnx_dir}: not inside an MLflow Model (no MLmodel file above it)")
+    overrides = {PUBLIC_KEY_ENV: model_config.get("signing_public_key"),
+                 REQUIRE_SIGNATURE_ENV: str(model_config.get("require_signature", ""))}
+    env = {**os.environ, **{key: value for key, value in overrides.items() if value}}
+    # The model's code has run already (MLflow imported it to get here): this protects the graph and the
+    # tokenizer. `tunegate verify` or the registry's own loaders check a version before any of its code runs.
+    verify_model_dir(model_root, TrustPolicy.from_env(env), tolerated=bytecode_cache)

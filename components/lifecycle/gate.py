@@ -3,14 +3,28 @@
 The challenger is judged as it will be served (the ONNX export at export.precision: int8, fp16 or
 fp32), on thresholds, on its parity with the PyTorch model, and against the current champion re-scored
 on the same test rows.
+
+"At most this much worse than the champion" (max_regression, max_forgetting, max_slice_regression) is judged
+by gate.regression_rule: by default on the paired bootstrap interval of (champion - challenger) over the same
+rows (components/lifecycle/paired.py), so that a verdict is not decided by which rows the test split holds.
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 from pydantic import BaseModel
 
 from components.config import ROBUSTNESS_TOKEN_KINDS as TOKEN_KINDS
 from components.config import ExportParams, GateParams
+from components.lifecycle.paired import (
+    OUTCOMES,
+    MetricUnavailable,
+    PairedComparison,
+    PairingError,
+    paired_bootstrap,
+    slice_positions,
+)
 
 
 class GateCheck(BaseModel):
@@ -19,6 +33,15 @@ class GateCheck(BaseModel):
     value: float
     threshold: float
     detail: str
+    # value is judged against threshold: for a regression check by the interval rule the upper end of
+    # (champion - challenger) against the margin, by the point rule (challenger - champion) against -margin.
+    # A regression check judged on the interval: the paired comparison behind it (paired.PairedComparison's
+    # fields and the allowed upper end), for the report and MLflow. None for every other check.
+    interval: dict | None = None
+
+
+# (the challenger's figure, the champion's, rows) -> what a regression check compares, for its detail.
+Describe = Callable[[float, float, int], str]
 
 
 class GateDecision(BaseModel):
@@ -81,14 +104,7 @@ def decide(
         checks.append(GateCheck(name="vs_champion", passed=True, value=0.0, threshold=0.0,
                                 detail="no champion yet: judged on thresholds alone"))
     else:
-        metric = gate.compare_metric
-        difference = challenger[metric] - champion[metric]
-        checks.append(GateCheck(
-            name="vs_champion", passed=difference >= -gate.max_regression, value=difference,
-            threshold=-gate.max_regression,
-            detail=f"{metric} {challenger[metric]:.4f} vs champion v{champion_version} {champion[metric]:.4f} "
-                   f"on the same {challenger['n']} test rows ({difference:+.4f}; allowed >= {-gate.max_regression:+.4f})",
-        ))
+        checks.append(_vs_champion_check(challenger, champion, champion_version, gate))
     if earlier_rows is not None:
         checks.append(_forgetting_check(*earlier_rows, champion_version, gate))
     if teacher is not None and gate.max_teacher_gap is not None:
@@ -97,7 +113,8 @@ def decide(
     checks += _invariance_checks(robustness, gate, token_task="entity_f1" in challenger)
     # evaluate.slices: "slices" in the metrics (components/model/slices.py), the champion's on the same rows.
     checks += _slice_checks(challenger.get("slices"), None if champion is None else champion.get("slices"),
-                            champion_version, gate)
+                            champion_version, gate, outcomes=(challenger.get(OUTCOMES),
+                                                              None if champion is None else champion.get(OUTCOMES)))
     return GateDecision(passed=all(c.passed for c in checks), checks=checks, champion_version=champion_version)
 
 
@@ -112,16 +129,98 @@ def _teacher_gap_check(challenger: dict, teacher: dict, gate: GateParams) -> Gat
     )
 
 
+def _vs_champion_check(challenger: dict, champion: dict, champion_version: str | None, gate: GateParams) -> GateCheck:
+    metric = gate.compare_metric
+
+    def describe(ours: float, theirs: float, n: int) -> str:
+        return f"{metric} {ours:.4f} vs champion v{champion_version} {theirs:.4f} on the same {n} test rows"
+
+    return _regression_check("vs_champion", gate.max_regression, gate, (challenger[metric], champion[metric]),
+                             (challenger.get(OUTCOMES), champion.get(OUTCOMES)), challenger["n"], describe)
+
+
 def _forgetting_check(challenger: dict, champion: dict, champion_version: str | None, gate: GateParams) -> GateCheck:
     metric = gate.compare_metric
-    difference = challenger[metric] - champion[metric]
-    return GateCheck(
-        name="no_forgetting", passed=difference >= -gate.max_forgetting, value=difference,
-        threshold=-gate.max_forgetting,
-        detail=f"{metric} on the {challenger['n']} test rows of the batches v{champion_version} was trained on: "
-               f"{challenger[metric]:.4f} vs {champion[metric]:.4f} ({difference:+.4f}; "
-               f"allowed >= {-gate.max_forgetting:+.4f})",
-    )
+
+    def describe(ours: float, theirs: float, n: int) -> str:
+        return (f"{metric} on the {n} test rows of the batches v{champion_version} was trained on: "
+                f"{ours:.4f} vs {theirs:.4f}")
+
+    return _regression_check("no_forgetting", gate.max_forgetting, gate, (challenger[metric], champion[metric]),
+                             (challenger.get(OUTCOMES), champion.get(OUTCOMES)), challenger["n"], describe)
+
+
+def _regression_check(name: str, allowed: float, gate: GateParams, values: tuple[float, float],
+                      outcomes: tuple[dict | None, dict | None], n: int, describe: Describe,
+                      slice_name: str | None = None) -> GateCheck:
+    """The challenger at most `allowed` worse than the champion on gate.compare_metric, by gate.regression_rule.
+
+    values: the (challenger, champion) figures, for the point rule; outcomes: their per-row outcomes, for the
+    interval (None in scores cached before they were recorded: the point rule then, said in the detail);
+    slice_name: compare on that slice's rows only."""
+    if gate.regression_rule == "point":
+        return _point_check(name, allowed, values, n, describe)
+    ours, theirs = outcomes
+    if ours is None or theirs is None:
+        whose = "the challenger's" if ours is None else "the champion's"
+        return _point_check(name, allowed, values, n, describe,
+                            f"; judged by the point rule: {whose} scores carry no per-row outcomes (scored before "
+                            "they were recorded), so there is no interval")
+    rows = None
+    if slice_name is not None:
+        rows, their_rows = slice_positions(ours, slice_name), slice_positions(theirs, slice_name)
+        if rows is None or their_rows is None:
+            return _point_check(name, allowed, values, n, describe,
+                                "; judged by the point rule: the outcomes do not record this slice's rows")
+        if rows != their_rows:
+            return _unpaired_check(name, allowed, describe(*values, n), "the slice selects other rows of the "
+                                   "champion's outcomes than of the challenger's")
+    try:
+        comparison = paired_bootstrap(theirs, ours, gate.compare_metric, rows=rows, confidence=gate.confidence,
+                                      resamples=gate.bootstrap_resamples, seed=gate.bootstrap_seed, margin=allowed,
+                                      present_only=slice_name is not None)
+    except PairingError as fault:
+        return _unpaired_check(name, allowed, describe(*values, n), str(fault))
+    except MetricUnavailable as missing:
+        return _point_check(name, allowed, values, n, describe, f"; judged by the point rule: {missing}")
+    passed = comparison.high <= allowed
+    return GateCheck(name=name, passed=passed, value=comparison.high, threshold=allowed,
+                     detail=describe(comparison.challenger, comparison.champion, comparison.n) + ": "
+                            + interval_text(comparison, allowed, refused=not passed),
+                     interval={**comparison.model_dump(), "allowed": allowed})
+
+
+def interval_text(comparison: PairedComparison, allowed: float, refused: bool = True) -> str:
+    """`champion − challenger +0.0046, 95% interval [-0.0031, +0.0122] (2000 paired resamples); allowed upper
+    end <= 0.0100`, then McNemar's figures for accuracy and, for a refusal on too few rows to show even a tie,
+    how many would be needed (a pass needs no more rows; its interval still records rows_needed)."""
+    text = (f"champion − challenger {comparison.difference:+.4f}, {comparison.confidence * 100:g}% interval "
+            f"[{comparison.low:+.4f}, {comparison.high:+.4f}] ({comparison.resamples} paired resamples); "
+            f"allowed upper end <= {allowed:.4f}")
+    if comparison.mcnemar_p is not None:
+        text += (f"; McNemar: {comparison.champion_only_right} rows right only for the champion, "
+                 f"{comparison.challenger_only_right} only for the challenger, exact p {comparison.mcnemar_p:.3g}")
+    if refused and comparison.rows_needed is not None:
+        text += (f"; the interval is ±{comparison.half_width:.4f} wide, more than the {allowed:.4f} allowed, so "
+                 f"even a tie could not be shown within it on {comparison.n} rows: about {comparison.rows_needed} "
+                 "would be needed")
+    return text
+
+
+def _point_check(name: str, allowed: float, values: tuple[float, float], n: int, describe: Describe,
+                 note: str = "") -> GateCheck:
+    """The point rule: the bare difference (challenger - champion) against -allowed."""
+    ours, theirs = values
+    difference = ours - theirs
+    return GateCheck(name=name, passed=difference >= -allowed, value=difference, threshold=-allowed,
+                     detail=f"{describe(ours, theirs, n)} ({difference:+.4f}; allowed >= {-allowed:+.4f}){note}")
+
+
+def _unpaired_check(name: str, allowed: float, described: str, fault: str) -> GateCheck:
+    """Outcomes that cannot be paired row by row: a fault, never a silent misalignment."""
+    return GateCheck(name=name, passed=False, value=0.0, threshold=allowed,
+                     detail=f"{described}: cannot be compared row by row: {fault}. Re-score both models on the "
+                            "same test rows")
 
 
 RUN_ROBUSTNESS = "run the robustness stage after export (`dvc repro robustness`, or `tunegate stage robustness`)"
@@ -202,11 +301,11 @@ def shadow_check(tags: dict[str, str], gate: GateParams) -> GateCheck | None:
 
 
 def _slice_checks(slices: dict | None, champion_slices: dict | None, champion_version: str | None,
-                  gate: GateParams) -> list[GateCheck]:
+                  gate: GateParams, outcomes: tuple[dict | None, dict | None] = (None, None)) -> list[GateCheck]:
     """Per slice of evaluate.slices: gate.min_slice_metric on the challenger's compare_metric, and
     gate.max_slice_regression against the champion re-scored on the same slice rows. A slice with fewer
     rows than evaluate.min_slice_rows is reported and not gated; with neither setting, each slice's
-    figure is listed as a pass for the reader."""
+    figure is listed as a pass for the reader. outcomes: the (challenger's, champion's) per-row outcomes."""
     metric = gate.compare_metric
     if not slices:
         settings = [name for name in ("min_slice_metric", "max_slice_regression") if getattr(gate, name) is not None]
@@ -233,12 +332,14 @@ def _slice_checks(slices: dict | None, champion_slices: dict | None, champion_ve
                 threshold=gate.min_slice_metric,
                 detail=f"{where}: {metric} {value:.4f} on {entry['rows']} rows (required >= {gate.min_slice_metric:.4f})"))
         if gate.max_slice_regression is not None:
-            checks.append(_slice_regression_check(name, where, entry, champion_slices, champion_version, gate))
+            checks.append(_slice_regression_check(name, where, entry, champion_slices, champion_version, gate,
+                                                  outcomes))
     return checks
 
 
 def _slice_regression_check(name: str, where: str, entry: dict, champion_slices: dict | None,
-                            champion_version: str | None, gate: GateParams) -> GateCheck:
+                            champion_version: str | None, gate: GateParams,
+                            outcomes: tuple[dict | None, dict | None]) -> GateCheck:
     metric, allowed = gate.compare_metric, gate.max_slice_regression
     check = f"slice_vs_champion_{name}"
     if champion_version is None:
@@ -250,8 +351,9 @@ def _slice_regression_check(name: str, where: str, entry: dict, champion_slices:
         return GateCheck(name=check, passed=False, value=0.0, threshold=-allowed,
                          detail=f"{where}: champion v{champion_version} has no {metric} on this slice to compare "
                                 "with (it was not re-scored with evaluate.slices)")
-    difference = entry[metric] - theirs[metric]
-    return GateCheck(
-        name=check, passed=difference >= -allowed, value=difference, threshold=-allowed,
-        detail=f"{where}: {metric} {entry[metric]:.4f} vs champion v{champion_version} {theirs[metric]:.4f} on the "
-               f"same {entry['rows']} rows ({difference:+.4f}; allowed >= {-allowed:+.4f})")
+
+    def describe(ours: float, their_value: float, n: int) -> str:
+        return f"{where}: {metric} {ours:.4f} vs champion v{champion_version} {their_value:.4f} on the same {n} rows"
+
+    return _regression_check(check, allowed, gate, (entry[metric], theirs[metric]), outcomes, entry["rows"],
+                             describe, slice_name=name)

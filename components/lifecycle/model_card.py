@@ -79,6 +79,21 @@ def _slices_section(slices: Any) -> list[str]:
             "|---|---|---|" + ("---|" if entity else "") + "---|---|---|", *rows, ""]
 
 
+def vs_champion_line(comparison: Any) -> list[str]:
+    """The gate's paired comparison with the champion (tracking.vs_champion_tag): the difference with its interval,
+    as a line under the gate's verdict; nothing without one (no champion, the point rule, an older version)."""
+    found = _mapping_of(comparison)
+    if found is None or not all(isinstance(found.get(key), (int, float)) for key in ("difference", "low", "high")):
+        return []
+    confidence = found.get("confidence", 0.95)
+    mcnemar = (f", McNemar exact p {found['mcnemar_p']:.3g}" if isinstance(found.get("mcnemar_p"), (int, float))
+               else "")
+    return [(f"Against champion v{found.get('champion_version', '?')} on the same {found.get('n', '?')} test rows: "
+             f"{found.get('metric', '?')} champion − challenger {found['difference']:+.4f}, "
+             f"{confidence * 100:g}% interval [{found['low']:+.4f}, {found['high']:+.4f}] "
+             f"({found.get('resamples', '?')} paired resamples{mcnemar}); positive: the challenger is worse."), ""]
+
+
 def template_of(tags: dict[str, Any]) -> str | None:
     """data.template from the version's params tag (tracking.version_tags), or None (none, or an older tag)."""
     params = _mapping_of(tags.get("params")) or {}
@@ -155,6 +170,7 @@ def render_model_card(model_name: str, tags: dict[str, Any], parity: dict[str, A
         "",
         f"Verdict: **{tags.get('gate', 'unknown')}**.",
         "",
+        *vs_champion_line(tags.get("vs_champion")),
         "```",
         gate_summary.strip(),
         "```",

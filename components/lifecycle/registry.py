@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from components.export.integrity import TrustPolicy, Verification, verify_model_dir
+from components.lifecycle.aliases import CHALLENGER, CHAMPION, PREVIOUS_CHAMPION  # noqa: F401 (re-exported)
 from components.lifecycle.registry_auth import (
     EDIT,
     MANAGE,
@@ -28,7 +30,6 @@ from components.lifecycle.registry_auth import (
 )
 from components.redact import redact_uri
 
-CHALLENGER, CHAMPION, PREVIOUS_CHAMPION = "challenger", "champion", "previous_champion"
 MODEL_ARTIFACT_PATH = "model"
 HISTORY_TAG_PREFIX = "champion_history."
 
@@ -54,12 +55,17 @@ class VersionInfo:
 
 
 class ModelRegistry:
-    def __init__(self, tracking_uri: str, model_name: str, artifact_root: Path | None = None):
+    def __init__(self, tracking_uri: str, model_name: str, artifact_root: Path | None = None,
+                 trust: TrustPolicy | None = None):
+        """trust: how a version's files and signature are judged before it is loaded or promoted (from params'
+        registry section, components/lifecycle/signing.py); None checks each file against the manifest
+        and loads an unsigned version with a warning."""
         from mlflow import MlflowClient
 
         self.tracking_uri = tracking_uri
         self.model_name = model_name
         self.artifact_root = artifact_root
+        self.trust = trust or TrustPolicy()
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         self._identity: Identity | None = None
         self._identity_known = False  # the server is asked once, on first need
@@ -186,6 +192,7 @@ class ModelRegistry:
     def promote(self, version: str, by: str, reason: str, action: str = "promote") -> VersionInfo | None:
         """Move `champion` to `version`, keeping the one it replaces as `previous_champion`."""
         self.require(EDIT, f"make v{version} champion")
+        self.verify(str(version))  # a version whose files are not the ones registered never becomes champion
         previous = self.by_alias(CHAMPION)
         with self.refusals_explained(f"make v{version} champion"):
             if previous is not None and previous.version != str(version):
@@ -206,6 +213,7 @@ class ModelRegistry:
         # Deleting an alias is a delete on the model: MLflow asks MANAGE for it, EDIT for moving one.
         action = f"roll back from v{current.version} to v{target.version}"
         self.require(EDIT if keeps_previous else MANAGE, action)
+        self.verify(target.version)
         with self.refusals_explained(action):
             self.set_alias(CHAMPION, target.version)
             if keeps_previous:
@@ -235,6 +243,18 @@ class ModelRegistry:
         except MlflowException:
             return []
         return [json.loads(tags[key]) for key in sorted(k for k in tags if k.startswith(HISTORY_TAG_PREFIX))]
+
+    def verify_download(self, info: VersionInfo, model_dir: Path) -> Verification:
+        """Check a downloaded version's files (and signature) against what was registered; raises
+        ModelIntegrityError naming the file and both hashes."""
+        return verify_model_dir(model_dir, self.trust, expected_manifest_sha256=info.tags.get("manifest_sha256"),
+                                name=f"{self.model_name} v{info.version}")
+
+    def verify(self, version: str) -> Verification:
+        """Download a version into a scratch folder and check it (promotion and rollback do, before moving an alias)."""
+        info = self.version(version)
+        with tempfile.TemporaryDirectory(prefix=f"tunegate-verify-v{version}-") as scratch:
+            return self.verify_download(info, self.download(info.version, Path(scratch)))
 
     def download(self, version: str, destination: Path | None = None) -> Path:
         import mlflow

@@ -21,13 +21,16 @@ ENTITY_METRICS = ("entity_f1", "entity_precision", "entity_recall")
 
 
 def open_registry(params: Params, layout: ProjectLayout) -> ModelRegistry:
+    from components.lifecycle.signing import trust_policy
+
     uri = resolve_tracking_uri(params.registry.tracking_uri, layout.mlflow_dir)
+    trust = trust_policy(params.registry, layout.root)
     if not uri.startswith("sqlite:///"):
         # A tracking server keeps artifacts where it was told to (its proxy to S3, say): a folder on this
         # machine would be unreachable from every other client.
-        return ModelRegistry(uri, params.registry.model_name)
+        return ModelRegistry(uri, params.registry.model_name, trust=trust)
     Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    return ModelRegistry(uri, params.registry.model_name, artifact_root=layout.mlflow_dir / "artifacts")
+    return ModelRegistry(uri, params.registry.model_name, artifact_root=layout.mlflow_dir / "artifacts", trust=trust)
 
 
 def model_params(params: Params) -> dict:
@@ -263,8 +266,40 @@ def log_gate(registry: ModelRegistry, run_id: str, verdict: dict) -> None:
                                   **{f"int8_test_{k}": served[k] for k in ENTITY_METRICS if k in served}})
     # The served model's slice figures, which the gate judged: int8_slice_<name>_<metric>.
     registry.log_metrics(run_id, slice_metrics_of(served, prefix="int8_"))
+    # The paired comparisons with the champion (the difference and its interval): gate_vs_champion_diff, ...
+    registry.log_metrics(run_id, gate_interval_metrics(verdict["decision"]))
     registry.set_run_tags(run_id, {"gate": "passed" if verdict["passed"] else "failed"})
     registry.log_json(run_id, verdict["decision"], "gate/decision.json")
+
+
+# What each regression check's paired comparison (GateCheck.interval) is logged as: gate_<check>_<suffix>.
+GATE_INTERVAL_METRICS = {"difference": "diff", "low": "low", "high": "high", "mcnemar_p": "mcnemar_p"}
+VS_CHAMPION_FIGURES = ("metric", "champion", "challenger", "difference", "low", "high", "confidence", "resamples",
+                       "n", "allowed", "mcnemar_p")
+
+
+def gate_interval_metrics(decision: dict) -> dict[str, float]:
+    """The regression checks judged on an interval (components/lifecycle/gate.py) as MLflow metrics:
+    gate_<check>_diff (champion - challenger), gate_<check>_low and _high (its interval) and, for accuracy,
+    gate_<check>_mcnemar_p; e.g. gate_vs_champion_diff. Nothing for checks judged by the point rule."""
+    metrics: dict[str, float] = {}
+    for check in decision.get("checks", []):
+        interval = check.get("interval") or {}
+        metrics.update({f"gate_{check['name']}_{suffix}": float(interval[key])
+                        for key, suffix in GATE_INTERVAL_METRICS.items() if interval.get(key) is not None})
+    return metrics
+
+
+def vs_champion_tag(verdict: dict) -> dict:
+    """{"vs_champion": {champion_version, metric, difference, low, high, ...}}: the gate's paired comparison with
+    the champion, for the model card; {} when there was none (no champion, or the point rule)."""
+    decision = verdict.get("decision") or {}
+    interval = next((check.get("interval") for check in decision.get("checks", []) if check["name"] == "vs_champion"),
+                    None)
+    if not interval:
+        return {}
+    return {"vs_champion": {"champion_version": decision.get("champion_version"),
+                            **{key: interval[key] for key in VS_CHAMPION_FIGURES if interval.get(key) is not None}}}
 
 
 def version_tags(params: Params, layout: ProjectLayout, data: dict, verdict: dict, model_md5: str) -> dict:
@@ -288,6 +323,7 @@ def version_tags(params: Params, layout: ProjectLayout, data: dict, verdict: dic
         **robustness_tag(layout),
         # evaluate.slices, the served model's figures per slice (the model card's table).
         **({"slices": served["slices"]} if served.get("slices") else {}),
+        **vs_champion_tag(verdict),  # the model card's line on the champion
     }
 
 

@@ -43,7 +43,7 @@ def read_starting_point(start_dir: Path) -> StartingPoint | None:
 def prepare_starting_point(init_from: str, base_model: str, start_dir: Path, registry_factory) -> StartingPoint:
     """Write where fine-tuning starts. `registry_factory` opens the model registry (only called for a
     champion start, so a base start needs no MLflow store)."""
-    from components.lifecycle.registry import CHAMPION
+    from components.lifecycle.aliases import CHAMPION
 
     if start_dir.exists():
         shutil.rmtree(start_dir)

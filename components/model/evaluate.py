@@ -174,6 +174,41 @@ def evaluate_frame(frame: pd.DataFrame, probabilities: np.ndarray, labels: list[
     return metrics, predictions
 
 
+def row_outcomes(frame: pd.DataFrame, predicted: list[str], labels: list[str]) -> dict:
+    """Per test row its actual and predicted label (indices into `labels`; -1: an actual label outside them),
+    with the rows' ids: what a paired comparison with another model on the same rows needs
+    (components/lifecycle/paired.py). Compact and JSON-serialisable: the champion's scores are cached as JSON."""
+    index = {label: i for i, label in enumerate(labels)}
+    return {"unit": "row", "ids": frame["id"].astype(str).tolist(), "labels": list(labels),
+            "actual": [index.get(str(label), -1) for label in frame["label"]],
+            "predicted": [index.get(str(label), -1) for label in predicted]}
+
+
+def sentence_outcomes(frame: pd.DataFrame, predicted: list[list[str]], entity_types: list[str]) -> dict:
+    """Per test sentence, with the rows' ids, the counts entity_scores sums over the sentences: entities
+    found, wrongly found and missed (exact span and type; in all, and per entity type) and correct and total
+    words, so that entity F1, macro-F1 and word accuracy can be recomputed on a resample of the sentences."""
+    _, gold = sentences_and_tags(frame)
+    if len(predicted) != len(gold):
+        raise ValueError(f"{len(gold)} sentences but {len(predicted)} predicted")
+    columns: dict[str, list] = {name: [] for name in ("true_positive", "false_positive", "false_negative",
+                                                      "true_positive_by_kind", "false_positive_by_kind",
+                                                      "false_negative_by_kind", "correct_tokens", "tokens")}
+    for row, (gold_tags, predicted_tags) in enumerate(zip(gold, predicted)):
+        if len(gold_tags) != len(predicted_tags):
+            raise ValueError(f"sentence {row}: {len(gold_tags)} gold tags but {len(predicted_tags)} predicted")
+        # The spans and the exact-match rule of entity_scores, one sentence at a time.
+        actual, guessed = set(spans_from_tags(gold_tags)), set(spans_from_tags(predicted_tags))
+        found = actual & guessed
+        for name, spans in (("true_positive", found), ("false_positive", guessed - found),
+                            ("false_negative", actual - found)):
+            columns[name].append(len(spans))
+            columns[f"{name}_by_kind"].append([sum(span.kind == kind for span in spans) for kind in entity_types])
+        columns["correct_tokens"].append(sum(g == p for g, p in zip(gold_tags, predicted_tags)))
+        columns["tokens"].append(len(gold_tags))
+    return {"unit": "sentence", "ids": frame["id"].astype(str).tolist(), "kinds": list(entity_types), **columns}
+
+
 def plot_confusion_matrix(metrics: dict, path: Path, title: str) -> None:
     import matplotlib
 

@@ -71,14 +71,21 @@ def slice_metrics(test: pd.DataFrame, predicted: list, labels: list[str], settin
         gold = test["label"].astype(str).tolist()
         predicted = [str(label) for label in predicted]
     report: dict[str, dict] = {}
+    positions = slice_rows(test, settings)
     for spec in settings.slices:
-        rows = np.flatnonzero(slice_mask(test, spec))
+        rows = positions[spec.name]
         entry: dict = {"kind": spec.kind, "selects": spec.describe(), "rows": len(rows),
                        "min_rows": settings.min_slice_rows, "judged": bool(len(rows) >= settings.min_slice_rows)}
         if len(rows):  # figures of a small slice are reported too, only not gated
             entry.update(_figures([gold[i] for i in rows], [predicted[i] for i in rows], labels, token_task))
         report[spec.name] = entry
     return report
+
+
+def slice_rows(test: pd.DataFrame, settings: EvaluateParams) -> dict[str, list[int]]:
+    """Per slice of settings.slices, the positions of the test rows it selects (the rows slice_metrics scores):
+    the gate compares two models' outcomes on exactly these rows (components/lifecycle/paired.py)."""
+    return {spec.name: np.flatnonzero(slice_mask(test, spec)).tolist() for spec in settings.slices}
 
 
 def write_slices(report: dict[str, dict], path: Path) -> None:

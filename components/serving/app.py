@@ -118,7 +118,8 @@ def _version_headers(model: ServedModel) -> dict[str, str] | None:
 def _reload_summary(stats: ReloadStats) -> dict[str, Any]:
     last = None if stats.last_reload_unix is None else time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                       time.gmtime(stats.last_reload_unix))
-    return {"reloads": stats.reloads, "failed_loads": stats.failed_loads, "registry_errors": stats.registry_errors,
+    return {"reloads": stats.reloads, "failed_loads": stats.failed_loads, "integrity_refusals": stats.integrity_refusals,
+            "registry_errors": stats.registry_errors,
             "last_reload_at": last, "last_error": stats.last_error}
 
 

@@ -18,17 +18,21 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from components.export.integrity import listed_below
+
 # --- on the workers ----------------------------------------------------------------------------
 _predictors: dict[tuple[str, tuple[str, ...], int], Any] = {}  # per worker process: (digest, providers, threads)
 _loading = threading.Lock()  # a worker with several threads opens the model once, not once per thread
 loads = 0  # models this process opened: 1 per worker and model, whatever the number of chunks
 
 
-def _open_on_worker(digest: str, packed: bytes, providers: tuple[str, ...], threads: int):
+def _open_on_worker(digest: str, packed: bytes, providers: tuple[str, ...], threads: int,
+                    expected_files: list[dict] | None):
     global loads
     key = (digest, providers, threads)
     with _loading:
         if key not in _predictors:
+            from components.export.integrity import check_files
             from components.export.predictor import load_predictor
 
             try:
@@ -40,14 +44,16 @@ def _open_on_worker(digest: str, packed: bytes, providers: tuple[str, ...], thre
             target = Path(tempfile.mkdtemp(prefix=f"tunegate-model-{digest[:12]}-", dir=scratch))
             with tarfile.open(fileobj=io.BytesIO(packed)) as archive:
                 archive.extractall(target, filter="data")
+            if expected_files is not None:  # the files the client checked against the registered manifest
+                check_files(target, expected_files)
             _predictors[key] = load_predictor(target, providers=list(providers), intra_op_threads=threads)
             loads += 1
         return _predictors[key]
 
 
 def score_on_worker(digest: str, packed: bytes, providers: tuple[str, ...], threads: int, texts: list[str],
-                    batch_size: int) -> list[dict]:
-    return _open_on_worker(digest, packed, providers, threads).predict(texts, batch_size=batch_size)
+                    batch_size: int, expected_files: list[dict] | None = None) -> list[dict]:
+    return _open_on_worker(digest, packed, providers, threads, expected_files).predict(texts, batch_size=batch_size)
 
 
 def worker_loads() -> int:
@@ -77,6 +83,8 @@ class DaskChunkScorer:
         shape = cluster_shape(client)
         self.client = client
         self.model_dir = Path(model_dir)
+        # Each worker checks what it unpacked against the registered manifest's entries before loading it.
+        self.expected_files = listed_below(self.model_dir)
         self.providers = tuple(providers)
         self.batch_size = batch_size
         self.threads = shape.threads_per_task
@@ -90,7 +98,8 @@ class DaskChunkScorer:
         try:
             for texts in texts_stream:
                 in_flight.append(self.client.submit(score_on_worker, digest, model, self.providers, self.threads,
-                                                    texts, self.batch_size, pure=False) if texts else [])
+                                                    texts, self.batch_size, self.expected_files, pure=False)
+                                 if texts else [])
                 if len(in_flight) >= self.window:
                     yield _result(in_flight.popleft())
             while in_flight:

@@ -44,6 +44,7 @@ def load_served_model(registry: ModelRegistry, cache_dir: Path, providers: list[
                       version: str | None = None, alias: str = CHAMPION):
     """Download (once per version) and load the ONNX model behind `alias` or `version` (int8, fp16 or
     fp32, on `providers`): a text classifier or a token tagger (NER), as its model card says."""
+    from components.export.integrity import ModelIntegrityError
     from components.export.mlflow_model import onnx_dir_in
     from components.export.predictor import load_predictor
     from components.serving.holder import ServedModel
@@ -55,8 +56,15 @@ def load_served_model(registry: ModelRegistry, cache_dir: Path, providers: list[
         partial = local.parent / f".{info.version}.partial"
         shutil.rmtree(partial, ignore_errors=True)  # left by a download that died
         registry.download(info.version, partial).replace(local)  # atomic: a half-downloaded model is never served
+    try:
+        # Checked on every load, the cached copy too: the bytes that serve are the ones registered (and signed).
+        verified = registry.verify_download(info, local)
+    except ModelIntegrityError:
+        shutil.rmtree(local, ignore_errors=True)  # a later try downloads afresh: the store may have been repaired
+        raise
     # An MLflow Model (the ONNX export is its artifact) or, registered before those, the export itself.
-    return ServedModel(load_predictor(onnx_dir_in(local), providers=providers), version_metadata(registry, info))
+    metadata = {**version_metadata(registry, info), "integrity": verified.as_metadata()}
+    return ServedModel(load_predictor(onnx_dir_in(local), providers=providers), metadata)
 
 
 # --- following the champion while serving -------------------------------------------------------

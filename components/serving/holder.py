@@ -41,6 +41,7 @@ class ServedModel:
 class ReloadStats:
     reloads: int  # successful swaps since start
     failed_loads: int  # versions that could not be loaded or warmed up; the old model kept serving
+    integrity_refusals: int  # of those, versions refused because their files or signature were not the registered ones
     registry_errors: int  # polls that could not read the registry
     last_reload_unix: float | None
     last_reload_monotonic: float | None
@@ -56,6 +57,7 @@ class ModelHolder:
         self._lock = threading.Lock()  # for the counters; reading _model needs no lock
         self._reloads = 0
         self._failed_loads = 0
+        self._integrity_refusals = 0
         self._registry_errors = 0
         self._last_reload_unix: float | None = None
         self._last_reload_monotonic: float | None = None
@@ -74,8 +76,11 @@ class ModelHolder:
         return previous
 
     def record_failed_load(self, version: str | None, error: BaseException) -> None:
+        from components.export.integrity import ModelIntegrityError
+
         with self._lock:
             self._failed_loads += 1
+            self._integrity_refusals += isinstance(error, ModelIntegrityError)
             # Shown on /metadata: MLflow's errors repeat the URI they failed on, login included.
             self._last_error = redact_secrets(f"version {version}: {type(error).__name__}: {error}")
 
@@ -86,5 +91,6 @@ class ModelHolder:
 
     def stats(self) -> ReloadStats:
         with self._lock:
-            return ReloadStats(self._reloads, self._failed_loads, self._registry_errors, self._last_reload_unix,
+            return ReloadStats(self._reloads, self._failed_loads, self._integrity_refusals, self._registry_errors,
+                               self._last_reload_unix,
                                self._last_reload_monotonic, self._last_error)

@@ -49,6 +49,9 @@ class _ServiceStateCollector(Collector):
         yield outcomes
         yield CounterMetricFamily("tunegate_registry_poll_errors", "Registry polls that failed.",
                                   value=reloads.registry_errors)
+        yield CounterMetricFamily("tunegate_model_integrity_refusals", "Versions refused (and not served) because "
+                                  "their files or signature were not the ones registered.",
+                                  value=reloads.integrity_refusals)
 
 
 class _ShadowCollector(Collector):
