@@ -82,11 +82,12 @@ def adapt(layout: ProjectLayout, params: Params) -> None:
 
 def start(layout: ProjectLayout, params: Params) -> None:
     """Where fine-tuning starts: the base model, or the champion's weights (train.init_from)."""
+    from components.lifecycle.signing import check_pytorch_weights
     from components.lifecycle.tracking import open_registry
     from components.model.continual import prepare_starting_point
 
     point = prepare_starting_point(params.train.init_from, params.model.base_model, layout.start_dir,
-                                   lambda: open_registry(params, layout))
+                                   lambda: open_registry(params, layout), check_weights=check_pytorch_weights)
     where = f"champion v{point.champion_version}" if point.source == "champion" else params.model.base_model
     print(f"start: fine-tuning starts from {where}" + (f" ({point.note})" if point.note else ""))
 

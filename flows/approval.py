@@ -63,11 +63,13 @@ def record_decision(registry, version: str, approval: Approval) -> str | None:
     Returns the old champion."""
     action = f"{'approve' if approval.approved else 'reject'} v{version}"
     registry.require(EDIT, action)
+    # An approval of a version whose files are not the registered ones is refused before it is recorded.
+    verified = registry.verify(version) if approval.approved else None
     with registry.refusals_explained(action):
         registry.tag_version(version, approval.as_tags())
     if not approval.approved:
         return None
-    previous = registry.promote(version, by=approval.by, reason=approval.comment or "approved")
+    previous = registry.promote(version, by=approval.by, reason=approval.comment or "approved", verified=verified)
     return previous.version if previous else None
 
 

@@ -130,8 +130,12 @@ def score_registered_version(tracking_uri: str, model_name: str, version: str, r
     from components.export.mlflow_model import onnx_dir_in
     from components.lifecycle.registry import ModelRegistry
 
+    registry = ModelRegistry(tracking_uri, model_name)
     with tempfile.TemporaryDirectory() as scratch:
-        model_dir = ModelRegistry(tracking_uri, model_name).download(version, Path(scratch))
+        model_dir = registry.download(version, Path(scratch))
+        # Its files against its manifest before onnxruntime reads them (the signature rule is serving's and
+        # promotion's: an unsigned champion is still scored here, never a tampered one).
+        registry.verify_download(registry.version(version), model_dir)
         return score_onnx_dir(onnx_dir_in(model_dir), rows_csv, labels, slices)
 
 
@@ -200,7 +204,7 @@ def register(registry, run_id: str, layout: ProjectLayout, tags: dict, passed: b
     from components.export.mlflow_model import save_mlflow_model
     from components.lifecycle.model_card import render_model_card
     from components.lifecycle.registry import CHALLENGER
-    from components.lifecycle.signing import seal_model_dir
+    from components.lifecycle.signing import pytorch_files_tag, seal_model_dir
     from components.model.continual import PYTORCH_ARTIFACT
 
     # A retry after a failure past create_model_version must not register the model twice.
@@ -215,7 +219,8 @@ def register(registry, run_id: str, layout: ProjectLayout, tags: dict, passed: b
             # The version is an MLflow Model: pyfunc over the ONNX export (int8, fp16 or fp32), with its card.
             model = save_mlflow_model(layout.onnx_dir, Path(scratch) / "model", card=card)
             # Every file's sha256 in a manifest, signed: loaders and promotion refuse other bytes.
-            version = registry.register(run_id, model, {**tags, **seal_model_dir(model, signing)})
+            version = registry.register(run_id, model, {**tags, **pytorch_files_tag(layout.model_dir),
+                                                        **seal_model_dir(model, signing)})
     if passed:
         registry.set_alias(CHALLENGER, version.version)
     return version.version

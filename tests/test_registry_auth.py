@@ -111,6 +111,17 @@ def auth_server(tmp_path_factory, request):
             server.wait()
 
 
+def grant_experiment_read(admin, user: str, experiment: str) -> None:
+    """READ on the tests' shared experiment; kept as it is when an earlier test's model granted it already."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        admin.grant_user_permission(user, "experiment", experiment, "READ")
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+
+
 @pytest.fixture
 def model(auth_server, tmp_path, request) -> str:
     """A registered model of its own per test, two versions of the tiny int8 classifier (registered by
@@ -125,6 +136,9 @@ def model(auth_server, tmp_path, request) -> str:
         registry.end_run(run_id)
     admin.grant_user_permission("alice", "registered_model", name, "MANAGE")
     admin.grant_user_permission("bob", "registered_model", name, "READ")
+    # Promotion reads a version's files to check them against its manifest: READ on the experiment of its runs.
+    for user in ("alice", "runner"):
+        grant_experiment_read(admin, user, registry.experiment_id("tunegate-auth-tests"))
     write_params(tmp_path, {"data": {"source": "x.csv", "labels": ["a", "b"]}, "model": {"base_model": "org/m"},
                             "registry": {"model_name": name, "tracking_uri": auth_server.url}})
     return name
@@ -182,6 +196,24 @@ def test_bob_with_read_only_is_refused_and_nothing_changes(auth_server, model, t
     assert tunegate(tmp_path, "rollback", "--reason", "bad outputs") == 2
     assert "that needs MANAGE permission on the model and bob has READ" in capsys.readouterr().err
     assert state(auth_server, model) == before
+
+
+def test_an_approver_who_may_not_read_the_version_s_files_is_refused_and_nothing_changes(auth_server, model,
+                                                                                      tmp_path, capsys):
+    """Approving promotes, and promotion checks the version's files first: without READ on the experiment of its
+    run the approver is told so, before anything is written."""
+    admin, before = champion_and_a_pending_version(auth_server, model)
+    experiment = ModelRegistry(auth_server.url, model).experiment_id("tunegate-auth-tests")
+    auth_server.admin_client().revoke_user_permission("alice", "experiment", experiment)
+    try:
+        auth_server.login("alice")
+        assert tunegate(tmp_path, "approve", "--comment", "looks fine") == 2
+        refusal = capsys.readouterr().err
+        assert "alice may not read the files of v2" in refusal and "Nothing was changed" in refusal, refusal
+        assert "grant_user_permission('alice', 'experiment'" in refusal
+        assert state(auth_server, model) == before
+    finally:
+        grant_experiment_read(auth_server.admin_client(), "alice", experiment)
 
 
 def test_alice_approves_as_herself_and_moves_the_alias(auth_server, model, tmp_path, capsys):

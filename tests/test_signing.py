@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import shutil
 import tarfile
 import time
 from pathlib import Path
@@ -242,6 +243,72 @@ def test_a_signed_version_loads_everywhere_with_the_right_key(store, keys, tmp_p
     monkeypatch.setenv("TUNEGATE_REQUIRE_SIGNATURE", "true")
     answers = mlflow.pyfunc.load_model(f"models:/{NAME}/{second}").predict(pd.DataFrame({"text": texts}))
     assert answers["label"].tolist() == [p["label"] for p in served.predictor.predict(texts)]
-    started = time.monotonic()
     registry.promote(second, by="test", reason="signed and intact")
-    assert registry.aliases()[CHAMPION] == second and time.monotonic() - started < 30
+    assert registry.aliases()[CHAMPION] == second
+    # MLflow's loader wrote its registered_model_meta into the (local) store: tolerated, not a tampered file.
+    assert (stored_file(registry, second, "registered_model_meta")).is_file()
+    assert registry.verify(second).status == "signed"
+
+
+def test_a_deleted_manifest_or_signature_is_refused_even_when_signatures_are_not_required(store):
+    registry, first, second = store
+    registry.trust = TrustPolicy()  # the local profile: no key, nothing required
+    stored_file(registry, first, MANIFEST_FILE).unlink()
+    with pytest.raises(ModelIntegrityError, match="missing, but the registry recorded sha256"):
+        registry.verify(first)
+    stored_file(registry, second, SIGNATURE_FILE).unlink()
+    with pytest.raises(ModelIntegrityError, match="missing, but the registry recorded .* as signed"):
+        registry.verify(second)
+
+
+def test_manifest_paths_cannot_leave_the_model(tmp_path):
+    for path in ("/etc/hostname", "../outside.txt", "a/../../b", "a\\b", "a//b"):
+        (tmp_path / MANIFEST_FILE).write_text(json.dumps({"files": [{"path": path, "size": 1, "sha256": "0" * 64}]}))
+        with pytest.raises(ModelIntegrityError, match="not a plain relative path"):
+            verify_model_dir(tmp_path, TrustPolicy())
+
+
+def test_pyfunc_refuses_another_signed_version_swapped_in(store, keys, monkeypatch):
+    """Every file of v2 replaced by v1's, manifest and signature included: all validly signed, so only the
+    registry's record of v2 (its manifest_sha256 tag) tells them apart."""
+    registry, first, second = store
+    target = stored_file(registry, second, "")
+    shutil.rmtree(target)
+    shutil.copytree(stored_file(registry, first, ""), target)
+    assert verify_model_dir(target, registry.trust).status == "signed"  # on its own it is a good model...
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", registry.tracking_uri)
+    monkeypatch.setenv("TUNEGATE_SIGNING_PUBLIC_KEY", str(keys[1]))
+    with pytest.raises(ModelIntegrityError, match="the registry recorded sha256"):  # ...but not v2
+        mlflow.pyfunc.load_model(f"models:/{NAME}/{second}")
+
+
+def test_a_model_config_cannot_lift_the_environment_s_requirement(tmp_path, tiny_onnx_export, monkeypatch):
+    registry = ModelRegistry(f"sqlite:///{tmp_path}/mlflow.db", NAME, artifact_root=tmp_path / "artifacts")
+    unsigned = register(registry, tiny_onnx_export.out_dir, tmp_path / "staged", private_key=None)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", registry.tracking_uri)
+    monkeypatch.setenv("TUNEGATE_REQUIRE_SIGNATURE", "true")
+    monkeypatch.setenv("TUNEGATE_SIGNING_PUBLIC_KEY", "-----BEGIN PUBLIC KEY-----\nnot used\n-----END PUBLIC KEY-----")
+    with pytest.raises(ModelIntegrityError, match="not signed"):
+        mlflow.pyfunc.load_model(f"models:/{NAME}/{unsigned}", model_config={"require_signature": False})
+
+
+def test_an_approval_of_a_tampered_version_is_refused_before_it_is_recorded(store):
+    from flows.approval import Approval, record_decision
+
+    registry, first, second = store
+    flip_a_byte(stored_export_file(registry, second, "model.onnx"))
+    with pytest.raises(ModelIntegrityError, match="model.onnx"):
+        record_decision(registry, second, Approval(True, by="ada", comment="looks fine", how="person"))
+    assert "approval" not in registry.version(second).tags and registry.aliases()[CHAMPION] == first
+
+
+def test_continual_learning_checks_the_champion_s_pytorch_weights(tmp_path, tiny_classifier):
+    from components.lifecycle.signing import check_pytorch_weights, pytorch_files_tag
+
+    tags = pytorch_files_tag(tiny_classifier)
+    copy = tmp_path / "weights"
+    shutil.copytree(tiny_classifier, copy)
+    check_pytorch_weights(tags, copy)  # as registered
+    flip_a_byte(copy / "model.safetensors")
+    with pytest.raises(ModelIntegrityError, match="model.safetensors"):
+        check_pytorch_weights(tags, copy)

@@ -241,8 +241,9 @@ def test_a_model_replaced_in_the_bucket_is_refused_at_serve_pyfunc_and_promote(s
 
     run_id = registry.version(second).run_id
     bucket = s3_client(settings, keys)
-    stored = [key for key in s3_keys_under(settings, keys, "mlflow-artifacts/")
-              if run_id in key and key.endswith("/model.onnx")]
+    pages = bucket.get_paginator("list_objects_v2").paginate(Bucket=settings.bucket, Prefix="mlflow-artifacts/")
+    stored = [item["Key"] for page in pages for item in page.get("Contents", [])
+              if f"/{run_id}/" in item["Key"] and item["Key"].endswith("/model.onnx")]
     assert len(stored) == 1, stored
     data = bytearray(bucket.get_object(Bucket=settings.bucket, Key=stored[0])["Body"].read())
     data[len(data) // 2] ^= 0x01

@@ -323,6 +323,7 @@ def cmd_promote(args) -> int:
     by = registry.actor(args.by)
     registry.require(EDIT, f"promote v{args.version}")  # before the forced_promotion tag: a refusal changes nothing
     version = registry.version(args.version)
+    verified = registry.verify(args.version)  # before any tag: a tampered version changes nothing
     gate = version.tags.get("gate", "unknown")
     shadow = _shadow_unmet(_params(layout), version.tags)
     if gate != "passed" or shadow:
@@ -331,7 +332,7 @@ def cmd_promote(args) -> int:
                    else f"has not met gate.min_shadow_agreement: {shadow}")
             raise ConfigError(f"v{args.version} {why}; use --force --reason '...' to promote it anyway")
         registry.tag_version(args.version, {"forced_promotion": args.reason})
-    previous = registry.promote(args.version, by=by, reason=args.reason or "manual promotion")
+    previous = registry.promote(args.version, by=by, reason=args.reason or "manual promotion", verified=verified)
     print(f"champion: {'v' + previous.version if previous else 'none'} -> v{args.version}")
     return 0
 

@@ -25,10 +25,13 @@ def cmd_verify(args, layout_of, open_registry) -> int:
     registry = open_registry(layout_of(args))
     info = pick_version(registry, args.version)
     checked = registry.verify(info.version)
+    if checked.status == "no-manifest":
+        print(f"{registry.model_name} v{info.version}: no manifest (registered before manifests); its files cannot "
+              "be checked")
+        return 1
     signer = f"signature by key {checked.key_id} holds" if checked.status == "signed" else "no signature checked"
     print(f"{registry.model_name} v{info.version}: {checked.status}; {checked.files} files match the manifest "
-          f"(sha256 {checked.manifest_sha256}); {signer}" if checked.status != "no-manifest"
-          else f"{registry.model_name} v{info.version}: no manifest; its files cannot be checked")
+          f"(sha256 {checked.manifest_sha256}); {signer}")
     return 0
 
 

@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,10 +99,18 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def written_by_loaders(relative: str) -> bool:
+    """Files a loader adds beside a model's own, tolerated by every check (no loader of ours runs them): MLflow's
+    `registered_model_meta` (which its pyfunc loader writes into a local artifact store itself) and Python's
+    bytecode caches of the model's code/ modules, which pyfunc imports before any check of ours can run."""
+    return relative in MLFLOW_LOADER_FILES or "__pycache__" in relative.split("/")
+
+
 def _listed_files(model_dir: Path) -> list[Path]:
-    """Files (and links, which are refused) below model_dir, but its own manifest and signature."""
+    """Files (and links, which are refused) below model_dir, but its own manifest and signature and what loaders add."""
     own = {model_dir / MANIFEST_FILE, model_dir / SIGNATURE_FILE}
-    return sorted(p for p in model_dir.rglob("*") if (p.is_file() or p.is_symlink()) and p not in own)
+    return sorted(p for p in model_dir.rglob("*") if (p.is_file() or p.is_symlink()) and p not in own
+                  and not written_by_loaders(p.relative_to(model_dir).as_posix()))
 
 
 def manifest_entries(model_dir: Path) -> list[dict]:
@@ -124,24 +132,30 @@ def write_manifest(model_dir: Path) -> str:
     return file_sha256(model_dir / MANIFEST_FILE)
 
 
+def parse_manifest(raw: bytes, where: Path) -> list[dict]:
+    """The entries of a manifest's bytes; a path that could leave the model's folder, or is listed twice, is refused."""
+    try:
+        payload = json.loads(raw.decode("utf-8"))
+        entries = [{"path": str(e["path"]), "size": int(e["size"]), "sha256": str(e["sha256"])} for e in payload["files"]]
+    except (ValueError, KeyError, TypeError) as error:
+        raise ModelIntegrityError(f"{where}: not a readable manifest ({error})") from None
+    seen: set[str] = set()
+    for entry in entries:
+        parts = entry["path"].split("/")
+        if entry["path"].startswith("/") or "\\" in entry["path"] or ".." in parts or "" in parts or entry["path"] in seen:
+            raise ModelIntegrityError(f"{where}: the entry {entry['path']!r} is not a plain relative path listed once")
+        seen.add(entry["path"])
+    return entries
+
+
 def read_manifest(model_dir: Path) -> list[dict]:
     path = Path(model_dir) / MANIFEST_FILE
-    try:
-        payload = json.loads(path.read_text(encoding="utf-8"))
-        return [{"path": str(e["path"]), "size": int(e["size"]), "sha256": str(e["sha256"])} for e in payload["files"]]
-    except (ValueError, KeyError, TypeError) as error:
-        raise ModelIntegrityError(f"{path}: not a readable manifest ({error})") from None
+    return parse_manifest(path.read_bytes(), path)
 
 
-def bytecode_cache(relative: str) -> bool:
-    """Python's caches of the model's code/ modules, which pyfunc imports before its load_context runs."""
-    return "__pycache__" in relative.split("/")
-
-
-def check_files(root: Path, entries: list[dict], *, complete: bool = True,
-                tolerated: Callable[[str], bool] | None = None) -> None:
-    """Every listed file is there with its size and sha256; with `complete`, no other file is there either
-    (but those `tolerated` says a loader wrote). The first difference raises, naming the file and both hashes."""
+def check_files(root: Path, entries: list[dict], *, complete: bool = True) -> None:
+    """Every listed file is there with its size and sha256; with `complete`, no other file is there either (but
+    what loaders add, written_by_loaders). The first difference raises, naming the file and both hashes."""
     root = Path(root)
     for entry in entries:
         path = root / entry["path"]
@@ -155,51 +169,77 @@ def check_files(root: Path, entries: list[dict], *, complete: bool = True,
     if complete:
         listed = {entry["path"] for entry in entries}
         extra = [relative for relative in (p.relative_to(root).as_posix() for p in _listed_files(root))
-                 if relative not in listed and relative not in MLFLOW_LOADER_FILES
-                 and not (tolerated and tolerated(relative))]
+                 if relative not in listed]
         if extra:
             raise ModelIntegrityError(f"{root}: files not in the manifest: {', '.join(extra[:5])}: not loaded")
 
 
-def verify_signature(model_dir: Path, policy: TrustPolicy) -> None:
-    """The manifest's signature holds for policy's public key (model-signing's elliptic-key verifier)."""
+def verify_signature(manifest: bytes, signature: Path, policy: TrustPolicy) -> None:
+    """The signature holds over these manifest bytes for policy's public key (model-signing's elliptic-key
+    verifier). The bytes, not the file: what was hashed and parsed is what is verified."""
     from model_signing import verifying
 
-    manifest, signature = Path(model_dir) / MANIFEST_FILE, Path(model_dir) / SIGNATURE_FILE
-    with tempfile.TemporaryDirectory(prefix="tunegate-key-") as scratch:
-        key_file = Path(scratch) / "public.pem"
+    with tempfile.TemporaryDirectory(prefix="tunegate-verify-") as scratch:
+        key_file, manifest_copy = Path(scratch) / "public.pem", Path(scratch) / MANIFEST_FILE
         key_file.write_bytes(policy.public_key_pem or b"")
+        manifest_copy.write_bytes(manifest)
         try:
-            verifying.Config().use_elliptic_key_verifier(public_key=key_file).verify(manifest, signature)
+            verifying.Config().use_elliptic_key_verifier(public_key=key_file).verify(manifest_copy, signature)
         except Exception as error:  # noqa: BLE001 - the library raises ValueError and others; all mean "refuse"
             raise ModelIntegrityError(f"{signature}: the signature of {MANIFEST_FILE} does not verify with the public "
                                       f"key {policy.key_id} ({error})") from None
 
 
-def verify_model_dir(model_dir: Path, policy: TrustPolicy, *, expected_manifest_sha256: str | None = None,
-                     name: str | None = None, tolerated: Callable[[str], bool] | None = None) -> Verification:
+@dataclass(frozen=True)
+class Registered:
+    """What the registry recorded of a version at registration (its tags): the manifest's sha256 and the id of
+    the key that signed it ('unsigned' when none did). Empty for a version registered before manifests."""
+
+    manifest_sha256: str | None = None
+    signature: str | None = None
+
+    @classmethod
+    def from_tags(cls, tags: Mapping[str, str]) -> Registered:
+        return cls(tags.get("manifest_sha256") or None, tags.get("signature") or None)
+
+    @property
+    def signed(self) -> bool:
+        return self.signature is not None and self.signature != "unsigned"
+
+
+def verify_model_dir(model_dir: Path, policy: TrustPolicy, registered: Registered = Registered(),
+                     name: str | None = None) -> Verification:
     """Check a model directory before it is loaded; raises ModelIntegrityError on any difference.
 
-    expected_manifest_sha256: the manifest's hash recorded in the registry at registration (the version's
-    `manifest_sha256` tag), so that an unsigned model whose files and manifest were both replaced in the
-    artifact store is still caught. name: how messages call the model (e.g. 'tunegate-classifier v3')."""
+    registered: what the registry recorded at registration, so that a model whose manifest was deleted, or
+    whose files and manifest were both replaced, or whose signature was removed, is still caught when
+    signatures are not required. name: how messages call the model (e.g. 'tunegate-classifier v3')."""
     model_dir = Path(model_dir)
     what = name or str(model_dir)
     manifest = model_dir / MANIFEST_FILE
     if not manifest.is_file():
+        if registered.manifest_sha256:
+            raise ModelIntegrityError(f"{manifest}: missing, but the registry recorded sha256 "
+                                      f"{registered.manifest_sha256} for {what}'s manifest: refused")
         if policy.require_signature:
             raise ModelIntegrityError(f"{what} has no manifest ({MANIFEST_FILE}), so no signature: refused "
                                       "(registry.require_signature is true)")
         logger.warning("%s has no manifest (%s): its files cannot be checked; loading it anyway "
                        "(registry.require_signature is false)", what, MANIFEST_FILE)
         return Verification("no-manifest")
-    actual = file_sha256(manifest)
-    if expected_manifest_sha256 and actual != expected_manifest_sha256:
+    raw = manifest.read_bytes()  # read once: hashed, verified and parsed from the same bytes
+    actual = hashlib.sha256(raw).hexdigest()
+    if registered.manifest_sha256 and actual != registered.manifest_sha256:
         raise ModelIntegrityError(f"{manifest}: sha256 {actual}, but the registry recorded sha256 "
-                                  f"{expected_manifest_sha256} for {what}'s manifest: the model is not the one registered")
-    signed = (model_dir / SIGNATURE_FILE).is_file()
+                                  f"{registered.manifest_sha256} for {what}'s manifest: the model is not the one "
+                                  "registered")
+    signature = model_dir / SIGNATURE_FILE
+    signed = signature.is_file()
+    if registered.signed and not signed:
+        raise ModelIntegrityError(f"{signature}: missing, but the registry recorded {what} as signed by "
+                                  f"{registered.signature}: refused")
     if policy.public_key_pem is not None and signed:
-        verify_signature(model_dir, policy)  # before trusting any hash the manifest lists
+        verify_signature(raw, signature, policy)  # before trusting any hash the manifest lists
     elif policy.require_signature:
         raise ModelIntegrityError(f"{what} is not signed (no {SIGNATURE_FILE}): refused (registry.require_signature "
                                   "is true)")
@@ -208,8 +248,8 @@ def verify_model_dir(model_dir: Path, policy: TrustPolicy, *, expected_manifest_
                        "signature is not checked, only its files against the manifest", what, PUBLIC_KEY_ENV)
     elif policy.public_key_pem is not None:
         logger.warning("%s is not signed; loading it because registry.require_signature is false", what)
-    entries = read_manifest(model_dir)
-    check_files(model_dir, entries, tolerated=tolerated)
+    entries = parse_manifest(raw, manifest)
+    check_files(model_dir, entries)
     checked = policy.public_key_pem is not None and signed
     return Verification("signed" if checked else "unsigned", actual, policy.key_id if checked else None, len(entries))
 

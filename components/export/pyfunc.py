@@ -54,25 +54,48 @@ def texts_of(model_input: Any) -> list[str]:
 
 
 def verify_loaded_model(onnx_dir: Path, model_config: dict) -> None:
-    """Check the model MLflow is loading against its manifest (and signature) before anything reads it.
+    """Check the model MLflow is loading against its manifest (and signature) before its graph is read.
 
     Without params.yaml here, the public key and the rule come from the environment (TUNEGATE_SIGNING_PUBLIC_KEY,
     TUNEGATE_REQUIRE_SIGNATURE) or from `mlflow.pyfunc.load_model(..., model_config={"signing_public_key": ...,
-    "require_signature": true})`."""
-    from components.export.integrity import (
-        PUBLIC_KEY_ENV,
-        REQUIRE_SIGNATURE_ENV,
-        TrustPolicy,
-        bytecode_cache,
-        verify_model_dir,
-    )
+    "require_signature": True})`; a signature is required when either asks. Loaded from models:/, the version's
+    registry tags are compared too, so another signed version swapped in, or a removed signature, is refused."""
+    from components.export.integrity import PUBLIC_KEY_ENV, REQUIRE_SIGNATURE_ENV, TrustPolicy, verify_model_dir
 
     model_root = next((folder for folder in Path(onnx_dir).resolve().parents if (folder / "MLmodel").is_file()), None)
     if model_root is None:
         raise FileNotFoundError(f"{onnx_dir}: not inside an MLflow Model (no MLmodel file above it)")
-    overrides = {PUBLIC_KEY_ENV: model_config.get("signing_public_key"),
-                 REQUIRE_SIGNATURE_ENV: str(model_config.get("require_signature", ""))}
-    env = {**os.environ, **{key: value for key, value in overrides.items() if value}}
+    env = dict(os.environ)
+    if model_config.get("signing_public_key"):
+        env[PUBLIC_KEY_ENV] = str(model_config["signing_public_key"])
+    if model_config.get("require_signature") in (True, "true", "True", "1"):
+        env[REQUIRE_SIGNATURE_ENV] = "true"  # the stricter of the two: a config cannot lift the environment's rule
     # The model's code has run already (MLflow imported it to get here): this protects the graph and the
-    # tokenizer. `tunegate verify` or the registry's own loaders check a version before any of its code runs.
-    verify_model_dir(model_root, TrustPolicy.from_env(env), tolerated=bytecode_cache)
+    # tokenizer. `tunegate verify` and tunegate's own loaders check a version before any of its code runs.
+    verify_model_dir(model_root, TrustPolicy.from_env(env), *_registered(model_root))
+
+
+def _registered(model_root: Path) -> tuple:
+    """(what the registry recorded, the model's name) for a model loaded from models:/NAME/VERSION, whose
+    registered_model_meta file MLflow wrote; () for one loaded from a path, or when the registry cannot be read."""
+    import logging
+
+    import yaml
+
+    from components.export.integrity import MLFLOW_LOADER_FILES, Registered
+
+    meta = model_root / MLFLOW_LOADER_FILES[0]
+    if not meta.is_file():
+        return ()
+    found = yaml.safe_load(meta.read_text(encoding="utf-8")) or {}
+    name, version = found.get("model_name"), found.get("model_version")
+    try:
+        from mlflow import MlflowClient
+
+        tags = MlflowClient().get_model_version(name, str(version)).tags
+    except Exception as error:  # noqa: BLE001 - no registry to ask: the manifest and signature still hold
+        logging.getLogger("tunegate.integrity").warning(
+            "could not read the registry's record of %s v%s (%s): checking its files and signature only",
+            name, version, error)
+        return ()
+    return Registered.from_tags(tags), f"{name} v{version}"

@@ -11,7 +11,7 @@ rows (components/lifecycle/paired.py), so that a verdict is not decided by which
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from pydantic import BaseModel
 

@@ -18,8 +18,9 @@ Per-row outcomes, as components/export/scoring.py writes them under OUTCOMES in 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Literal, Sequence
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -198,6 +199,8 @@ def metric_value(outcomes: dict, metric: CompareMetric, rows: Sequence[int] | No
 
 # --- resampling ------------------------------------------------------------------------------------------
 
+RESAMPLE_CHUNK_ROWS = 4_000_000  # drawn row indices held at once when rows are drawn one by one (32 MB)
+
 def resample_weights(groups: np.ndarray, resamples: int, rng: np.random.Generator) -> np.ndarray:
     """[resamples, groups] how many of n rows drawn with replacement fall in each group (group sizes in `groups`).
 
@@ -208,10 +211,15 @@ def resample_weights(groups: np.ndarray, resamples: int, rng: np.random.Generato
     if size <= max(16, n // 8):
         return rng.multinomial(n, groups / n, size=resamples).astype(np.float64)
     owner = np.repeat(np.arange(size), groups)  # the group of each row
-    drawn = owner[rng.integers(0, n, size=(resamples, n))]
-    offsets = (np.arange(resamples) * size)[:, None]
-    counted = np.bincount((drawn + offsets).ravel(), minlength=resamples * size)
-    return counted.reshape(resamples, size).astype(np.float64)
+    weights = np.empty((resamples, size), dtype=np.float64)
+    # In chunks of resamples: the drawn indices of all at once take resamples x n integers (1 GB past 60k rows).
+    chunk = max(1, min(resamples, RESAMPLE_CHUNK_ROWS // max(n, 1)))
+    for start in range(0, resamples, chunk):
+        count = min(chunk, resamples - start)
+        drawn = owner[rng.integers(0, n, size=(count, n))]
+        offsets = (np.arange(count) * size)[:, None]
+        weights[start:start + count] = np.bincount((drawn + offsets).ravel(), minlength=count * size).reshape(count, size)
+    return weights
 
 
 def percentile_interval(values: np.ndarray, confidence: float) -> tuple[float, float]:

@@ -17,12 +17,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from components.export.integrity import TrustPolicy, Verification, verify_model_dir
+from components.export.integrity import Registered, TrustPolicy, Verification, verify_model_dir
 from components.lifecycle.aliases import CHALLENGER, CHAMPION, PREVIOUS_CHAMPION  # noqa: F401 (re-exported)
 from components.lifecycle.registry_auth import (
     EDIT,
     MANAGE,
     Identity,
+    artifact_reads_explained,
     authenticated_user,
     refusals_explained,
     require_permission,
@@ -189,10 +190,13 @@ class ModelRegistry:
     def set_alias(self, alias: str, version: str) -> None:
         self.client.set_registered_model_alias(self.model_name, alias, str(version))
 
-    def promote(self, version: str, by: str, reason: str, action: str = "promote") -> VersionInfo | None:
-        """Move `champion` to `version`, keeping the one it replaces as `previous_champion`."""
+    def promote(self, version: str, by: str, reason: str, action: str = "promote",
+                verified: Verification | None = None) -> VersionInfo | None:
+        """Move `champion` to `version`, keeping the one it replaces as `previous_champion`. `verified`: the
+        caller's own check of the version (it checked before writing tags of its own), else it is checked here."""
         self.require(EDIT, f"make v{version} champion")
-        self.verify(str(version))  # a version whose files are not the ones registered never becomes champion
+        if verified is None:
+            self.verify(str(version))  # a version whose files are not the ones registered never becomes champion
         previous = self.by_alias(CHAMPION)
         with self.refusals_explained(f"make v{version} champion"):
             if previous is not None and previous.version != str(version):
@@ -247,14 +251,16 @@ class ModelRegistry:
     def verify_download(self, info: VersionInfo, model_dir: Path) -> Verification:
         """Check a downloaded version's files (and signature) against what was registered; raises
         ModelIntegrityError naming the file and both hashes."""
-        return verify_model_dir(model_dir, self.trust, expected_manifest_sha256=info.tags.get("manifest_sha256"),
+        return verify_model_dir(model_dir, self.trust, Registered.from_tags(info.tags),
                                 name=f"{self.model_name} v{info.version}")
 
-    def verify(self, version: str) -> Verification:
+    def verify(self, version: str, action: str = "become champion") -> Verification:
         """Download a version into a scratch folder and check it (promotion and rollback do, before moving an alias)."""
         info = self.version(version)
         with tempfile.TemporaryDirectory(prefix=f"tunegate-verify-v{version}-") as scratch:
-            return self.verify_download(info, self.download(info.version, Path(scratch)))
+            with artifact_reads_explained(self.identity(), self.model_name, info.version, info.run_id, action):
+                local = self.download(info.version, Path(scratch))
+            return self.verify_download(info, local)
 
     def download(self, version: str, destination: Path | None = None) -> Path:
         import mlflow

@@ -138,3 +138,25 @@ def refusals_explained(tracking_uri: str, identity: Identity | None, model_name:
             f"the MLflow server {redact_uri(tracking_uri)} refused a write of {who} while trying to {action} of "
             f"registered model {model_name!r} ({error.message}); writes before it stay (see `tunegate history`). "
             f"{grant_hint(who, model_name, EDIT)}") from error
+
+
+@contextmanager
+def artifact_reads_explained(identity: Identity | None, model_name: str, version: str, run_id: str | None,
+                             action: str) -> Iterator[None]:
+    """A version's files that the server will not let this caller read (MLflow checks reads of artifacts on the
+    experiment of the version's run, not on the registered model): a message saying who needs what, and why."""
+    try:
+        yield
+    except Exception as error:
+        from mlflow.exceptions import MlflowException
+
+        status = getattr(getattr(error, "response", None), "status_code", None)
+        denied = status == 403 or (isinstance(error, MlflowException) and error.error_code == "PERMISSION_DENIED")
+        if not denied:
+            raise
+        who = identity.username if identity else "this MLflow login"
+        raise RegistryAccessError(
+            f"{who} may not read the files of v{version} of registered model {model_name!r}, and they are checked "
+            f"against the version's manifest before it may {action}. Nothing was changed. An admin can grant READ on "
+            f"the experiment of its run {run_id}: grant_user_permission('{who}', 'experiment', <its id>, 'READ')"
+            ) from None

@@ -7,6 +7,7 @@ pair needs no network, unlike keyless Sigstore signing. The public key is named 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -17,17 +18,20 @@ from components.config import ConfigError, RegistryParams, SigningParams
 from components.export.integrity import (
     MANIFEST_FILE,
     SIGNATURE_FILE,
-    ModelIntegrityError,
     TrustPolicy,
+    check_files,
     key_id,
+    manifest_entries,
+    parse_manifest,
     read_key_material,
     write_manifest,
 )
 
 logger = logging.getLogger("tunegate.signing")
 
-# The version tags that say what was registered: the manifest's own hash and who signed it.
-MANIFEST_TAG, SIGNATURE_TAG = "manifest_sha256", "signature"
+# The version tags that say what was registered: the manifest's own hash and who signed it, and the files of
+# the PyTorch weights that travel beside the version (continual learning starts from them).
+MANIFEST_TAG, SIGNATURE_TAG, PYTORCH_FILES_TAG = "manifest_sha256", "signature", "pytorch_files"
 UNSIGNED = "unsigned"
 PRIVATE_KEY_FILE, PUBLIC_KEY_FILE = "tunegate-signing.key", "tunegate-signing.pub"
 
@@ -51,9 +55,18 @@ def signing_key(signing: SigningParams, env: Mapping[str, str] | None = None) ->
 
 
 def public_key_of(private_key_pem: bytes) -> bytes:
+    """The PEM public key of an unencrypted elliptic-curve private key; ConfigError for anything else."""
+    from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
 
-    key = serialization.load_pem_private_key(private_key_pem, password=None)
+    try:
+        key = serialization.load_pem_private_key(private_key_pem, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as error:
+        raise ConfigError(f"the signing key is not an unencrypted PEM private key ({error})") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ConfigError(f"the signing key is a {type(key).__name__}; model-signing's key signer takes an "
+                          "elliptic-curve key (`tunegate keygen` makes one)")
     return key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
@@ -62,6 +75,7 @@ def sign_manifest(model_dir: Path, private_key_pem: bytes) -> str:
     from model_signing import signing
 
     model_dir = Path(model_dir)
+    signer = key_id(public_key_of(private_key_pem))  # an unusable key is a ConfigError here, never retried
     # The library reads the key from a file: a private one, removed with its folder.
     with tempfile.TemporaryDirectory(prefix="tunegate-key-") as scratch:
         key_file = Path(scratch) / "private.pem"
@@ -71,9 +85,8 @@ def sign_manifest(model_dir: Path, private_key_pem: bytes) -> str:
             signing.Config().use_elliptic_key_signer(private_key=key_file).sign(model_dir / MANIFEST_FILE,
                                                                                 model_dir / SIGNATURE_FILE)
         except ValueError as error:
-            raise ModelIntegrityError(f"could not sign {model_dir / MANIFEST_FILE} with the key in "
-                                      f"the signing key's variable ({error})") from None
-    return key_id(public_key_of(private_key_pem))
+            raise ConfigError(f"could not sign {model_dir / MANIFEST_FILE} with the signing key ({error})") from None
+    return signer
 
 
 def seal_model_dir(model_dir: Path, registry: RegistryParams, env: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -83,8 +96,7 @@ def seal_model_dir(model_dir: Path, registry: RegistryParams, env: Mapping[str, 
     private_key = signing_key(registry.signing, env)
     if private_key is None:
         if registry.require_signature:
-            raise ConfigError(f"registry.require_signature is true but ${registry.signing.private_key_env} is not "
-                              "set: registration needs the private key to sign the version")
+            raise ConfigError(_missing_key(registry))
         logger.warning("registering an unsigned version: set $%s to a private key to sign it (`tunegate keygen`)",
                        registry.signing.private_key_env)
         return {MANIFEST_TAG: manifest_sha256, SIGNATURE_TAG: UNSIGNED}
@@ -96,9 +108,13 @@ def require_signing_key(registry: RegistryParams, env: Mapping[str, str] | None 
     if registry.require_signature:
         key = signing_key(registry.signing, env)
         if key is None:
-            raise ConfigError(f"registry.require_signature is true but ${registry.signing.private_key_env} is not "
-                              "set: registration needs the private key to sign the version")
+            raise ConfigError(_missing_key(registry))
         public_key_of(key)  # a key that does not parse fails here, not at registration
+
+
+def _missing_key(registry: RegistryParams) -> str:
+    return (f"registry.require_signature is true but ${registry.signing.private_key_env} is not set: registration "
+            "needs the private key to sign the version")
 
 
 def generate_key_pair(directory: Path) -> tuple[Path, Path]:
@@ -118,3 +134,19 @@ def generate_key_pair(directory: Path) -> tuple[Path, Path]:
                                                serialization.NoEncryption()))
     public_path.write_bytes(public_key_of(private_path.read_bytes()))
     return private_path, public_path
+
+
+def pytorch_files_tag(weights_dir: Path) -> dict[str, str]:
+    """The version tag listing the PyTorch weights' files (path, size, sha256) registered beside the model."""
+    return {PYTORCH_FILES_TAG: json.dumps({"files": manifest_entries(weights_dir)}, separators=(",", ":"))}
+
+
+def check_pytorch_weights(tags: Mapping[str, str], weights_dir: Path) -> None:
+    """The champion's PyTorch weights, downloaded to start training from, against the files its version lists;
+    a version registered before they were listed is trusted with a warning."""
+    listed = tags.get(PYTORCH_FILES_TAG)
+    if not listed:
+        logger.warning("the champion's version lists no PyTorch files (registered before they were listed): "
+                       "its weights in %s are not checked", weights_dir)
+        return
+    check_files(weights_dir, parse_manifest(listed.encode(), weights_dir))

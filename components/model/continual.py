@@ -40,9 +40,11 @@ def read_starting_point(start_dir: Path) -> StartingPoint | None:
     return StartingPoint(**json.loads(path.read_text())) if path.is_file() else None
 
 
-def prepare_starting_point(init_from: str, base_model: str, start_dir: Path, registry_factory) -> StartingPoint:
+def prepare_starting_point(init_from: str, base_model: str, start_dir: Path, registry_factory,
+                           check_weights=None) -> StartingPoint:
     """Write where fine-tuning starts. `registry_factory` opens the model registry (only called for a
-    champion start, so a base start needs no MLflow store)."""
+    champion start, so a base start needs no MLflow store). `check_weights(tags, folder)` judges the
+    champion's downloaded PyTorch weights against its version's tags before anything reads them."""
     from components.lifecycle.aliases import CHAMPION
 
     if start_dir.exists():
@@ -57,6 +59,8 @@ def prepare_starting_point(init_from: str, base_model: str, start_dir: Path, reg
                                                            "yet: starting from the base model")
         else:
             registry.download_run_artifact(champion.run_id, PYTORCH_ARTIFACT, start_dir)
+            if check_weights is not None:
+                check_weights(champion.tags, start_dir / PYTORCH_ARTIFACT)
             (start_dir / PYTORCH_ARTIFACT).rename(start_dir / START_MODEL)
             batches = json.loads(champion.tags.get("data_batches", "[]"))
             point = StartingPoint("champion", base_model, champion.version, batches)
