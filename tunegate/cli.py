@@ -535,9 +535,11 @@ def build_parser() -> argparse.ArgumentParser:
     stage.set_defaults(handler=cmd_stage)
 
     from tunegate.curve_command import add_curve_parser
+    from tunegate.compare_command import add_compare_parser
     from tunegate.signing_commands import add_signing_parsers
 
     add_signing_parsers(verbs, _layout, _open_registry)
+    add_compare_parser(verbs, _layout, _params, _open_registry)
 
     add_curve_parser(verbs, _user_errors)
 
