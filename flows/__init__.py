@@ -1,0 +1,1 @@
+"""The Prefect flows: retraining, monitoring, sweeps, learning curves, approval and schedules."""

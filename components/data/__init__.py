@@ -1,0 +1,1 @@
+"""Data: readers, ingest into batches, validation, drift, splits and tokenization."""

@@ -1,0 +1,1 @@
+"""A model's life after training: gate, registry, signing, tracking, lineage, approval locks."""

@@ -1,0 +1,1 @@
+"""Models: loading base and fine-tuned models, training, adaptation, distillation, evaluation, sweeps."""

@@ -1,0 +1,1 @@
+"""Great Expectations suites and row checks: the dataset, a new batch, quarantine, duplicates."""
