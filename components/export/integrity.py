@@ -153,17 +153,20 @@ def read_manifest(model_dir: Path) -> list[dict]:
     return parse_manifest(path.read_bytes(), path)
 
 
-def check_files(root: Path, entries: list[dict], *, complete: bool = True) -> None:
+def check_files(root: Path, entries: list[dict], *, complete: bool = True, name: str | None = None) -> None:
     """Every listed file is there with its size and sha256; with `complete`, no other file is there either (but
-    what loaders add, written_by_loaders). The first difference raises, naming the file and both hashes."""
+    what loaders add, written_by_loaders). The first difference raises, naming the file and both hashes.
+    name: how messages call the model (e.g. 'tunegate-classifier v3'), before the file's path inside it."""
     root = Path(root)
+    what = f"{name}: " if name else ""
     for entry in entries:
         path = root / entry["path"]
+        where = f"{what}{entry['path']} (checked at {path})"
         if not path.is_file() or path.is_symlink():
-            raise ModelIntegrityError(f"{path}: listed in the manifest (sha256 {entry['sha256']}) but missing")
+            raise ModelIntegrityError(f"{where}: listed in the manifest (sha256 {entry['sha256']}) but missing")
         actual = file_sha256(path)
         if actual != entry["sha256"] or path.stat().st_size != entry["size"]:
-            raise ModelIntegrityError(f"{path}: sha256 {actual} ({path.stat().st_size} bytes), but the manifest "
+            raise ModelIntegrityError(f"{where}: sha256 {actual} ({path.stat().st_size} bytes), but the manifest "
                                       f"says sha256 {entry['sha256']} ({entry['size']} bytes): the file is not the "
                                       "one registered")
     if complete:
@@ -171,7 +174,8 @@ def check_files(root: Path, entries: list[dict], *, complete: bool = True) -> No
         extra = [relative for relative in (p.relative_to(root).as_posix() for p in _listed_files(root))
                  if relative not in listed]
         if extra:
-            raise ModelIntegrityError(f"{root}: files not in the manifest: {', '.join(extra[:5])}: not loaded")
+            raise ModelIntegrityError(f"{what}files not in the manifest: {', '.join(extra[:5])} (checked at {root}): "
+                                      "not loaded")
 
 
 def verify_signature(manifest: bytes, signature: Path, policy: TrustPolicy) -> None:
@@ -249,7 +253,7 @@ def verify_model_dir(model_dir: Path, policy: TrustPolicy, registered: Registere
     elif policy.public_key_pem is not None:
         logger.warning("%s is not signed; loading it because registry.require_signature is false", what)
     entries = parse_manifest(raw, manifest)
-    check_files(model_dir, entries)
+    check_files(model_dir, entries, name=name)
     checked = policy.public_key_pem is not None and signed
     return Verification("signed" if checked else "unsigned", actual, policy.key_id if checked else None, len(entries))
 
