@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tunegate.cli import QUIET_DEFAULTS
+from tunegate.quiet import QUIET_DEFAULTS
 from tunegate.stack.settings import WORK_POOL, StackSecrets, StackSettings
 
 # Variables a server must not inherit from the shell that started the stack: a client setting there
