@@ -14,7 +14,7 @@ TEST_WORKERS ?= 2
 setup:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[dev,dask,stack]"
+	$(BIN)/pip install --quiet -e ".[dev,dask,stack,ray]"
 	$(BIN)/tunegate fetch
 	$(BIN)/tunegate ingest
 
