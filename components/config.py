@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from components.curve_params import CurveParams
 
@@ -422,9 +422,18 @@ class ServiceSettings(Section):
     max_queued_texts: int = Field(default=4096, ge=1)
     # How often the watcher asks the registry where `champion` points (a call of a few ms).
     poll_interval_s: float = Field(default=10.0, gt=0)
-    # Sampled prediction log for drift monitoring: JSON lines {time, version, text, label, score}.
-    prediction_log: Path | None = None
+    # Sampled prediction log for drift monitoring: JSON lines {time, version, text, label, score}. A .jsonl path
+    # is one file; a folder or fsspec URL (s3://bucket/prefix) is partitioned: date=/hour=/<replica>.jsonl.
+    prediction_log: Path | str | None = None
     prediction_log_sample_rate: float = Field(default=0.1, ge=0, le=1)
+
+    @field_validator("prediction_log", mode="before")
+    @classmethod
+    def _url_stays_a_url(cls, value):
+        # A Path would fold s3://bucket into s3:/bucket; a URL stays text, everything else is a path.
+        if value is None or (isinstance(value, str) and "://" in value):
+            return value
+        return Path(value)
     # A key for /predict and /invocations (and the paths in api_key_also_for): the NAME of the
     # environment variable that holds it, never the key itself. Several keys, comma-separated, are all
     # accepted: how a key is rotated without downtime (components/serving/api_key.py).
@@ -450,10 +459,22 @@ class ServiceSettings(Section):
         return self
 
 
+class RayAutoscaling(Section):
+    min_replicas: int = Field(default=1, ge=0)
+    max_replicas: int = Field(default=4, ge=1)
+    target_ongoing_requests: float = Field(default=16.0, gt=0)  # per replica; more starts another replica
+
+
 class ServeParams(ServiceSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"])
+    # local: one process (uvicorn); ray: a Ray Serve application of `replicas` processes, or `autoscaling`'s range
+    # (components/serving/ray_engine.py). ray_address: a running cluster's; empty: a Ray started by tunegate.
+    engine: Literal["local", "ray"] = "local"
+    replicas: int = Field(default=1, ge=1)
+    ray_address: str = ""
+    autoscaling: RayAutoscaling | None = None
 
 
 class ScheduleParams(Section):

@@ -5,6 +5,7 @@ components/config.py, which composes them into Params, so that each file stays o
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
@@ -153,6 +154,9 @@ class MonitorParams(Section):
     timezone: str = "UTC"
     # The newest N logged predictions are judged: a window of recent traffic, not all of history.
     last: int = Field(default=5000, ge=1)
+    # Only predictions logged within this span before the run are read, e.g. "24h", "7d" (units m, h, d, w);
+    # None reads the whole log. A partitioned log then opens only the window's hourly files.
+    window: str | None = Field(default=None, pattern=r"^[1-9][0-9]*[mhdw]$")
     # An answer whose score is below this is a low-confidence one (NER: the mean entity score of a text;
     # texts without entities have no score and are not counted).
     low_confidence: float = Field(default=0.6, ge=0, le=1)
@@ -165,3 +169,18 @@ class MonitorParams(Section):
     # On fail, run the retraining flow after the report. Off by default: retraining on unchanged labelled
     # data changes nothing; label the queue and ingest it as a batch instead (`tunegate ingest`).
     retrain_on_fail: bool = False
+
+    def window_span(self) -> timedelta | None:
+        """monitor.window as a timedelta (None: the whole log)."""
+        return parse_window(self.window) if self.window else None
+
+
+_WINDOW_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_window(text: str) -> timedelta:
+    """A span like 30m, 24h, 7d or 2w."""
+    match = re.fullmatch(r"([1-9][0-9]*)([mhdw])", text.strip())
+    if match is None:
+        raise ValueError(f"window {text!r}: a whole number and a unit (m, h, d, w), e.g. 24h or 7d")
+    return timedelta(**{_WINDOW_UNITS[match.group(2)]: int(match.group(1))})

@@ -55,19 +55,23 @@ def monitoring_experiment(params: Params) -> str:
 
 
 @task(name="read-traffic", cache_policy=NO_CACHE, **RETRY)
-def read_traffic(params: Params, layout: ProjectLayout, last: int) -> tuple:
-    """The newest `last` logged predictions, the champion's training rows, and which version that is."""
+def read_traffic(params: Params, layout: ProjectLayout, last: int, window: str | None = None) -> tuple:
+    """The newest `last` logged predictions within `window` (e.g. 24h; None: the whole log), the champion's
+    training rows, and which version that is. Drift and the labelling queue judge exactly these rows."""
     from components.data.ingest import DataStore
     from components.lifecycle.tracking import open_registry
     from components.monitoring.traffic import champion_reference
-    from components.serving.prediction_log import read_prediction_log
+    from components.production_params import parse_window
+    from components.serving.prediction_log import log_location, read_prediction_log
 
     if not params.serve.prediction_log:
         raise ConfigError("serve.prediction_log is not set: the service keeps no sample of live traffic to check")
-    traffic = read_prediction_log(layout.root / params.serve.prediction_log, last=last)
+    traffic = read_prediction_log(log_location(layout.root, params.serve.prediction_log), last=last,
+                                  window=parse_window(window) if window else None)
     reference, served = champion_reference(open_registry(params, layout), DataStore(layout.data_dir))
-    get_run_logger().info("%d logged predictions vs %d training rows of %s v%s", len(traffic), len(reference),
-                          served.model_name, served.version)
+    get_run_logger().info("%d logged predictions (%s, %s file(s) read) vs %d training rows of %s v%s", len(traffic),
+                          f"last {window}" if window else "whole log", traffic.attrs.get("files_read"),
+                          len(reference), served.model_name, served.version)
     return traffic, reference, served
 
 
@@ -159,16 +163,18 @@ def advice(report: MonitorReport, retrain: bool) -> list[str]:
 
 @flow(name=MONITOR_FLOW_NAME, log_prints=True)
 def monitor(project_dir: str = ".", last: int | None = None, retrain_on_fail: bool | None = None,
-            print_summary: bool = True) -> dict:
+            print_summary: bool = True, window: str | None = None) -> dict:
     """Judge the newest logged predictions; returns the report's status, paths and summary.
 
-    `last`: None takes monitor.last, 0 reads the whole log. `retrain_on_fail`: None takes
+    `last`: None takes monitor.last, 0 reads the whole window. `window` (e.g. 24h): None takes monitor.window
+    (itself None: the whole log), "all" reads the whole log. `retrain_on_fail`: None takes
     monitor.retrain_on_fail; True runs the retraining flow when the status is fail.
     """
     layout = ProjectLayout(Path(project_dir).resolve())
     params = load_params(layout.params_file)
     retrain = params.monitor.retrain_on_fail if retrain_on_fail is None else retrain_on_fail
-    traffic, reference, served = read_traffic(params, layout, params.monitor.last if last is None else last)
+    span = params.monitor.window if window is None else (None if window == "all" else window)
+    traffic, reference, served = read_traffic(params, layout, params.monitor.last if last is None else last, span)
     report = make_report(params, traffic, reference, served)
     if report.status != "ok":
         report.queue = write_queue(params, layout, report, traffic, reference)

@@ -4,6 +4,7 @@ requirement in `tunegate promote`, `tunegate approve`, the retraining flow and t
 
 from __future__ import annotations
 
+import os
 import shutil
 import threading
 import time
@@ -14,7 +15,7 @@ import pytest
 
 from components.config import GateParams, ServiceSettings
 from components.export.predictor import OnnxTextClassifier
-from components.lifecycle.gate import shadow_check
+from components.lifecycle.gate import shadow_check, shadow_figures
 from components.lifecycle.registry import CHALLENGER, CHAMPION, ModelRegistry
 from components.serving.app import create_app
 from components.serving.deployment import build_service_app
@@ -88,6 +89,10 @@ def served(predictor, version: str) -> ServedModel:
     return ServedModel(predictor, {"model_name": "tiny-sentiment", "model_version": version})
 
 
+def summary_of(tags: dict[str, str]) -> tuple[str | None, ...]:
+    return tags.get("shadow_agreed"), tags.get("shadow_agreement"), tags.get("shadow_champion")
+
+
 def post_each(url: str, texts: list[str]) -> list[httpx.Response]:
     with httpx.Client(base_url=url, timeout=30) as http:
         return [http.post("/predict", json={"texts": [text]}) for text in texts]
@@ -123,9 +128,9 @@ def test_the_service_shadows_the_challenger_alias_and_writes_its_figures_on_the_
         assert [a.status_code for a in answers] == [200] * 10
         assert {a.json()["model_version"] for a in answers} == {champion}  # the client only ever sees the champion
         wait_for(lambda: runner.stats().requests == 10, 20, "10 shadowed texts")
-        wait_for(lambda: '"requests": 10' in registry.version(challenger).tags.get("shadow", ""), 20, "the tags")
-        tags = registry.version(challenger).tags
-        assert (tags["shadow_agreed"], tags["shadow_agreement"], tags["shadow_champion"]) == ("10", "1.000000", champion)
+        wanted = ("10", "1.000000", champion)
+        wait_for(lambda: summary_of(registry.version(challenger).tags) == wanted, 20, "the tags")
+        assert shadow_figures(registry.version(challenger).tags)["requests"] == 10
         metrics = httpx.get(f"{server.url}/metrics").text
         assert 'tunegate_shadow_requests_total{outcome="agree"} 10.0' in metrics
         assert 'tunegate_shadow_requests_total{outcome="disagree"} 0.0' in metrics
@@ -307,3 +312,51 @@ def test_the_flow_records_the_approval_but_does_not_promote_without_the_shadow_f
                                 shadow=shadow_summary(version, registry.version(version).tags, params.gate))
     assert "gate passed" in text and "shadowed 50 live requests (vs champion v1): agreement 0.9600" in text
     assert "requirement met" in text and f"tunegate shadow-report --version {version}" in text
+
+
+# --- several replicas ------------------------------------------------------------------------------
+
+def test_the_figures_are_every_replicas_summed_with_the_old_single_tag():
+    one, other = ShadowStats("2", 8, 2, errors=1), ShadowStats("2", 5, 0, dropped=3)
+    tags = {**one.as_tags("1", replica_id="host-a-11"), **other.as_tags("1", replica_id="host/b 12"),
+            **ShadowStats("2", 4, 1).as_tags("1"),  # the single `shadow` tag a service wrote before replica ids
+            "shadow.broken": "not json", "shadow_requests": "999"}  # neither figures: ignored
+    assert set(tags) >= {"shadow.host-a-11", "shadow.host-b-12", "shadow"}
+    assert shadow_figures(tags) == {"requests": 20, "agreed": 17, "errors": 1, "dropped": 3}
+    assert ShadowStats.of_replica("2", tags, "host-a-11") == one
+    assert ShadowStats.of_replica("2", tags, "host-c-13") == ShadowStats("2")
+    assert ShadowRunner("challenger", 0.5).replica_id.endswith(f"-{os.getpid()}")  # hostname-pid by default
+    with pytest.raises(ValueError):
+        ShadowRunner("challenger", 0.5, replica_id="..")
+
+
+def test_two_replicas_shadowing_one_challenger_add_up_rather_than_overwrite(tmp_path, tiny_onnx_export, empty_store):
+    from components.serving.shadow_report import shadow_summary
+
+    registry = open_registry(tmp_path, empty_store)
+    champion = register(registry, tiny_onnx_export.out_dir)
+    challenger = register(registry, tiny_onnx_export.out_dir)  # the same files: agrees on every text
+    registry.set_alias(CHAMPION, champion)
+    registry.set_alias(CHALLENGER, challenger)
+    settings = ServiceSettings(shadow="challenger", shadow_sample_rate=1.0, poll_interval_s=0.1)
+    replicas = [build_service_app(registry, tmp_path / f"serving-{name}", CPU, settings, replica_id=name)
+                for name in ("replica-a", "replica-b")]
+    sent = {"replica-a": 10, "replica-b": 7}
+    with BackgroundServer(replicas[0]) as first, BackgroundServer(replicas[1]) as second:
+        for server in (first, second):
+            wait_for(lambda: httpx.get(f"{server.url}/metadata").json()["shadow"]["version"] == challenger, 30,
+                     "the challenger to load")
+        answers = post_each(first.url, TEXTS[:10]) + post_each(second.url, TEXTS[:7])
+        assert [a.status_code for a in answers] == [200] * 17
+        for app, (name, count) in zip(replicas, sent.items()):
+            wait_for(lambda: app.state.shadow.stats().requests == count, 20, f"{count} texts shadowed by {name}")
+        wait_for(lambda: registry.version(challenger).tags.get("shadow_requests") == "17", 20, "the summed summary")
+    tags = registry.version(challenger).tags  # after both stopped: each wrote its last figures
+    assert shadow_figures(tags) == {"requests": 17, "agreed": 17, "errors": 0, "dropped": 0}
+    for name, count in sent.items():
+        assert ShadowStats.of_replica(challenger, tags, name).requests == count
+    assert "shadow" not in tags  # the single tag is only read now, never written
+    gate = GateParams(min_shadow_agreement=0.9, min_shadow_requests=15)
+    assert shadow_check(tags, gate).passed  # 17 requests: neither replica alone has the 15 required
+    assert f"v{challenger} shadowed 17 live requests" in shadow_summary(challenger, tags, gate)
+    assert (tags["shadow_requests"], tags["shadow_agreement"]) == ("17", "1.000000")  # the summary, for people

@@ -71,8 +71,16 @@ def _serve(layout: ProjectLayout, params: Params, version: str | None, host: str
 
     serve = params.serve
     # ServeParams are the service's settings plus where to listen; the log path is project-relative.
-    settings = serve.model_copy(update={"prediction_log": layout.root / serve.prediction_log}) if serve.prediction_log else serve
-    settings = settings.model_copy(update={"shadow_log": layout.root / serve.shadow_log})  # shadow-report reads it
+    if serve.prediction_log:  # a folder or file of the project, or a URL (s3://...) as it is
+        from components.serving.prediction_log import log_location
+
+        serve = serve.model_copy(update={"prediction_log": log_location(layout.root, serve.prediction_log)})
+    settings = serve.model_copy(update={"shadow_log": layout.root / serve.shadow_log})  # shadow-report reads it
+    if serve.engine == "ray":  # the same service as N replicas of a Ray Serve application
+        from components.serving.ray_engine import serve_on_ray
+
+        return serve_on_ray(_open_registry(layout), layout.artifacts / "serving", settings, version=version,
+                            host=host, port=port)
     app = build_service_app(_open_registry(layout), layout.artifacts / "serving", serve.providers, settings,
                             version=version)
     app.state.metrics.watch_monitoring(layout.root / ".tunegate" / "monitor")  # tunegate_monitor_* gauges

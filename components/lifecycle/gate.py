@@ -267,17 +267,32 @@ def _invariance_checks(report: dict | None, gate: GateParams, token_task: bool) 
 
 
 SHADOW_FIGURES_TAG = "shadow"  # JSON {requests, agreed, errors, dropped}: one tag, so always consistent
+# Each service replica writes its own figures under "shadow.<replica id>", so none overwrites another's;
+# the version's figures are their sum (plus the single `shadow` tag of versions written before replicas had ids).
+SHADOW_REPLICA_TAG_PREFIX = f"{SHADOW_FIGURES_TAG}."
+SHADOW_FIGURE_NAMES = ("requests", "agreed", "errors", "dropped")
 
 
-def shadow_figures(tags: dict[str, str]) -> dict[str, int]:
-    """The shadow figures the serving shadow wrote on a version (components/serving/shadow.py); zeros if none."""
+def _figures_in(value: str | None) -> dict[str, int]:
+    """One figures tag's counts; zeros for a tag that is absent or not the figures' JSON."""
     import json
 
     try:
-        found = json.loads(tags.get(SHADOW_FIGURES_TAG) or "{}")
-        return {key: int(found.get(key, 0)) for key in ("requests", "agreed", "errors", "dropped")}
+        found = json.loads(value or "{}")
+        return {key: int(found.get(key, 0)) for key in SHADOW_FIGURE_NAMES}
     except (ValueError, TypeError, AttributeError):
-        return {"requests": 0, "agreed": 0, "errors": 0, "dropped": 0}
+        return dict.fromkeys(SHADOW_FIGURE_NAMES, 0)
+
+
+def shadow_figures(tags: dict[str, str]) -> dict[str, int]:
+    """The shadow figures the serving shadow wrote on a version (components/serving/shadow.py), summed over
+    the replicas that wrote them; zeros if none."""
+    total = dict.fromkeys(SHADOW_FIGURE_NAMES, 0)
+    for key, value in tags.items():
+        if key == SHADOW_FIGURES_TAG or key.startswith(SHADOW_REPLICA_TAG_PREFIX):
+            for name, count in _figures_in(value).items():
+                total[name] += count
+    return total
 
 
 def shadow_check(tags: dict[str, str], gate: GateParams) -> GateCheck | None:

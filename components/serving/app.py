@@ -1,5 +1,6 @@
 """HTTP inference for a classifier that may change while it serves: tunegate's own /predict, MLflow's
-/invocations protocol, /health, /metadata and Prometheus /metrics.
+/invocations protocol, /health, /metadata and Prometheus /metrics, and the Open Inference Protocol v2 under
+/v2 (KServe, Triton; components/serving/open_inference.py).
 
 A text classifier answers each text with {"label", "score", "scores"}; a token classifier (NER) with
 {"entities": [{"text", "type", "start", "end", "score"}, ...]} (character offsets into the text).
@@ -42,6 +43,7 @@ from components.serving.explanations import (
 )
 from components.serving.holder import ModelHolder, ReloadStats, ServedModel
 from components.serving.metrics import PROMETHEUS_CONTENT_TYPE, ServiceMetrics
+from components.serving.open_inference import metrics_endpoint, open_inference_router
 from components.serving.openapi import answers, invocations_body, predict_body
 from components.serving.prediction_log import PredictionLog
 from components.serving.request_bodies import (
@@ -85,7 +87,7 @@ class _RequestMetricsMiddleware:
             await self.app(scope, receive, send)
             return
         # Unknown paths share one label: a scanner must not create a time series per URL it tries.
-        endpoint = scope["path"] if scope["path"] in ENDPOINTS else "other"
+        endpoint = _endpoint_label(scope["path"])
         status = 500  # what the client gets when the app raises before answering
         started = time.perf_counter()
 
@@ -102,8 +104,12 @@ class _RequestMetricsMiddleware:
             self.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
 
 
+def _endpoint_label(path: str) -> str:
+    return path if path in ENDPOINTS else metrics_endpoint(path) or "other"
+
+
 def _endpoint_of(request: Request) -> str:
-    return request.url.path if request.url.path in ENDPOINTS else "other"
+    return _endpoint_label(request.url.path)
 
 
 def _answer_response(answer: BatchAnswer) -> JSONResponse:
@@ -172,8 +178,9 @@ def create_app(model: ServedModel | ModelHolder, settings: ServiceSettings | Non
     app.state.model_holder, app.state.batcher = holder, batcher
     app.state.metrics, app.state.settings = metrics, settings
     app.state.shadow = shadow
-    if settings.api_key_env:  # inside the metrics middleware: refused requests are counted too
-        app.add_middleware(ApiKeyMiddleware, keys=keys_from_environment(settings.api_key_env),
+    api_keys = keys_from_environment(settings.api_key_env) if settings.api_key_env else None
+    if api_keys is not None:  # inside the metrics middleware: refused requests are counted too
+        app.add_middleware(ApiKeyMiddleware, keys=api_keys,
                            protected=ALWAYS_PROTECTED + tuple(settings.api_key_also_for))
     app.add_middleware(_RequestMetricsMiddleware, metrics=metrics)
 
@@ -203,7 +210,8 @@ def create_app(model: ServedModel | ModelHolder, settings: ServiceSettings | Non
         return error_response(request, 500, "INTERNAL_ERROR", "the service failed on this request (a bug, logged "
                               "on the server); the request may be retried")
 
-    async def predict(texts: list[str]) -> JSONResponse:
+    async def answer_texts(texts: list[str]) -> BatchAnswer:
+        """Every protocol's way to the model (/predict, /invocations, /v2 infer): limits, log sampling, shadow."""
         check_text_lengths(texts, settings.max_chars_per_text)
         sampled = prediction_log is not None and prediction_log.wants_request()
         try:
@@ -213,7 +221,10 @@ def create_app(model: ServedModel | ModelHolder, settings: ServiceSettings | Non
             raise BadRequest(str(error)) from None
         if shadow is not None:  # after the answer exists; a draw and a put_nowait, never a wait
             shadow.offer(answer.version, texts, answer.predictions)
-        return _answer_response(answer)
+        return answer
+
+    async def predict(texts: list[str]) -> JSONResponse:
+        return _answer_response(await answer_texts(texts))
 
     task = getattr(holder.current().predictor, "task", "sequence-classification")
     documented = answers(task, bool(settings.api_key_env))
@@ -294,4 +305,6 @@ def create_app(model: ServedModel | ModelHolder, settings: ServiceSettings | Non
     async def prometheus_metrics() -> Response:
         return Response(content=metrics.render(), media_type=PROMETHEUS_CONTENT_TYPE)
 
+    # The Open Inference Protocol (KServe v2): the same model, batcher, limits, keys and metrics.
+    app.include_router(open_inference_router(holder, settings, answer_texts, metrics, api_keys))
     return app

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -53,9 +54,17 @@ def load_served_model(registry: ModelRegistry, cache_dir: Path, providers: list[
     local = cache_dir / registry.model_name / info.version
     if not local.is_dir():
         local.parent.mkdir(parents=True, exist_ok=True)
-        partial = local.parent / f".{info.version}.partial"
+        # Per process: replicas (Ray Serve, or several `tunegate serve`) sharing this cache may download at once.
+        partial = local.parent / f".{info.version}.{os.getpid()}.partial"
         shutil.rmtree(partial, ignore_errors=True)  # left by a download that died
-        registry.download(info.version, partial).replace(local)  # atomic: a half-downloaded model is never served
+        try:
+            registry.download(info.version, partial).replace(local)  # atomic: a half-downloaded model is never served
+        except OSError:
+            if not local.is_dir():
+                raise
+            # another process finished the same download first: its copy is the one loaded (and verified below)
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
     try:
         # Checked on every load, the cached copy too: the bytes that serve are the ones registered (and signed).
         verified = registry.verify_download(info, local)
@@ -118,9 +127,14 @@ class ChampionWatcher(StoppableThread):
         warm_up(served, self.warmup_batch_size)
         return served
 
+    def target_version(self) -> str | None:
+        """The version `alias` points at now. Ray Serve's replicas (components/serving/ray_engine.py) ask their
+        application's single watcher instead of the registry."""
+        return self.registry.aliases().get(self.alias)
+
     def poll_once(self) -> PollResult:
         try:
-            target = self.registry.aliases().get(self.alias)
+            target = self.target_version()
         except Exception as error:  # noqa: BLE001 - a registry outage must not stop the serving model
             self.holder.record_registry_error(error)
             logger.warning("could not read aliases of %s: %s", self.registry.model_name, redact_secrets(str(error)))
@@ -155,10 +169,13 @@ class ChampionWatcher(StoppableThread):
 
 
 def build_service_app(registry: ModelRegistry, cache_dir: Path, providers: list[str], settings=None, *,
-                      version: str | None = None, alias: str = CHAMPION):
+                      version: str | None = None, alias: str = CHAMPION, make_watcher=ChampionWatcher,
+                      replica_id: str | None = None):
     """The app `tunegate serve` runs: `version` pinned, or else the version behind `alias`, followed
     live (a ChampionWatcher started and stopped with the app). app.state.model_holder.current() is the
-    model serving now."""
+    model serving now. `make_watcher`: a ChampionWatcher subclass (same arguments) that follows another source.
+    `replica_id`: names this replica's shadow figures tag (default hostname-pid); several apps in one process
+    need one each."""
     from components.config import ServiceSettings
     from components.serving.app import create_app
     from components.serving.holder import ModelHolder
@@ -168,14 +185,14 @@ def build_service_app(registry: ModelRegistry, cache_dir: Path, providers: list[
     warm_up(served, min(8, settings.max_batch_size))
     holder = ModelHolder(served)
     watchers = [] if version is not None else [
-        ChampionWatcher(registry, holder, cache_dir, providers, alias=alias, poll_interval_s=settings.poll_interval_s,
-                        warmup_batch_size=min(8, settings.max_batch_size))]
+        make_watcher(registry, holder, cache_dir, providers, alias=alias, poll_interval_s=settings.poll_interval_s,
+                     warmup_batch_size=min(8, settings.max_batch_size))]
     shadow = None
     if settings.shadow:  # a second alias, compared with the champion off the request path
         from components.serving.shadow import ShadowRunner, ShadowWatcher
 
         shadow = ShadowRunner(settings.shadow, settings.shadow_sample_rate, queue_size=settings.shadow_queue_size,
-                              log_path=settings.shadow_log)
+                              log_path=settings.shadow_log, replica_id=replica_id)
         def load_shadowed(shadowed_version: str):
             model = load_served_model(registry, cache_dir, providers, version=shadowed_version)
             warm_up(model, min(8, settings.max_batch_size))

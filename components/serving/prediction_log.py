@@ -5,13 +5,23 @@ live traffic lacks."""
 from __future__ import annotations
 
 import json
+import os
 import random
+import re
+import socket
 import threading
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
+
+# `s3://bucket/prefix`, `file:///srv/log`, `gs://...`: any fsspec URL (s3fs etc. must be installed for its scheme).
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+://")
+# A log path with one of these suffixes is one JSON-lines file (the layout before partitions), kept as it was.
+SINGLE_FILE_SUFFIXES = (".jsonl", ".ndjson", ".json")
+# The frame monitoring gets, whichever the layout: the columns it always had (entities for NER only).
+FRAME_COLUMNS = ["time", "version", "text", "label", "score"]
 
 
 def prediction_label(prediction: dict[str, Any]) -> str:
@@ -48,49 +58,264 @@ def _log_fields(text: str, prediction: dict[str, Any]) -> dict[str, Any]:
             "entities": [{key: entity.get(key) for key in ("type", "start", "end", "score")} for entity in entities]}
 
 
+def is_url(location: str) -> bool:
+    return bool(_URL.match(location))
+
+
+def is_single_file(location: Path | str) -> bool:
+    """Whether the log is one JSON-lines file (a .jsonl path, or an existing local file) rather than the root of
+    a partitioned log (a folder or URL: date=YYYY-MM-DD/hour=HH/<replica>.jsonl under it)."""
+    text = str(location)
+    if text.rstrip("/").lower().endswith(SINGLE_FILE_SUFFIXES):
+        return True
+    return not is_url(text) and Path(text).is_file()
+
+
+def log_location(project_root: Path, setting: Path | str) -> Path | str:
+    """serve.prediction_log resolved: a URL as it is, a path relative to the project."""
+    return str(setting) if is_url(str(setting)) else project_root / setting
+
+
+def partition_dir(moment: datetime) -> str:
+    """The hive partition of a UTC moment: date=YYYY-MM-DD/hour=HH (zero-padded: compares as text)."""
+    moment = moment.astimezone(timezone.utc)
+    return f"date={moment:%Y-%m-%d}/hour={moment:%H}"
+
+
+def open_log_root(location: Path | str) -> tuple[Any, str]:
+    """The fsspec filesystem and root path of a partitioned log (local folders too: one code path)."""
+    from fsspec.core import url_to_fs
+
+    filesystem, root = url_to_fs(str(location))
+    return filesystem, root.rstrip("/")
+
+
+def _safe_replica(name: str) -> str:
+    """A replica id usable as a file name on every filesystem."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name).strip(".")
+    if not safe:
+        raise ValueError(f"replica id {name!r} has no usable characters (letters, digits, _ . -)")
+    return safe
+
+
 class PredictionLog:
-    """Appends JSON lines {time, version, text, label, score} for a sample of requests (drift monitoring).
-    NER lines have label = the predicted IOB2 tags of the text's words (space-joined, as in an NER
-    split), score = the entities' mean score (null without entities) and entities (type, start, end, score).
+    """Appends JSON lines {time, version, replica, text, label, score} for a sample of requests (drift
+    monitoring). NER lines have label = the predicted IOB2 tags of the text's words (space-joined, as in an
+    NER split), score = the entities' mean score (null without entities) and entities (type, start, end, score).
+
+    `path` ending in .jsonl (or an existing file) is one file, as it always was. Anything else (a folder, a
+    `file://` or `s3://` URL) is the root of a partitioned log: <root>/date=YYYY-MM-DD/hour=HH/<replica>.jsonl,
+    one file per replica per UTC hour, so that replicas never share a file and monitoring reads only the
+    hours it judges. `replica` defaults to hostname-pid; `now` is the clock (tests cross an hour with it).
 
     A log that cannot be written costs a warning and a counter, never a request.
     """
 
-    def __init__(self, path: Path, sample_rate: float, *, seed: int | None = None) -> None:
-        self.path = Path(path)
+    def __init__(self, path: Path | str, sample_rate: float, *, seed: int | None = None,
+                 replica: str | None = None, now: Callable[[], datetime] | None = None) -> None:
+        self.path = path if is_url(str(path)) else Path(path)
         self.sample_rate = sample_rate
+        self.replica = _safe_replica(replica or f"{socket.gethostname()}-{os.getpid()}")
+        self.partitioned = not is_single_file(self.path)
+        self._now = now or (lambda: datetime.now(timezone.utc))
         self._random = random.Random(seed)
         self._lock = threading.Lock()
+        self._filesystem: Any = None  # opened at the first write: a bad URL then costs a warning, not the service
 
     def wants_request(self) -> bool:
         with self._lock:
             return self.sample_rate > 0 and self._random.random() < self.sample_rate
 
     def write(self, version: str | None, texts: list[str], predictions: list[dict[str, Any]]) -> None:
-        stamp = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-        lines = [json.dumps({"time": stamp, "version": version, "text": text, **_log_fields(text, p)},
+        moment = self._now().astimezone(timezone.utc)
+        stamp = moment.isoformat(timespec="milliseconds")
+        replica = {"replica": self.replica} if self.partitioned else {}
+        lines = [json.dumps({"time": stamp, "version": version, **replica, "text": text, **_log_fields(text, p)},
                             ensure_ascii=False) for text, p in zip(texts, predictions)]
+        payload = "\n".join(lines) + "\n"
         with self._lock:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("a", encoding="utf-8") as handle:  # reopened per batch: survives log rotation
-                handle.write("\n".join(lines) + "\n")
+            if self.partitioned:
+                self._append_partition(moment, payload)
+            elif isinstance(self.path, Path):
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                with self.path.open("a", encoding="utf-8") as handle:  # reopened per batch: survives log rotation
+                    handle.write(payload)
+            else:  # one file at a URL (s3://bucket/predictions.jsonl): fine for one replica only
+                filesystem, target = open_log_root(self.path)
+                with filesystem.open(target, "a", encoding="utf-8") as handle:
+                    handle.write(payload)
+
+    def partition_file(self, moment: datetime) -> str:
+        """Where rows logged at `moment` go (a path within the log's filesystem)."""
+        if self._filesystem is None:
+            self._filesystem, self._root = open_log_root(self.path)
+        return f"{self._root}/{partition_dir(moment)}/{self.replica}.jsonl"
+
+    def _append_partition(self, moment: datetime, payload: str) -> None:
+        target = self.partition_file(moment)
+        self._filesystem.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+        # Appended per batch, reopened each time: a new hour simply names a new file. (On S3, s3fs appends
+        # by copying the object server-side: fine for one file per replica-hour, not for one per row.)
+        with self._filesystem.open(target, "a", encoding="utf-8") as handle:
+            handle.write(payload)
 
 
-def read_prediction_log(path: Path, last: int | None = None) -> pd.DataFrame:
-    """The logged predictions as a frame with `text` and `label` (the predicted label), `score`, and for
-    NER `entities` (type, start, end, score)."""
-    if not path.is_file():
+def read_prediction_log(path: Path | str, last: int | None = None, *, window: timedelta | None = None,
+                        since: datetime | None = None, now: Callable[[], datetime] | None = None) -> pd.DataFrame:
+    """The logged predictions as a frame with `time`, `version`, `text` and `label` (the predicted label),
+    `score`, and for NER `entities` (type, start, end, score), oldest first.
+
+    `since` (or `window`: the span before `now`) keeps the rows logged from then on; a partitioned log then
+    opens only the hours of the window. `last` keeps the newest N of those (0/None: all). The frame's
+    attrs["files_read"] says how many files were opened."""
+    if since is None and window is not None:
+        since = (now or (lambda: datetime.now(timezone.utc)))() - window
+    if is_single_file(path):
+        frame = _read_single_file(path, since)
+        frame.attrs["files_read"] = 1
+    else:
+        frame = _read_partitioned(path, since, last)
+    return frame.tail(last).reset_index(drop=True) if last else frame
+
+
+def _read_single_file(path: Path | str, since: datetime | None) -> pd.DataFrame:
+    """The one-file log, read as it always was (a line cut by a crash is skipped)."""
+    filesystem, target = open_log_root(path)
+    if not filesystem.isfile(target):
         raise FileNotFoundError(f"{path}: no prediction log; set serve.prediction_log and serve some traffic first")
     records = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
+    with filesystem.open(target, encoding="utf-8") as handle:
+        for line in handle:
             if line.strip():
                 try:
                     records.append(json.loads(line))
                 except json.JSONDecodeError:
                     continue  # a line cut by a crash mid-write; the rest are still good
-    columns = ["time", "version", "text", "label", "score"]
+    columns = list(FRAME_COLUMNS)
     if any("entities" in record for record in records):  # NER: offsets and scores for the labelling queue
         columns.append("entities")
     frame = pd.DataFrame(records, columns=columns)
-    return frame.tail(last).reset_index(drop=True) if last else frame
+    if since is None:
+        return frame
+    logged = pd.to_datetime(frame["time"], utc=True, errors="coerce", format="ISO8601")
+    return frame[logged >= pd.Timestamp(since).tz_convert("UTC")].reset_index(drop=True)
+
+
+# ---- the partitioned log: pyarrow datasets, hive partitions date=/hour=, pruned to the window ----
+
+def _row_schema():
+    import pyarrow as pa
+
+    entity = pa.struct([("type", pa.string()), ("start", pa.int64()), ("end", pa.int64()), ("score", pa.float64())])
+    return pa.schema([("time", pa.string()), ("version", pa.string()), ("replica", pa.string()),
+                      ("text", pa.string()), ("label", pa.string()), ("score", pa.float64()),
+                      ("entities", pa.list_(entity))])
+
+
+def _log_dataset(location: Path | str):
+    """The partitioned log as a pyarrow dataset: listing only, no file is opened here."""
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+    import pyarrow.json as pj
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    filesystem, root = open_log_root(location)
+    if not filesystem.isdir(root):
+        raise FileNotFoundError(f"{location}: no prediction log; set serve.prediction_log and serve some traffic first")
+    # Explicit types: a file whose scores are all null must not be read as a column of nulls.
+    parse = pj.ParseOptions(explicit_schema=_row_schema(), unexpected_field_behavior="ignore")
+    keys = pa.schema([("date", pa.string()), ("hour", pa.string())])
+    # The schema given, not inspected: pyarrow would otherwise open the first file, in the window or not.
+    return ds.dataset(root, schema=pa.unify_schemas([_row_schema(), keys]),
+                      format=ds.JsonFileFormat(parse_options=parse), partitioning=ds.partitioning(keys, flavor="hive"),
+                      filesystem=PyFileSystem(FSSpecHandler(filesystem)))
+
+
+def _window_filter(since: datetime | None):
+    """Partitions at or after since's hour (None: all); compared as text, which zero-padding makes safe.
+    Files outside date=/hour= folders (a stray note at the root) are never log files."""
+    import pyarrow.dataset as ds
+
+    partitioned = ds.field("date").is_valid() & ds.field("hour").is_valid()
+    if since is None:
+        return partitioned
+    since = since.astimezone(timezone.utc)
+    day, hour = f"{since:%Y-%m-%d}", f"{since:%H}"
+    return partitioned & ((ds.field("date") > day) | ((ds.field("date") == day) & (ds.field("hour") >= hour)))
+
+
+def prediction_log_files(location: Path | str, since: datetime | None = None) -> list[str]:
+    """The files a read from `since` opens: the partitions of the window (pruned from the listing), oldest first."""
+    fragments = _log_dataset(location).get_fragments(filter=_window_filter(since))
+    return sorted(fragment.path for fragment in fragments)
+
+
+def _read_file(dataset, path: str):
+    """One replica-hour file as a table. pyarrow's JSON reader refuses a whole file for one bad line (a crash
+    mid-write, a label logged as a number): such a file is read line by line instead, skipping what is cut."""
+    import pyarrow as pa
+
+    try:
+        return dataset.format.make_fragment(path, dataset.filesystem).to_table(schema=_row_schema())
+    except pa.ArrowInvalid:
+        with dataset.filesystem.open_input_stream(path) as stream:
+            text = stream.read().decode("utf-8")
+        records = []
+        for line in text.splitlines():
+            try:
+                records.append(_typed_record(json.loads(line)))
+            except (json.JSONDecodeError, TypeError, ValueError):
+                continue
+        return pa.Table.from_pylist(records, schema=_row_schema())
+
+
+def _typed_record(record: dict[str, Any]) -> dict[str, Any]:
+    """A logged row with the schema's types (a label may have been logged as a number)."""
+    if not isinstance(record, dict):
+        raise TypeError("not a JSON object")
+    text_or_none = {key: None if record.get(key) is None else str(record[key])
+                    for key in ("time", "version", "replica", "text", "label")}
+    score = record.get("score")
+    return {**text_or_none, "score": None if score is None else float(score), "entities": record.get("entities")}
+
+
+def _read_partitioned(location: Path | str, since: datetime | None, last: int | None) -> pd.DataFrame:
+    """The window's rows from every replica, oldest first. With `last`, hours are read newest first and the
+    reading stops once enough rows are in (every replica of an hour is read: their rows interleave)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    dataset = _log_dataset(location)
+    files = sorted(fragment.path for fragment in dataset.get_fragments(filter=_window_filter(since)))
+    tables, rows, opened = [], 0, 0
+    for hour_files in reversed(_by_partition(files)):
+        hour_tables = [_read_file(dataset, path) for path in hour_files]
+        opened += len(hour_files)
+        if since is not None:  # the window's first hour is only partly inside it
+            cutoff = since.astimezone(timezone.utc).isoformat(timespec="milliseconds")
+            hour_tables = [table.filter(pc.field("time") >= cutoff) for table in hour_tables]
+        tables[:0] = hour_tables
+        rows += sum(table.num_rows for table in hour_tables)
+        if last and rows >= last:
+            break
+    table = pa.concat_tables(tables) if tables else _row_schema().empty_table()
+    table = table.take(pc.sort_indices(table, [("time", "ascending"), ("replica", "ascending")]))
+    frame = _frame_of(table)
+    frame.attrs["files_read"] = opened
+    return frame
+
+
+def _by_partition(files: list[str]) -> list[list[str]]:
+    """Sorted file paths grouped by their date=/hour= folder, oldest first."""
+    groups: dict[str, list[str]] = {}
+    for path in files:
+        groups.setdefault(path.rsplit("/", 1)[0], []).append(path)
+    return [groups[folder] for folder in sorted(groups)]
+
+
+def _frame_of(table) -> pd.DataFrame:
+    """The single-file reader's frame: same columns; entities (NER) as lists of dicts, as json.loads gives."""
+    frame = table.select(FRAME_COLUMNS).to_pandas()
+    if table.column("entities").null_count < table.num_rows:  # NER rows carry entities (maybe []); others none
+        frame["entities"] = table.column("entities").to_pylist()
+    return frame

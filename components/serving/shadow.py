@@ -10,6 +10,10 @@ request path, and the two answers are compared.
   writes the challenger's figures as tags on its registry version at most once per poll, so the flow,
   `tunegate shadow-report` and a person read them wherever the service runs.
 
+Several replicas of the service shadow the same challenger: each writes its figures to a tag of its own,
+`shadow.<replica id>` (hostname-pid unless the caller names the replica), and the version's figures are
+their sum (components/lifecycle/gate.py, shadow_figures), so no replica overwrites another's.
+
 Agreement is counted per text: a classifier agrees when both give the same label; a token classifier
 when both find the same set of entities (type and character offsets). Disagreements go, one JSON line
 each, to serve.shadow_log for a person to read.
@@ -22,6 +26,8 @@ import logging
 import os
 import queue
 import random
+import re
+import socket
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -29,7 +35,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from components.lifecycle.gate import SHADOW_FIGURES_TAG, shadow_figures
+from components.lifecycle.gate import SHADOW_FIGURES_TAG, SHADOW_REPLICA_TAG_PREFIX, shadow_figures
 from components.serving.background import StoppableThread
 
 logger = logging.getLogger("tunegate.shadow")
@@ -41,7 +47,20 @@ SHADOW_NICENESS = 10  # the shadow's threads run at this nice value (0 = as the 
 TAG_REQUESTS, TAG_AGREED, TAG_AGREEMENT = "shadow_requests", "shadow_agreed", "shadow_agreement"
 TAG_ERRORS, TAG_DROPPED = "shadow_errors", "shadow_dropped"
 TAG_CHAMPION, TAG_UPDATED = "shadow_champion", "shadow_updated"
-TAG_FIGURES = SHADOW_FIGURES_TAG
+TAG_FIGURES = SHADOW_FIGURES_TAG  # the single figures tag of services before replica ids: still read, summed
+
+
+def default_replica_id() -> str:
+    """Stable for the life of this process and distinct from any other process': hostname-pid."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def replica_figures_tag(replica_id: str) -> str:
+    """The tag a replica writes its figures to; an MLflow tag key holds only word characters, '.' and '-'."""
+    safe = re.sub(r"[^\w.\-]", "-", replica_id.strip())[:200]
+    if not safe.strip(".-"):
+        raise ValueError(f"replica id {replica_id!r} has nothing a registry tag can name")
+    return SHADOW_REPLICA_TAG_PREFIX + safe
 
 
 def answer_key(prediction: dict[str, Any]) -> Any:
@@ -73,20 +92,36 @@ class ShadowStats:
     def agreement(self) -> float | None:
         return self.agreed / self.requests if self.requests else None
 
-    def as_tags(self, champion: str | None) -> dict[str, str]:
-        # MLflow sets one tag per call: a reader between two calls would pair new requests with old agreements.
-        # `shadow` (JSON, written last) holds them all consistently; the others are for people and the MLflow UI.
+    def figures_tag(self, replica_id: str | None = None) -> dict[str, str]:
+        """The figures as one JSON tag: the replica's own (`shadow.<replica id>`), or with no replica id the
+        single `shadow` tag (one writer only). MLflow sets one tag per call: a reader between two calls would
+        pair new requests with old agreements, so the gate reads only these JSON tags."""
         figures = {"requests": self.requests, "agreed": self.agreed, "errors": self.errors, "dropped": self.dropped}
+        key = TAG_FIGURES if replica_id is None else replica_figures_tag(replica_id)
+        return {key: json.dumps(figures)}
+
+    def summary_tags(self, champion: str | None) -> dict[str, str]:
+        """The figures one per tag, for people and the MLflow UI (the gate reads the JSON tags)."""
         return {TAG_REQUESTS: str(self.requests), TAG_AGREED: str(self.agreed),
                 TAG_AGREEMENT: "" if self.agreement is None else f"{self.agreement:.6f}",
                 TAG_ERRORS: str(self.errors), TAG_DROPPED: str(self.dropped), TAG_CHAMPION: champion or "",
-                TAG_UPDATED: datetime.now(timezone.utc).isoformat(timespec="seconds"), TAG_FIGURES: json.dumps(figures)}
+                TAG_UPDATED: datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+    def as_tags(self, champion: str | None, replica_id: str | None = None) -> dict[str, str]:
+        return {**self.summary_tags(champion), **self.figures_tag(replica_id)}  # the figures' JSON written last
 
     @classmethod
     def from_tags(cls, version: str | None, tags: dict[str, str]) -> "ShadowStats":
+        """The version's figures: every replica's, summed."""
         figures = shadow_figures(tags)
         return cls(version, figures["agreed"], figures["requests"] - figures["agreed"], figures["errors"],
                    figures["dropped"])
+
+    @classmethod
+    def of_replica(cls, version: str | None, tags: dict[str, str], replica_id: str) -> "ShadowStats":
+        """What one replica wrote (a restarted replica with the same id counts on from there)."""
+        own = replica_figures_tag(replica_id)
+        return cls.from_tags(version, {own: tags[own]} if own in tags else {})
 
 
 @dataclass
@@ -102,9 +137,13 @@ class ShadowRunner(StoppableThread):
     `offer` is all the request path pays: a random draw and a put_nowait."""
 
     def __init__(self, alias: str, sample_rate: float, *, queue_size: int = 64, log_path: Path | None = None,
-                 seed: int | None = None) -> None:
+                 seed: int | None = None, replica_id: str | None = None) -> None:
+        """replica_id: names this service process among the replicas shadowing the same challenger (each
+        writes its own figures tag); hostname-pid when not given."""
         super().__init__("tunegate-shadow")
         self.alias = alias
+        self.replica_id = replica_id or default_replica_id()
+        replica_figures_tag(self.replica_id)  # an id no tag can name is refused at start, not at the first write
         self.sample_rate = sample_rate
         self.log_path = None if log_path is None else Path(log_path)
         self._queue: queue.Queue[_Sample] = queue.Queue(maxsize=queue_size)
@@ -148,7 +187,7 @@ class ShadowRunner(StoppableThread):
     def describe(self) -> dict[str, Any]:
         """For /metadata: what is shadowed and how it compares so far."""
         stats, model = self.stats(), self._model
-        return {"alias": self.alias, "sample_rate": self.sample_rate,
+        return {"alias": self.alias, "sample_rate": self.sample_rate, "replica_id": self.replica_id,
                 "version": None if model is None else model.version, "note": self._note,
                 "requests": stats.requests, "agreed": stats.agreed, "agreement": stats.agreement,
                 "errors": stats.errors, "dropped": stats.dropped, "queued": self.queued}
@@ -288,13 +327,23 @@ class ShadowWatcher(StoppableThread):
         self._written: ShadowStats | None = None
 
     def flush(self) -> bool:
-        """Write the shadowed version's figures to its tags if they changed since the last write."""
+        """Write this replica's figures to its own tag if they changed since the last write; then, if they
+        differ, the summary tags from every replica's figures. The tags are re-read at every poll (one registry
+        read), so a summary two replicas wrote in the wrong order is put right by the next poll. Returns whether
+        this replica's figures were written."""
         stats = self.runner.stats()
-        if stats.version is None or stats == self._written:
+        if stats.version is None:
             return False
-        self.registry.tag_version(stats.version, stats.as_tags(self.runner.champion_version))
-        self._written = stats
-        return True
+        changed = stats != self._written
+        if changed:
+            self.registry.tag_version(stats.version, stats.figures_tag(self.runner.replica_id))
+            self._written = stats
+        tags = self.registry.version(stats.version).tags
+        every_replica = ShadowStats.from_tags(stats.version, tags)
+        written_by_any = every_replica.requests or every_replica.errors or every_replica.dropped
+        if changed or (written_by_any and _summary_figures(tags) != _summary_figures(every_replica.summary_tags(None))):
+            self.registry.tag_version(stats.version, every_replica.summary_tags(self.runner.champion_version))
+        return changed
 
     def poll_once(self) -> str:
         """One look: flush, then follow the alias. Returns what happened (for tests and logs)."""
@@ -320,13 +369,13 @@ class ShadowWatcher(StoppableThread):
             return "waiting"
         try:
             served = self.load_version(target)
-            baseline = ShadowStats.from_tags(target, self.registry.version(target).tags)
+            baseline = ShadowStats.of_replica(target, self.registry.version(target).tags, self.runner.replica_id)
         except Exception as error:  # noqa: BLE001 - a broken challenger is the challenger's problem
             self._failed_at[target] = time.monotonic()
             self.runner.set_model(None, note=f"v{target} could not be loaded: {type(error).__name__}: {error}")
             logger.error("shadow: could not load v%s: %s", target, error)
             return "failed"
-        # A restarted service counts on from the figures its tags hold, rather than overwrite them.
+        # A replica restarted with the same id counts on from the figures of its tag, rather than overwrite them.
         self.runner.set_model(served, baseline, note=f"shadowing v{target} (alias {self.runner.alias!r})")
         self._written = baseline
         logger.info("shadowing version %s on %.0f%% of requests", target, 100 * self.runner.sample_rate)
@@ -348,6 +397,10 @@ class ShadowWatcher(StoppableThread):
             self.flush()  # the last figures are not lost with the process
         except Exception as error:  # noqa: BLE001
             logger.warning("shadow: could not write the last figures: %s", error)
+
+
+def _summary_figures(tags: dict[str, str]) -> tuple[str | None, ...]:
+    return tuple(tags.get(key) for key in (TAG_REQUESTS, TAG_AGREED, TAG_AGREEMENT, TAG_ERRORS, TAG_DROPPED))
 
 
 def stats_dict(stats: ShadowStats) -> dict[str, Any]:

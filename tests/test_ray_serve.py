@@ -1,0 +1,226 @@
+"""serve.engine: ray on a two-node Ray cluster on this machine (127.0.0.1 only): the same answers as the local
+service, a champion switch that reaches every replica without a failed request, and a replica killed under
+load that Ray brings back. Real MLflow SQLite registry, real onnxruntime, real HTTP. Slow (about a minute)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from components.config import ServiceSettings
+from components.lifecycle.registry import CHAMPION
+from components.serving.deployment import build_service_app
+from components.serving.server import BackgroundServer
+from tests.fixtures_classifier import tiny_classifier, tiny_onnx_export  # noqa: F401 - fixtures
+from tests.test_service_lifecycle import PROBES, flipped_export, open_registry, register, wait_for  # noqa: F401
+
+pytestmark = pytest.mark.slow
+
+CPU = ["CPUExecutionProvider"]
+KEY_ENV = "TUNEGATE_TEST_RAY_KEYS"
+KEY = "ray-test-key"
+HEADERS = {"Authorization": f"Bearer {KEY}"}
+SETTINGS = ServiceSettings(poll_interval_s=0.5, max_texts_per_request=8, api_key_env=KEY_ENV)
+SWITCH_BOUND_S = 30.0  # promotion -> every replica answers with the new version
+RECOVERY_BOUND_S = 90.0  # a killed replica -> Ray has started a new one
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Load:
+    """`clients` threads posting /predict with the API key, back to back, until stopped or max_requests each."""
+
+    def __init__(self, url: str, clients: int = 2, max_requests: int = 3000) -> None:
+        self.url, self.max_requests = url, max_requests
+        self.ok: list[tuple[float, str | None]] = []  # (time.monotonic() when answered, X-Model-Version)
+        self.failed: list[tuple[float, str]] = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._client, args=(i,), daemon=True) for i in range(clients)]
+
+    def _client(self, client: int) -> None:
+        with httpx.Client(base_url=self.url, headers=HEADERS, timeout=30) as http:
+            for n in range(self.max_requests):
+                if self._stop.is_set():
+                    return
+                texts = [PROBES[(client * 7 + n + k) % len(PROBES)] for k in range(1 + n % 3)]
+                try:
+                    response = http.post("/predict", json={"texts": texts})
+                    outcome = (response.status_code == 200, response.headers.get("x-model-version") or
+                               f"status {response.status_code}: {response.text[:200]}")
+                except httpx.HTTPError as error:
+                    outcome = (False, f"{type(error).__name__}: {error}")
+                with self._lock:
+                    (self.ok if outcome[0] else self.failed).append((time.monotonic(), outcome[1]))
+
+    def answered_since(self, since: float) -> int:
+        with self._lock:
+            return sum(at >= since for at, _ in self.ok)
+
+    def __enter__(self) -> "Load":
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(60)
+
+
+@pytest.fixture(scope="module")
+def two_node_ray(tmp_path_factory):
+    """A head and a worker node on 127.0.0.1, with their own temp dir, HOME and auth token; all gone after."""
+    scratch = tmp_path_factory.mktemp("ray")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("HOME", str(scratch))  # Ray's ~/.ray (its token file) stays in the test's folder
+        env.setenv("RAY_AUTH_MODE", "token")
+        env.setenv("RAY_AUTH_TOKEN", secrets.token_hex(16))
+        env.setenv("RAY_USAGE_STATS_ENABLED", "0")
+        env.setenv("RAY_TMPDIR", str(scratch))  # sessions, sockets, logs and ray_current_cluster: not /tmp/ray
+        env.setenv(KEY_ENV, KEY)  # the replicas' service reads its API key from their environment
+        env.setenv("OMP_NUM_THREADS", "1")
+        env.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # else 127.0.0.1 is "resolved" to eth0's address
+        # After the environment: Ray reads RAY_AUTH_MODE once, when first imported.
+        import ray
+        from ray import serve
+        from ray.cluster_utils import Cluster
+
+        node = {"num_cpus": 1, "node_ip_address": "127.0.0.1", "include_dashboard": False}
+        cluster = Cluster(initialize_head=True, head_node_args=node)
+        try:
+            cluster.add_node(**node)
+            cluster.connect()
+            yield cluster
+        finally:
+            try:
+                if ray.is_initialized():  # else serve.shutdown() would start a Ray of its own to connect to
+                    serve.shutdown()
+            finally:
+                ray.shutdown()
+                cluster.shutdown()
+
+
+@pytest.fixture(scope="module")
+def registry_with_two_versions(tmp_path_factory, tiny_onnx_export, flipped_export):  # noqa: F811
+    registry = open_registry(tmp_path_factory.mktemp("registry"))
+    first = register(registry, tiny_onnx_export.out_dir, "trained")
+    second = register(registry, flipped_export, "flipped")
+    registry.client.set_registered_model_alias(registry.model_name, CHAMPION, first)
+    return registry, first, second
+
+
+@pytest.fixture(scope="module")
+def ray_service(two_node_ray, registry_with_two_versions, tmp_path_factory) -> str:
+    """The champion on Ray Serve, 2 replicas of half a CPU; its URL."""
+    from components.serving.ray_engine import champion_application, run_application
+
+    registry, _, _ = registry_with_two_versions
+    application = champion_application(registry, tmp_path_factory.mktemp("ray-cache"), CPU, SETTINGS,
+                                       replicas=2, num_cpus=0.5)
+    port = free_port()
+    started = time.monotonic()
+    run_application(application, "127.0.0.1", port, proxy_location="HeadOnly")
+    print(f"Ray Serve application up in {time.monotonic() - started:.1f} s")
+    return f"http://127.0.0.1:{port}"
+
+
+def service_replicas() -> list[dict]:
+    """The live replicas of the service deployment: pid, node, actor id (from the GCS: no dashboard here)."""
+    import ray
+
+    from components.serving.ray_engine import SERVICE_DEPLOYMENT
+
+    actors = ray.state.actors().values()
+    return [{"pid": a["Pid"], "node": a["Address"]["NodeID"], "actor": a["ActorID"]} for a in actors
+            if a["State"] == "ALIVE" and a["ActorClassName"].endswith(f":{SERVICE_DEPLOYMENT}")]
+
+
+def versions_seen(url: str, requests: int = 24) -> set[str]:
+    with httpx.Client(base_url=url, headers=HEADERS, timeout=30) as http:
+        return {http.post("/predict", json={"texts": [PROBES[0]]}).headers["x-model-version"] for _ in range(requests)}
+
+
+def test_ray_replicas_answer_as_the_local_service(ray_service, registry_with_two_versions, tmp_path):
+    registry, _, _ = registry_with_two_versions
+    local_app = build_service_app(registry, tmp_path / "cache", CPU, SETTINGS)
+    replicas = service_replicas()
+    assert len(replicas) == 2 and len({r["node"] for r in replicas}) == 2, f"one replica per node: {replicas}"
+    with BackgroundServer(local_app) as local, httpx.Client(headers=HEADERS, timeout=30) as http:
+        for url in (local.url, ray_service):  # both answer; what they answer is compared below
+            assert http.get(f"{url}/health").status_code == 200
+
+        def both(method: str, path: str, **kwargs) -> tuple[httpx.Response, httpx.Response]:
+            return (http.request(method, f"{local.url}{path}", **kwargs),
+                    http.request(method, f"{ray_service}{path}", **kwargs))
+
+        for start in range(0, len(PROBES), 8):
+            mine, ray_answer = both("POST", "/predict", json={"texts": PROBES[start:start + 8]})
+            assert ray_answer.status_code == 200 and ray_answer.json() == mine.json()
+            assert ray_answer.headers["x-model-version"] == mine.headers["x-model-version"]
+        mine, ray_answer = both("POST", "/invocations", json={"inputs": PROBES[:5]})
+        assert ray_answer.json() == mine.json()
+        mine, ray_answer = both("POST", "/predict", json={"texts": PROBES[:9]})  # over max_texts_per_request
+        assert mine.status_code == 413
+        assert (ray_answer.status_code, ray_answer.json()) == (mine.status_code, mine.json())
+        no_key = httpx.post(f"{ray_service}/predict", json={"texts": ["a"]})
+        assert no_key.status_code == 401
+        mine, ray_answer = both("GET", "/openapi.json")
+        assert ray_answer.json() == mine.json()
+
+
+def test_a_promotion_reaches_every_replica_without_a_failed_request(ray_service, registry_with_two_versions):
+    registry, first, second = registry_with_two_versions
+    old = registry.aliases()[CHAMPION]
+    new = second if old == first else first
+    assert versions_seen(ray_service) == {old}
+    with Load(ray_service, clients=2) as load:
+        wait_for(lambda: load.answered_since(0) >= 20, 30, "traffic before the switch")
+        promoted_at = time.monotonic()
+        registry.promote(new, by="tests", reason="ray serve switch")
+        wait_for(lambda: any(v == new for _, v in load.ok), SWITCH_BOUND_S, f"a v{new} answer")
+        # Every replica switched: the last answers (both replicas take a share) all name the new version.
+        wait_for(lambda: all(v == new for _, v in load.ok[-20:]), SWITCH_BOUND_S, f"only v{new} answers")
+        switched_in = time.monotonic() - promoted_at
+        wait_for(lambda: load.answered_since(promoted_at + switched_in) >= 20, 30, "traffic after the switch")
+    print(f"switch: every replica on v{new} {switched_in:.1f} s after the promotion; {len(load.ok)} answers, "
+          f"{len(load.failed)} failed")
+    assert load.failed == [], load.failed[:3]
+    assert switched_in < SWITCH_BOUND_S
+    assert versions_seen(ray_service) == {new}
+
+
+def test_a_killed_replica_costs_at_most_its_requests_in_flight_and_comes_back(ray_service):
+    replicas = service_replicas()
+    assert len(replicas) == 2
+    victim = replicas[0]
+    with Load(ray_service, clients=2) as load:
+        wait_for(lambda: load.answered_since(0) >= 20, 30, "traffic before the kill")
+        killed_at = time.monotonic()
+        os.kill(victim["pid"], signal.SIGKILL)
+        # The service answers throughout, on the other replica, while Ray replaces the killed one.
+        wait_for(lambda: load.answered_since(killed_at + 1.0) >= 20, 30, "answers after the kill")
+
+        def replaced() -> bool:
+            alive = service_replicas()
+            return len(alive) == 2 and victim["actor"] not in {r["actor"] for r in alive}
+
+        wait_for(replaced, RECOVERY_BOUND_S, "Ray to start a new replica")
+        recovered_in = time.monotonic() - killed_at
+        wait_for(lambda: load.answered_since(killed_at + recovered_in) >= 20, 30, "answers after the recovery")
+    print(f"kill: replica back {recovered_in:.1f} s after SIGKILL; {len(load.ok)} answers, {len(load.failed)} failed "
+          f"({load.failed[:2]})")
+    assert len(load.failed) <= 2, load.failed  # 2 clients: at most 2 requests were in flight on the victim
+    assert victim["pid"] not in {r["pid"] for r in service_replicas()}
