@@ -8,6 +8,7 @@ import os
 import secrets
 import signal
 import socket
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -81,10 +82,14 @@ class Load:
 
 
 @pytest.fixture(scope="module")
-def two_node_ray(tmp_path_factory):
-    """A head and a worker node on 127.0.0.1, with their own temp dir, HOME and auth token; all gone after."""
-    scratch = tmp_path_factory.mktemp("ray")
-    with pytest.MonkeyPatch.context() as env:
+def two_node_ray():
+    """A head and a worker node on 127.0.0.1, with their own temp dir, HOME and auth token; all gone after.
+
+    The temp dir is a short one of its own, not pytest's: Ray's unix sockets live under it, and a socket path
+    may not exceed 107 bytes (pytest-xdist's /tmp/pytest-of-root/pytest-N/popen-gw0/... plus Ray's session
+    folders did)."""
+    with tempfile.TemporaryDirectory(prefix="tg-ray-", ignore_cleanup_errors=True) as short, pytest.MonkeyPatch.context() as env:
+        scratch = Path(short)
         env.setenv("HOME", str(scratch))  # Ray's ~/.ray (its token file) stays in the test's folder
         env.setenv("RAY_AUTH_MODE", "token")
         env.setenv("RAY_AUTH_TOKEN", secrets.token_hex(16))
