@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 
@@ -45,3 +46,29 @@ def stop_process(process: subprocess.Popen, timeout_s: float = 20) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+class ClientThreads:
+    """`clients` threads running `_client(i)` until stopped: a bounded load on a service under test, started and
+    stopped as a context manager. Subclasses record what their clients saw under `_lock`."""
+
+    join_timeout_s = 30.0
+
+    def __init__(self, clients: int) -> None:
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._client, args=(i,), daemon=True) for i in range(clients)]
+
+    def _client(self, client: int) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(self.join_timeout_s)
+

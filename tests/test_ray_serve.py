@@ -7,9 +7,7 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import socket
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -21,6 +19,7 @@ from components.lifecycle.registry import CHAMPION
 from components.serving.deployment import build_service_app
 from components.serving.server import BackgroundServer
 from tests.fixtures_classifier import tiny_classifier, tiny_onnx_export  # noqa: F401 - fixtures
+from tests.servers import ClientThreads, free_port
 from tests.test_service_lifecycle import PROBES, flipped_export, open_registry, register, wait_for  # noqa: F401
 
 pytestmark = pytest.mark.slow
@@ -34,22 +33,16 @@ SWITCH_BOUND_S = 30.0  # promotion -> every replica answers with the new version
 RECOVERY_BOUND_S = 90.0  # a killed replica -> Ray has started a new one
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-class Load:
+class Load(ClientThreads):
     """`clients` threads posting /predict with the API key, back to back, until stopped or max_requests each."""
 
+    join_timeout_s = 60.0
+
     def __init__(self, url: str, clients: int = 2, max_requests: int = 3000) -> None:
+        super().__init__(clients)
         self.url, self.max_requests = url, max_requests
         self.ok: list[tuple[float, str | None]] = []  # (time.monotonic() when answered, X-Model-Version)
         self.failed: list[tuple[float, str]] = []
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._client, args=(i,), daemon=True) for i in range(clients)]
 
     def _client(self, client: int) -> None:
         with httpx.Client(base_url=self.url, headers=HEADERS, timeout=30) as http:
@@ -69,16 +62,6 @@ class Load:
     def answered_since(self, since: float) -> int:
         with self._lock:
             return sum(at >= since for at, _ in self.ok)
-
-    def __enter__(self) -> "Load":
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(60)
 
 
 @pytest.fixture(scope="module")

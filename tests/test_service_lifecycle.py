@@ -25,6 +25,7 @@ from components.serving.deployment import (
 from components.serving.holder import ModelHolder, ServedModel
 from components.serving.server import BackgroundServer
 from tests.fixtures_classifier import held_out, tiny_classifier, tiny_onnx_export  # noqa: F401 - fixtures
+from tests.servers import ClientThreads
 
 CPU = ["CPUExecutionProvider"]
 PROBES, _ = held_out(48, seed=11)
@@ -90,16 +91,14 @@ class Answer:
     labels: list[str]
 
 
-class Traffic:
+class Traffic(ClientThreads):
     """`clients` threads posting /predict back to back until stopped (or max_requests each)."""
 
     def __init__(self, url: str, clients: int, max_requests: int = 2000) -> None:
+        super().__init__(clients)
         self.url, self.clients, self.max_requests = url, clients, max_requests
         self.answers: list[Answer] = []
         self.failures: list[str] = []
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._client, args=(i,), daemon=True) for i in range(clients)]
 
     def _client(self, client: int) -> None:
         with httpx.Client(base_url=self.url, timeout=30) as http:
@@ -124,16 +123,6 @@ class Traffic:
     def count(self, version: str) -> int:
         with self._lock:
             return sum(a.body_version == version for a in self.answers)
-
-    def __enter__(self) -> "Traffic":
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(30)
 
 
 def wait_for(condition, timeout_s: float, what: str) -> None:
