@@ -85,7 +85,8 @@ def test_window_read_returns_both_replicas_rows_and_opens_only_its_hours(tmp_pat
     expected = sorted(row["text"] for row in logged if row["time"] >= since)
     assert sorted(frame["text"]) == expected and len(expected) == 12  # 10:45, 11:15, 11:45 x 2 replicas x 2
     assert set(text.split()[0] for text in frame["text"]) == {"replica-a", "replica-b"}
-    assert list(frame.columns) == ["time", "version", "text", "label", "score"]  # the frame of before
+    assert list(frame.columns) == ["time", "version", "text", "label", "score", "replica"]  # the frame of before + replica
+    assert sorted(frame["replica"].unique()) == ["replica-a", "replica-b"]
     assert frame["time"].is_monotonic_increasing
     assert frame.attrs["files_read"] == 4
     assert [str(Path(path).relative_to(root)) for path in prediction_log_files(root, since)] == [
@@ -127,7 +128,7 @@ def test_ner_rows_keep_their_entities(tmp_path):
     writer.write("1", ["Ann went to Paris", "nothing here"],
                  [{"entities": [{"type": "PER", "start": 0, "end": 3, "score": 0.8}]}, {"entities": []}])
     frame = read_prediction_log(root)
-    assert list(frame.columns) == ["time", "version", "text", "label", "score", "entities"]
+    assert list(frame.columns) == ["time", "version", "text", "label", "score", "replica", "entities"]
     assert frame["entities"].tolist() == [[{"type": "PER", "start": 0, "end": 3, "score": 0.8}], []]
     assert frame["label"].tolist() == ["B-PER O O O", "O O"]
 

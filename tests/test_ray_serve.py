@@ -1,6 +1,7 @@
 """serve.engine: ray on a two-node Ray cluster on this machine (127.0.0.1 only): the same answers as the local
-service, a champion switch that reaches every replica without a failed request, and a replica killed under
-load that Ray brings back. Real MLflow SQLite registry, real onnxruntime, real HTTP. Slow (about a minute)."""
+service, a prediction log that holds every replica's rows, a champion switch that reaches every replica without
+a failed request, and a replica killed under load that Ray brings back. Real MLflow SQLite registry, real
+onnxruntime, real HTTP. Slow (about a minute)."""
 
 from __future__ import annotations
 
@@ -9,14 +10,18 @@ import secrets
 import signal
 import tempfile
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 
-from components.config import ServiceSettings
+from components.config import MonitorParams, ServiceSettings
+from components.data.drift import DriftReport
 from components.lifecycle.registry import CHAMPION
+from components.monitoring.traffic import ServedModelInfo, monitor_report
 from components.serving.deployment import build_service_app
+from components.serving.prediction_log import read_prediction_log
 from components.serving.server import BackgroundServer
 from tests.fixtures_classifier import tiny_classifier, tiny_onnx_export  # noqa: F401 - fixtures
 from tests.servers import ClientThreads, free_port
@@ -81,6 +86,9 @@ def two_node_ray():
         env.setenv(KEY_ENV, KEY)  # the replicas' service reads its API key from their environment
         env.setenv("OMP_NUM_THREADS", "1")
         env.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # else 127.0.0.1 is "resolved" to eth0's address
+        # Ray's proxy prefers the replicas of its own node while they have room (sensible with a proxy per
+        # node); here the one proxy must spread the requests over both nodes' replicas, as across machines.
+        env.setenv("RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING", "0")
         # After the environment: Ray reads RAY_AUTH_MODE once, when first imported.
         import ray
         from ray import serve
@@ -111,12 +119,19 @@ def registry_with_two_versions(tmp_path_factory, tiny_onnx_export, flipped_expor
 
 
 @pytest.fixture(scope="module")
-def ray_service(two_node_ray, registry_with_two_versions, tmp_path_factory) -> str:
-    """The champion on Ray Serve, 2 replicas of half a CPU; its URL."""
+def ray_prediction_log(tmp_path_factory) -> Path:
+    """The Ray replicas' shared prediction log: one partitioned folder, every request logged."""
+    return tmp_path_factory.mktemp("ray-traffic") / "predictions"
+
+
+@pytest.fixture(scope="module")
+def ray_service(two_node_ray, registry_with_two_versions, ray_prediction_log, tmp_path_factory) -> str:
+    """The champion on Ray Serve, 2 replicas of half a CPU, logging every request; its URL."""
     from components.serving.ray_engine import champion_application, run_application
 
     registry, _, _ = registry_with_two_versions
-    application = champion_application(registry, tmp_path_factory.mktemp("ray-cache"), CPU, SETTINGS,
+    settings = SETTINGS.model_copy(update={"prediction_log": ray_prediction_log, "prediction_log_sample_rate": 1.0})
+    application = champion_application(registry, tmp_path_factory.mktemp("ray-cache"), CPU, settings,
                                        replicas=2, num_cpus=0.5)
     port = free_port()
     started = time.monotonic()
@@ -167,6 +182,30 @@ def test_ray_replicas_answer_as_the_local_service(ray_service, registry_with_two
         assert no_key.status_code == 401
         mine, ray_answer = both("GET", "/openapi.json")
         assert ray_answer.json() == mine.json()
+
+
+def test_the_prediction_log_holds_every_replicas_rows_and_monitoring_reads_them_all(ray_service, ray_prediction_log):
+    marker = f"logged through ray {secrets.token_hex(4)}"
+    sent = [f"{marker} {n}" for n in range(40)]
+    with httpx.Client(base_url=ray_service, headers=HEADERS, timeout=30) as http:
+        for text in sent:  # one text a request: Ray's proxy spreads the requests over both replicas
+            assert http.post("/predict", json={"texts": [text]}).status_code == 200
+
+    def ours():
+        # What the monitoring flow's read-traffic step reads: the log's last hour, every partition in it.
+        traffic = read_prediction_log(ray_prediction_log, window=timedelta(hours=1))
+        return traffic[traffic["text"].str.startswith(marker)]
+
+    wait_for(lambda: len(ours()) >= len(sent), 30, "every request's row in the log")
+    logged = ours()
+    assert sorted(logged["text"]) == sorted(sent)  # each exactly once
+    assert logged["replica"].nunique() == 2, logged["replica"].value_counts().to_dict()
+    report = monitor_report(logged, logged, DriftReport(status="ok", checks=[], reference_rows=len(sent), batch_rows=len(sent)), MonitorParams(min_scored=1),
+                            task="sequence-classification", served=ServedModelInfo(model_name="tunegate-test"))
+    assert report.traffic_rows == len(sent) and sum(report.traffic_replicas.values()) == len(sent)
+    assert len(report.traffic_replicas) == 2 and "from " in report.summary()
+    # Each replica writes files of its own (date=/hour=/<replica>.jsonl): none shares another's.
+    assert set(logged["replica"]) <= {path.stem for path in ray_prediction_log.rglob("*.jsonl")}
 
 
 def test_a_promotion_reaches_every_replica_without_a_failed_request(ray_service, registry_with_two_versions):

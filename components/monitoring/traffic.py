@@ -20,6 +20,7 @@ import pandas as pd
 from pydantic import BaseModel, Field
 
 from components.config import TOKEN_CLASSIFICATION, Task
+from components.config.monitor import DriftThresholds, MonitorParams
 from components.data.drift import (
     SEVERITY,
     CheckStatus,
@@ -29,7 +30,6 @@ from components.data.drift import (
     judge,
     label_shares,
 )
-from components.production_params import DriftThresholds, MonitorParams
 from components.reports import JsonReport
 
 MONITOR_DIR = Path(".tunegate") / "monitor"
@@ -76,6 +76,8 @@ class MonitorReport(JsonReport):
     served: ServedModelInfo
     traffic_rows: int
     traffic_versions: dict[str, int] = Field(description="logged predictions by the version that answered")
+    traffic_replicas: dict[str, int] = Field(default_factory=dict, description=(
+        "logged predictions by the replica that answered (a partitioned log; a single-file log names none)"))
     status: Status
     drift: DriftReport
     low_confidence: ConfidenceCheck
@@ -89,10 +91,15 @@ class MonitorReport(JsonReport):
         return {**{check.name: check.status for check in self.drift.checks},
                 "low_confidence_share": self.low_confidence.status}
 
+    def _replicas_note(self) -> str:
+        if len(self.traffic_replicas) < 2:
+            return ""
+        return " from " + ", ".join(f"{name} ({rows:,})" for name, rows in sorted(self.traffic_replicas.items()))
+
     def summary(self) -> str:
         version = f"v{self.served.version}" if self.served.version else "no champion"
         lines = [(f"Monitoring {self.served.model_name} ({version}) at {self.created_at}: {self.status} "
-                  f"over {self.traffic_rows:,} logged predictions"),
+                  f"over {self.traffic_rows:,} logged predictions{self._replicas_note()}"),
                  self.drift.summary(),
                  f"- low_confidence_share: {self.low_confidence.status}: {self.low_confidence.detail}"]
         if self.label_shares:
@@ -155,10 +162,12 @@ def monitor_report(traffic: pd.DataFrame, reference: pd.DataFrame, drift: DriftR
                                   params.min_scored)
     worst = max(SEVERITY[drift.status], SEVERITY[confidence.status])
     versions = traffic["version"].fillna("unknown").astype(str).value_counts()
+    replicas = traffic["replica"].fillna("unknown").astype(str).value_counts() if "replica" in traffic else {}
     return MonitorReport(
         created_at=datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="seconds"), timestamp=now,
         task=task, served=served, traffic_rows=len(traffic),
-        traffic_versions={str(k): int(v) for k, v in versions.items()}, status=("ok", "warn", "fail")[worst],
+        traffic_versions={str(k): int(v) for k, v in versions.items()},
+        traffic_replicas={str(k): int(v) for k, v in replicas.items()}, status=("ok", "warn", "fail")[worst],
         drift=drift, low_confidence=confidence, label_shares=predicted_label_shares(traffic, reference, task))
 
 

@@ -314,8 +314,9 @@ def _by_partition(files: list[str]) -> list[list[str]]:
 
 
 def _frame_of(table) -> pd.DataFrame:
-    """The single-file reader's frame: same columns; entities (NER) as lists of dicts, as json.loads gives."""
-    frame = table.select(FRAME_COLUMNS).to_pandas()
+    """The single-file reader's frame plus the replica that answered each row; entities (NER) as lists of
+    dicts, as json.loads gives."""
+    frame = table.select([*FRAME_COLUMNS, "replica"]).to_pandas()
     if table.column("entities").null_count < table.num_rows:  # NER rows carry entities (maybe []); others none
         frame["entities"] = table.column("entities").to_pylist()
     return frame
