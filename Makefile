@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup run test test-fast repro
+.PHONY: setup run test test-fast repro docs
 
 # Test workers (pytest-xdist), each taking whole test modules so a module's shared fixtures are built once.
 # The tests run torch on one thread each, so two workers keep a 2-core machine busy.
@@ -14,7 +14,7 @@ TEST_WORKERS ?= 2
 setup:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[dev,dask,stack,ray]"
+	$(BIN)/pip install --quiet -e ".[dev,dask,stack,ray,docs]"
 	$(BIN)/tunegate fetch
 	$(BIN)/tunegate ingest
 
@@ -31,3 +31,7 @@ test-fast:
 # The ML stages alone, with DVC's cache. Stage commands call `tunegate`, so the venv goes on PATH.
 repro:
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+
+# The documentation site (mkdocs.yml, docs/) into site/; the reference pages are generated from the code.
+docs:
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict

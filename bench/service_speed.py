@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
@@ -50,12 +50,17 @@ class LoadResult:
     seconds: float
     latencies_ms: list[float]
     first_failure: str | None = None
+    texts_per_request: int = 1
+    cpu_ms_per_request: dict[str, float] = field(default_factory=dict)  # by process role, where a bench measures it
+    reported_percentiles_ms: dict[str, float] = field(default_factory=dict)  # {"0.5": ms}: a client that keeps no list
 
     @property
     def rps(self) -> float:
         return (self.requests - self.failures) / self.seconds
 
     def percentile_ms(self, q: float) -> float:
+        if not self.latencies_ms and str(q) in self.reported_percentiles_ms:
+            return self.reported_percentiles_ms[str(q)]
         ordered = sorted(self.latencies_ms)
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
@@ -65,11 +70,11 @@ async def _client_loop(http, path: str, texts: list[str], offset: int, stop_at: 
     n = offset
     while time.monotonic() < stop_at and budget[0] > 0:
         budget[0] -= 1
-        text = texts[n % len(texts)]
-        n += 1
+        batch = [texts[(n + k) % len(texts)] for k in range(result.texts_per_request)]
+        n += result.texts_per_request
         started = time.perf_counter()
         try:
-            response = await http.post(path, json={"inputs": [text]})
+            response = await http.post(path, json={"inputs": batch})
             ok = response.status_code == 200 and "predictions" in response.json()
             problem = None if ok else f"HTTP {response.status_code}: {response.text[:200]}"
         except Exception as error:  # noqa: BLE001 - counted, and the load goes on
@@ -83,10 +88,10 @@ async def _client_loop(http, path: str, texts: list[str], offset: int, stop_at: 
 
 
 async def _run_load(name: str, url: str, texts: list[str], clients: int, seconds: float, max_requests: int,
-                    path: str) -> LoadResult:
+                    path: str, texts_per_request: int) -> LoadResult:
     import httpx
 
-    result = LoadResult(name, 0, 0, 0.0, [])
+    result = LoadResult(name, 0, 0, 0.0, [], texts_per_request=texts_per_request)
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as http:
         started = time.monotonic()
@@ -98,9 +103,9 @@ async def _run_load(name: str, url: str, texts: list[str], clients: int, seconds
 
 
 def run_load(name: str, url: str, texts: list[str], *, clients: int, seconds: float, max_requests: int,
-             path: str = "/invocations") -> LoadResult:
-    """`clients` concurrent connections posting one text each, back to back, for `seconds`."""
-    return asyncio.run(_run_load(name, url, texts, clients, seconds, max_requests, path))
+             path: str = "/invocations", texts_per_request: int = 1) -> LoadResult:
+    """`clients` concurrent connections posting `texts_per_request` texts each, back to back, for `seconds`."""
+    return asyncio.run(_run_load(name, url, texts, clients, seconds, max_requests, path, texts_per_request))
 
 
 def percentiles_line(result: LoadResult) -> str:

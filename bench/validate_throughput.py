@@ -71,7 +71,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=1_000_000)
     args = parser.parse_args()
-    params = DataParams(source="bench", labels=["positive", "negative"], max_duplicate_fraction=0.005)
+    params = DataParams(source="bench", labels=["positive", "negative"], min_chars=1, max_chars=5000,
+                        max_duplicate_fraction=0.005)  # the limits its synthetic texts were measured with
 
     started = time.perf_counter()
     frame = synthetic_frame(args.rows)

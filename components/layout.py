@@ -4,8 +4,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 SPLITS = ("train", "validation", "test")
+
+
+def read_split_csv(path: Path) -> pd.DataFrame:
+    """A split's rows as every step reads them: each column text, an empty cell an empty string (not NaN),
+    so an id like "007" or a text like "NA" comes back as written."""
+    import pandas as pd  # here, not at the top: the layout is read by every command, most never touch a split
+
+    return pd.read_csv(path, dtype=str, keep_default_na=False)
 
 
 @dataclass(frozen=True)
@@ -38,6 +50,10 @@ class ProjectLayout:
 
     def split_file(self, split: str) -> Path:
         return self.splits_dir / f"{split}.csv"
+
+    def read_split(self, split: str) -> pd.DataFrame:
+        """The rows of one split (train, validation, test), as read_split_csv reads them."""
+        return read_split_csv(self.split_file(split))
 
     @property
     def tokenized_dir(self) -> Path:

@@ -4,8 +4,6 @@ step's functions and writes its outputs back. `dvc repro` and the Prefect flow b
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Callable
 
 from components.config import ConfigError, Params
@@ -59,8 +57,6 @@ def adapt(layout: ProjectLayout, params: Params) -> None:
     """Masked-language-model training on the training split's text (when adapt.enabled)."""
     import shutil
 
-    import pandas as pd
-
     from components.model.adapt import AdaptResult, adapt_language_model, write_card
 
     if layout.adapted_dir.exists():
@@ -72,7 +68,7 @@ def adapt(layout: ProjectLayout, params: Params) -> None:
     from components.model.compute import resolve_compute  # imports torch: past the skip, which takes a second
     from components.model.modeling import resolve_model_source
 
-    texts = pd.read_csv(layout.split_file("train"), dtype=str, keep_default_na=False)["text"].tolist()
+    texts = layout.read_split("train")["text"].tolist()
     compute = resolve_compute(params.train.device, params.train.precision)
     result = adapt_language_model(resolve_model_source(params.model.base_model), params.model.base_model, texts,
                                   params.adapt, params.model.max_length, layout.adapted_dir, compute)
@@ -106,8 +102,7 @@ def teacher(layout: ProjectLayout, params: Params) -> None:
         write_json(paths.teacher_card, {"enabled": False})  # nothing else: no change downstream
         print("teacher: skipped (distill.enabled: false)")
         return
-    import pandas as pd  # loaded past the skip: a skipped stage takes a second, not five
-
+    # Imported past the skip: a skipped stage takes a second, not five.
     from components.model.checkpoints import Checkpointer
     from components.model.compute import resolve_compute
     from components.model.distill import score_on_test, teacher_fingerprint, tokenize_frame
@@ -121,7 +116,7 @@ def teacher(layout: ProjectLayout, params: Params) -> None:
     except ConfigError as error:
         raise ConfigError(str(error).replace("model.base_model", "distill.teacher_model")) from None
     tokenizer = load_tokenizer(source)
-    frames = {name: pd.read_csv(layout.split_file(name), dtype=str, keep_default_na=False) for name in SPLITS}
+    frames = {name: layout.read_split(name) for name in SPLITS}
     seed_everything(settings.seed)
     model = load_classifier(source, params.model_labels, token_level=params.is_token_task)
     if params.model.word_shapes:  # the teacher reads capitalization as the student does
@@ -191,7 +186,7 @@ def distill(layout: ProjectLayout, params: Params) -> None:
               f"reused {kept.name}")
         return
 
-    splits = {name: pd.read_csv(layout.split_file(name), dtype=str, keep_default_na=False) for name in SPLITS}
+    splits = {name: layout.read_split(name) for name in SPLITS}
     rows = splits["train"][["id", "text"]].assign(source="train")
     unlabelled_md5 = None
     if unlabelled is not None:
@@ -226,120 +221,9 @@ def distill(layout: ProjectLayout, params: Params) -> None:
     keep_targets(paths.distill_dir, kept)
 
 
-@dataclass(frozen=True)
-class TrainOutputs:
-    model_dir: Path
-    history_file: Path
-    checkpoint_dir: Path
-
-
-def train_outputs(layout: ProjectLayout, params: Params) -> TrainOutputs:
-    """The train stage's own outputs; checkpoints keyed by everything that shapes the run."""
-    return TrainOutputs(layout.model_dir, layout.train_history,
-                        layout.checkpoints_dir / training_fingerprint(layout, params))
-
-
-def training_fingerprint(layout: ProjectLayout, params: Params) -> str:
-    import hashlib
-
-    from components.model.fingerprint import update_with_files
-
-    digest = hashlib.sha256(params.model_dump_json(include={"task", "model", "adapt", "train"}).encode())
-    digest.update(json.dumps(params.model_labels).encode())
-    update_with_files(digest, (layout.tokenized_file("train"), layout.tokenized_file("validation"),
-                               layout.adapted_dir / "tunegate-adapt.json", layout.start_dir / "start.json"),
-                      missing=b"-")  # no adapt or start output: the stages did not run, the key still stands
-    if params.distill.enabled:  # only then: the checkpoints of plain runs keep their keys
-        from components.model.distill import DistillPaths
-
-        digest.update(params.distill.model_dump_json().encode())
-        update_with_files(digest, [DistillPaths(layout.artifacts).targets], missing=b"-")
-    return digest.hexdigest()[:16]
-
-
-def train_model(layout: ProjectLayout, params: Params, outputs: TrainOutputs):
-    """Fine-tune from the starting point on the tokenized splits; the best epoch's model goes to outputs."""
-    from components.data.preprocess import load_tokenized
-    from components.data.word_shapes import uses_word_shapes
-    from components.model.adapt import adapted_source
-    from components.model.checkpoints import Checkpointer
-    from components.model.continual import START_MODEL, read_starting_point, replay_mix
-    from components.model.distributed import launched_ranks
-    from components.model.modeling import (
-        load_classifier,
-        load_tokenizer,
-        resolve_model_source,
-    )
-    from components.model.shape_channel import add_word_shapes
-    from components.model.train import save_model, seed_everything, train_classifier
-
-    point = read_starting_point(layout.start_dir)
-    base = resolve_model_source(params.model.base_model)
-    adapted = adapted_source(layout.adapted_dir)
-    if point is not None and point.source == "champion":
-        source = str(layout.start_dir / START_MODEL)
-    else:
-        source = adapted or base
-    tokenizer = load_tokenizer(base)  # the base model's tokenizer throughout: ids must mean the same
-    seed_everything(params.train.seed)  # before the new head is initialised, not just before training
-    model = load_classifier(source, params.model_labels, token_level=params.is_token_task)
-    if uses_word_shapes(model.config) and not params.model.word_shapes:
-        raise ConfigError(f"model.word_shapes: the starting model {source} reads word shapes; keep model.word_shapes: true")
-    if params.model.word_shapes:
-        model = add_word_shapes(model, source)
-    train_split = load_tokenized(layout.tokenized_file("train"))
-    labelled_rows, distillation = len(train_split), None
-    if params.distill.enabled:
-        train_split, distillation = _with_teacher_targets(layout, params, train_split, tokenizer)
-    mix = None
-    if point is not None and point.source == "champion":
-        train_split, mix = replay_mix(train_split, point.champion_batches, params.train.replay_fraction,
-                                      params.train.seed)
-        print(f"continual: {mix['new_rows']} new rows + {mix['replayed_rows']} of {mix['old_rows']} rows the "
-              f"champion v{point.champion_version} learned (replay_fraction {params.train.replay_fraction})")
-    checkpoints = Checkpointer(outputs.checkpoint_dir)
-    result, model = train_classifier(
-        model, train_split, load_tokenized(layout.tokenized_file("validation")), params.model_labels, params.train,
-        pad_id=tokenizer.pad_token_id, entity_types=params.data.labels if params.is_token_task else None,
-        checkpoints=checkpoints, distillation=distillation,
-    )
-    if not launched_ranks().is_main:
-        return result  # rank 0 writes the outputs: the same weights, once
-    tokenizer.model_max_length = params.model.max_length
-    save_model(model, tokenizer, outputs.model_dir)
-    extra = {"start": point.source if point else "base", "adapted": adapted is not None}
-    if mix:
-        extra["replay"] = mix
-    if distillation is not None:
-        extra["distill"] = {"teacher_model": params.distill.teacher_model, "temperature": distillation.temperature,
-                            "alpha": distillation.alpha, "labelled_rows": labelled_rows,
-                            "teacher_only_rows": len(train_split) - labelled_rows}
-    result = replace(result, extra=extra)
-    result.write(outputs.history_file)
-    checkpoints.clear()  # the run finished: the saved model is the result
-    return result
-
-
-def _with_teacher_targets(layout: ProjectLayout, params: Params, train_split, tokenizer):
-    """The training split with the distill stage's teacher logits attached, and the KD loss settings."""
-    import pandas as pd
-
-    from components.model.distill import DistillPaths, distilled_split, read_targets
-    from components.model.train import Distillation
-
-    paths = DistillPaths(layout.artifacts)
-    if not paths.targets.is_file():
-        raise ConfigError(f"distill.enabled is true but {paths.targets} is missing: run the teacher and distill "
-                          "stages first (`dvc repro distill`)")
-    frame = pd.read_csv(layout.split_file("train"), dtype=str, keep_default_na=False)
-    split = distilled_split(train_split, frame, read_targets(paths.targets), tokenizer, params)
-    print(f"distill: {len(train_split)} labelled + {len(split) - len(train_split)} unlabelled rows with "
-          f"{params.distill.teacher_model}'s logits (T={params.distill.temperature}, alpha={params.distill.alpha})")
-    return split, Distillation(temperature=params.distill.temperature, alpha=params.distill.alpha)
-
-
 def train(layout: ProjectLayout, params: Params) -> None:
     from components.model.distributed import launched_ranks, relaunch_under_torchrun
+    from components.model.training_run import train_model, train_outputs
 
     if params.train.processes > 1 and not launched_ranks().distributed:
         # The same command again, as train.processes ranks under torchrun: dvc repro, the flow and a
@@ -350,52 +234,16 @@ def train(layout: ProjectLayout, params: Params) -> None:
 
 
 def evaluate(layout: ProjectLayout, params: Params) -> None:
-    import pandas as pd
+    from components.model.evaluation_run import evaluate_on_test
 
-    from components.model.compute import resolve_compute
-    from components.model.evaluate import (
-        evaluate_frame,
-        evaluate_tokens_torch,
-        predict_proba_torch,
-        write_evaluation,
-    )
-    from components.model.modeling import load_torch_model
-
-    model, tokenizer = load_torch_model(layout.model_dir)  # the same model the parity check compares
-    # On the training device, in fp32: the test figures are the model's own, not autocast's.
-    model.to(resolve_compute(params.train.device, "fp32").device)
-    test = pd.read_csv(layout.split_file("test"), dtype=str, keep_default_na=False)
-    if params.is_token_task:
-        metrics, predictions = evaluate_tokens_torch(model, tokenizer, test, params.data.labels,
-                                                     params.model.max_length, params.train.eval_batch_size)
-    else:
-        from components.data.template import apply_template
-
-        probabilities = predict_proba_torch(model, tokenizer, apply_template(params.data.template, test["text"]),
-                                            params.model.max_length, params.train.eval_batch_size)
-        metrics, predictions = evaluate_frame(test, probabilities, params.data.labels)
-    write_evaluation(metrics, predictions, layout.eval_dir)
-    entity = f"entity_f1={metrics['entity_f1']:.4f} " if "entity_f1" in metrics else ""
-    print(f"test: {entity}accuracy={metrics['accuracy']:.4f} macro_f1={metrics['macro_f1']:.4f} (n={metrics['n']})")
-    # evaluate.slices on the same predictions: artifacts/eval/slices.json, a dvc metrics file (the gate
-    # judges the served model's slice figures, computed the same way in components/export/scoring.py).
-    from components.model.slices import describe_slice, slice_metrics, write_slices
-
-    slices = slice_metrics(test, predictions["predicted"].tolist(), params.data.labels, params.evaluate,
-                           token_task=params.is_token_task)
-    write_slices(slices, layout.eval_dir / "slices.json")
-    for name, entry in slices.items():
-        print(f"slice {describe_slice(name, entry, params.gate.compare_metric)}"
-              + ("" if entry["judged"] else f"; not judged (< {entry['min_rows']} rows)"))
+    evaluate_on_test(layout, params)
 
 
 def export(layout: ProjectLayout, params: Params) -> None:
-    import pandas as pd
-
     from components.export.parity import check_parity
     from components.export.to_onnx import export_onnx
 
-    train = pd.read_csv(layout.split_file("train"), dtype=str, keep_default_na=False)
+    train = layout.read_split("train")
     calibration = train["text"].sample(n=min(params.export.calibration_texts, len(train)),
                                        random_state=params.train.seed).tolist()
     result = export_onnx(layout.model_dir, layout.onnx_dir, opset=params.export.opset,
@@ -405,7 +253,7 @@ def export(layout: ProjectLayout, params: Params) -> None:
     fp16 = f"; largest fp32 activation {result.fp16_range_max:.4g} < 65504" if result.fp16_range_max is not None else ""
     print(f"exported {result.model_path} ({result.precision}{scheme}, {result.model_bytes:,} "
           f"bytes; fp32 {result.fp32_bytes:,}{fp16}); fused: {result.fused_operators}")
-    test = pd.read_csv(layout.split_file("test"), dtype=str, keep_default_na=False)
+    test = layout.read_split("test")
     parity = check_parity(layout.model_dir, layout.onnx_dir, test["text"].tolist(), test["label"].tolist(),
                           max_length=params.model.max_length)
     layout.parity_file.parent.mkdir(parents=True, exist_ok=True)
@@ -435,8 +283,6 @@ def explain(layout: ProjectLayout, params: Params) -> None:
 
 def robustness(layout: ProjectLayout, params: Params) -> None:
     """Invariance tests of the served model (the ONNX export) on perturbed test rows; the gate judges them."""
-    import pandas as pd
-
     from components.export.predictor import OnnxTextClassifier, OnnxTokenTagger, default_providers, read_model_card
     from components.robustness.invariance import InvarianceReport, measure_invariance
 
@@ -448,7 +294,7 @@ def robustness(layout: ProjectLayout, params: Params) -> None:
     served = OnnxTokenTagger if params.is_token_task else OnnxTextClassifier
     # Where the gate scores it: an fp16 export on CUDA when there is one (the parity report says otherwise).
     predictor = served(layout.onnx_dir, default_providers(card.precision), warn_on_plan=False)
-    test = pd.read_csv(layout.split_file("test"), dtype=str, keep_default_na=False)
+    test = layout.read_split("test")
     report = measure_invariance(predictor, test, params.robustness)
     metrics, flipped = report.write(layout.robustness_metrics, layout.robustness_flipped)
     print(f"{report.summary()}\nwrote {metrics} and {flipped} ({len(report.flipped)} changed predictions)")
@@ -467,3 +313,7 @@ STAGES: dict[str, Callable[[ProjectLayout, Params], None]] = {
     "robustness": robustness,
     "explain": explain,
 }
+
+# The stage names in pipeline order: what `tunegate stage` accepts and what the retraining flow runs, in this
+# order; dvc.yaml lists the same stages in the same order (tests/test_stage_names.py).
+STAGE_NAMES: tuple[str, ...] = tuple(STAGES)

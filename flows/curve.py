@@ -24,7 +24,7 @@ from components.lifecycle.registry import ModelRegistry
 from components.model.curve import CurvePoint, cached_result, curve_dir, plan_points, run_point
 from components.model.curve_report import curve_metric, write_outputs
 from components.model.sweep import threads_per_trial
-from flows.retrain import ML_STAGES, RETRY, ingest_data, reproduce_group, transient_only
+from flows.retrain import ML_STAGES, RETRY, ingest_data, run_stage_group, transient_only
 from flows.sweep import PARENT_TAG, failed_run_on_error, log_history, mlflow_writes
 
 POINT_METRICS = ("val_accuracy", "val_macro_f1", "val_entity_f1", "test_accuracy", "test_macro_f1", "test_entity_f1",
@@ -42,7 +42,7 @@ def prepare_splits(params: Params, layout: ProjectLayout) -> None:
     DVC stages the train stage reads (each a no-op when nothing changed)."""
     ingest_data(params, layout)
     for stages in ML_STAGES[:ML_STAGES.index(("train",))]:
-        reproduce_group(params, layout, stages)
+        run_stage_group(params, layout, stages)
 
 
 @task(name="curve-plan", cache_policy=NO_CACHE)

@@ -58,10 +58,10 @@ def monitoring_experiment(params: Params) -> str:
 def read_traffic(params: Params, layout: ProjectLayout, last: int, window: str | None = None) -> tuple:
     """The newest `last` logged predictions within `window` (e.g. 24h; None: the whole log), the champion's
     training rows, and which version that is. Drift and the labelling queue judge exactly these rows."""
+    from components.config.monitor import parse_window
     from components.data.ingest import DataStore
     from components.lifecycle.tracking import open_registry
     from components.monitoring.traffic import champion_reference
-    from components.production_params import parse_window
     from components.serving.prediction_log import log_location, read_prediction_log
 
     if not params.serve.prediction_log:
@@ -87,7 +87,7 @@ def make_report(params: Params, traffic, reference, served: ServedModelInfo) -> 
 
 @task(name="labelling-queue", cache_policy=NO_CACHE)
 def write_queue(params: Params, layout: ProjectLayout, report: MonitorReport, traffic, reference) -> QueueInfo:
-    """The texts a person should label next (engineer B's components/monitoring/labelling.py), in a folder
+    """The texts a person should label next (components/monitoring/labelling.py), in a folder
     per monitoring run, so an export can always be traced back to the run that asked for it."""
     from components.monitoring.labelling import labelling_queue, write_labelling_queue
 

@@ -21,6 +21,8 @@ from components.layout import ProjectLayout
 from components.lifecycle import tracking
 from components.lifecycle.locking import RunInProgress, exclusive_run
 from components.lifecycle.registry import CHALLENGER, CHAMPION
+from components.lifecycle.tracking import RunOutcome
+from components.stages import STAGE_NAMES
 from flows.approval import (
     PENDING,
     RETRAIN_FLOW_NAME,
@@ -33,9 +35,26 @@ from flows.team_lock import model_lock
 
 # The DVC stages in order, in groups: one `dvc repro` per group, since each call costs about a second of
 # DVC start-up. validate (its report), train (the sweep before it) and distill (forced when its unlabelled
-# file changed) stand alone because the flow acts around them.
-ML_STAGES = (("validate",), ("preprocess",), ("adapt", "start", "teacher"), ("distill",), ("train",),
-             ("evaluate", "export", "robustness", "explain"))
+# file changed) stand alone because the flow acts around them, and so does preprocess. The stage names and
+# their order come from components/stages.py.
+RUN_ALONE = frozenset({"validate", "preprocess", "distill", "train"})
+
+
+def stage_groups(names: tuple[str, ...], alone: frozenset[str]) -> tuple[tuple[str, ...], ...]:
+    """`names` in order, cut into groups: each stage of `alone` a group of its own, the stages between them together."""
+    groups: list[tuple[str, ...]] = []
+    pending: list[str] = []
+    for name in names:
+        if name in alone:
+            groups += [tuple(pending)] if pending else []
+            groups.append((name,))
+            pending = []
+        else:
+            pending.append(name)
+    return tuple(groups + ([tuple(pending)] if pending else []))
+
+
+ML_STAGES = stage_groups(STAGE_NAMES, RUN_ALONE)
 ONNX_OUT = "artifacts/onnx"
 
 
@@ -102,8 +121,10 @@ def ingest_data(params: Params, layout: ProjectLayout) -> dict:
 STAGE_REPORTS = {"validate": "artifacts/validation/report.json; Data Docs: artifacts/validation/docs/index.html"}
 
 
-@task(name="dvc-repro", cache_policy=NO_CACHE)
-def reproduce(layout: ProjectLayout, stages: tuple[str, ...], force: bool = False) -> None:
+@task(name="dvc-pipeline", cache_policy=NO_CACHE)
+def run_dvc_pipeline(layout: ProjectLayout, stages: tuple[str, ...], force: bool = False) -> None:
+    """`dvc repro` of these ML stages, with DVC's cache (not `tunegate reproduce`, which rebuilds a registered
+    version from its lineage)."""
     from components.lifecycle.versioning import VersioningError, run_dvc
 
     try:
@@ -144,9 +165,7 @@ def earlier_test_rows(layout: ProjectLayout, champion_batches: list[str]) -> tup
     their md5; None when they are all of today's test rows (vs_champion already covers them)."""
     import hashlib
 
-    import pandas as pd
-
-    test = pd.read_csv(layout.split_file("test"), dtype=str, keep_default_na=False)
+    test = layout.read_split("test")
     earlier = test[test["batch_id"].isin(champion_batches)] if "batch_id" in test else test
     if earlier.empty or len(earlier) == len(test):
         return None
@@ -179,13 +198,13 @@ def gate(params: Params, layout: ProjectLayout, champion: dict | None, champion_
             "challenger_metrics": without_outcomes(challenger)}
 
 
-def reproduce_group(params: Params, layout: ProjectLayout, stages: tuple[str, ...]) -> None:
+def run_stage_group(params: Params, layout: ProjectLayout, stages: tuple[str, ...]) -> None:
     """One group of ML_STAGES through DVC, as one task run named after its stages."""
     from components.model.distill import unlabelled_changed
 
     # distill.unlabelled (e.g. the prediction log) grows under one name: DVC tracks it by the param.
     stale = "distill" in stages and unlabelled_changed(layout.artifacts, params, layout.root)
-    reproduce.with_options(name="+".join(stages))(layout, stages, force=stale)
+    run_dvc_pipeline.with_options(name="+".join(stages))(layout, stages, force=stale)
 
 
 def _teacher_metrics(params: Params, layout: ProjectLayout) -> dict | None:
@@ -289,7 +308,7 @@ def retrain(
             return _retrain(layout, params, approval_profile or params.approval.profile)
     except RunInProgress as busy:
         print(f"skipped: {busy}")
-        return {"status": "skipped", "version": None, "message": str(busy), "run_id": None}
+        return {"status": RunOutcome.SKIPPED, "version": None, "message": str(busy), "run_id": None}
 
 
 def _retrain(layout: ProjectLayout, params: Params, profile: str) -> dict:
@@ -302,13 +321,13 @@ def _retrain(layout: ProjectLayout, params: Params, profile: str) -> dict:
         for stages in ML_STAGES:
             if "train" in stages and params.sweep.enabled:
                 params = sweep_then_reload(params, layout, registry, run_id)
-            reproduce_group(params, layout, stages)
+            run_stage_group(params, layout, stages)
         tracking.log_stage_outputs(registry, run_id, layout, params.is_token_task)
 
         model_md5 = tracking.output_md5(layout, "export", ONNX_OUT)
         champion = registry.by_alias(CHAMPION)
         if champion is not None and champion.tags.get("model_md5") == model_md5:
-            return tracking.finish(registry, run_id, status="unchanged", version=champion.version,
+            return tracking.finish(registry, run_id, status=RunOutcome.UNCHANGED, version=champion.version,
                                     message=f"champion v{champion.version} was built from the same data, code and "
                                             "params; nothing new to ship")
 
@@ -338,7 +357,7 @@ def _retrain(layout: ProjectLayout, params: Params, profile: str) -> dict:
                 tags["explain_report"] = report
             version = register(registry, run_id, layout, tags, verdict["passed"], verdict["summary"], params.registry)
         if not verdict["passed"]:
-            return tracking.finish(registry, run_id, status="rejected-by-gate", version=version,
+            return tracking.finish(registry, run_id, status=RunOutcome.REJECTED_BY_GATE, version=version,
                                     message=verdict["summary"])
 
         if profile == "local":
@@ -358,14 +377,15 @@ def _retrain(layout: ProjectLayout, params: Params, profile: str) -> dict:
                                          params.approval.timeout_s, params.approval.poll_interval_s)
         if not approval.approved:
             apply_decision(registry, version, approval)  # records the rejection; champion stays
-            return tracking.finish(registry, run_id, status="rejected-by-approver", version=version,
+            return tracking.finish(registry, run_id, status=RunOutcome.REJECTED_BY_APPROVER, version=version,
                                     message=f"rejected by {approval.by}: {approval.comment}")
 
         waiting = _awaiting_shadow(params, registry, version, approval)
         if waiting is not None:
-            return tracking.finish(registry, run_id, status="awaiting-shadow", version=version, message=waiting)
+            return tracking.finish(registry, run_id, status=RunOutcome.AWAITING_SHADOW, version=version,
+                                   message=waiting)
         previous = deploy(registry, version, approval)
-        return tracking.finish(registry, run_id, status="promoted", version=version,
+        return tracking.finish(registry, run_id, status=RunOutcome.PROMOTED, version=version,
                                 message=f"v{version} is champion (previous: {'v' + previous if previous else 'none'})")
     except BaseException:
         registry.end_run(run_id, failed=True)

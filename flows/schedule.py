@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 from components.config import ScheduleParams
-from components.production_params import MonitorParams
+from components.config.monitor import MonitorParams
 
 
 def retrain_deployment(project_dir: Path, schedule: ScheduleParams):

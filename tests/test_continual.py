@@ -11,11 +11,12 @@ import json
 import pandas as pd
 import pytest
 
+from components.config.params_file import set_param
 from components.data.ingest import DataStore
 from components.layout import ProjectLayout
 from components.lifecycle.registry import CHAMPION, ModelRegistry, resolve_tracking_uri
+from components.lifecycle.tracking import RunOutcome
 from components.monitoring.labelling import labelling_queue, write_labelling_queue
-from components.params_file import set_param
 from flows.retrain import retrain
 from tests.label_studio import annotation, choice
 from tests.project import git, make_project
@@ -28,7 +29,7 @@ pytestmark = pytest.mark.slow
 def test_retraining_from_the_champion_replays_old_batches_and_checks_forgetting(tmp_path, tiny_base_model, prefect_api):
     root = make_project(tmp_path / "project", tiny_base_model, approval={"profile": "local"})
     first = retrain(project_dir=str(root))
-    assert first["status"] == "promoted", first
+    assert first["status"] == RunOutcome.PROMOTED, first
 
     # Live traffic the champion was unsure of goes out as a labelling queue, the served label as a suggestion
     # that is wrong for every text: only what the person answers may become a label.
@@ -82,8 +83,8 @@ def test_retraining_from_the_champion_replays_old_batches_and_checks_forgetting(
     decision = json.loads(open(registry.client.download_artifacts(second["run_id"], "gate/decision.json")).read())
     forgetting = [c for c in decision["checks"] if c["name"] == "no_forgetting"]
     assert len(forgetting) == 1 and "test rows of the batches" in forgetting[0]["detail"]
-    assert second["status"] in ("promoted", "rejected-by-gate"), second
-    if second["status"] == "promoted":
+    assert second["status"] in (RunOutcome.PROMOTED, RunOutcome.REJECTED_BY_GATE), second
+    if second["status"] == RunOutcome.PROMOTED:
         assert registry.by_alias(CHAMPION).version == second["version"]
 
 

@@ -12,7 +12,7 @@ import pytest
 
 import flows.curve  # noqa: F401 - imports flows.retrain before capsys: Prefect's console-handler quirk
 from components.config import ConfigError
-from components.curve_params import CurveParams
+from components.config.curve import CurveParams
 from components.model.curve import (
     epochs_for,
     sentence_order,

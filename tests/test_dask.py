@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from components.config import ConfigError, load_params
+from components.config.params_file import set_param
 from components.dask_cluster import (
     ClusterShape,
     DaskUnavailable,
@@ -25,7 +26,6 @@ from components.dask_cluster import (
 )
 from components.layout import ProjectLayout
 from components.lifecycle.registry import CHAMPION, ModelRegistry
-from components.params_file import set_param
 from tests.fixtures_classifier import tiny_classifier, tiny_onnx_export  # noqa: F401 - fixtures
 from tests.project import REPO_ROOT, read_params, tiny_params
 from tests.servers import free_port

@@ -105,9 +105,9 @@ def test_teacher_and_distill_stages_feed_the_train_stage(tiny_base_model, teache
     assert (paths.teacher_model / "model.safetensors").is_file()
     metrics = json.loads(paths.teacher_metrics.read_text())
     assert {"accuracy", "macro_f1", "per_class", "n"} <= set(metrics)
-    assert metrics["n"] == len(pd.read_csv(layout.split_file("test")))
+    assert metrics["n"] == len(layout.read_split("test"))
     targets = read_targets(paths.targets)
-    train_ids = pd.read_csv(layout.split_file("train"), dtype=str)["id"]
+    train_ids = layout.read_split("train")["id"]
     assert set(targets.loc[targets["source"] == "train", "id"]) == set(train_ids)
     unlabelled = targets[targets["source"] == "unlabelled"]
     # Only texts that hash to the training split, and none already in the data.
@@ -140,8 +140,7 @@ def test_teacher_and_distill_stages_feed_the_train_stage(tiny_base_model, teache
     stages.distill(layout, augmented)
     targets = read_targets(paths.targets)
     copies = targets[targets["source"] == "augmented"]
-    split_texts = set().union(*(pd.read_csv(layout.split_file(name), dtype=str, keep_default_na=False)["text"]
-                                for name in ("train", "validation", "test")))
+    split_texts = set().union(*(layout.read_split(name)["text"] for name in ("train", "validation", "test")))
     assert len(copies) > 0.5 * len(train_ids) and not set(copies["text"]) & split_texts
     assert json.loads(paths.targets_card.read_text())["augmented_rows"] == len(copies)
     stages.STAGES["train"](layout, augmented)
@@ -287,7 +286,7 @@ def test_gate_refuses_a_student_that_trails_its_teacher_by_more_than_max_teacher
 def test_distill_settings_that_cannot_work_are_refused():
     base = {"data": {"source": "x.csv", "labels": LABELS}, "model": {"base_model": "builtin:all-minilm-l6-v2"}}
     with pytest.raises(ConfigError, match="distill.teacher_model is empty"):
-        parse_params({**base, "distill": {"enabled": True}})
+        parse_params({**base, "distill": {"enabled": True, "teacher_model": None}})
     with pytest.raises(ConfigError, match=r"distill.teacher_train.epoch: Extra inputs"):
         parse_params({**base, "distill": {"teacher_train": {"epoch": 3}}})
     with pytest.raises(ConfigError, match="init_from"):
@@ -295,4 +294,5 @@ def test_distill_settings_that_cannot_work_are_refused():
     params = parse_params({**base, "train": {"epochs": 2, "learning_rate": 1e-3},
                            "distill": {"enabled": True, "teacher_model": "x", "teacher_train": {"epochs": 4}}})
     teacher = params.distill.teacher_train
-    assert (teacher.epochs, teacher.learning_rate) == (4, 5e-5)  # its own settings, not the student's
+    # its own settings, the rest train's code defaults: not the student's values
+    assert (teacher.epochs, teacher.learning_rate) == (4, 1e-4)

@@ -250,7 +250,7 @@ def test_an_int8_cpu_plan_meant_for_a_gpu_is_called_out():
     from components.export.predictor import gpu_plan_warning
 
     gpu = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    assert "quantize: false" in gpu_plan_warning("per-token", gpu)
-    assert "quantize: false" in gpu_plan_warning("per-block", gpu)
+    assert "export.precision: fp16" in gpu_plan_warning("per-token", gpu)
+    assert "export.precision: fp16" in gpu_plan_warning("per-block", gpu)
     assert gpu_plan_warning("per-token", ["CPUExecutionProvider"]) is None
     assert gpu_plan_warning(None, gpu) is None  # fp32: what a GPU should serve

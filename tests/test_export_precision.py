@@ -125,23 +125,22 @@ def _params(**export) -> dict:
     return tiny_params(Path("base"), export=export)
 
 
-def test_contradictory_precision_settings_are_refused_with_the_fix():
-    with pytest.raises(ConfigError, match=r"export.quantize: true contradicts export.precision: fp16.*remove"):
-        parse_params(_params(quantize=True, precision="fp16"))
-    with pytest.raises(ConfigError, match=r"export.quantize: false contradicts export.precision: int8"):
-        parse_params(_params(quantize=False, precision="int8"))
+def test_the_replaced_quantize_key_is_refused_naming_export_precision():
+    with pytest.raises(ConfigError, match=r"export.quantize was replaced by export.precision: write `export: "
+                                          r"\{precision: int8\}`"):
+        parse_params(_params(quantize=True))
+    with pytest.raises(ConfigError, match=r"export.quantize was replaced by export.precision: write `export: "
+                                          r"\{precision: fp32\}`"):
+        parse_params(_params(quantize=False, precision="fp32"))
     with pytest.raises(ConfigError, match="export.precision must be one of int8, fp16, fp32"):
         parse_params(_params(precision="bf16"))
-    # The old key alone keeps its meaning; agreeing keys are fine; the shipped params.yaml says int8.
-    assert parse_params(_params(quantize=False)).export.precision == "fp32"
-    assert parse_params(_params(quantize=True)).export.precision == "int8"
-    assert parse_params(_params(quantize=False, precision="fp16")).export.precision == "fp16"
     assert parse_params(_params()).export.precision == "int8"
+    assert parse_params(_params(precision="fp16")).export.precision == "fp16"
     shipped = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())["export"]
     assert ExportParams.model_validate(shipped).precision == "int8"
-    # A dumped config validates again as the same (the derived quantize agrees with precision).
+    # A dumped config validates again as the same.
     fp16 = ExportParams(precision="fp16")
-    assert ExportParams.model_validate(fp16.model_dump()) == fp16 and fp16.quantize is False
+    assert ExportParams.model_validate(fp16.model_dump()) == fp16 and "quantize" not in fp16.model_dump()
 
 
 def test_export_refuses_contradictory_arguments(tiny_classifier, tmp_path):

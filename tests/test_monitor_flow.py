@@ -134,11 +134,11 @@ def test_a_real_service_exposes_the_latest_monitoring_report_on_metrics(tmp_path
     from prometheus_client.parser import text_string_to_metric_families
 
     from components.config import ServiceSettings
+    from components.config.monitor import MonitorParams
     from components.data.drift import drift_report
     from components.export.predictor import OnnxTextClassifier
     from components.model.modeling import load_tokenizer
     from components.monitoring.traffic import MONITOR_DIR, ServedModelInfo, monitor_report, write_report
-    from components.production_params import MonitorParams
     from components.serving.app import create_app
     from components.serving.holder import ServedModel
     from components.serving.prediction_log import read_prediction_log
@@ -187,8 +187,8 @@ def load_params_drift():
 def test_ner_confidence_counts_only_texts_with_entities_and_shares_are_entity_types():
     import pandas as pd
 
+    from components.config.monitor import MonitorParams
     from components.monitoring.traffic import confidence_check, predicted_label_shares
-    from components.production_params import MonitorParams
 
     params = MonitorParams(min_scored=2, low_confidence=0.6)
     traffic = pd.DataFrame({"text": ["Mary met Wei", "nothing here", "Paris"],

@@ -12,6 +12,7 @@ import pytest
 
 from components.layout import ProjectLayout
 from components.lifecycle.registry import CHAMPION, ModelRegistry, resolve_tracking_uri
+from components.lifecycle.tracking import RunOutcome
 from components.serving.deployment import build_service_app
 from components.serving.server import BackgroundServer
 from flows.retrain import retrain
@@ -48,7 +49,7 @@ def ner_project(tmp_path_factory, tiny_ner_base_model, prefect_api) -> tuple[Pat
 
 def test_ner_run_is_gated_on_entity_f1_and_promoted(ner_project):
     root, result = ner_project
-    assert result["status"] == "promoted", result
+    assert result["status"] == RunOutcome.PROMOTED, result
     registry = ModelRegistry(resolve_tracking_uri(None, ProjectLayout(root).mlflow_dir), "tiny-ner")
     tags = registry.version(result["version"]).tags
     assert tags["task"] == "token-classification"

@@ -22,6 +22,7 @@ from components.lifecycle.registry import (
     ModelRegistry,
     resolve_tracking_uri,
 )
+from components.lifecycle.tracking import RunOutcome
 from components.serving.app import create_app
 from components.serving.deployment import load_served_model
 from components.serving.server import BackgroundServer
@@ -75,7 +76,7 @@ def promoted_project(tmp_path_factory, tiny_base_model, prefect_api) -> tuple[Pa
 
 def test_first_run_is_approved_registered_and_served(promoted_project):
     root, result = promoted_project
-    assert result["status"] == "promoted", result
+    assert result["status"] == RunOutcome.PROMOTED, result
     assert result["version"] == "1"
 
     registry = open_registry(root)
@@ -158,7 +159,7 @@ def test_rerun_with_unchanged_data_and_params_reuses_cached_work(promoted_projec
     started = time.perf_counter()
     result = retrain(project_dir=str(root))
     seconds = time.perf_counter() - started
-    assert result["status"] == "unchanged", result
+    assert result["status"] == RunOutcome.UNCHANGED, result
     assert (root / "dvc.lock").read_text() == lock_before
     assert open_registry(root).aliases()[CHAMPION] == "1"
     assert seconds < first["seconds"] / 2, (seconds, first["seconds"])
@@ -172,7 +173,7 @@ def test_a_new_batch_is_versioned_recorded_and_keeps_old_test_rows_in_test(promo
     assert main(["--project", str(root), "ingest", str(tmp_path / "new-reviews.csv"), "--no-retrain"]) == 0
 
     result = retrain(project_dir=str(root), approval_profile="local")
-    assert result["status"] in {"promoted", "rejected-by-gate"}, result
+    assert result["status"] in {RunOutcome.PROMOTED, RunOutcome.REJECTED_BY_GATE}, result
     run = open_registry(root).client.get_run(result["run_id"])
     first_run = open_registry(root).client.get_run(first["run_id"])
     assert run.data.tags["data_hash"] != first_run.data.tags["data_hash"]
@@ -200,7 +201,7 @@ def test_worse_challenger_is_rejected_and_champion_keeps_serving(promoted_projec
         write_params(root, params)
         result = retrain(project_dir=str(root), approval_profile="local")
 
-        assert result["status"] == "rejected-by-gate", result
+        assert result["status"] == RunOutcome.REJECTED_BY_GATE, result
         assert "FAIL vs_champion" in result["message"]
         # Each slice is compared with the champion re-scored on the same slice rows.
         assert "slice_vs_champion_short: slice short (<= 35 characters): macro_f1" in result["message"]

@@ -1,7 +1,7 @@
 """Prompt learning (train.peft prefix and p-tuning) on tiny models, classification and NER: it learns with
 the base frozen, saves the plain model plus its prompt, exports to int8 ONNX that passes the parity gate,
-and the served predictions are PyTorch's. Also: what is refused, resuming a killed run, MPNet, and the old
-train.lora.enabled spelling."""
+and the served predictions are PyTorch's. Also: what is refused, resuming a killed run, MPNet, and the
+replaced train.lora.enabled key."""
 
 from __future__ import annotations
 
@@ -213,14 +213,15 @@ def test_p_tuning_refuses_rows_that_leave_no_room_for_its_virtual_tokens(tiny_ba
         add_prompt(load_classifier(str(tiny_base_model), LABELS), "p-tuning", settings, longest=120)
 
 
-def test_old_lora_enabled_still_reads_and_a_contradiction_is_refused():
+def test_the_replaced_lora_enabled_key_is_refused_naming_train_peft():
     from components.config import TrainParams
 
-    with pytest.warns(FutureWarning, match="train.lora.enabled is replaced by train.peft"):
-        params = TrainParams(lora={"enabled": True, "r": 4})
-    assert params.peft == "lora" and params.lora.r == 4
+    with pytest.raises(ValueError, match=r"train.lora.enabled was replaced by train.peft: write `train: "
+                                         r"\{peft: lora\}`"):
+        TrainParams(lora={"enabled": True, "r": 4})
+    with pytest.raises(ValueError, match=r"train.lora.enabled was replaced by train.peft: write `train: "
+                                         r"\{peft: none\}`"):
+        TrainParams(lora={"enabled": False})
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # the new spelling reads without a warning
-        assert TrainParams(peft="prefix").peft == "prefix"
-    with pytest.raises(ValueError, match="contradict"):
-        TrainParams(peft="prefix", lora={"enabled": True})
+        warnings.simplefilter("error")  # the current spelling reads without a warning
+        assert TrainParams(peft="lora", lora={"r": 4}).lora.r == 4

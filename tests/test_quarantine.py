@@ -125,7 +125,7 @@ def test_tab_newline_and_carriage_return_are_not_control_characters_here():
 def test_the_reason_for_a_long_text_reads_plainly():
     frame = dataset_frame(5)
     set_texts(frame, {1: "y" * 12_004})
-    result = quarantine_rows(frame, DataParams(source="unused", labels=["positive", "negative"]))
+    result = quarantine_rows(frame, DataParams(source="unused", labels=["positive", "negative"], max_chars=5000))
     assert list(result.quarantined["reason"]) == ["text is 12,004 characters; data.max_chars is 5,000"]
 
 

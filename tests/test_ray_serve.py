@@ -22,6 +22,7 @@ from components.lifecycle.registry import CHAMPION
 from components.monitoring.traffic import ServedModelInfo, monitor_report
 from components.serving.deployment import build_service_app
 from components.serving.prediction_log import read_prediction_log
+from components.serving.ray_engine import haproxy_files_environment, ingress_environment
 from components.serving.server import BackgroundServer
 from tests.fixtures_classifier import tiny_classifier, tiny_onnx_export  # noqa: F401 - fixtures
 from tests.servers import ClientThreads, free_port
@@ -34,6 +35,7 @@ KEY_ENV = "TUNEGATE_TEST_RAY_KEYS"
 KEY = "ray-test-key"
 HEADERS = {"Authorization": f"Bearer {KEY}"}
 SETTINGS = ServiceSettings(poll_interval_s=0.5, max_texts_per_request=8, api_key_env=KEY_ENV)
+RAY_TOKEN = secrets.token_hex(16)  # one per test process: Ray reads its token once, at the first cluster's start
 SWITCH_BOUND_S = 30.0  # promotion -> every replica answers with the new version
 RECOVERY_BOUND_S = 90.0  # a killed replica -> Ray has started a new one
 
@@ -69,9 +71,10 @@ class Load(ClientThreads):
             return sum(at >= since for at, _ in self.ok)
 
 
-@pytest.fixture(scope="module")
-def two_node_ray():
-    """A head and a worker node on 127.0.0.1, with their own temp dir, HOME and auth token; all gone after.
+@pytest.fixture(scope="module", params=["haproxy", "proxy"])
+def two_node_ray(request):
+    """A head and a worker node on 127.0.0.1, with their own temp dir, HOME and auth token, and Ray Serve's
+    ingress (serve.ray_ingress): HAProxy, the default, or Ray's Python proxy; all gone after.
 
     The temp dir is a short one of its own, not pytest's: Ray's unix sockets live under it, and a socket path
     may not exceed 107 bytes (pytest-xdist's /tmp/pytest-of-root/pytest-N/popen-gw0/... plus Ray's session
@@ -80,7 +83,7 @@ def two_node_ray():
         scratch = Path(short)
         env.setenv("HOME", str(scratch))  # Ray's ~/.ray (its token file) stays in the test's folder
         env.setenv("RAY_AUTH_MODE", "token")
-        env.setenv("RAY_AUTH_TOKEN", secrets.token_hex(16))
+        env.setenv("RAY_AUTH_TOKEN", RAY_TOKEN)
         env.setenv("RAY_USAGE_STATS_ENABLED", "0")
         env.setenv("RAY_TMPDIR", str(scratch))  # sessions, sockets, logs and ray_current_cluster: not /tmp/ray
         env.setenv(KEY_ENV, KEY)  # the replicas' service reads its API key from their environment
@@ -89,6 +92,11 @@ def two_node_ray():
         # Ray's proxy prefers the replicas of its own node while they have room (sensible with a proxy per
         # node); here the one proxy must spread the requests over both nodes' replicas, as across machines.
         env.setenv("RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING", "0")
+        for name, value in ingress_environment(request.param).items():
+            env.setenv(name, value)
+        if request.param == "haproxy":  # its config, socket and state files: in this test's folder, not /tmp's
+            for name, value in haproxy_files_environment(scratch / "hap").items():
+                env.setenv(name, value)
         # After the environment: Ray reads RAY_AUTH_MODE once, when first imported.
         import ray
         from ray import serve

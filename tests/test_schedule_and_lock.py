@@ -10,6 +10,7 @@ import pytest
 from components.config import ScheduleParams
 from components.layout import ProjectLayout
 from components.lifecycle.locking import RunInProgress, exclusive_run
+from components.lifecycle.tracking import RunOutcome
 from tests.project import make_project
 
 
@@ -57,7 +58,7 @@ def test_retrain_while_another_run_holds_the_project_is_skipped_and_says_so(tmp_
     with exclusive_run(ProjectLayout(root).run_lock, wait=False):
         started = time.perf_counter()
         result = retrain(project_dir=str(root), when_running="skip")
-    assert result["status"] == "skipped"
+    assert result["status"] == RunOutcome.SKIPPED
     assert "already in progress" in result["message"]
     assert time.perf_counter() - started < 30
     assert not (root / "data").exists()

@@ -28,10 +28,17 @@ def predictor(tiny_onnx_export) -> OnnxTextClassifier:
 
 @pytest.fixture(scope="module")
 def server(predictor):
-    settings = ServiceSettings(max_chars_per_text=MAX_CHARS, max_body_bytes=MAX_BODY)
-    app = create_app(ServedModel(predictor, dict(METADATA)), settings, max_texts=MAX_TEXTS)
+    settings = ServiceSettings(max_texts_per_request=MAX_TEXTS, max_chars_per_text=MAX_CHARS, max_body_bytes=MAX_BODY)
+    app = create_app(ServedModel(predictor, dict(METADATA)), settings)
     with BackgroundServer(app) as running:
         yield running
+
+
+def test_the_removed_keyword_arguments_name_their_settings(predictor):
+    with pytest.raises(TypeError, match=r"'max_texts' \(use ServiceSettings\(max_texts_per_request=\.\.\.\)\)"):
+        create_app(ServedModel(predictor, dict(METADATA)), max_texts=MAX_TEXTS)
+    with pytest.raises(TypeError, match=r"'max_body_bytes' \(use ServiceSettings\(max_body_bytes=\.\.\.\)\)"):
+        create_app(ServedModel(predictor, dict(METADATA)), max_body_bytes=MAX_BODY)
 
 
 @pytest.fixture()

@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 
 from components.config import ConfigError, ExportParams, GateParams, parse_params
+from components.config.evaluate import EvaluateParams
 from components.lifecycle.gate import decide
 from components.lifecycle.model_card import render_model_card
 from components.lifecycle.tracking import slice_metrics_of
 from components.model.slices import slice_metrics, write_slices
-from components.production_params import EvaluateParams
 
 BASE = {"data": {"source": "x.csv", "labels": ["negative", "positive"]}, "model": {"base_model": "org/model"}}
 PARITY = {"agreement": 1.0, "accuracy_drop": 0.0, "precision": "int8"}

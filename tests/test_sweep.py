@@ -12,6 +12,7 @@ import yaml
 from components.config import ConfigError, SweepParams, load_params
 from components.layout import ProjectLayout
 from components.lifecycle.registry import ModelRegistry, resolve_tracking_uri
+from components.lifecycle.tracking import RunOutcome
 from components.model.sweep import (
     SweepFailed,
     TrialResult,
@@ -296,7 +297,7 @@ def test_the_retrain_flow_sweeps_then_ships_the_winner(tmp_path, tiny_base_model
     make_project(root, tiny_base_model, approval={"profile": "local"},
                  sweep={"enabled": True, "method": "grid", "max_concurrency": 2, "space": SWEEP_SPACE})
     result = retrain(project_dir=str(root))
-    assert result["status"] == "promoted", result
+    assert result["status"] == RunOutcome.PROMOTED, result
     assert read_params(root)["train"]["learning_rate"] == 0.005
     registry = ModelRegistry(resolve_tracking_uri(None, ProjectLayout(root).mlflow_dir), "tiny-sentiment")
     run = registry.client.get_run(result["run_id"])

@@ -117,7 +117,8 @@ def test_jsonl_token_reader_and_its_errors(tmp_path):
 
 
 def test_builtin_conll2003_keeps_the_official_split(tmp_path):
-    data = DataParams(source="builtin:conll2003", labels=["PER", "ORG", "LOC", "MISC"])
+    data = DataParams(source="builtin:conll2003", labels=["PER", "ORG", "LOC", "MISC"],
+                      min_chars=1)  # as examples/ner/params.yaml: one-word sentences are sentences
     raw = read_configured_source(data, tmp_path, task=TOKEN)
     assert raw.frame["split"].value_counts().to_dict() == {"train": 14041, "validation": 3250, "test": 3453}
     store = DataStore(tmp_path / "data")
@@ -322,11 +323,10 @@ def test_sequence_data_gains_no_split_column_and_keeps_its_fingerprint(tmp_path)
     from tests.tiny import sentiment_frame
 
     data = DataParams(source="s.csv", text_column="review", label_column="sentiment", labels=["negative", "positive"])
-    # The token fields and keep_columns at their defaults leave the fingerprint of data checked before they existed.
-    legacy = data.model_dump_json(exclude={"tokens_column", "tags_column", "keep_columns"})
     import hashlib
 
-    assert rules_fingerprint(data) == hashlib.sha256(legacy.encode()).hexdigest()[:12]
+    # Every data field counts, the token fields and keep_columns included.
+    assert rules_fingerprint(data) == hashlib.sha256(data.model_dump_json().encode()).hexdigest()[:12]
     assert rules_fingerprint(data.model_copy(update={"tokens_column": "words"})) != rules_fingerprint(data)
     assert rules_fingerprint(data.model_copy(update={"keep_columns": ["source"]})) != rules_fingerprint(data)
     path = tmp_path / "s.csv"

@@ -14,11 +14,11 @@ from components.config import (
     SplitParams,
     parse_params,
 )
+from components.config.params_file import set_param
 from components.data.ingest import RawSource, build_dataset
 from components.data.preprocess import assign_splits, split_of
 from components.lifecycle.gate import decide
 from components.model.modeling import resolve_model_source
-from components.params_file import set_param
 from tests.tiny import sentiment_frame
 
 BASE = {"data": {"source": "x.csv", "labels": ["negative", "positive"]}, "model": {"base_model": "org/model"}}

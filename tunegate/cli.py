@@ -11,8 +11,8 @@ from pathlib import Path
 import yaml
 
 from components.config import ConfigError, Params, load_params
+from components.config.params_file import set_param
 from components.layout import ProjectLayout
-from components.params_file import set_param
 from tunegate.quiet import QUIET_DEFAULTS
 
 
@@ -524,19 +524,22 @@ def build_parser() -> argparse.ArgumentParser:
                            help="largest difference of test accuracy and macro-F1 still called reproduced")
     reproduce.set_defaults(handler=cmd_reproduce)
 
+    from components.stages import STAGE_NAMES
+
     stage = verbs.add_parser("stage", help="run one ML stage (dvc.yaml calls these)")
-    stage.add_argument("name", choices=["validate", "preprocess", "adapt", "start", "teacher", "distill", "train",
-                                         "evaluate", "export", "robustness", "explain"])
+    stage.add_argument("name", choices=STAGE_NAMES)
     stage.set_defaults(handler=cmd_stage)
 
-    from tunegate.curve_command import add_curve_parser
     from tunegate.compare_command import add_compare_parser
+    from tunegate.config_command import add_config_parser
+    from tunegate.curve_command import add_curve_parser
     from tunegate.signing_commands import add_signing_parsers
 
     add_signing_parsers(verbs, _layout, _open_registry)
     add_compare_parser(verbs, _layout, _params, _open_registry)
 
     add_curve_parser(verbs, _user_errors)
+    add_config_parser(verbs)
 
     from tunegate.stack.commands import add_stack_parser
 

@@ -380,17 +380,9 @@ def entity_counts(labels: pd.Series) -> pd.Series:
     return pd.Series(entity_type_counts(labels.tolist()), dtype="int64").sort_index()
 
 
-# DataParams fields added after datasets were first fingerprinted: left out of the fingerprint while
-# they hold their defaults, so that a dataset checked before they existed is not checked (and
-# rewritten, and given a new DVC hash) again for nothing.
-LATER_DATA_FIELDS = ("tokens_column", "tags_column", "keep_columns")
-
-
 def rules_fingerprint(data: DataParams) -> str:
-    """Short hash of the data params a batch is checked under (BatchRecord.rules)."""
-    defaults = {name for name in LATER_DATA_FIELDS
-                if getattr(data, name) == DataParams.model_fields[name].get_default(call_default_factory=True)}
-    return hashlib.sha256(data.model_dump_json(exclude=defaults or None).encode()).hexdigest()[:12]
+    """Short hash of the data params a batch is checked under (BatchRecord.rules): every field of them."""
+    return hashlib.sha256(data.model_dump_json().encode()).hexdigest()[:12]
 
 
 def ingest_batch(
@@ -414,8 +406,6 @@ def ingest_batch(
     lists for token-classification.
     """
     from components.data.validation.batch import validate_batch
-    from components.data.validation.duplicates import separate_repeated_texts
-    from components.data.validation.quarantine import quarantine_rows
     from components.data.validation.report import DataValidationError
 
     token_task = _check_task(raw, task)
@@ -430,23 +420,17 @@ def ingest_batch(
     kept = [b for b in batches if not b.base] if base else batches  # a new data.source replaces the old base
     existing = store.read(kept)
 
-    rows, excluded = build_dataset(raw, data, task=task)
-    checked = quarantine_rows(rows, data, task=task)
-    repeats = separate_repeated_texts(checked.clean, existing, token_task=token_task)
-    clean = checked.clean.drop(index=repeats.conflicting.index)  # unique rows and duplicates, in file order
+    rows = _sort_rows(raw, data, existing, task, token_task)
     sequence = 0 if base else max((int(Path(b.batch_file).stem[:4]) for b in batches), default=0) + 1
     batch_file, quarantine_file, report_dir = store.paths_for(sequence, raw.batch_id)
-    quarantined = pd.concat([checked.quarantined, repeats.conflicting, excluded], ignore_index=True)
-    if token_task:  # the lists are in text and label already; a CSV cell cannot hold a list
-        quarantined = quarantined.drop(columns=TOKEN_COLUMNS, errors="ignore")
     record = BatchRecord(batch_id=raw.batch_id, source=raw.description, base=base,
                          ingested_at=None if base else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                         rows_read=len(raw.frame), accepted=len(repeats.unique), quarantined=len(quarantined),
-                         duplicates=len(repeats.duplicates), batch_file=batch_file, quarantine_file=quarantine_file,
+                         rows_read=len(raw.frame), accepted=len(rows.unique), quarantined=len(rows.quarantined),
+                         duplicates=rows.duplicates, batch_file=batch_file, quarantine_file=quarantine_file,
                          report_dir=report_dir, rules=rules)
     reports = store.data_dir / report_dir
     reports.mkdir(parents=True, exist_ok=True)
-    report = validate_batch(clean, rows_in=len(rows), quarantined=len(checked.quarantined) + len(repeats.conflicting),
+    report = validate_batch(rows.clean, rows_in=rows.rows_in, quarantined=rows.quarantined_by_checks,
                             existing=existing, data=data, source=f"{raw.description} (batch {raw.batch_id})",
                             task=task)
     report_path = report.write(reports / "validation.json")
@@ -455,30 +439,71 @@ def ingest_batch(
 
     drift_summary = None
     if drift is not None and reference is not None and not reference.empty and tokenizer_factory is not None:
-        from components.data.drift import drift_report
+        drift_summary = _check_drift(raw, record, rows.clean, reference, tokenizer_factory(), drift, reports,
+                                     task=task, gate=drift_gate)
+    accepted = rows.unique[_written_columns(rows.unique, data)]
+    _write_batch(store, record, accepted, rows.quarantined, batches, kept)
+    # The dataset is what was there plus what this batch added: no need to read it all back.
+    return _result(record, pd.concat([existing["label"], accepted["label"]]), already_present=False,
+                   drift_summary=drift_summary, token_task=token_task)
 
-        drifted = drift_report(reference, clean, tokenizer_factory(), drift, task=task)
-        drifted.write(reports / "drift.json")
-        record.drift_status, drift_summary = drifted.status, drifted.summary()
-        if drifted.status == "fail" and drift_gate:
-            raise DriftFailure(f"batch {raw.batch_id} drifted from the champion's training data:\n{drift_summary}")
 
+@dataclass(frozen=True)
+class _SortedRows:
+    """A batch's rows sorted by the row checks and the repeat rules."""
+
+    rows_in: int  # rows that reached the row checks (past the rows build_dataset excluded)
+    clean: pd.DataFrame  # passed the row checks, conflicting repeats dropped: unique rows and duplicates, in file order
+    unique: pd.DataFrame  # what the batch adds
+    duplicates: int  # repeats with the same label: counted, not added
+    quarantined: pd.DataFrame  # every row left out, with its check and reason
+    quarantined_by_checks: int  # of them, those the row checks and the conflicting-labels rule put there
+
+
+def _sort_rows(raw: RawSource, data: DataParams, existing: pd.DataFrame, task: Task, token_task: bool) -> _SortedRows:
+    from components.data.validation.duplicates import separate_repeated_texts
+    from components.data.validation.quarantine import quarantine_rows
+
+    rows, excluded = build_dataset(raw, data, task=task)
+    checked = quarantine_rows(rows, data, task=task)
+    repeats = separate_repeated_texts(checked.clean, existing, token_task=token_task)
+    quarantined = pd.concat([checked.quarantined, repeats.conflicting, excluded], ignore_index=True)
+    if token_task:  # the lists are in text and label already; a CSV cell cannot hold a list
+        quarantined = quarantined.drop(columns=TOKEN_COLUMNS, errors="ignore")
+    return _SortedRows(rows_in=len(rows), clean=checked.clean.drop(index=repeats.conflicting.index),
+                       unique=repeats.unique, duplicates=len(repeats.duplicates), quarantined=quarantined,
+                       quarantined_by_checks=len(checked.quarantined) + len(repeats.conflicting))
+
+
+def _check_drift(raw: RawSource, record: BatchRecord, clean: pd.DataFrame, reference: pd.DataFrame, tokenizer,
+                 drift: DriftParams, reports: Path, *, task: Task, gate: bool) -> str:
+    """The batch against the champion's training data: drift.json written, the status on the record, and a
+    DriftFailure when it fails and `gate` holds. Returns the summary."""
+    from components.data.drift import drift_report
+
+    drifted = drift_report(reference, clean, tokenizer, drift, task=task)
+    drifted.write(reports / "drift.json")
+    record.drift_status, summary = drifted.status, drifted.summary()
+    if drifted.status == "fail" and gate:
+        raise DriftFailure(f"batch {raw.batch_id} drifted from the champion's training data:\n{summary}")
+    return summary
+
+
+def _write_batch(store: DataStore, record: BatchRecord, accepted: pd.DataFrame, quarantined: pd.DataFrame,
+                 batches: list[BatchRecord], kept: list[BatchRecord]) -> None:
+    """The batch's files and its manifest entry; a base batch replaces the old base batch's files."""
     (store.data_dir / "batches").mkdir(parents=True, exist_ok=True)
     (store.data_dir / "quarantine").mkdir(parents=True, exist_ok=True)
-    accepted = repeats.unique[_written_columns(repeats.unique, data)]
-    accepted.to_csv(store.data_dir / batch_file, index=False, lineterminator="\n")
-    quarantined.to_csv(store.data_dir / quarantine_file, index=False, lineterminator="\n")
-    if base:
+    accepted.to_csv(store.data_dir / record.batch_file, index=False, lineterminator="\n")
+    quarantined.to_csv(store.data_dir / record.quarantine_file, index=False, lineterminator="\n")
+    if record.base:
         for old in batches:
             if old.base:
-                for stale in {old.batch_file, old.quarantine_file} - {batch_file, quarantine_file}:
+                for stale in {old.batch_file, old.quarantine_file} - {record.batch_file, record.quarantine_file}:
                     (store.data_dir / stale).unlink(missing_ok=True)
         store.write_manifest([record] + kept)
     else:
         store.write_manifest(batches + [record])
-    # The dataset is what was there plus what this batch added: no need to read it all back.
-    return _result(record, pd.concat([existing["label"], accepted["label"]]), already_present=False,
-                   drift_summary=drift_summary, token_task=token_task)
 
 
 def _result(record: BatchRecord, labels: pd.Series, already_present: bool, drift_summary: str | None = None,

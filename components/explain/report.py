@@ -292,13 +292,11 @@ def write_skipped(layout: ProjectLayout) -> Path:
 
 def write_report(layout: ProjectLayout, params: Params) -> Report:
     """The explain stage: the served model of artifacts/onnx on artifacts/splits/test.csv."""
-    import pandas as pd
-
     from components.export.predictor import default_providers, load_predictor, read_model_card
 
     card = read_model_card(layout.onnx_dir)
     predictor = load_predictor(layout.onnx_dir, default_providers(card.precision))
-    test = pd.read_csv(layout.split_file("test"), dtype=str, keep_default_na=False)
+    test = layout.read_split("test")
     report = build_report(predictor, test, params.explain)
     paths = explain_paths(layout)
     paths.dir.mkdir(parents=True, exist_ok=True)

@@ -220,8 +220,8 @@ def gpu_plan_warning(quantization: str | None, providers: Sequence[str]) -> str 
     if quantization is None or "CUDAExecutionProvider" not in providers:
         return None
     return (f"this export is {quantization} int8, a plan for CPUs: on the CUDA provider int8 MatMuls can fall "
-            "back to the CPU. For GPU serving export with export.precision: fp16 (or fp32, the old "
-            "export.quantize: false; per-token int8 vs fp32 on an H100: 755 vs 3,545 texts/s).")
+            "back to the CPU. For GPU serving export with export.precision: fp16 (or fp32; per-token int8 vs fp32 "
+            "on an H100: 755 vs 3,545 texts/s).")
 
 
 class _OnnxModel:

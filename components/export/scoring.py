@@ -8,6 +8,8 @@ from pathlib import Path
 import pandas as pd
 
 from components.config import TOKEN_CLASSIFICATION
+from components.config.evaluate import EvaluateParams
+from components.layout import read_split_csv
 from components.model.evaluate import (
     evaluate_frame,
     evaluate_token_probabilities,
@@ -16,7 +18,6 @@ from components.model.evaluate import (
     sentences_and_tags,
     split_joined,
 )
-from components.production_params import EvaluateParams
 
 
 def score_onnx_dir(onnx_dir: Path, test_csv: Path, labels: list[str], slices: EvaluateParams | None = None) -> dict:
@@ -36,7 +37,7 @@ def score_onnx_dir(onnx_dir: Path, test_csv: Path, labels: list[str], slices: Ev
         read_model_card,
     )
 
-    test = pd.read_csv(test_csv, dtype=str, keep_default_na=False)
+    test = read_split_csv(test_csv)
     card = read_model_card(Path(onnx_dir))
     # Where parity ran: an fp16 export on CUDA when there is one; the parity report already says so otherwise.
     session = {"providers": default_providers(card.precision), "warn_on_plan": False}

@@ -13,8 +13,9 @@ import inspect
 import shutil
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Callable, Literal, Sequence
 
 import numpy as np
 from pydantic import BaseModel
@@ -261,6 +262,85 @@ def _replace_dir(staged: Path, out_dir: Path) -> None:
     shutil.move(str(staged), str(out_dir))
 
 
+def _load_exportable(model_dir: Path, task: Task | None, template: str | None):
+    """The saved model and its tokenizer, task, labels and entity types; an ExportError for a token classifier
+    without IOB2 tags or a template the task cannot take."""
+    from components.data.template import template_refusal_for
+    from components.entities import entity_types_of
+
+    model, tokenizer = load_torch_model(model_dir, task)
+    task = model_task(model)
+    labels = labels_in_id_order(model)
+    entity_types = entity_types_of(labels) if task == TOKEN_CLASSIFICATION else []
+    if task == TOKEN_CLASSIFICATION and "O" not in labels:
+        raise ExportError(f"{model_dir}: a token classifier's labels must be IOB2 tags with 'O', got {labels}")
+    if refusal := template_refusal_for(template, task == TOKEN_CLASSIFICATION):
+        raise ExportError(refusal)
+    return model, tokenizer, task, labels, entity_types
+
+
+@dataclass(frozen=True)
+class _Probes:
+    """The probe batches, PyTorch's logits on them and their attention masks: what every graph is checked against."""
+
+    feeds: list[dict[str, np.ndarray]]
+    expected: list[np.ndarray]
+    masks: list[np.ndarray]
+
+    @classmethod
+    def of(cls, model, tokenizer, input_names: list[str], max_length: int) -> _Probes:
+        feeds = [encode(tokenizer, texts, input_names, max_length) for texts in probe_batches(max_length)]
+        return cls(feeds, [torch_logits(model, feed) for feed in feeds],
+                   [feed.get("attention_mask", np.ones_like(feed["input_ids"])) for feed in feeds])
+
+    def gap(self, graph_path: Path) -> float:
+        """The largest logit difference of the graph from PyTorch on the probes."""
+        return largest_gap(self.expected, onnx_logits(graph_path, self.feeds), self.masks)
+
+    def check(self, graph_path: Path, what: str) -> None:
+        gap = self.gap(graph_path)
+        if gap > FP32_LOGIT_TOLERANCE:
+            raise ExportError(f"{what}'s logits differ from PyTorch's by up to {gap:.3g} on probe batches")
+
+
+def _fused_if_faithful(graph_path: Path, fused_path: Path, config, probes: _Probes) -> tuple[Path, dict[str, int]]:
+    """onnxruntime's BERT fusions of the graph when they compute the same logits; the graph itself otherwise.
+    Returns the graph to ship from and the fused operators (empty when none are kept)."""
+    fused = fuse_bert_graph(graph_path, fused_path, config)
+    if not fused:
+        return graph_path, {}
+    gap = probes.gap(fused_path)
+    if gap <= FP32_LOGIT_TOLERANCE:
+        return fused_path, fused
+    warnings.warn(f"fused graph differs from PyTorch by {gap:.3g}; exporting the unfused graph",
+                  RuntimeWarning, stacklevel=3)  # the warning points at export_onnx's caller
+    return graph_path, {}
+
+
+def _check_fp16_range(fp32_path: Path, tokenizer, texts: list[str], input_names: list[str], max_length: int) -> float:
+    """The largest |value| of any tensor of the fp32 graph on the texts; an ExportError when fp16 cannot hold it."""
+    feeds = [encode(tokenizer, texts[start:start + RANGE_CHECK_BATCH], input_names, max_length)
+             for start in range(0, len(texts), RANGE_CHECK_BATCH)]
+    largest, where = largest_activation(fp32_path, feeds)
+    if not largest < FP16_MAX:
+        raise ExportError(f"the fp32 graph reaches |{largest:.4g}| at {where!r} on {len(texts)} texts, "
+                          f"beyond fp16's largest value {FP16_MAX:.0f}: the fp16 export would overflow; "
+                          "export with export.precision: fp32 (or int8 for CPUs)")
+    return largest
+
+
+def _write_precision(graph_path: Path, model_path: Path, precision: Precision, plan: QuantizationPlan,
+                     calibration: Callable[[], list[dict[str, np.ndarray]]]) -> None:
+    """The fp32 graph as the shipped model.onnx in its precision. calibration: the encoded calibration batches,
+    encoded only when the int8 plan needs them."""
+    if precision == "int8":
+        quantize_int8(graph_path, model_path, plan, calibration() if plan.needs_calibration else [])
+    elif precision == "fp16":
+        convert_to_fp16(graph_path, model_path)
+    else:
+        shutil.copyfile(graph_path, model_path)
+
+
 def export_onnx(
     model_dir: Path,
     out_dir: Path,
@@ -291,7 +371,6 @@ def export_onnx(
         raw text) and the calibration texts, raw like a client's, are read through it.
     """
     from components.config import resolve_export_precision
-    from components.entities import entity_types_of
 
     try:
         precision = resolve_export_precision(precision, quantize)  # type: ignore[assignment]
@@ -299,72 +378,40 @@ def export_onnx(
         raise ExportError(str(error)) from None
     quantize = precision == "int8"
 
+    from components.data.template import apply_template
+
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     _check_replaceable(out_dir)
-    model, tokenizer = load_torch_model(model_dir, task)
-    task = model_task(model)
-    labels = labels_in_id_order(model)
-    entity_types = entity_types_of(labels) if task == TOKEN_CLASSIFICATION else []
-    if task == TOKEN_CLASSIFICATION and "O" not in labels:
-        raise ExportError(f"{model_dir}: a token classifier's labels must be IOB2 tags with 'O', got {labels}")
-    from components.data.template import apply_template, template_refusal_for
-
-    if refusal := template_refusal_for(template, task == TOKEN_CLASSIFICATION):
-        raise ExportError(refusal)
+    model, tokenizer, task, labels, entity_types = _load_exportable(model_dir, task, template)
     calibration_texts = apply_template(template, calibration_texts)
     max_length = max_length or default_max_length(tokenizer, model.config)
     input_names = graph_input_names(model, tokenizer)
-    probes = [encode(tokenizer, texts, input_names, max_length) for texts in probe_batches(max_length)]
-    expected = [torch_logits(model, feed) for feed in probes]
-    masks = [feed.get("attention_mask", np.ones_like(feed["input_ids"])) for feed in probes]
+    probes = _Probes.of(model, tokenizer, input_names, max_length)
+    # Without texts like the training data, the probe texts stand in for them.
+    texts = list(calibration_texts) or [text for batch in probe_batches(max_length) for text in batch]
 
     # Intermediates live in the system temp dir, never in the working directory or out_dir.
     with tempfile.TemporaryDirectory(prefix="tunegate-export-") as scratch_name:
         scratch = Path(scratch_name)
-        graph_path = scratch / "fp32.onnx"
-        export_fp32(model, tokenizer, input_names, graph_path, opset=opset, max_length=max_length)
-        gap = largest_gap(expected, onnx_logits(graph_path, probes), masks)
-        if gap > FP32_LOGIT_TOLERANCE:
-            raise ExportError(f"the exported graph's logits differ from PyTorch's by up to {gap:.3g} on probe batches")
-
-        fused: dict[str, int] = {}
+        plain_path = scratch / "fp32.onnx"
+        export_fp32(model, tokenizer, input_names, plain_path, opset=opset, max_length=max_length)
+        probes.check(plain_path, "the exported graph")
+        graph_path, fused = plain_path, {}
         if optimize and not (quantize and plan.needs_plain_graph):
-            fused_path = scratch / "fp32-fused.onnx"
-            fused = fuse_bert_graph(graph_path, fused_path, model.config)
-            if fused:
-                gap = largest_gap(expected, onnx_logits(fused_path, probes), masks)
-                if gap <= FP32_LOGIT_TOLERANCE:
-                    graph_path = fused_path
-                else:
-                    warnings.warn(f"fused graph differs from PyTorch by {gap:.3g}; exporting the unfused graph",
-                                  RuntimeWarning, stacklevel=2)
-                    fused = {}
+            graph_path, fused = _fused_if_faithful(plain_path, scratch / "fp32-fused.onnx", model.config, probes)
         fp32_bytes = graph_path.stat().st_size
         fp16_range_max = None
         if precision == "fp16":
-            texts = (list(calibration_texts) or [t for batch in probe_batches(max_length) for t in batch])
-            texts = texts[:RANGE_CHECK_TEXTS]
-            feeds = [encode(tokenizer, texts[start:start + RANGE_CHECK_BATCH], input_names, max_length)
-                     for start in range(0, len(texts), RANGE_CHECK_BATCH)]
-            fp16_range_max, where = largest_activation(scratch / "fp32.onnx", feeds)
-            if not fp16_range_max < FP16_MAX:
-                raise ExportError(f"the fp32 graph reaches |{fp16_range_max:.4g}| at {where!r} on {len(texts)} texts, "
-                                  f"beyond fp16's largest value {FP16_MAX:.0f}: the fp16 export would overflow; "
-                                  "export with export.precision: fp32 (or int8 for CPUs)")
+            fp16_range_max = _check_fp16_range(plain_path, tokenizer, texts[:RANGE_CHECK_TEXTS], input_names,
+                                               max_length)
 
         staged = scratch / "export"
         staged.mkdir()
         model_path = staged / MODEL_FILE
-        if quantize:
-            texts = list(calibration_texts) or [text for batch in probe_batches(max_length) for text in batch]
-            calibration = [encode(tokenizer, texts[start:start + 32], input_names, max_length)
-                           for start in range(0, len(texts), 32)] if plan.needs_calibration else []
-            quantize_int8(graph_path, model_path, plan, calibration)
-        elif precision == "fp16":
-            convert_to_fp16(graph_path, model_path)
-        else:
-            shutil.copyfile(graph_path, model_path)
-        shipped = onnx_logits(model_path, probes[:1])  # the shipped file loads and runs
+        _write_precision(graph_path, model_path, precision, plan,
+                         lambda: [encode(tokenizer, texts[start:start + 32], input_names, max_length)
+                                  for start in range(0, len(texts), 32)])
+        shipped = onnx_logits(model_path, probes.feeds[:1])  # the shipped file loads and runs
         if not all(np.isfinite(logits).all() for logits in shipped):
             raise ExportError(f"the {precision} graph gives non-finite logits on a probe text")
         tokenizer.save_pretrained(str(staged))

@@ -197,7 +197,7 @@ def referenced_names(definition: ast.AST) -> set[str]:
 
 def reached_definitions(tree: ast.Module, function: str) -> list[ast.AST]:
     """The stage function and every top-level function or class of the module it refers to, transitively
-    (train -> train_model -> _with_teacher_targets, training_fingerprint)."""
+    (a stage -> a helper function of stages.py it calls -> the helpers that one calls)."""
     definitions = _top_level_definitions(tree)
     reached: dict[str, ast.AST] = {}
     pending = [function]

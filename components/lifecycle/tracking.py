@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import time
 import warnings
+from enum import StrEnum
 from pathlib import Path
 
 from components.config import Params
@@ -18,6 +19,18 @@ from components.reports import read_json_if_present
 # Settings that shape the model; runtime settings (registry, approval, serve) are not model lineage.
 MODEL_SECTIONS = {"task", "data", "split", "model", "adapt", "train", "sweep", "gate", "export", "drift", "distill"}
 ENTITY_METRICS = ("entity_f1", "entity_precision", "entity_recall")
+
+
+class RunOutcome(StrEnum):
+    """How a retraining run ended: the `status` of the flow's result and the run's `outcome` tag in MLflow.
+    A StrEnum, so the tag, the printed line and a result read back as JSON hold the same plain string."""
+
+    PROMOTED = "promoted"
+    UNCHANGED = "unchanged"  # the champion was built from the same data, code and params
+    REJECTED_BY_GATE = "rejected-by-gate"
+    REJECTED_BY_APPROVER = "rejected-by-approver"
+    AWAITING_SHADOW = "awaiting-shadow"  # approved, but the shadow figures do not hold yet
+    SKIPPED = "skipped"  # another run held the project or the model
 
 
 def open_registry(params: Params, layout: ProjectLayout) -> ModelRegistry:
@@ -227,7 +240,6 @@ def label_counts(labels, token_task: bool) -> dict[str, int]:
 def log_split_inputs(registry: ModelRegistry, run_id: str, layout: ProjectLayout, token_task: bool = False) -> None:
     """Rows per split and label as metrics, and each split as an MLflow dataset input of the run."""
     import mlflow.data
-    import pandas as pd
     from mlflow.entities import DatasetInput, InputTag
 
     from components.layout import SPLITS
@@ -235,7 +247,7 @@ def log_split_inputs(registry: ModelRegistry, run_id: str, layout: ProjectLayout
     inputs, counts = [], {}
     digest = output_md5(layout, "preprocess", "artifacts/splits")[:12]
     for split in SPLITS:
-        frame = pd.read_csv(layout.split_file(split), dtype=str, keep_default_na=False)
+        frame = layout.read_split(split)
         counts[f"split_{split}_rows"] = len(frame)
         counts.update({f"split_{split}_rows_{label}": n for label, n in label_counts(frame["label"], token_task).items()})
         with warnings.catch_warnings():  # MLflow cannot tell which of two local-file sources a path is
@@ -350,7 +362,7 @@ def approval_description(model_name: str, version: str, verdict: dict, explain_r
                f"--version {version}`):\n\n```\n{shadow}\n```" if shadow else ""))
 
 
-def finish(registry: ModelRegistry, run_id: str, status: str, version: str | None, message: str) -> dict:
+def finish(registry: ModelRegistry, run_id: str, status: RunOutcome, version: str | None, message: str) -> dict:
     registry.set_run_tags(run_id, {"outcome": status, "outcome_version": version or "", "outcome_message": message})
     registry.end_run(run_id)
     return {"status": status, "version": version, "message": message, "run_id": run_id,

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from components.config import ConfigError, Params
-from components.curve_params import ALL
+from components.config.curve import ALL
 from components.layout import ProjectLayout
 
 CURVE_DIR = "curve"
@@ -145,7 +145,7 @@ def point_key(layout: ProjectLayout, params: Params, train_overrides: dict[str, 
     validation splits, the starting point), the test rows and the template they are read through,
     the subset (size, rows; the seed is train.seed) and this module's format."""
     from components.model.sweep import params_with
-    from components.stages import training_fingerprint
+    from components.model.training_run import training_fingerprint
 
     # How a point runs (threads) does not change what it learns.
     shaped = params_with(params, {**train_overrides, "train.num_threads": None})
@@ -212,15 +212,13 @@ def prepare_workspace(layout: ProjectLayout, work: ProjectLayout, point: CurvePo
     """A project-shaped folder the train and evaluate stages read as they read the project: the point's
     subset as the training split (tokenized and as rows, in the same order), the project's own
     validation and test splits and starting point (links: nothing of the project is copied or changed)."""
-    import pandas as pd
-
     from components.data.preprocess import load_tokenized, save_tokenized
 
     full = load_tokenized(layout.tokenized_file("train"))
     rows = subset(subset_order(full.labels, point.seed), point.labels)
     work.tokenized_dir.mkdir(parents=True, exist_ok=True)
     save_tokenized(full.select(rows), work.tokenized_file("train"))
-    frame = pd.read_csv(layout.split_file("train"), dtype=str, keep_default_na=False)
+    frame = layout.read_split("train")
     work.splits_dir.mkdir(parents=True, exist_ok=True)
     frame.iloc[rows].to_csv(work.split_file("train"), index=False, lineterminator="\n")
     # Everything else the preprocess stage wrote (the other splits, a record of data.template ...) as is.
@@ -257,8 +255,8 @@ def run_point(layout: ProjectLayout, params: Params, point: CurvePoint, threads:
               run_id: str | None = None) -> dict:
     """Train the point (a sweep trial in its workspace), score it on the test split with the evaluate
     stage's code, and store its result; the weights are not kept (a curve has dozens of points)."""
+    from components.model.evaluation_run import evaluate_on_test
     from components.model.sweep import params_with, train_trial
-    from components.stages import evaluate
 
     directory = point_dir(layout, point.key)
     if directory.exists():
@@ -268,7 +266,7 @@ def run_point(layout: ProjectLayout, params: Params, point: CurvePoint, threads:
     trial = train_trial(work, params, 0, point.train_overrides(), threads, run_id=run_id)
     shutil.move(trial.model_dir, work.model_dir)
     with _scoring:
-        evaluate(work, params_with(params, point.train_overrides()))
+        evaluate_on_test(work, params_with(params, point.train_overrides()))
     test = json.loads(work.metrics_file.read_text())
     history = json.loads(trial.history_file.read_text())
     for name in KEPT_FILES:

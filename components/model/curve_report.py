@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from statistics import mean
 
-from components.curve_params import ALL
+from components.config.curve import ALL
 
 CSV_COLUMNS = ("method", "size", "labels", "seed", "epochs", "best_epoch", "test_score",
                "val_accuracy", "val_macro_f1", "val_entity_f1", "test_accuracy", "test_macro_f1", "test_entity_f1",

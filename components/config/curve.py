@@ -1,5 +1,4 @@
-"""The `curve:` section: `tunegate curve`'s learning curves (components/model/curve.py, flows/curve.py).
-A leaf module beside components/config.py, which composes it into Params."""
+"""The `curve:` section: `tunegate curve`'s learning curves (components/model/curve.py, flows/curve.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +7,8 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
 
+from components.config.base import Section
 from components.errors import ConfigError
-from components.sections import Section
 
 ALL = "all"
 # What the curve itself sets for every point: the rows (its own nested subsets, not max_train_examples),
@@ -29,19 +28,21 @@ class CurveParams(Section):
     """Learning curves: each method trained on nested, stratified subsets of the training split of each
     size, once per seed, scored on the same validation and test rows."""
 
-    # Training rows per point; "all" is the whole training split. A size at or above the split's row
-    # count is the same point as "all" and is run once.
-    sizes: list[int | Literal["all"]] = Field(default_factory=lambda: [64, 256, 1024, ALL])
-    # Method name -> dotted train.* overrides applied on top of params.yaml's train section.
-    methods: dict[str, dict[str, Any]] = Field(default_factory=default_methods)
-    # Each seed draws its own subsets (the 256 of a seed contain its 64) and seeds training (train.seed).
-    seeds: list[int] = Field(default_factory=lambda: [42, 1])
-    # Small subsets train at least this many optimizer steps: epochs = max(train.epochs,
-    # ceil(min_steps / steps per epoch)). With train.epochs alone, 64 rows at batch size 32 would get 4
-    # steps, and the curve would measure an unfinished run rather than what 64 labels can teach.
-    min_steps: int = Field(default=100, ge=0)
-    # Points training at once (each in its own process, sharing this machine's cores).
-    max_concurrency: int = Field(default=2, ge=1)
+    sizes: list[int | Literal["all"]] = Field(
+        default_factory=lambda: [64, 256, 1024, ALL],
+        description="Training rows per point; 'all' is the whole training split (a size at or above its row count "
+                    "is the same point, run once).")
+    methods: dict[str, dict[str, Any]] = Field(
+        default_factory=default_methods,
+        description="Method name -> dotted train.* settings applied on top of the train section, e.g. "
+                    "{lora: {train.peft: lora, train.learning_rate: 5.0e-04}}.")
+    seeds: list[int] = Field(default_factory=lambda: [42, 1],
+                             description="One run per seed and point: each seed draws its own nested subsets and "
+                                         "seeds training.")
+    min_steps: int = Field(default=100, ge=0,
+                           description="Small subsets train at least this many optimizer steps (more epochs than "
+                                       "train.epochs), so that a point measures a finished run.")
+    max_concurrency: int = Field(default=2, ge=1, description="Points training at once, each in its own process.")
 
     @model_validator(mode="after")
     def _settings_make_a_curve(self) -> CurveParams:

@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from components.config import parse_params
+from components.config.loading import parse_params
 
 
 def set_param(path: Path, dotted_key: str, value: Any) -> Any:

@@ -1,5 +1,5 @@
-"""The base of every params.yaml section: a leaf module, so that a family's own settings can live beside
-it (components/production_params.py) without importing the whole configuration."""
+"""The base of every params.yaml section: a leaf module, so that each group of settings can live in its own
+module without importing the whole configuration."""
 
 from __future__ import annotations
 

@@ -1,0 +1,106 @@
+"""The `model:`, `train:` and `adapt:` sections: the base model, how it is fine-tuned, and the optional
+domain-adaptive pretraining before."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from components.config.base import Section
+from components.config.peft import LoraParams, PeftMethod, PromptParams, refuse_lora_enabled
+
+
+class ModelParams(Section):
+    base_model: str = Field(description="The model fine-tuned: 'builtin:<name>' for a built-in model, a local "
+                                        "directory, or a model hub id. Required.")
+    max_length: int = Field(default=64, ge=8, le=512,
+                            description="Tokens per text (word pieces); longer texts are truncated, in training and "
+                                        "serving alike.")
+    word_shapes: bool = Field(default=False,
+                              description="Token classification: feed each word's capitalization "
+                                          "(lower/title/upper/mixed) to the model, for base models whose tokenizer "
+                                          "lowercases.")
+
+
+class TrainParams(Section):
+    epochs: int = Field(default=2, ge=1, description="Passes over the training split.")
+    batch_size: int = Field(default=32, ge=1, description="Training examples per optimizer step (per process).")
+    eval_batch_size: int = Field(default=128, ge=1, description="Examples per forward pass when scoring the "
+                                                                "validation and test splits.")
+    learning_rate: float = Field(default=1e-4, ge=0, description="Peak learning rate of the AdamW optimizer, "
+                                                                 "reached after warmup.")
+    weight_decay: float = Field(default=0.01, ge=0, description="AdamW weight decay.")
+    warmup_ratio: float = Field(default=0.1, ge=0, lt=1, description="Share of the optimizer steps over which the "
+                                                                     "learning rate rises from zero to its peak.")
+    lr_schedule: Literal["linear", "cosine", "constant"] = Field(
+        default="linear", description="How the learning rate decays after warmup: linearly or along a cosine to "
+                                      "zero, or not at all.")
+    max_grad_norm: float = Field(default=1.0, gt=0, description="Gradients are clipped to this global norm.")
+    seed: int = Field(default=42, description="Seed of the weights' initialization, data order and dropout: the "
+                                              "same seed on the same machine gives the same model.")
+    max_train_examples: int | None = Field(default=None, ge=1,
+                                           description="Train on at most this many rows, for quick runs; left "
+                                                       "out, the whole training split.")
+    num_threads: int | None = Field(default=None, ge=1,
+                                    description="CPU threads PyTorch uses; left out, PyTorch's own choice.")
+    device: Literal["auto", "cpu", "cuda"] = Field(default="auto",
+                                                   description="Where to train; auto uses a CUDA GPU when there "
+                                                               "is one.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        default="fp32",
+        description="Arithmetic precision of training; auto picks bf16 where it is faster (a GPU with bf16, a CPU "
+                    "with AMX), fp32 gives the same figures on every machine.")
+    processes: int = Field(default=1, ge=1, description="Data-parallel training processes on this machine "
+                                                        "(DDP under torchrun).")
+    freeze_embeddings: bool = Field(default=False, description="Keep the embedding weights as they are (no "
+                                                               "gradient).")
+    freeze_layers: int = Field(default=0, ge=0, description="Keep the lowest N encoder layers as they are (no "
+                                                            "gradient); 0 trains them all.")
+    peft: PeftMethod = Field(default="none",
+                             description="What trains: none (every weight), lora (low-rank adapters), prefix or "
+                                         "p-tuning (soft prompts).")
+    lora: LoraParams = Field(default=LoraParams(), description="The adapters' settings when train.peft is lora.")
+    prompt: PromptParams = Field(default=PromptParams(),
+                                 description="The soft prompts' settings when train.peft is prefix or p-tuning.")
+    class_weights: Literal["none", "balanced"] = Field(
+        default="none", description="balanced weighs each class's loss by n / (k * count), so that rare classes "
+                                    "count as much as common ones; none weighs every example alike.")
+    validate_every: int = Field(default=1, ge=1,
+                                description="Score the validation split (which also picks the best weights) after "
+                                            "every N epochs and after the last.")
+    early_stopping_patience: int | None = Field(
+        default=None, ge=1, description="Stop after this many validation passes without a better validation "
+                                        "metric; left out, training runs every epoch.")
+    checkpoint_every_steps: int | None = Field(
+        default=100, ge=1,
+        description="Save a checkpoint (model, optimizer, scheduler, random state) every K optimizer steps as well "
+                    "as after every epoch, so that a killed run resumes from the last one; null saves after epochs "
+                    "only.")
+    init_from: Literal["base", "champion"] = Field(
+        default="base", description="Start from the base model, or from the current champion's weights "
+                                    "(continual learning).")
+    replay_fraction: float = Field(default=1.0, ge=0, le=1,
+                                   description="With init_from champion: the share of the earlier batches' rows "
+                                               "trained on again beside the new batches.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lora_enabled_was_replaced(cls, data: Any) -> Any:
+        return refuse_lora_enabled(data)
+
+
+class AdaptParams(Section):
+    """Domain-adaptive pretraining: masked-language-model training of the base model on the dataset's own
+    (training split) text before fine-tuning, cached as its own DVC stage."""
+
+    enabled: bool = Field(default=False, description="Run masked-language-model training on the training split's "
+                                                     "text before fine-tuning.")
+    epochs: int = Field(default=1, ge=1, description="Passes over the training split's text.")
+    batch_size: int = Field(default=32, ge=1, description="Texts per optimizer step.")
+    learning_rate: float = Field(default=5e-5, ge=0, description="Peak learning rate.")
+    mlm_probability: float = Field(default=0.15, gt=0, lt=1, description="Share of word pieces masked for the "
+                                                                         "model to predict.")
+    max_examples: int | None = Field(default=None, ge=1, description="Train on at most this many texts; left out, "
+                                                                     "the whole training split.")
+    seed: int = Field(default=42, description="Seed of the masking and the data order.")
