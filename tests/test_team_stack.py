@@ -260,3 +260,38 @@ def test_a_model_replaced_in_the_bucket_is_refused_at_serve_pyfunc_and_promote(s
     assert registry.aliases()[CHAMPION] == first
     served = load_served_model(registry, tmp_path / "cache", ["CPUExecutionProvider"], version=first)
     assert served.metadata["integrity"]["status"] == "signed"
+
+
+def test_replicas_log_predictions_to_the_stacks_s3_and_monitoring_reads_their_window(stack, monkeypatch):
+    """serve.prediction_log: s3://bucket/prefix on the team stack: each replica appends its own hourly object,
+    and the window read (monitor.window) lists only the window's hours and returns every replica's rows."""
+    from datetime import datetime, timedelta, timezone
+
+    from components.serving.prediction_log import PredictionLog, prediction_log_files, read_prediction_log
+
+    settings, keys = stack
+    # s3fs reads the endpoint and keys as boto does: a replica's environment on the team stack.
+    monkeypatch.setenv("AWS_ENDPOINT_URL", settings.s3_endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", keys.s3_access_key_id)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", keys.s3_secret_access_key)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    root = f"s3://{settings.bucket}/traffic"
+    start = datetime(2026, 12, 1, 9, 15, tzinfo=timezone.utc)
+    moment = {"now": start}
+    writers = [PredictionLog(root, 1.0, replica=name, now=lambda: moment["now"]) for name in ("pod-a", "pod-b")]
+    for hour in range(3):  # 09:15, 10:15, 11:15; twice an hour per replica: the second write appends
+        for minute in (0, 30):
+            moment["now"] = start + timedelta(hours=hour, minutes=minute)
+            for writer in writers:
+                writer.write("7", [f"{writer.replica} {hour} {minute}"], [{"label": "positive", "score": 0.9}])
+
+    assert sorted(s3_keys_under(settings, keys, "traffic/")) == [
+        f"traffic/date=2026-12-01/hour={hour:02d}/{pod}.jsonl" for hour in (9, 10, 11) for pod in ("pod-a", "pod-b")]
+    since = datetime(2026, 12, 1, 10, 0, tzinfo=timezone.utc)
+    assert [path.rsplit("/", 2)[-2] for path in prediction_log_files(root, since)] == ["hour=10", "hour=10",
+                                                                                       "hour=11", "hour=11"]
+    frame = read_prediction_log(root, since=since)
+    assert sorted(frame["text"]) == sorted(f"{pod} {hour} {minute}" for pod in ("pod-a", "pod-b")
+                                           for hour in (1, 2) for minute in (0, 30))
+    assert frame.attrs["files_read"] == 4 and set(frame["replica"]) == {"pod-a", "pod-b"}
+    assert set(frame["version"]) == {"7"}
