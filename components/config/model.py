@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from components.config.base import Section
 from components.config.peft import LoraParams, PeftMethod, PromptParams, refuse_lora_enabled
@@ -21,6 +21,24 @@ class ModelParams(Section):
                               description="Token classification: feed each word's capitalization "
                                           "(lower/title/upper/mixed) to the model, for base models whose tokenizer "
                                           "lowercases.")
+    keep_layers: list[int] | None = Field(
+        default=None,
+        description="A smaller, faster model: keep only these encoder layers of the base model (0-based, "
+                    "ascending, e.g. [1, 3, 5] of a 6-layer MiniLM) and drop the others before fine-tuning; "
+                    "left out, all layers. A start from the champion keeps the champion's layers.")
+
+    @field_validator("keep_layers")
+    @classmethod
+    def _layers_in_order(cls, value: list[int] | None) -> list[int] | None:
+        if value is None:
+            return None
+        if not value:
+            raise ValueError("model.keep_layers is empty: name at least one layer, or leave it out for all")
+        if any(index < 0 for index in value):
+            raise ValueError(f"model.keep_layers {value}: layer indices start at 0")
+        if any(later <= earlier for earlier, later in zip(value, value[1:])):
+            raise ValueError(f"model.keep_layers {value}: indices must be unique and ascending")
+        return value
 
 
 class TrainParams(Section):

@@ -52,6 +52,10 @@ class ModelCard(BaseModel):
     # data.template the model was trained with ("Review: {text}"): the predictor puts each raw text into it
     # before tokenizing, so clients send raw text. None: the text as it is (and every older card).
     template: str | None = None
+    # The encoder's layers, and which of the base model's layers they are when model.keep_layers cut it
+    # down (None: all of them, or a card from before).
+    layers: int | None = None
+    base_layers: list[int] | None = None
 
     @model_validator(mode="after")
     def _template_fits(self) -> ModelCard:

@@ -31,7 +31,7 @@ from components.export.predictor import (
     write_model_card,
 )
 from components.export.quantize import QuantizationPlan, quantize_int8
-from components.model.modeling import labels_in_id_order, load_torch_model, model_task
+from components.model.modeling import kept_layers_of, labels_in_id_order, load_torch_model, model_task
 
 CANDIDATE_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 TRACE_TEXTS = ["a short text", "a somewhat longer text, so that the traced batch needs padding"]
@@ -383,6 +383,7 @@ def export_onnx(
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     _check_replaceable(out_dir)
     model, tokenizer, task, labels, entity_types = _load_exportable(model_dir, task, template)
+    layers, base_layers = kept_layers_of(model.config)
     calibration_texts = apply_template(template, calibration_texts)
     max_length = max_length or default_max_length(tokenizer, model.config)
     input_names = graph_input_names(model, tokenizer)
@@ -419,7 +420,7 @@ def export_onnx(
             task=task, labels=labels, entity_types=entity_types, max_length=max_length, precision=precision, opset=opset,
             input_names=input_names, output_names=["logits"], graph_optimized=bool(fused),
             word_shapes=uses_word_shapes(model.config), quantization=plan.scheme if quantize else None,
-            template=template,
+            template=template, layers=layers, base_layers=base_layers,
         ))
         shipped_bytes = model_path.stat().st_size
         _replace_dir(staged, out_dir)

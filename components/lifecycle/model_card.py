@@ -148,6 +148,8 @@ def render_model_card(model_name: str, tags: dict[str, Any], parity: dict[str, A
         "",
         f"- base model: `{tags.get('base_model', 'unknown')}`",
         *([f"- distilled from the teacher `{tags['teacher']}` (distill in params)"] if tags.get("teacher") else []),
+        *([f"- encoder layers: {tags['layers']}, the base model's layers {_listed(tags['base_layers'])} "
+           "(model.keep_layers)"] if tags.get("base_layers") else []),
         f"- data version (DVC): `{tags.get('data_hash', 'unknown')}`",
         f"- batches: {_listed(tags.get('data_batches', []))}",
         f"- git commit: `{tags.get('git_commit', 'unknown')}`",

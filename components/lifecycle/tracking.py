@@ -228,6 +228,16 @@ def teacher_tag(params: Params, layout: ProjectLayout) -> dict[str, str]:
     return {"teacher": f"{params.distill.teacher_model}@{output_md5(layout, 'teacher', 'artifacts/teacher')}"}
 
 
+def layers_tag(layout: ProjectLayout) -> dict[str, str]:
+    """{"layers": "2", "base_layers": "[0, 2]"} for a model that model.keep_layers cut down (its saved config's
+    tunegate_kept_layers, which training records), else {}. Read as JSON: this family imports no model code."""
+    config = read_json_if_present(layout.model_dir / "config.json") or {}
+    kept = config.get("tunegate_kept_layers")
+    if not isinstance(kept, list):
+        return {}
+    return {"layers": str(config.get("num_hidden_layers", len(kept))), "base_layers": json.dumps(kept)}
+
+
 def label_counts(labels, token_task: bool) -> dict[str, int]:
     """Examples per class, or (token data: space-joined IOB2 tags) entities per type."""
     if not token_task:
@@ -324,6 +334,7 @@ def version_tags(params: Params, layout: ProjectLayout, data: dict, verdict: dic
         "labels": params.data.labels,
         "base_model": params.model.base_model,
         **teacher_tag(params, layout),
+        **layers_tag(layout),
         "params": model_params(params),
         "model_md5": model_md5,
         "gate": "passed" if verdict["passed"] else "failed",

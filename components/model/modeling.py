@@ -60,9 +60,11 @@ def load_tokenizer(source: str):
         raise _hub_hint(source, error) from error
 
 
-def load_classifier(source: str, labels: list[str], *, token_level: bool = False):
+def load_classifier(source: str, labels: list[str], *, token_level: bool = False,
+                    keep_layers: list[int] | None = None):
     """A sequence (or, token_level, a token) classifier with a head for `labels`; a fresh head when the
-    base has none or was trained on other labels."""
+    base has none or was trained on other labels. keep_layers: model.keep_layers, the base's encoder
+    layers to keep (keep_encoder_layers); only for a base model, never a fine-tuned model to go on from."""
     from transformers import (
         AutoModelForSequenceClassification,
         AutoModelForTokenClassification,
@@ -77,7 +79,7 @@ def load_classifier(source: str, labels: list[str], *, token_level: bool = False
                           "fine-tuning cannot start from it: set train.init_from: base")
     model_class = AutoModelForTokenClassification if token_level else AutoModelForSequenceClassification
     try:
-        return model_class.from_pretrained(
+        model = model_class.from_pretrained(
             source,
             num_labels=len(labels),
             id2label=dict(enumerate(labels)),
@@ -88,6 +90,40 @@ def load_classifier(source: str, labels: list[str], *, token_level: bool = False
         )
     except OSError as error:
         raise _hub_hint(source, error) from error
+    if keep_layers is not None:
+        keep_encoder_layers(model, keep_layers)
+    return model
+
+
+# The saved config's record of which of the base model's encoder layers a model kept (model.keep_layers).
+KEPT_LAYERS_ATTRIBUTE = "tunegate_kept_layers"
+
+
+def keep_encoder_layers(model, keep: list[int]) -> None:
+    """Drop every encoder layer of `model` but `keep` (0-based, ascending), in place; the config's
+    num_hidden_layers follows, and its tunegate_kept_layers names the base model's layers kept (composed
+    with an earlier record when the base was itself cut down)."""
+    import torch
+
+    encoder = getattr(model.base_model, "encoder", None)
+    stack = getattr(encoder, "layer", None)
+    if not isinstance(stack, torch.nn.ModuleList):
+        raise ConfigError(f"model.keep_layers: a {model.config.model_type} model has no encoder.layer stack "
+                          "(BERT and MPNet do); leave model.keep_layers out for this base model")
+    if not keep or any(index < 0 or index >= len(stack) for index in keep) or sorted(set(keep)) != list(keep):
+        raise ConfigError(f"model.keep_layers is {list(keep)} but the base model has {len(stack)} layers: give "
+                          f"unique ascending indices from 0 to {len(stack) - 1}")
+    earlier = getattr(model.config, KEPT_LAYERS_ATTRIBUTE, None) or list(range(len(stack)))
+    encoder.layer = torch.nn.ModuleList(stack[index] for index in keep)
+    model.config.num_hidden_layers = len(keep)
+    setattr(model.config, KEPT_LAYERS_ATTRIBUTE, [int(earlier[index]) for index in keep])
+
+
+def kept_layers_of(config) -> tuple[int | None, list[int] | None]:
+    """The model's encoder layers and which of its base model's layers they are (None: all of them)."""
+    layers = getattr(config, "num_hidden_layers", None)
+    kept = getattr(config, KEPT_LAYERS_ATTRIBUTE, None)
+    return layers, (list(kept) if kept is not None else None)
 
 
 # --- fine-tuned models, as training saved them ---------------------------------------------------

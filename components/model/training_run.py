@@ -51,6 +51,7 @@ def train_model(layout: ProjectLayout, params: Params, outputs: TrainOutputs):
     from components.model.continual import START_MODEL, read_starting_point, replay_mix
     from components.model.distributed import launched_ranks
     from components.model.modeling import (
+        KEPT_LAYERS_ATTRIBUTE,
         load_classifier,
         load_tokenizer,
         resolve_model_source,
@@ -67,7 +68,15 @@ def train_model(layout: ProjectLayout, params: Params, outputs: TrainOutputs):
         source = adapted or base
     tokenizer = load_tokenizer(base)  # the base model's tokenizer throughout: ids must mean the same
     seed_everything(params.train.seed)  # before the new head is initialised, not just before training
-    model = load_classifier(source, params.model_labels, token_level=params.is_token_task)
+    from_champion = point is not None and point.source == "champion"
+    # model.keep_layers cuts down the base model (or its adapted copy); a champion was cut down when it trained.
+    model = load_classifier(source, params.model_labels, token_level=params.is_token_task,
+                            keep_layers=None if from_champion else params.model.keep_layers)
+    if from_champion and params.model.keep_layers is not None:
+        kept = getattr(model.config, KEPT_LAYERS_ATTRIBUTE, None)
+        if kept != params.model.keep_layers:
+            print(f"model.keep_layers {params.model.keep_layers}: the champion goes on with its own layers "
+                  f"({'the base layers ' + str(kept) if kept is not None else 'all of the base layers'})")
     if uses_word_shapes(model.config) and not params.model.word_shapes:
         raise ConfigError(f"model.word_shapes: the starting model {source} reads word shapes; keep model.word_shapes: true")
     if params.model.word_shapes:

@@ -295,7 +295,9 @@ def _metadata(service: _Service, served: ServedModel) -> dict[str, Any]:
         "providers": list(getattr(served.predictor, "providers", []) or []),
         # template: data.template, which the service puts each client text into (None: texts as sent)
         **({"precision": served.predictor.card.precision, "quantization": served.predictor.card.quantization,
-            "template": served.predictor.card.template}
+            "template": served.predictor.card.template,
+            # the encoder's layers and which base model layers they are (model.keep_layers; None: all)
+            "layers": served.predictor.card.layers, "base_layers": served.predictor.card.base_layers}
            if hasattr(served.predictor, "card") else {}),
         "max_texts": settings.max_texts_per_request,
         "limits": {"max_texts_per_request": settings.max_texts_per_request,
