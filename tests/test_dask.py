@@ -48,14 +48,21 @@ def test_a_sweep_on_a_local_dask_cluster_runs_each_trial_as_a_nested_run(tmp_pat
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
 
-    from flows.sweep import run_sweep
+    from prefect.settings import PREFECT_API_URL
 
     layout, registry = prepared_project(tmp_path / "project", tiny_base_model)
     set_param(layout.params_file, "sweep.runner", "dask")  # no address: a LocalCluster of max_concurrency (2)
     params = load_params(layout.params_file)
+    assert params.sweep.runner == "dask"
     parent = registry.start_run("tunegate", "retrain-parent", {})
     started = time.time()
-    summary = run_sweep(params, layout, registry, parent)
+    # In a process of its own (tests/sweep_dask_job.py): the cluster's spawned workers copy their parent's
+    # sys.path and working directory, and this test process carries what earlier tests left in them.
+    job = subprocess.run([sys.executable, "-m", "tests.sweep_dask_job", str(layout.root), parent], cwd=REPO_ROOT,
+                         env={**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}, capture_output=True,
+                         text=True, timeout=600)
+    assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-6000:]
+    summary = json.loads(job.stdout.strip().splitlines()[-1])
 
     runs = sorted(child_runs(registry, parent), key=lambda r: int(r.data.tags["sweep_trial"]))
     assert [r.info.run_name for r in runs] == ["trial-00", "trial-01"]
