@@ -286,7 +286,7 @@ def test_freezing_an_mpnet_keeps_its_embeddings_position_bias_and_lower_layer(mp
 
 def test_lora_on_mpnet_adapts_its_attention_and_trains_only_adapters_and_head(mpnet_base):
     from components.model.modeling import load_classifier, load_tokenizer
-    from components.model.train import add_lora
+    from components.model.trainable import add_lora
 
     model = add_lora(load_classifier(str(mpnet_base), LABELS), train_params(peft="lora", lora={"r": 4}), False)
     trainable = [name for name, p in model.named_parameters() if p.requires_grad]
@@ -305,7 +305,7 @@ def test_lora_on_mpnet_adapts_its_attention_and_trains_only_adapters_and_head(mp
 
 def test_lora_targets_that_match_no_mpnet_module_are_refused(mpnet_base):
     from components.model.modeling import load_classifier
-    from components.model.train import lora_targets
+    from components.model.trainable import lora_targets
 
     model = load_classifier(str(mpnet_base), LABELS)
     with pytest.raises(ConfigError, match=r"\['query', 'key', 'value'\] match no module of this mpnet model.*attn\.q"):
@@ -402,7 +402,7 @@ def test_an_mpnet_s_shape_channel_starts_as_the_base_model_and_pads_as_it_does(m
 def test_lora_on_a_shaped_mpnet_trains_adapters_head_and_shape_table_then_merges(mpnet_base):
     from components.model.modeling import load_classifier
     from components.model.shape_channel import ShapeChannel, add_word_shapes
-    from components.model.train import add_lora, merge_lora
+    from components.model.trainable import add_lora, merge_lora
 
     tags = iob2_tags(ENTITY_TYPES)
     model = add_word_shapes(load_classifier(str(mpnet_base), tags, token_level=True))

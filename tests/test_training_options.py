@@ -83,7 +83,7 @@ def test_lora_trains_few_parameters_and_saves_a_plain_merged_model(tiny_base_mod
 
 def test_merging_lora_keeps_the_model_s_answers(tiny_base_model):
     from components.model.modeling import load_classifier, load_tokenizer
-    from components.model.train import add_lora
+    from components.model.trainable import add_lora
     from tests.train_job import train_params
 
     torch.manual_seed(0)
