@@ -23,7 +23,6 @@ import dataclasses
 import json
 import os
 import resource
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,6 +37,7 @@ sys.path.insert(0, str(BENCH.parent))
 from model_speed import champion_onnx_dir, default_tracking_uri, load_texts, quiet_environment  # noqa: E402
 from service_speed import (  # noqa: E402
     LoadResult,
+    free_port,
     percentiles_line,
     run_load,
     start_tunegate,
@@ -62,12 +62,6 @@ def bench_app(model_dir: Path, threads: int, replica_id: str, target: object):
 
     predictor = OnnxTextClassifier(model_dir, ["CPUExecutionProvider"], intra_op_threads=threads)
     return create_app(ServedModel(predictor, {"model_name": "bench", "model_version": "bench"}), ServiceSettings())
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def wait_for_answers(url: str, probe: dict) -> float:

@@ -23,7 +23,6 @@ local bodies = dofile(os.getenv("TUNEGATE_WRK_BODIES"))
 local path = os.getenv("TUNEGATE_WRK_PATH")
 local n = 0
 local headers = {["Content-Type"] = "application/json"}
-function setup(thread) thread:set("id", thread.id) end
 function request()
   n = n + 1
   return wrk.format("POST", path, headers, bodies[(n % #bodies) + 1])
