@@ -1,5 +1,6 @@
-"""model.keep_layers: a student cut down to some of the base model's encoder layers, trained, saved, exported
-to int8 ONNX and checked for parity, with its layers named in the export's card and the registry's card."""
+"""model.keep_layers: a student cut down to some of the base model's encoder layers, distilled from a teacher,
+saved, exported to int8 ONNX, checked for parity and served, with its layers named in the export's card, the
+service's /metadata and the registry's card."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.fixtures_classifier import LABELS, held_out
+from tests.fixtures_classifier import LABELS, held_out, tiny_classifier  # noqa: F401 (a fixture)
 
 KEEP = [0, 2]
 
@@ -82,22 +83,30 @@ def test_a_model_without_an_encoder_layer_stack_is_refused():
         keep_encoder_layers(model, [0])
 
 
-def test_cut_down_student_trains_exports_and_passes_parity(four_layer_base, tmp_path):
+def test_cut_down_student_distils_exports_passes_parity_and_serves_what_pytorch_predicts(
+        four_layer_base, tiny_classifier, tmp_path):  # noqa: F811 - the imported fixture
     from components.export.parity import check_parity
     from components.export.predictor import MODEL_CARD, OnnxTextClassifier
     from components.export.to_onnx import export_onnx
     from components.lifecycle.model_card import render_model_card
     from components.lifecycle.tracking import layers_tag
+    from components.model.distill import sequence_logits
     from components.model.modeling import KEPT_LAYERS_ATTRIBUTE, load_classifier, load_tokenizer, load_torch_model
-    from components.model.train import save_model, seed_everything, train_classifier
+    from components.model.train import Distillation, DistilledSplit, save_model, seed_everything, train_classifier
+    from tests.tiny import sentiment_frame
     from tests.train_job import sentiment_splits, train_params
 
+    # The teacher: the trained tiny classifier, labelling the training texts softly.
+    teacher, teacher_tokenizer = load_torch_model(tiny_classifier)
+    teacher_logits = sequence_logits(teacher, teacher_tokenizer, sentiment_frame(800, seed=3)["review"].tolist()[:640],
+                                     32, 128)  # the texts sentiment_splits tokenizes, in its order
     tokenizer = load_tokenizer(str(four_layer_base))
     train, validation = sentiment_splits(tokenizer)
+    distilled = DistilledSplit(train.input_ids, train.labels, train.batch_ids, teacher_logits=list(teacher_logits))
     seed_everything(11)
     model = load_classifier(str(four_layer_base), LABELS, keep_layers=KEEP)
-    result, model = train_classifier(model, train, validation, LABELS, train_params(epochs=4),
-                                     tokenizer.pad_token_id)
+    result, model = train_classifier(model, distilled, validation, LABELS, train_params(epochs=4),
+                                     tokenizer.pad_token_id, distillation=Distillation(temperature=2.0, alpha=0.5))
     assert result.best_score >= 0.8, result.history
     model_dir = tmp_path / "model"
     save_model(model, tokenizer, model_dir)
@@ -126,7 +135,7 @@ def test_cut_down_student_trains_exports_and_passes_parity(four_layer_base, tmp_
     onnx_labels = [answer["label"] for answer in predictor.predict(fixed)]
     assert onnx_labels == torch_labels
 
-    # The service's /metadata names them too.
+    # The service answers what PyTorch predicts, and its /metadata names the layers.
     import httpx
 
     from components.config import ServiceSettings
@@ -137,7 +146,9 @@ def test_cut_down_student_trains_exports_and_passes_parity(four_layer_base, tmp_
     with BackgroundServer(create_app(ServedModel(predictor, {"model_version": "1"}), ServiceSettings())) as running, \
             httpx.Client(base_url=running.url, timeout=60) as http:
         metadata = http.get("/metadata").json()
+        served = http.post("/predict", json={"texts": fixed}).json()["predictions"]
     assert metadata["layers"] == 2 and metadata["base_layers"] == KEEP
+    assert [answer["label"] for answer in served] == torch_labels
 
     # The registered version's tags and card (layers_tag reads the train stage's saved config).
     class Layout:

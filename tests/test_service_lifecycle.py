@@ -249,6 +249,57 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(tiny_onnx_
     assert histogram(metrics, "tunegate_batch_texts")["max_le_needed"] <= settings.max_batch_size
 
 
+class CallRecorder(OnnxTextClassifier):
+    """The real predictor, noting the texts of each call the batcher makes."""
+
+    calls: list[list[str]]
+
+    def predict(self, texts, batch_size=64):
+        self.calls.append(list(texts))
+        return super().predict(texts, batch_size)
+
+
+def test_a_batch_that_empties_the_queue_answers_its_shorter_half_first(tiny_onnx_export):
+    from components.serving.batcher import MicroBatcher
+
+    predictor = CallRecorder(tiny_onnx_export.out_dir)
+    predictor.calls = []
+    requests = [[text] for text in PROBES[:20]]
+    alone = [predictor.predict(texts)[0] for texts in requests]
+    predictor.calls = []
+    batcher = MicroBatcher(ModelHolder(ServedModel(predictor, {"model_version": "1"})), max_batch_size=64,
+                           max_wait_ms=50)
+    futures = [batcher.submit(texts) for texts in requests]  # all queued before the worker starts: one batch
+    answered_first: list[int] = []
+    for index, future in enumerate(futures):
+        future.add_done_callback(lambda _, index=index: answered_first.append(index))
+    answers = [future.result(timeout=30).predictions[0] for future in futures]
+    batcher.stop()
+
+    by_length = sorted(PROBES[:20], key=len)
+    assert predictor.calls == [by_length[:10], by_length[10:]]  # two calls, the shorter texts first
+    assert set(answered_first[:10]) == {PROBES.index(text) for text in by_length[:10]}
+    for got, want in zip(answers, alone):  # per-token int8: a text's answer never depends on its batch-mates
+        assert got["label"] == want["label"]
+        assert got["scores"] == pytest.approx(want["scores"], abs=1e-5)
+
+
+def test_a_batch_with_requests_queued_behind_it_runs_whole(tiny_onnx_export):
+    from components.serving.batcher import MicroBatcher
+
+    predictor = CallRecorder(tiny_onnx_export.out_dir)
+    predictor.calls = []
+    batcher = MicroBatcher(ModelHolder(ServedModel(predictor, {"model_version": "1"})), max_batch_size=16,
+                           max_wait_ms=50)
+    futures = [batcher.submit([text]) for text in PROBES[:40]]
+    for future in futures:
+        future.result(timeout=30)
+    batcher.stop()
+    # 16 and 16 with more queued behind each; the last 8 empty the queue but are too few to split.
+    assert [len(call) for call in predictor.calls] == [16, 16, 8]
+    assert predictor.calls[0] == PROBES[:16]  # arrival order: a whole batch is not reordered
+
+
 def histogram(metrics_text: str, name: str) -> dict:
     """count, sum, the le=1 bucket and the smallest bucket bound holding every observation."""
     buckets: dict[float, float] = {}

@@ -26,14 +26,20 @@ class ServiceSettings(Section):
     max_batch_size: int = Field(default=64, ge=1,
                                 description="Micro-batching: most texts from queued requests scored in one "
                                             "onnxruntime call (a larger request runs as a batch of its own).")
-    max_wait_ms: float = Field(default=2.0, ge=0, le=1000,
+    max_wait_ms: float = Field(default=0.0, ge=0, le=1000,
                                description="Micro-batching: milliseconds a batch waits after its first text for "
-                                           "others to join.")
+                                           "others to join. 0: a batch takes what is queued when the model is "
+                                           "free, and requests arriving meanwhile make up the next one.")
     max_queued_texts: int = Field(default=4096, ge=1,
                                   description="Texts waiting for the model beyond this get a 503 at once, rather "
                                               "than turning overload into timeouts for everyone.")
     poll_interval_s: float = Field(default=10.0, gt=0, description="Seconds between the service's checks of where "
                                                                    "the registry's champion alias points.")
+    access_log: bool = Field(default=False,
+                             description="Log a line per request (uvicorn's access log). Off by default: at "
+                                         "hundreds of requests a second it floods the console and costs the "
+                                         "event loop a few percent; /metrics counts every request by path and "
+                                         "status instead.")
     prediction_log: Path | str | None = Field(
         default=None,
         description="Where sampled predictions are logged as JSON lines for monitoring: a .jsonl file, or a folder "

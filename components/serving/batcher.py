@@ -12,7 +12,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-from components.serving.holder import ModelHolder
+from components.serving.holder import ModelHolder, ServedModel
 from components.serving.metrics import ServiceMetrics
 from components.serving.prediction_log import PredictionLog, prediction_label
 
@@ -42,9 +42,20 @@ class MicroBatcher:
     A worker thread takes the first queued request, then more until it holds max_batch_size texts or
     max_wait_ms have passed, runs one call and hands each request its slice. Requests are never split,
     so a request bigger than max_batch_size runs alone.
+
+    A batch that empties the queue runs in two calls, its shorter texts first, and the first call's
+    requests are answered before the second starts. Clients that wait for an answer before they send
+    again (most do) otherwise all sit in one batch: when it ends the queue is empty and the model idles
+    while every answer goes out and every next request comes in (a fifth of the time at 16 clients).
+    Split, the first half's clients are back in the queue by the time the second half ends. A batch
+    with requests still queued behind it runs whole: the model has its next batch already.
     """
 
-    def __init__(self, holder: ModelHolder, *, max_batch_size: int = 64, max_wait_ms: float = 2.0,
+    # A drained batch is split only from this many texts: halves of 8 still run at about 96% of a
+    # 16-text call's texts/s (MiniLM-L6 int8, one thread), the overlap gains far more.
+    MIN_SPLIT_TEXTS = 16
+
+    def __init__(self, holder: ModelHolder, *, max_batch_size: int = 64, max_wait_ms: float = 0.0,
                  max_queued_texts: int = 4096, metrics: ServiceMetrics | None = None,
                  prediction_log: PredictionLog | None = None) -> None:
         self.holder = holder
@@ -128,16 +139,34 @@ class MicroBatcher:
             batch, carried = self._next_batch(carried)
             # A request whose client went away is cancelled: no need to compute it.
             batch = [p for p in batch if p.future.set_running_or_notify_cancel()]
-            if batch:
-                try:
-                    self._run(batch)
-                except BaseException as error:  # noqa: BLE001 - the worker must outlive any one batch
-                    for pending in batch:
-                        if not pending.future.done():
-                            pending.future.set_exception(error)
+            if not batch:
+                continue
+            drained = carried is None and self._queue.empty()
+            model = self.holder.current()  # once per batch: every text in it is answered by one version
+            try:
+                for part in (self._halves(batch) if drained else [batch]):
+                    self._run(model, part)
+            except BaseException as error:  # noqa: BLE001 - the worker must outlive any one batch
+                for pending in batch:
+                    if not pending.future.done():
+                        pending.future.set_exception(error)
 
-    def _run(self, batch: list[_Pending]) -> None:
-        model = self.holder.current()  # once per batch: every text in it is answered by one version
+    def _halves(self, batch: list[_Pending]) -> list[list[_Pending]]:
+        """The batch's requests by length (characters: the tokenizer's proxy), in two calls of about
+        equal texts; one call below MIN_SPLIT_TEXTS texts or for a single request."""
+        total = sum(len(pending.texts) for pending in batch)
+        if total < self.MIN_SPLIT_TEXTS or len(batch) < 2:
+            return [batch]
+        ordered = sorted(batch, key=lambda pending: sum(map(len, pending.texts)))
+        first, size = [], 0
+        for pending in ordered[:-1]:  # the second call keeps at least one request
+            if size >= total / 2:
+                break
+            first.append(pending)
+            size += len(pending.texts)
+        return [first, ordered[len(first):]]
+
+    def _run(self, model: ServedModel, batch: list[_Pending]) -> None:
         texts = [text for pending in batch for text in pending.texts]
         started = time.perf_counter()
         try:
@@ -150,7 +179,7 @@ class MicroBatcher:
                 batch[0].future.set_exception(error)
             else:  # one request's input must not fail the others: run each on its own
                 for pending in batch:
-                    self._run([pending])
+                    self._run(model, [pending])
             return
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
         self.metrics.batch_texts.observe(len(texts))
