@@ -39,12 +39,11 @@ from service_speed import (  # noqa: E402
     LoadResult,
     free_port,
     percentiles_line,
-    run_load,
     start_tunegate,
     stop_process,
     wait_until_ready,
 )
-from wrk_load import run_wrk_load, wrk_available  # noqa: E402
+from wrk_load import run_client_load, wrk_available  # noqa: E402
 
 from components.serving.ray_engine import SERVICE_DEPLOYMENT  # noqa: E402 - Ray itself is imported later
 
@@ -119,11 +118,8 @@ def cpu_seconds_by_role() -> dict[str, float]:
 
 def load(name: str, url: str, texts: list[str], args: argparse.Namespace, seconds: float) -> LoadResult:
     """The clients: wrk where installed (`--client auto`), else this process's asyncio httpx clients."""
-    if args.client == "wrk":
-        return run_wrk_load(name, url, texts, clients=args.clients, seconds=seconds,
-                            texts_per_request=args.texts_per_request)
-    return run_load(name, url, texts, clients=args.clients, seconds=seconds, max_requests=args.max_requests,
-                    texts_per_request=args.texts_per_request)
+    return run_client_load(args.client, name, url, texts, clients=args.clients, seconds=seconds,
+                           max_requests=args.max_requests, texts_per_request=args.texts_per_request)
 
 
 def ended_children_cpu_seconds() -> float:

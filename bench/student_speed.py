@@ -35,6 +35,7 @@ from model_speed import (  # noqa: E402
     measure,
     onnx_predict_fns,
     quiet_environment,
+    time_batches,
     torch_predict_fn,
 )
 
@@ -87,25 +88,24 @@ def accuracy(candidate: Candidate, texts: list[str], labels: list[str]) -> tuple
 
 def service_share(onnx_dir: Path, texts: list[str], args: argparse.Namespace) -> tuple[float, float]:
     """(median service requests/s, median bare texts/s at batch 32), alternating, on one thread each."""
-    from service_speed import run_load, start_tunegate, stop_process, wait_until_ready
-    from wrk_load import run_wrk_load, wrk_available
+    from service_speed import start_tunegate, stop_process, wait_until_ready
+    from wrk_load import run_client_load, wrk_available
 
-    load = run_wrk_load if wrk_available() else run_load
+    client = "wrk" if wrk_available() else "httpx"
     bare, _, _ = onnx_predict_fns(onnx_dir, 1)
     service_rates, bare_rates = [], []
     with tempfile.TemporaryDirectory(prefix="tunegate-bench-") as scratch:
         process, url, log = start_tunegate(onnx_dir, 1, Path(scratch))
         try:
             wait_until_ready(url, process, log, {"inputs": texts[:1]})
-            extra = {} if load is run_wrk_load else {"max_requests": 10**6}
-            load("warm-up", url, texts, clients=args.clients, seconds=2, **extra)
+            run_client_load(client, "warm-up", url, texts, clients=args.clients, seconds=2, max_requests=10**6)
             for _ in range(args.rounds):
-                result = load("service", url, texts, clients=args.clients, seconds=args.service_seconds, **extra)
+                result = run_client_load(client, "service", url, texts, clients=args.clients,
+                                         seconds=args.service_seconds, max_requests=10**6)
                 if result.failures:
                     raise SystemExit(f"the service failed requests: {result.first_failure}")
                 service_rates.append(result.rps)
-                measured = measure({"bare": bare}, texts, texts[:1], 1)["bare"]
-                bare_rates.append(measured.throughput_b32)
+                bare_rates.append(time_batches(bare, texts, 32))
         finally:
             stop_process(process)
     return statistics.median(service_rates), statistics.median(bare_rates)

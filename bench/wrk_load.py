@@ -15,7 +15,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from service_speed import LoadResult
+from service_speed import LoadResult, run_load
 
 # wrk runs this Lua script; TUNEGATE_WRK_BODIES names a Lua file returning the request bodies.
 WRK_SCRIPT = r"""
@@ -70,3 +70,13 @@ def run_wrk_load(name: str, url: str, texts: list[str], *, clients: int, seconds
                       first_failure=f"{failures} non-2xx or socket errors (wrk)" if int(failures) else None,
                       texts_per_request=texts_per_request,
                       reported_percentiles_ms={"0.5": float(p50_us) / 1000, "0.99": float(p99_us) / 1000})
+
+
+def run_client_load(client: str, name: str, url: str, texts: list[str], *, clients: int, seconds: float,
+                    max_requests: int, texts_per_request: int = 1) -> LoadResult:
+    """The same load from wrk (`client` "wrk"; max_requests does not bound it) or from this process's
+    asyncio httpx clients ("httpx")."""
+    if client == "wrk":
+        return run_wrk_load(name, url, texts, clients=clients, seconds=seconds, texts_per_request=texts_per_request)
+    return run_load(name, url, texts, clients=clients, seconds=seconds, max_requests=max_requests,
+                    texts_per_request=texts_per_request)

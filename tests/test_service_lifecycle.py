@@ -252,7 +252,9 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(tiny_onnx_
 class CallRecorder(OnnxTextClassifier):
     """The real predictor, noting the texts of each call the batcher makes."""
 
-    calls: list[list[str]]
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.calls: list[list[str]] = []
 
     def predict(self, texts, batch_size=64):
         self.calls.append(list(texts))
@@ -263,10 +265,9 @@ def test_a_batch_that_empties_the_queue_answers_its_shorter_half_first(tiny_onnx
     from components.serving.batcher import MicroBatcher
 
     predictor = CallRecorder(tiny_onnx_export.out_dir)
-    predictor.calls = []
     requests = [[text] for text in PROBES[:20]]
     alone = [predictor.predict(texts)[0] for texts in requests]
-    predictor.calls = []
+    predictor.calls.clear()  # the batcher's calls from here on
     batcher = MicroBatcher(ModelHolder(ServedModel(predictor, {"model_version": "1"})), max_batch_size=64,
                            max_wait_ms=50)
     futures = [batcher.submit(texts) for texts in requests]  # all queued before the worker starts: one batch
@@ -288,7 +289,6 @@ def test_a_batch_with_requests_queued_behind_it_runs_whole(tiny_onnx_export):
     from components.serving.batcher import MicroBatcher
 
     predictor = CallRecorder(tiny_onnx_export.out_dir)
-    predictor.calls = []
     batcher = MicroBatcher(ModelHolder(ServedModel(predictor, {"model_version": "1"})), max_batch_size=16,
                            max_wait_ms=50)
     futures = [batcher.submit([text]) for text in PROBES[:40]]
