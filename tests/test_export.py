@@ -238,6 +238,21 @@ def test_length_groups_find_the_cheapest_partition_at_any_batch_size():
     assert sorted(i for group in groups for i in group) == list(range(len(many)))
 
 
+def test_encode_gives_the_tokenizers_own_ids(predictor):
+    """The predictor encodes with a private, truncating copy of the export's tokenizer (the service calls it
+    from its event loop): each text must come out as the tokenizer itself would give it."""
+    from transformers import AutoTokenizer
+
+    texts = held_out(40, seed=9)[0] + [LONG_TEXT, "", "naïve café, ünïcödé 😀", "tab\tand\nnewline", "word " * 300]
+    tokenizer = AutoTokenizer.from_pretrained(str(predictor.model_dir))
+    expected = tokenizer(texts, truncation=True, max_length=predictor.max_length, padding=False)["input_ids"]
+    encoded = predictor.encode(texts)
+    assert encoded == expected
+    assert max(map(len, encoded)) == predictor.max_length  # the long texts are truncated
+    np.testing.assert_allclose(predictor.probabilities(encoded), predictor.predict_proba(texts), atol=1e-6)
+    assert predictor.answers(predictor.probabilities(encoded)) == predictor.predict(texts)
+
+
 def test_length_grouped_calls_answer_as_one_padded_call(tiny_onnx_export):
     texts, _ = held_out(48, seed=5)
     texts = texts + [LONG_TEXT, "ok"]

@@ -250,15 +250,25 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(tiny_onnx_
 
 
 class CallRecorder(OnnxTextClassifier):
-    """The real predictor, noting the texts of each call the batcher makes."""
+    """The real predictor, noting which thread runs each stage and the rows of each model call."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.calls: list[list[str]] = []
+        self.calls: list[list[list[int]]] = []
+        self.threads: dict[str, set[str]] = {"encode": set(), "probabilities": set(), "answers": set()}
 
-    def predict(self, texts, batch_size=64):
-        self.calls.append(list(texts))
-        return super().predict(texts, batch_size)
+    def encode(self, texts):
+        self.threads["encode"].add(threading.current_thread().name)
+        return super().encode(texts)
+
+    def probabilities(self, encoded):
+        self.threads["probabilities"].add(threading.current_thread().name)
+        self.calls.append([list(row) for row in encoded])
+        return super().probabilities(encoded)
+
+    def answers(self, probabilities):
+        self.threads["answers"].add(threading.current_thread().name)
+        return super().answers(probabilities)
 
 
 def test_a_batch_that_empties_the_queue_answers_its_shorter_half_first(tiny_onnx_export):
@@ -267,7 +277,6 @@ def test_a_batch_that_empties_the_queue_answers_its_shorter_half_first(tiny_onnx
     predictor = CallRecorder(tiny_onnx_export.out_dir)
     requests = [[text] for text in PROBES[:20]]
     alone = [predictor.predict(texts)[0] for texts in requests]
-    predictor.calls.clear()  # the batcher's calls from here on
     batcher = MicroBatcher(ModelHolder(ServedModel(predictor, {"model_version": "1"})), max_batch_size=64,
                            max_wait_ms=50)
     futures = [batcher.submit(texts) for texts in requests]  # all queued before the worker starts: one batch
@@ -278,7 +287,8 @@ def test_a_batch_that_empties_the_queue_answers_its_shorter_half_first(tiny_onnx
     batcher.stop()
 
     by_length = sorted(PROBES[:20], key=len)
-    assert predictor.calls == [by_length[:10], by_length[10:]]  # two calls, the shorter texts first
+    # two calls, the shorter texts first
+    assert predictor.calls == [predictor.encode(by_length[:10]), predictor.encode(by_length[10:])]
     assert set(answered_first[:10]) == {PROBES.index(text) for text in by_length[:10]}
     for got, want in zip(answers, alone):  # per-token int8: a text's answer never depends on its batch-mates
         assert got["label"] == want["label"]
@@ -297,7 +307,38 @@ def test_a_batch_with_requests_queued_behind_it_runs_whole(tiny_onnx_export):
     batcher.stop()
     # 16 and 16 with more queued behind each; the last 8 empty the queue but are too few to split.
     assert [len(call) for call in predictor.calls] == [16, 16, 8]
-    assert predictor.calls[0] == PROBES[:16]  # arrival order: a whole batch is not reordered
+    assert predictor.calls[0] == predictor.encode(PROBES[:16])  # arrival order: a whole batch is not reordered
+
+
+def test_the_model_thread_only_computes_and_answers_match_predict(tiny_onnx_export):
+    """Over HTTP the event loop encodes and answers; the batcher's thread runs onnxruntime alone."""
+    predictor = CallRecorder(tiny_onnx_export.out_dir)
+    app = create_app(ServedModel(predictor, {"model_version": "1"}), ServiceSettings(max_batch_size=8))
+    with BackgroundServer(app) as server, ThreadPoolExecutor(8) as pool:
+        def post(text: str) -> dict:
+            response = httpx.post(f"{server.url}/predict", json={"texts": [text]}, timeout=30)
+            response.raise_for_status()
+            return response.json()["predictions"][0]
+
+        served = list(pool.map(post, PROBES[:24]))
+    assert predictor.threads["probabilities"] == {"tunegate-batcher"}
+    assert "tunegate-batcher" not in predictor.threads["encode"] | predictor.threads["answers"]
+    for got, want in zip(served, predictor.predict(PROBES[:24])):
+        assert got["label"] == want["label"]
+        assert got["scores"] == pytest.approx(want["scores"], abs=1e-5)
+
+
+def test_a_request_encoded_before_a_swap_is_encoded_again_by_the_model_that_answers(tiny_onnx_export):
+    from concurrent.futures import Future
+
+    from components.serving.batcher import MicroBatcher, _Pending
+
+    old, new = (ServedModel(CallRecorder(tiny_onnx_export.out_dir), {"model_version": v}) for v in ("1", "2"))
+    texts = PROBES[:3]
+    stale = _Pending(texts, Future(), encoded=[[0, 1]] * 3, encoded_by=old)  # ids the new model never made
+    outputs = MicroBatcher._compute(new, [stale], texts)
+    assert new.predictor.calls == [new.predictor.encode(texts)]
+    assert outputs == pytest.approx(new.predictor.predict_proba(texts), abs=1e-6)
 
 
 def histogram(metrics_text: str, name: str) -> dict:

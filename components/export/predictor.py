@@ -309,6 +309,9 @@ class _OnnxModel:
             width = max(len(ids[i]) for i in group)
             padded = {}
             for name in self._input_names:  # what the graph takes; _feed fills or refuses the rest
+                if name == "attention_mask" and name not in features:  # unpadded rows attend to every token
+                    padded[name] = (np.arange(width) < np.array([[len(ids[i])] for i in group])).astype(np.int64)
+                    continue
                 if name not in features:
                     continue
                 array = np.full((len(group), width), pad_id if name == "input_ids" else 0, dtype=np.int64)
@@ -319,11 +322,6 @@ class _OnnxModel:
             for slot, i in enumerate(group):
                 results[i] = logits[slot] if logits.ndim == 2 else logits[slot, :len(ids[i])]
         return results
-
-    def input_keys(self, texts: list[str]) -> list[tuple]:
-        """What the model sees of each text (its token ids after truncation): texts with one key get one
-        answer, so a caller may score each key once (an uncased model cannot tell "Good" from "good")."""
-        return [tuple(ids) for ids in self._tokenize(check_texts(texts))["input_ids"]] if texts else []
 
     @staticmethod
     def _check_batch_size(batch_size: int) -> None:
@@ -336,14 +334,54 @@ class OnnxTextClassifier(_OnnxModel):
 
     `max_length` overrides the card's value; only parity checks against a model evaluated at another
     length need it.
+
+    `predict` is three steps a caller may also run apart, as the service does: `encode` (texts to token
+    ids) and `answers` (probabilities to labels) on the event loop, `probabilities` (onnxruntime) on the
+    model's own thread, which then does nothing but the model's work.
     """
 
     TASK = SEQUENCE_CLASSIFICATION
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._encoder = _truncating_copy(self._tokenizer, self._max_length)
 
     def _tokenize(self, texts: list, **kwargs) -> Any:
         """Raw texts into the card's template first (data.template): every caller (the service, batch
         scoring, the MLflow pyfunc, parity, robustness, explanations) sends what a client would send."""
         return super()._tokenize(apply_template(self.card.template, texts), **kwargs)
+
+    def encode(self, texts: list[str]) -> list[list[int]]:
+        """Each text's token ids as the model sees them: in the card's template, truncated, unpadded."""
+        texts = check_texts(texts)
+        if self._encoder is None:
+            return [list(ids) for ids in self._tokenize(texts)["input_ids"]]
+        # The private copy's settings never change, so no lock: any thread may encode while another runs.
+        return [encoding.ids for encoding in self._encoder.encode_batch(apply_template(self.card.template, texts))]
+
+    def probabilities(self, encoded: list[list[int]]) -> np.ndarray:
+        """Class probabilities per row of `encode`'s output, in one pass over the rows (grouped by length)."""
+        if not encoded:
+            return np.zeros((0, len(self.labels)), dtype=np.float32)
+        return softmax(np.stack(self._logits_by_row({"input_ids": encoded})))
+
+    def answers(self, probabilities: np.ndarray) -> list[dict[str, Any]]:
+        """Per row {"label", "score", "scores": {label: probability}}."""
+        labels = self.labels
+        predictions = []
+        for row in probabilities:
+            best = int(row.argmax())
+            predictions.append({
+                "label": labels[best],
+                "score": float(row[best]),
+                "scores": {label: float(p) for label, p in zip(labels, row)},
+            })
+        return predictions
+
+    def input_keys(self, texts: list[str]) -> list[tuple]:
+        """What the model sees of each text (its token ids after truncation): texts with one key get one
+        answer, so a caller may score each key once (an uncased model cannot tell "Good" from "good")."""
+        return [tuple(ids) for ids in self.encode(texts)] if texts else []
 
     def predict_logits(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         texts = check_texts(texts)
@@ -352,23 +390,29 @@ class OnnxTextClassifier(_OnnxModel):
             return np.zeros((0, len(self.labels)), dtype=np.float32)
         rows: list[np.ndarray] = []
         for start in range(0, len(texts), batch_size):
-            rows += self._logits_by_row(dict(self._tokenize(texts[start:start + batch_size])))
+            rows += self._logits_by_row({"input_ids": self.encode(texts[start:start + batch_size])})
         return np.stack(rows)
 
     def predict_proba(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         return softmax(self.predict_logits(texts, batch_size))
 
     def predict(self, texts: list[str], batch_size: int = 64) -> list[dict[str, Any]]:
-        labels = self.labels
-        predictions = []
-        for row in self.predict_proba(texts, batch_size):
-            best = int(row.argmax())
-            predictions.append({
-                "label": labels[best],
-                "score": float(row[best]),
-                "scores": {label: float(p) for label, p in zip(labels, row)},
-            })
-        return predictions
+        return self.answers(self.predict_proba(texts, batch_size))
+
+
+def _truncating_copy(tokenizer: Any, max_length: int) -> Any:
+    """A private copy of a fast tokenizer's Rust tokenizer, set once to truncate at max_length without
+    padding: the same ids as `tokenizer(texts, truncation=True, max_length=..., padding=False)`, at less
+    Python per text, and callable from any thread. None for a slow (Python) tokenizer."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    from tokenizers import Tokenizer
+
+    copy = Tokenizer.from_str(backend.to_str())
+    copy.enable_truncation(max_length, stride=0, strategy="longest_first", direction=tokenizer.truncation_side)
+    copy.no_padding()
+    return copy
 
 
 def check_sentences(sentences: Any) -> list[list[str]]:

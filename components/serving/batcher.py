@@ -1,5 +1,11 @@
 """Micro-batching: concurrent requests are merged into one predictor call on a worker thread, which is
-where a CPU server gets its throughput; the event loop stays free for /health."""
+where a CPU server gets its throughput; the event loop stays free for /health.
+
+The worker thread runs only the model. With a staged predictor (holder.StagedPredictor) the event loop
+encodes each request's texts before queueing it and builds the answers after, so the thread the
+throughput depends on spends no time on tokenizing, dicts, metrics or the prediction log, and waits
+less for the GIL, which the event loop holds while it parses and answers requests.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,7 @@ import logging
 import queue
 import threading
 import time
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,8 +38,19 @@ class BatchAnswer:
 @dataclass
 class _Pending:
     texts: list[str]
-    future: Future
+    future: Future  # gives a _Computed
     log: bool = False
+    encoded: list[Any] | None = None  # the texts as `encoded_by`'s staged predictor encodes them
+    encoded_by: ServedModel | None = None
+
+
+@dataclass(frozen=True)
+class _Computed:
+    """What the worker hands back: the model that ran, and its outputs for the request's texts (a staged
+    predictor's probabilities, to be answered by the caller; or the predictions themselves)."""
+
+    model: ServedModel
+    outputs: Any
 
 
 class MicroBatcher:
@@ -70,6 +87,9 @@ class MicroBatcher:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        # The prediction log is written here: neither the model's thread nor the event loop waits on a disk
+        # or a bucket. One thread keeps the lines in the order of the answers.
+        self._log_writer: ThreadPoolExecutor | None = None
 
     @property
     def queued_texts(self) -> int:
@@ -90,23 +110,67 @@ class MicroBatcher:
             self._stopping.set()
         if self._thread is not None:
             self._thread.join(timeout_s)
+        if self._log_writer is not None:
+            self._log_writer.shutdown(wait=True)
+
+    async def predict(self, texts: list[str], *, log: bool = False) -> BatchAnswer:
+        """The answer to one request's texts; raises what the prediction raised (ValueError: bad input)."""
+        model = self.holder.current()
+        encoded = model.staged.encode(texts) if model.staged is not None else None  # here: off the model's thread
+        computed = await asyncio.wrap_future(self._enqueue(_Pending(list(texts), Future(), log, encoded, model)))
+        answer = self._answer(computed)
+        if log and self.prediction_log is not None:
+            try:
+                await asyncio.get_running_loop().run_in_executor(self._prediction_log_writer(), self._log,
+                                                                 answer.version, texts, answer.predictions)
+            except RuntimeError:  # the writer has shut down with the service: this last line is written here
+                self._log(answer.version, texts, answer.predictions)
+        return answer
 
     def submit(self, texts: list[str], *, log: bool = False) -> Future:
-        """Queue texts; the future gives a BatchAnswer, or raises what the prediction raised."""
+        """`predict` for a caller without an event loop: the future gives a BatchAnswer (answered on the
+        worker thread), or raises what the prediction raised."""
+        answered: Future = Future()
+
+        def answer(computed: Future) -> None:
+            try:
+                result = self._answer(computed.result())
+                if log and self.prediction_log is not None:
+                    self._log(result.version, texts, result.predictions)
+                answered.set_result(result)
+            except BaseException as error:  # noqa: BLE001 - handed to the caller
+                answered.set_exception(error)
+
+        self._enqueue(_Pending(list(texts), Future(), log)).add_done_callback(answer)
+        return answered
+
+    def _enqueue(self, pending: _Pending) -> Future:
         if self._thread is None:
             self.start()  # an app served without lifespan events (e.g. a test client) still works
         with self._lock:
             if self._stopping.is_set():
                 raise ServiceUnavailable("the service is shutting down")
-            if self._queued_texts + len(texts) > self.max_queued_texts and self._queued_texts:
+            if self._queued_texts + len(pending.texts) > self.max_queued_texts and self._queued_texts:
                 raise ServiceUnavailable(f"{self._queued_texts} texts are already waiting for the model; retry shortly")
-            self._queued_texts += len(texts)
-            pending = _Pending(list(texts), Future(), log)
+            self._queued_texts += len(pending.texts)
             self._queue.put(pending)
         return pending.future
 
-    async def predict(self, texts: list[str], *, log: bool = False) -> BatchAnswer:
-        return await asyncio.wrap_future(self.submit(texts, log=log))
+    def _answer(self, computed: _Computed) -> BatchAnswer:
+        model = computed.model
+        predictions = computed.outputs if model.staged is None else model.staged.answers(computed.outputs)
+        version = model.version
+        for prediction in predictions:
+            self.metrics.predictions.labels(version or "", prediction_label(prediction)).inc()
+            for entity in prediction.get("entities", ()):
+                self.metrics.entities.labels(version or "", str(entity.get("type", ""))).inc()
+        return BatchAnswer(version, predictions)
+
+    def _prediction_log_writer(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._log_writer is None:
+                self._log_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tunegate-prediction-log")
+            return self._log_writer
 
     def _take(self, timeout_s: float | None) -> _Pending | None:
         try:
@@ -171,9 +235,9 @@ class MicroBatcher:
         texts = [text for pending in batch for text in pending.texts]
         started = time.perf_counter()
         try:
-            predictions = model.predictor.predict(texts, batch_size=len(texts))
-            if len(predictions) != len(texts):  # slicing would hand requests each other's answers
-                raise RuntimeError(f"the model returned {len(predictions)} predictions for {len(texts)} texts")
+            outputs = self._compute(model, batch, texts)
+            if len(outputs) != len(texts):  # slicing would hand requests each other's answers
+                raise RuntimeError(f"the model returned {len(outputs)} predictions for {len(texts)} texts")
         except Exception as error:  # noqa: BLE001
             self.metrics.inference_errors.inc()
             if len(batch) == 1:
@@ -185,18 +249,20 @@ class MicroBatcher:
         self.metrics.batch_seconds.observe(time.perf_counter() - started)
         self.metrics.batch_texts.observe(len(texts))
         self.metrics.batch_requests.observe(len(batch))
-        version = model.version
         start = 0
         for pending in batch:
-            mine = predictions[start:start + len(pending.texts)]
+            pending.future.set_result(_Computed(model, outputs[start:start + len(pending.texts)]))
             start += len(pending.texts)
-            pending.future.set_result(BatchAnswer(version, mine))
-            for prediction in mine:
-                self.metrics.predictions.labels(version or "", prediction_label(prediction)).inc()
-                for entity in prediction.get("entities", ()):
-                    self.metrics.entities.labels(version or "", str(entity.get("type", ""))).inc()
-            if pending.log and self.prediction_log is not None:
-                self._log(version, pending.texts, mine)
+
+    @staticmethod
+    def _compute(model: ServedModel, batch: list[_Pending], texts: list[str]) -> Any:
+        staged = model.staged
+        if staged is None:
+            return model.predictor.predict(texts, batch_size=len(texts))
+        # A request encoded by the model swapped out since is encoded again, by the model that answers it.
+        encoded = [row for pending in batch
+                   for row in (pending.encoded if pending.encoded_by is model else staged.encode(pending.texts))]
+        return staged.probabilities(encoded)
 
     def _log(self, version: str | None, texts: list[str], predictions: list[dict[str, Any]]) -> None:
         try:

@@ -7,6 +7,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Protocol
 
 from components.redact import redact_secrets
@@ -19,6 +20,20 @@ class TextPredictor(Protocol):
     def labels(self) -> list[str]: ...
 
     def predict(self, texts: list[str], batch_size: int = 64) -> list[dict[str, Any]]: ...
+
+
+class StagedPredictor(TextPredictor, Protocol):
+    """A predictor whose `predict` is `answers(probabilities(encode(texts)))`: the service encodes and
+    answers on its event loop, so that the model's thread runs only `probabilities` (OnnxTextClassifier)."""
+
+    def encode(self, texts: list[str]) -> list[Any]: ...
+
+    def probabilities(self, encoded: list[Any]) -> Any: ...
+
+    def answers(self, probabilities: Any) -> list[dict[str, Any]]: ...
+
+
+STAGES = ("encode", "probabilities", "answers")
 
 
 @dataclass
@@ -35,6 +50,11 @@ class ServedModel:
     def version(self) -> str | None:
         version = self.metadata.get("model_version", self.metadata.get("version"))
         return None if version is None else str(version)
+
+    @cached_property
+    def staged(self) -> StagedPredictor | None:
+        """The predictor when it runs in stages (StagedPredictor), else None: looked up once per model."""
+        return self.predictor if all(callable(getattr(self.predictor, stage, None)) for stage in STAGES) else None
 
 
 @dataclass(frozen=True)

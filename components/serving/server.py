@@ -79,8 +79,8 @@ def serve_forever(app: FastAPI, host: str = "127.0.0.1", port: int = 8000) -> No
     # collector's sight, a full collection no longer walks it and stalls the event loop meanwhile.
     gc.collect()
     gc.freeze()
-    # The batcher's thread needs the GIL back each time tokenization or onnxruntime returns; with the event
-    # loop busy it waited up to the default 5 ms switch interval. 0.5 ms: +10% requests/s for a 3-layer
+    # The batcher's thread needs the GIL back each time onnxruntime returns; with the event loop busy it
+    # waited up to the default 5 ms switch interval. 0.5 ms: +10% requests/s for a 3-layer
     # student at 16 clients (bench/student_speed.py).
     sys.setswitchinterval(0.0005)
     uvicorn.run(app, host=host, port=port, log_level="info", http=_protocol(app),
