@@ -105,16 +105,18 @@ def ingest_data(params: Params, layout: ProjectLayout) -> dict:
         read_configured_source,
     )
     from components.lifecycle.versioning import git_commit, version_data
+    from components.privacy.configured import scanner_for
+    from components.privacy.screening import pii_totals
 
     store = DataStore(layout.data_dir)
     result = ingest_batch(read_configured_source(params.data, layout.root, task=params.task), params.data, store,
-                          base=True, task=params.task)
+                          base=True, task=params.task, pii_scanner=scanner_for(params, layout.root))
     data_hash = version_data(layout.root, layout.data_dir)
     commit = git_commit(layout.root)  # once: the code this run started from, whatever is committed meanwhile
     get_run_logger().info("%s; data version %s", describe(result), data_hash)
     return {"data_hash": data_hash, "git_commit": commit, "rows": result.dataset_rows, "label_counts": result.label_counts,
             "batches": [b.batch_id for b in store.batches()], "quarantined": store.quarantined_rows(),
-            "source": params.data.source}
+            "source": params.data.source, "pii": pii_totals(store.batches(), params.data.pii)}
 
 
 # Where a person reads why a stage stopped, beyond what the stage printed.

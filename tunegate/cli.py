@@ -67,6 +67,7 @@ def cmd_run(args) -> int:
 
 def _serve(layout: ProjectLayout, params: Params, version: str | None, host: str, port: int) -> int:
     from components.serving.deployment import build_service_app
+    from components.serving.prediction_log import scanner_factory
     from components.serving.server import serve_forever
 
     serve = params.serve
@@ -76,13 +77,14 @@ def _serve(layout: ProjectLayout, params: Params, version: str | None, host: str
 
         serve = serve.model_copy(update={"prediction_log": log_location(layout.root, serve.prediction_log)})
     settings = serve.model_copy(update={"shadow_log": layout.root / serve.shadow_log})  # shadow-report reads it
+    pii_scanner = scanner_factory(params.privacy, layout.root)  # serve.log_pii's: built at startup, off requests
     if serve.engine == "ray":  # the same service as N replicas of a Ray Serve application
         from components.serving.ray_engine import serve_on_ray
 
         return serve_on_ray(_open_registry(layout), layout.artifacts / "serving", settings, version=version,
-                            host=host, port=port)
+                            host=host, port=port, pii_scanner=pii_scanner)
     app = build_service_app(_open_registry(layout), layout.artifacts / "serving", serve.providers, settings,
-                            version=version)
+                            version=version, pii_scanner=pii_scanner)
     app.state.metrics.watch_monitoring(layout.root / ".tunegate" / "monitor")  # tunegate_monitor_* gauges
     served = app.state.model_holder.current()
     follows = f"pinned to v{version}" if version else f"follows 'champion' (checked every {serve.poll_interval_s:g} s)"
@@ -208,20 +210,22 @@ def cmd_ingest(args) -> int:
     )
     from components.lifecycle.versioning import version_data
     from components.model.modeling import load_tokenizer, resolve_model_source
+    from components.privacy.configured import scanner_for
 
     layout = _layout(args)
     params = _params(layout)
     store = DataStore(layout.data_dir)
+    scanner = scanner_for(params, layout.root)
     if args.path is None:
         result = ingest_batch(read_configured_source(params.data, layout.root, task=params.task), params.data, store,
-                              base=True, task=params.task)
+                              base=True, task=params.task, pii_scanner=scanner)
     else:
         result = ingest_batch(
             read_file_source(Path(args.path).absolute(), params.data, task=params.task), params.data, store, base=False,
             drift=params.drift, reference=_champion_training_data(layout, store),
             tokenizer_factory=lambda: load_tokenizer(resolve_model_source(params.model.base_model)), task=params.task,
-            # The labelling queue's export is drifted traffic by design: reported, not refused (issue #15).
-            drift_gate=not reads_labelled_traffic(Path(args.path)),
+            # The labelling queue's export is drifted traffic by design: reported, not refused.
+            drift_gate=not reads_labelled_traffic(Path(args.path)), pii_scanner=scanner,
         )
     print(describe(result))
     print(f"data.dvc: {version_data(layout.root, layout.data_dir)} (commit data.dvc to record this version)")
@@ -288,9 +292,51 @@ def cmd_history(args) -> int:
     print(f"{registry.model_name}: champion v{aliases.get('champion', '-')}, "
           f"previous_champion v{aliases.get('previous_champion', '-')}")
     for event in events:
+        if event["action"] == "forget":  # a data removal (tunegate forget): no version moved
+            trained = ", ".join(f"v{v}" for v in event.get("versions") or [])
+            print(f"{event['at']}  forget   forgot {event['rows']} rows ({event['reason']}) by {event['by']} — "
+                  + (f"versions {trained} trained on them; schedule a retraining" if trained
+                     else "no version was trained on them"))
+            continue
         previous = f"v{event['previous']}" if event["previous"] else "none"
         print(f"{event['at']}  {event['action']:<8} v{event['version']:<4} (was {previous:<5}) by {event['by']}: "
               f"{event['reason']}")
+    return 0
+
+
+def cmd_forget(args) -> int:
+    from components.lifecycle.versioning import version_data
+    from components.monitoring.traffic import LABELLING_DIR
+    from components.privacy.forget import ForgetRequest, Matcher, forget, summary
+    from components.serving.prediction_log import log_location
+
+    layout = _layout(args)
+    params = _params(layout)
+    texts = list(args.text or [])
+    if args.texts_file:  # one text a line: texts kept out of shell history
+        texts += [line for line in Path(args.texts_file).read_text(encoding="utf-8").splitlines() if line.strip()]
+    if args.texts_file and (args.id or args.regex is not None):
+        raise ConfigError("--texts-file goes with --text only: one kind of match (text, id or regex) per removal")
+    try:
+        if args.regex is not None:
+            matcher, asked = Matcher.for_regex(args.regex), 1
+        elif args.id:
+            matcher, asked = Matcher.for_ids(args.id), len(args.id)
+        elif texts:
+            matcher, asked = Matcher.for_texts(texts), len(texts)
+        else:
+            raise ConfigError("name what to forget: --text, --texts-file, --id or --regex")
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    registry = _open_registry(layout)
+    serve = params.serve
+    result = forget(ForgetRequest(
+        matcher=matcher, asked=asked, reason=args.reason, by=registry.actor(args.by), project_root=layout.root,
+        data_dir=layout.data_dir, labelling_dir=layout.root / LABELLING_DIR,
+        labelling_text_column=params.data.text_column, shadow_log=layout.root / serve.shadow_log,
+        prediction_log=log_location(layout.root, serve.prediction_log) if serve.prediction_log else None,
+        registry=registry, version_data=version_data))
+    print(summary(result))
     return 0
 
 
@@ -498,6 +544,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     history = verbs.add_parser("history", help="every champion: when, by whom and why it was promoted or rolled back")
     history.set_defaults(handler=cmd_history)
+
+    forget = verbs.add_parser("forget", help="remove a person's rows from every batch of data/ (a new DVC data "
+                                             "version), tag the versions trained on them, scrub the logged texts")
+    what = forget.add_mutually_exclusive_group()
+    what.add_argument("--text", action="append", metavar="TEXT",
+                      help="a text to forget, matched after ingest's normalization (repeatable)")
+    forget.add_argument("--texts-file", metavar="PATH",
+                        help="texts to forget, one a line (keeps them out of shell history); with or without --text")
+    what.add_argument("--id", action="append", metavar="ID", help="a row id of the dataset to forget (repeatable)")
+    what.add_argument("--regex", metavar="PATTERN",
+                      help="forget every text this regular expression finds (recorded as its sha256 only)")
+    forget.add_argument("--reason", required=True,
+                        help="why (recorded in data/removals.jsonl and the history: name a request, not the person)")
+    forget.add_argument("--by", help=BY_HELP)
+    forget.set_defaults(handler=cmd_forget)
 
     rollback = verbs.add_parser("rollback", help="move champion back to the previous champion")
     rollback.add_argument("--by", help=BY_HELP)

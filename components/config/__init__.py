@@ -8,7 +8,8 @@ One module per group of sections; this package re-exports their public names, so
 - sweep: sweep:                  - curve: curve:                     - distill: distill:
 - evaluate: evaluate: (slices), robustness:, explain:               - gate: gate:
 - export: export:                - serve: serve:                     - registry: registry:, approval:, schedule:
-- monitor: drift:, monitor:      - params: Params, the task and its labels
+- monitor: drift:, monitor:      - privacy: privacy: (and the data.pii, serve.log_pii policies)
+- params: Params, the task and its labels
 - loading: reading params.yaml and the environment overrides (TUNEGATE_<SECTION>__<FIELD>)
 - params_file: editing params.yaml in place; reference: the settings table; shipped: params.yaml vs the defaults
 """
@@ -40,6 +41,7 @@ from components.config.params import (
     iob2_tags,
 )
 from components.config.peft import PROMPT_METHODS, LoraParams, PeftMethod, PromptParams
+from components.config.privacy import LogPiiPolicy, PiiPolicy, PrivacyParams
 from components.config.registry import ApprovalParams, RegistryParams, ScheduleParams, SigningParams
 from components.config.serve import RayAutoscaling, ServeParams, ServiceSettings
 from components.config.sweep import STUDENT_LOSS_KEYS, SWEEPABLE, SweepParams, is_sweepable
@@ -53,7 +55,7 @@ __all__ = [
     "STUDENT_LOSS_KEYS", "SWEEPABLE", "TOKEN_CLASSIFICATION",
     "AdaptParams", "ApprovalParams", "ConfigError", "CurveParams", "DataParams", "DistillParams", "DriftParams",
     "DriftThresholds", "EvaluateParams", "ExplainParams", "ExportParams", "GateParams", "LoraParams",
-    "ModelParams", "MonitorParams", "Params", "PeftMethod", "PromptParams", "RayAutoscaling", "RegistryParams",
+    "LogPiiPolicy", "ModelParams", "MonitorParams", "Params", "PeftMethod", "PiiPolicy", "PrivacyParams", "PromptParams", "RayAutoscaling", "RegistryParams",
     "RobustnessParams", "ScheduleParams", "Section", "ServeParams", "ServiceSettings", "SigningParams",
     "SliceSpec", "SplitParams", "SweepParams", "Task", "TrainParams",
     "env_overrides", "iob2_tags", "is_sweepable", "keep_columns_refusal", "load_params", "parse_params",

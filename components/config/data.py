@@ -8,6 +8,7 @@ from typing import Annotated
 from pydantic import Field, model_validator
 
 from components.config.base import Section
+from components.config.privacy import PiiPolicy
 
 # Columns of the dataset and split files that ingest fills itself; a kept source column may not take their names.
 RESERVED_COLUMNS = ("id", "text", "label", "batch_id", "source_row", "split", "tokens", "tags", "rejected",
@@ -55,6 +56,13 @@ class DataParams(Section):
         default_factory=list,
         description="Further source columns kept with each row as text (missing values become empty), e.g. "
                     "[source, language], so that evaluate.slices can select on them; left out, none are kept.")
+    pii: PiiPolicy = Field(
+        default="report",
+        description="Personal data in a batch's texts (found as privacy: says): 'report' counts it by type in the "
+                    "batch's record, validation report and MLflow run; 'redact' puts a typed placeholder (<EMAIL>) "
+                    "in its place, the row keeping its id and label; 'quarantine' sets the row aside with the "
+                    "reason (its text redacted); 'refuse' stops the batch, naming rows and types; 'off' does not "
+                    "look. Token-classification data takes off, report or refuse: its names are its labels.")
     template: str | None = Field(default=None,
                                  description="Sequence classification: the template every text is read through, "
                                              "e.g. 'Review: {text}', in training, evaluation and serving alike "

@@ -15,6 +15,7 @@ from components.config.export import ExportParams
 from components.config.gate import GateParams
 from components.config.model import AdaptParams, ModelParams, TrainParams
 from components.config.monitor import DriftParams, MonitorParams
+from components.config.privacy import PrivacyParams
 from components.config.registry import ApprovalParams, RegistryParams, ScheduleParams
 from components.config.serve import ServeParams
 from components.config.sweep import SweepParams
@@ -60,6 +61,8 @@ class Params(Section):
     evaluate: EvaluateParams = Field(default=EvaluateParams(), description="Slices of the test split measured on "
                                                                            "their own.")
     monitor: MonitorParams = Field(default=MonitorParams(), description="Scheduled monitoring of live traffic.")
+    privacy: PrivacyParams = Field(default=PrivacyParams(), description="How personal data is found in training "
+                                                                       "batches and logged traffic.")
 
     @property
     def is_token_task(self) -> bool:
@@ -76,6 +79,9 @@ class Params(Section):
             raise ValueError("data.labels: a classifier needs at least two classes")
         if self.is_token_task and any(label == OUTSIDE_TAG or label[:2] in ("B-", "I-") for label in self.data.labels):
             raise ValueError(f"data.labels: give entity types (PER, LOC, ...), not tags: {self.data.labels}")
+        if self.is_token_task and self.data.pii in ("redact", "quarantine"):
+            raise ValueError(f"data.pii: {self.data.pii} would change a token-classification dataset's sentences "
+                             "and their names are its labels; use report or refuse")
         if self.gate.compare_metric == "entity_f1" and not self.is_token_task:
             raise ValueError("gate.compare_metric: entity_f1 needs task: token-classification")
         swept_distill = [key for key in self.sweep.space if key.startswith("distill.")]

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from components.config.base import Section
+from components.config.privacy import LogPiiPolicy
 
 
 class ServiceSettings(Section):
@@ -47,6 +48,12 @@ class ServiceSettings(Section):
                     "is logged.")
     prediction_log_sample_rate: float = Field(default=0.1, ge=0, le=1,
                                               description="Share of predictions written to the prediction log.")
+    log_pii: LogPiiPolicy = Field(
+        default="redact",
+        description="Personal data in a logged text (found as privacy: says): 'redact' logs it with typed "
+                    "placeholders (<EMAIL>), 'drop' leaves such requests out of the log, 'keep' logs them as "
+                    "sent. The labelling queue and the shadow's disagreements read the log's text. The answer "
+                    "to the client is never changed: the model sees the text as sent.")
     api_key_env: str | None = Field(
         default=None,
         description="The name of the environment variable holding the API key that /predict and /invocations "

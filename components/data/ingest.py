@@ -35,7 +35,7 @@ import unicodedata
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import pandas as pd
 
@@ -52,6 +52,10 @@ from components.config import (
     DriftParams,
     Task,
 )
+from components.privacy.screening import PiiScreening
+
+if TYPE_CHECKING:
+    from components.privacy.pii import PiiScanner
 
 DATASET_COLUMNS = ["id", "text", "label", "batch_id", "source_row"]
 # Optional: 'train', 'validation' or 'test' for a row from a source's official split, else "".
@@ -95,6 +99,8 @@ class BatchRecord:
     report_dir: str
     drift_status: str | None = None
     rules: str = ""  # fingerprint of the data params the batch was checked under
+    pii: dict | None = None  # what data.pii found (PiiScreening.record): counts by type, never the data itself
+    forgotten: int = 0  # rows removed later by `tunegate forget` (components/privacy/forget.py), from either file
 
 
 @dataclass(frozen=True)
@@ -396,8 +402,13 @@ def ingest_batch(
     tokenizer_factory: Callable[[], Any] | None = None,
     task: Task = SEQUENCE_CLASSIFICATION,
     drift_gate: bool = True,
+    pii_scanner: PiiScanner | None = None,
 ) -> IngestResult:
-    """Quarantine bad rows, check the batch as a whole (and for drift), then add it to the dataset.
+    """Quarantine bad rows, screen the rest for personal data (data.pii), check the batch as a whole (and for
+    drift), then add it to the dataset.
+
+    `pii_scanner`: the scanner privacy: describes (components.privacy.screening.build_scanner_for); left out,
+    one with the default settings and no NER model.
 
     A batch that fails a batch-level check or drifts beyond `fail` raises and adds nothing; its
     reports are still written so the reason can be read. `drift_gate` False measures and reports drift
@@ -420,19 +431,22 @@ def ingest_batch(
     kept = [b for b in batches if not b.base] if base else batches  # a new data.source replaces the old base
     existing = store.read(kept)
 
-    rows = _sort_rows(raw, data, existing, task, token_task)
+    if pii_scanner is None and data.pii != "off":
+        pii_scanner = default_pii_scanner()
+    rows = _sort_rows(raw, data, existing, task, token_task, pii_scanner)
     sequence = 0 if base else max((int(Path(b.batch_file).stem[:4]) for b in batches), default=0) + 1
     batch_file, quarantine_file, report_dir = store.paths_for(sequence, raw.batch_id)
     record = BatchRecord(batch_id=raw.batch_id, source=raw.description, base=base,
                          ingested_at=None if base else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                          rows_read=len(raw.frame), accepted=len(rows.unique), quarantined=len(rows.quarantined),
                          duplicates=rows.duplicates, batch_file=batch_file, quarantine_file=quarantine_file,
-                         report_dir=report_dir, rules=rules)
+                         report_dir=report_dir, rules=rules, pii=rows.pii.record())
     reports = store.data_dir / report_dir
     reports.mkdir(parents=True, exist_ok=True)
     report = validate_batch(rows.clean, rows_in=rows.rows_in, quarantined=rows.quarantined_by_checks,
                             existing=existing, data=data, source=f"{raw.description} (batch {raw.batch_id})",
                             task=task)
+    report.pii = rows.pii.record()
     report_path = report.write(reports / "validation.json")
     if not report.success:
         raise DataValidationError(report, report_path)
@@ -457,22 +471,41 @@ class _SortedRows:
     unique: pd.DataFrame  # what the batch adds
     duplicates: int  # repeats with the same label: counted, not added
     quarantined: pd.DataFrame  # every row left out, with its check and reason
-    quarantined_by_checks: int  # of them, those the row checks and the conflicting-labels rule put there
+    quarantined_by_checks: int  # of them, those the row checks, data.pii and the conflicting-labels rule put there
+    pii: PiiScreening  # what data.pii found among the rows that passed the row checks
 
 
-def _sort_rows(raw: RawSource, data: DataParams, existing: pd.DataFrame, task: Task, token_task: bool) -> _SortedRows:
+def _sort_rows(raw: RawSource, data: DataParams, existing: pd.DataFrame, task: Task, token_task: bool,
+               pii_scanner: PiiScanner | None) -> _SortedRows:
     from components.data.validation.duplicates import separate_repeated_texts
     from components.data.validation.quarantine import quarantine_rows
+    from components.privacy.screening import screen_rows
 
     rows, excluded = build_dataset(raw, data, task=task)
     checked = quarantine_rows(rows, data, task=task)
-    repeats = separate_repeated_texts(checked.clean, existing, token_task=token_task)
-    quarantined = pd.concat([checked.quarantined, repeats.conflicting, excluded], ignore_index=True)
+    # After the row checks (a row they quarantine is not scanned), before the repeats: a redacted text is
+    # compared with the dataset as it will be written.
+    screened = screen_rows(checked.clean, data.pii, pii_scanner, source=raw.description,
+                           text_field=data.tokens_column if token_task else data.text_column)
+    repeats = separate_repeated_texts(screened.kept, existing, token_task=token_task)
+    quarantined = pd.concat([checked.quarantined, screened.set_aside, repeats.conflicting, excluded],
+                            ignore_index=True)
     if token_task:  # the lists are in text and label already; a CSV cell cannot hold a list
         quarantined = quarantined.drop(columns=TOKEN_COLUMNS, errors="ignore")
-    return _SortedRows(rows_in=len(rows), clean=checked.clean.drop(index=repeats.conflicting.index),
+    return _SortedRows(rows_in=len(rows), clean=screened.kept.drop(index=repeats.conflicting.index),
                        unique=repeats.unique, duplicates=len(repeats.duplicates), quarantined=quarantined,
-                       quarantined_by_checks=len(checked.quarantined) + len(repeats.conflicting))
+                       quarantined_by_checks=len(checked.quarantined) + len(screened.set_aside)
+                       + len(repeats.conflicting),
+                       pii=screened.screening)
+
+
+@functools.lru_cache(maxsize=1)
+def default_pii_scanner() -> PiiScanner:
+    """The scanner with privacy:'s defaults (no NER model), built once per process: Presidio takes seconds to
+    import and its recognizers are read-only once built."""
+    from components.privacy.pii import build_scanner
+
+    return build_scanner()
 
 
 def _check_drift(raw: RawSource, record: BatchRecord, clean: pd.DataFrame, reference: pd.DataFrame, tokenizer,
@@ -517,8 +550,12 @@ def _result(record: BatchRecord, labels: pd.Series, already_present: bool, drift
 def describe(result: IngestResult) -> str:
     b = result.batch
     if result.already_present:
-        return f"batch {b.batch_id} is already in the dataset ({result.dataset_rows:,} rows); nothing to do"
+        forgotten = f", {b.forgotten:,} of its rows forgotten" if b.forgotten else ""
+        return f"batch {b.batch_id} is already in the dataset ({result.dataset_rows:,} rows{forgotten}); nothing to do"
     line = (f"batch {b.batch_id}: {b.rows_read:,} rows read = {b.accepted:,} accepted + {b.quarantined:,} "
-            f"quarantined ({b.quarantine_file}) + {b.duplicates:,} duplicates; "
+            f"quarantined ({b.quarantine_file}) + {b.duplicates:,} duplicates"
+            + (f" + {b.forgotten:,} forgotten" if b.forgotten else "") + "; "
             f"dataset now {result.dataset_rows:,} rows {result.label_counts}")
+    if b.pii is not None:
+        line += f"\n{PiiScreening(**b.pii).summary()}"
     return line + (f"\n{result.drift_summary}" if result.drift_summary else "")

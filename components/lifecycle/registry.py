@@ -231,15 +231,32 @@ class ModelRegistry:
         at = time.time()
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
         event = {"action": action, "version": version, "previous": previous, "by": by, "reason": reason, "at": stamp}
+        self._record_history(event, at)
+        self.tag_version(version, {"promoted_at": stamp, "promoted_by": by, "promotion_reason": reason,
+                                   "promotion_action": action})
+
+    def _record_history(self, event: dict, at: float) -> None:
         # One tag per event on the registered model: the history survives any process and needs
         # no store besides the registry. Millisecond keys keep events ordered.
         self.client.set_registered_model_tag(self.model_name, f"{HISTORY_TAG_PREFIX}{int(at * 1000):015d}",
                                              tag_value(event))
-        self.tag_version(version, {"promoted_at": stamp, "promoted_by": by, "promotion_reason": reason,
-                                   "promotion_action": action})
+
+    def record_removal(self, event: dict, at: float) -> bool:
+        """Add a data removal (`tunegate forget`, action 'forget', version None) to the history; False when the
+        model has no registered version yet (then no version was trained on the removed rows)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_registered_model(self.model_name)
+        except MlflowException:
+            return False
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
+        self._record_history({**event, "at": stamp}, at)
+        return True
 
     def history(self) -> list[dict]:
-        """Every promotion and rollback, oldest first."""
+        """Every promotion and rollback, and every data removal (action 'forget', version None: it names the
+        versions trained on the removed rows under 'versions'), oldest first."""
         from mlflow.exceptions import MlflowException
 
         try:

@@ -61,16 +61,25 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, str]:
     return flat
 
 
+def pii_metrics(pii: dict | None) -> dict[str, int]:
+    """data.pii's totals as metrics: rows holding personal data, and findings of each type."""
+    if not pii or pii["policy"] == "off":
+        return {}
+    return {"data_pii_rows": pii["rows_with_pii"], **{f"data_pii_{kind}": n for kind, n in pii["found"].items()}}
+
+
 def start_run(registry: ModelRegistry, params: Params, layout: ProjectLayout, data: dict) -> str:
     tags = {"git_commit": data["git_commit"], "data_hash": data["data_hash"], "data_batches": data["batches"],
             "data_source": data["source"], "task": params.task, "mlflow.source.name": "tunegate retrain"}
+    if data.get("pii"):  # which policy ran and what it could not look for: counts only, never the data
+        tags |= {"data_pii_policy": data["pii"]["policy"], "data_pii_not_detected": data["pii"]["not_detected"] or ""}
     run_id = registry.start_run(params.registry.experiment, time.strftime("retrain-%Y%m%d-%H%M%S"), tags)
     swept = swept_params(params)  # logged once the sweep has chosen them
     registry.log_params(run_id, {k: v for k, v in flatten(model_params(params)).items() if k not in swept})
     # Token data: counts are per entity type (a per-tag-sequence count would be one metric per sentence).
     counts = {f"data_rows_{label}": n for label, n in data["label_counts"].items() if label in params.data.labels}
     registry.log_metrics(run_id, {"data_rows": data["rows"], "data_rows_quarantined": data["quarantined"],
-                                  "data_batches": len(data["batches"]), **counts})
+                                  "data_batches": len(data["batches"]), **counts, **pii_metrics(data.get("pii"))})
     return run_id
 
 

@@ -20,7 +20,7 @@ import logging
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Protocol, Sequence
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.encoders import jsonable_encoder
@@ -46,7 +46,7 @@ from components.serving.holder import ModelHolder, ReloadStats, ServedModel
 from components.serving.metrics import PROMETHEUS_CONTENT_TYPE, ServiceMetrics
 from components.serving.open_inference import metrics_endpoint, open_inference_router
 from components.serving.openapi import answers, invocations_body, predict_body
-from components.serving.prediction_log import PredictionLog
+from components.serving.prediction_log import LogScreen, PredictionLog
 from components.serving.request_bodies import (
     BadRequest,
     check_text_lengths,
@@ -58,6 +58,9 @@ from components.serving.request_bodies import (
     texts_from_predict_body,
 )
 from components.serving.shadow import ShadowRunner
+
+if TYPE_CHECKING:
+    from components.privacy.pii import PiiScanner
 
 VERSION_HEADER = "X-Model-Version"
 ENDPOINTS = ("/predict", "/invocations", "/explain", "/health", "/metadata", "/metrics")
@@ -144,6 +147,7 @@ class _Service:
     batcher: MicroBatcher
     prediction_log: PredictionLog | None
     shadow: ShadowRunner | None
+    log_screen: LogScreen | None = None  # serve.log_pii for the prediction log and the shadow's disagreements
     explaining: OneAtATime = field(default_factory=OneAtATime)
 
     async def answer_texts(self, texts: list[str]) -> BatchAnswer:
@@ -163,23 +167,43 @@ class _Service:
         return _answer_response(await self.answer_texts(texts))
 
 
-def _service(holder: ModelHolder, settings: ServiceSettings, shadow: ShadowRunner | None) -> _Service:
+def _log_screen(settings: ServiceSettings, shadow: ShadowRunner | None,
+                make_scanner: Callable[[], PiiScanner] | None) -> LogScreen | None:
+    """serve.log_pii for what this process writes down: the prediction log and the shadow's disagreements share
+    one screen, so one scanner. None when neither is written (nothing to screen, no scanner built)."""
+    if settings.prediction_log is None and (shadow is None or shadow.log_path is None):
+        return None
+    screen = LogScreen(settings.log_pii, make_scanner)
+    if shadow is not None and shadow.screen is None:  # a caller's own screen for the shadow is left as it is
+        shadow.screen = screen
+    return screen
+
+
+def _service(holder: ModelHolder, settings: ServiceSettings, shadow: ShadowRunner | None,
+             make_scanner: Callable[[], PiiScanner] | None = None) -> _Service:
     metrics = ServiceMetrics()
-    prediction_log = (PredictionLog(settings.prediction_log, settings.prediction_log_sample_rate)
+    screen = _log_screen(settings, shadow, make_scanner)
+    prediction_log = (PredictionLog(settings.prediction_log, settings.prediction_log_sample_rate, screen=screen)
                       if settings.prediction_log is not None else None)
     batcher = MicroBatcher(holder, max_batch_size=settings.max_batch_size, max_wait_ms=settings.max_wait_ms,
                            max_queued_texts=settings.max_queued_texts, metrics=metrics, prediction_log=prediction_log)
     metrics.watch(lambda: (holder.current(), holder.stats(), batcher.queued_texts))
     if shadow is not None:
         metrics.watch_shadow(lambda: (shadow.totals(), shadow.stats().agreement))
-    return _Service(holder, settings, metrics, batcher, prediction_log, shadow)
+    return _Service(holder, settings, metrics, batcher, prediction_log, shadow, screen)
 
 
 def _lifespan(service: _Service, background: Sequence[BackgroundService]):
-    """The batcher's worker, the shadow and the background services, started and stopped with the app."""
+    """The batcher's worker, the shadow and the background services, started and stopped with the app; the log's
+    PII scanner built meanwhile."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        screen = service.log_screen
+        if screen is not None and screen.scans:
+            # The prediction-log writer thread's first job: Presidio's import costs seconds, which no request
+            # pays (answers never wait for their log line); lines logged meanwhile wait on that thread.
+            service.batcher.on_log_writer(screen.prepare)
         service.batcher.start()
         if service.shadow is not None:
             service.shadow.start()
@@ -336,18 +360,21 @@ def _status_routes(service: _Service) -> APIRouter:
 
 def create_app(model: ServedModel | ModelHolder, settings: ServiceSettings | None = None, *,
                background: Sequence[BackgroundService] = (), shadow: ShadowRunner | None = None,
-               **removed: Any) -> FastAPI:
+               pii_scanner: Callable[[], PiiScanner] | None = None, **removed: Any) -> FastAPI:
     """The inference app for a fixed model (a ServedModel) or a swappable one (a ModelHolder).
 
     `background` services (e.g. a ChampionWatcher) are started and stopped with the app's lifespan,
     as is the batcher's worker thread. `shadow`: a second version compared with the champion on sampled
-    requests after each answer (serve.shadow); its watcher comes in `background`.
+    requests after each answer (serve.shadow); its watcher comes in `background`. `pii_scanner`: builds the
+    scanner that serve.log_pii screens logged texts with (prediction_log.scanner_factory(params.privacy, root));
+    left out, privacy:'s defaults (the pattern recognizers, no NER model). It is called once, at startup, and
+    only when a prediction log or shadow log is written and serve.log_pii is not keep.
     """
     if removed:
         raise TypeError(_removed_arguments_message(removed))
     settings = settings or ServiceSettings()
     holder = model if isinstance(model, ModelHolder) else ModelHolder(model)
-    service = _service(holder, settings, shadow)
+    service = _service(holder, settings, shadow, pii_scanner)
     app = FastAPI(title="tunegate classifier", version=holder.current().version or "unversioned",
                   lifespan=_lifespan(service, background))
     app.state.model_holder, app.state.batcher = holder, service.batcher

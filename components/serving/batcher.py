@@ -16,7 +16,7 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from components.serving.holder import ModelHolder, ServedModel
 from components.serving.metrics import ServiceMetrics
@@ -120,12 +120,17 @@ class MicroBatcher:
         computed = await asyncio.wrap_future(self._enqueue(_Pending(list(texts), Future(), log, encoded, model)))
         answer = self._answer(computed)
         if log and self.prediction_log is not None:
-            try:
-                await asyncio.get_running_loop().run_in_executor(self._prediction_log_writer(), self._log,
-                                                                 answer.version, texts, answer.predictions)
-            except RuntimeError:  # the writer has shut down with the service: this last line is written here
-                self._log(answer.version, texts, answer.predictions)
+            self._log_later(answer, texts)
         return answer
+
+    def on_log_writer(self, task: Callable[[], Any]) -> Future:
+        """Run `task` on the prediction-log writer thread, ahead of the writes queued after it: the app builds
+        the log's PII scanner there at startup, where the writes that need it will run."""
+        return self._prediction_log_writer().submit(task)
+
+    def flush_log(self, timeout_s: float = 30.0) -> None:
+        """Wait until every prediction-log line queued so far is written."""
+        self.on_log_writer(lambda: None).result(timeout_s)
 
     def submit(self, texts: list[str], *, log: bool = False) -> Future:
         """`predict` for a caller without an event loop: the future gives a BatchAnswer (answered on the
@@ -136,13 +141,22 @@ class MicroBatcher:
             try:
                 result = self._answer(computed.result())
                 if log and self.prediction_log is not None:
-                    self._log(result.version, texts, result.predictions)
+                    self._log_later(result, texts)
                 answered.set_result(result)
             except BaseException as error:  # noqa: BLE001 - handed to the caller
                 answered.set_exception(error)
 
         self._enqueue(_Pending(list(texts), Future(), log)).add_done_callback(answer)
         return answered
+
+    def _log_later(self, answer: BatchAnswer, texts: list[str]) -> None:
+        """Queue the request's log line for the writer thread, which screens it for personal data
+        (serve.log_pii) and writes it: the answer does not wait for either."""
+        try:
+            self._prediction_log_writer().submit(self._log, answer.version, texts, answer.predictions)
+        except RuntimeError:  # the writer has shut down with the service: a thread of its own writes this last line
+            threading.Thread(target=self._log, args=(answer.version, texts, answer.predictions),
+                             name="tunegate-prediction-log-last").start()
 
     def _enqueue(self, pending: _Pending) -> Future:
         if self._thread is None:

@@ -170,12 +170,13 @@ class ChampionWatcher(StoppableThread):
 
 def build_service_app(registry: ModelRegistry, cache_dir: Path, providers: list[str], settings=None, *,
                       version: str | None = None, alias: str = CHAMPION, make_watcher=ChampionWatcher,
-                      replica_id: str | None = None):
+                      replica_id: str | None = None, pii_scanner=None):
     """The app `tunegate serve` runs: `version` pinned, or else the version behind `alias`, followed
     live (a ChampionWatcher started and stopped with the app). app.state.model_holder.current() is the
     model serving now. `make_watcher`: a ChampionWatcher subclass (same arguments) that follows another source.
     `replica_id`: names this replica's shadow figures tag (default hostname-pid); several apps in one process
-    need one each."""
+    need one each. `pii_scanner`: builds the scanner serve.log_pii screens logged texts with
+    (prediction_log.scanner_factory); left out, privacy:'s defaults."""
     from components.config import ServiceSettings
     from components.serving.app import create_app
     from components.serving.holder import ModelHolder
@@ -200,4 +201,4 @@ def build_service_app(registry: ModelRegistry, cache_dir: Path, providers: list[
 
         watchers.append(ShadowWatcher(registry, shadow, holder, load_shadowed,
                                       poll_interval_s=settings.poll_interval_s))
-    return create_app(holder, settings, background=watchers, shadow=shadow)
+    return create_app(holder, settings, background=watchers, shadow=shadow, pii_scanner=pii_scanner)

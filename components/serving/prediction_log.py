@@ -1,20 +1,37 @@
 """The service's sampled prediction log (JSON lines), and reading it back: monitoring compares live
 traffic with the data the champion was trained on. Predicted labels stand in for the true ones, which
-live traffic lacks."""
+live traffic lacks.
+
+serve.log_pii (LogScreen) decides what reaches the log of a text that holds personal data: its data replaced
+by typed placeholders (redact), the request left out (drop), or the text as sent (keep). The labelling queue
+and the shadow's disagreements read the log's text, so they get what the log got. The client's answer is never
+affected: the screen sees the texts only after the model answered them.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import re
 import socket
 import threading
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import pandas as pd
+
+from components.privacy.pii import PiiFinding, count_by_type, redact
+
+if TYPE_CHECKING:
+    from components.config import LogPiiPolicy, PrivacyParams
+    from components.privacy.pii import PiiScanner
+
+logger = logging.getLogger("tunegate.serve")
 
 # `s3://bucket/prefix`, `file:///srv/log`, `gs://...`: any fsspec URL (s3fs etc. must be installed for its scheme).
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+://")
@@ -56,6 +73,132 @@ def _log_fields(text: str, prediction: dict[str, Any]) -> dict[str, Any]:
     scores = [float(entity["score"]) for entity in entities if isinstance(entity.get("score"), (int, float))]
     return {"label": _tags_of_entities(text, entities), "score": sum(scores) / len(scores) if scores else None,
             "entities": [{key: entity.get(key) for key in ("type", "start", "end", "score")} for entity in entities]}
+
+
+# ---- serve.log_pii: personal data in what the service writes down -----------------------------------
+
+def _build_scanner(privacy: PrivacyParams | None, project_root: Path) -> PiiScanner:
+    from components.config import PrivacyParams
+    from components.privacy.configured import build_scanner_for
+
+    return build_scanner_for(privacy or PrivacyParams(), project_root)
+
+
+def scanner_factory(privacy: PrivacyParams | None = None,
+                    project_root: Path | None = None) -> Callable[[], PiiScanner]:
+    """What builds the scanner privacy: describes (None: its defaults, the pattern recognizers and no NER model);
+    `project_root` resolves a relative privacy.ner_model. A partial of a module function: it travels to Ray
+    replicas with the rest of the app's recipe."""
+    return partial(_build_scanner, privacy, Path(project_root or "."))
+
+
+@dataclass(frozen=True)
+class ScreenedText:
+    """A text as it may be written down, and the findings taken out of it (offsets into the text as sent)."""
+
+    text: str
+    findings: tuple[PiiFinding, ...] = ()
+
+    def pii(self) -> dict[str, int]:
+        """What the log line may say of what was taken out: counts by type, never the data."""
+        return count_by_type([self.findings])
+
+
+class LogScreen:
+    """serve.log_pii for the texts one service process writes down (the prediction log, the shadow's
+    disagreements), with one scanner built once per process.
+
+    The scanner costs Presidio's import (~4 s, spaCy and torch with it), so it is built by `prepare`, which the
+    app runs on the prediction-log writer thread during startup; a screen used without that (an app served
+    without lifespan events) builds it at its first use, on whichever writer thread that is. A scanner that
+    cannot be built (a privacy.ner_model that does not load) is not retried at every write: each write then
+    fails, and nothing is written that should have been screened."""
+
+    def __init__(self, policy: LogPiiPolicy = "redact", make_scanner: Callable[[], PiiScanner] | None = None) -> None:
+        self.policy = policy
+        self._make_scanner = make_scanner or scanner_factory()
+        self._scanner: PiiScanner | None = None
+        self._failure: str | None = None
+        self._lock = threading.Lock()  # one build, whichever writer asks first
+
+    @property
+    def scans(self) -> bool:
+        return self.policy != "keep"
+
+    def prepare(self) -> None:
+        """Build the scanner now if the policy needs one; a failure is logged here and told at each write."""
+        if not self.scans:
+            return
+        try:
+            self._scanner_now()
+        except RuntimeError as error:
+            logger.error("%s", error)
+
+    def _scanner_now(self) -> PiiScanner:
+        with self._lock:
+            if self._scanner is None and self._failure is None:
+                try:
+                    self._scanner = self._make_scanner()
+                except Exception as error:  # noqa: BLE001 - told at every write rather than rebuilt each time
+                    self._failure = f"{type(error).__name__}: {error}"
+            if self._failure is not None:
+                raise RuntimeError(f"serve.log_pii: {self.policy}: the PII scanner could not be built "
+                                   f"({self._failure}); texts are not written down unscreened")
+            return self._scanner
+
+    def screen(self, texts: list[str]) -> list[ScreenedText | None]:
+        """Each text as it may be written down: as sent (keep, or nothing found), redacted, or None where drop
+        leaves it out (what else goes with it is the caller's choice)."""
+        if not self.scans:
+            return [ScreenedText(text) for text in texts]
+        findings = self._scanner_now().scan_many(texts)
+        return [None if found and self.policy == "drop" else
+                ScreenedText(redact(text, found) if found else text, tuple(found))
+                for text, found in zip(texts, findings)]
+
+
+def redacted_position(position: int, findings: tuple[PiiFinding, ...], *, is_end: bool) -> int:
+    """Where a character offset into the text as sent lands in its redacted text (findings: scan's, in text
+    order and non-overlapping). An offset inside a finding moves to its placeholder's edge, so that a span
+    that touched personal data covers the whole placeholder rather than part of one."""
+    shift = 0
+    for finding in findings:
+        placeholder = len(finding.type) + 2  # redact's "<TYPE>"
+        if position >= finding.end:
+            shift += placeholder - (finding.end - finding.start)
+        elif position > finding.start:
+            return finding.start + shift + (placeholder if is_end else 0)
+        else:
+            break
+    return position + shift
+
+
+def redacted_prediction(prediction: dict[str, Any], screened: ScreenedText) -> dict[str, Any]:
+    """An NER prediction with its entities' offsets (and `text`, where the answer has it) moved into the
+    redacted text: the log's tags and the labelling queue's suggestions must line up with the text logged, and
+    an entity's own text may be the very name or number taken out. A classifier's prediction holds no text."""
+    if not screened.findings or "entities" not in prediction:
+        return prediction
+    entities = []
+    for entity in prediction["entities"]:
+        start, end = entity.get("start"), entity.get("end")
+        if not isinstance(start, int) or not isinstance(end, int):
+            entities.append({key: value for key, value in entity.items() if key != "text"})
+            continue
+        start = redacted_position(start, screened.findings, is_end=False)
+        end = redacted_position(end, screened.findings, is_end=True)
+        moved = {**entity, "start": start, "end": end}
+        if "text" in entity:
+            moved["text"] = screened.text[start:end]
+        entities.append(moved)
+    return {**prediction, "entities": entities}
+
+
+def _screened_row(screened: ScreenedText, prediction: dict[str, Any]) -> dict[str, Any]:
+    if not screened.findings:
+        return {"text": screened.text, **_log_fields(screened.text, prediction)}
+    return {"text": screened.text, **_log_fields(screened.text, redacted_prediction(prediction, screened)),
+            "pii": screened.pii()}
 
 
 def is_url(location: str) -> bool:
@@ -108,11 +251,15 @@ class PredictionLog:
     one file per replica per UTC hour, so that replicas never share a file and monitoring reads only the
     hours it judges. `replica` defaults to hostname-pid; `now` is the clock (tests cross an hour with it).
 
+    `screen` applies serve.log_pii to each logged request (None: texts as sent, as before it existed; the
+    service always gives one). A redacted line says what was taken out, counts by type: "pii": {"EMAIL": 1}.
+
     A log that cannot be written costs a warning and a counter, never a request.
     """
 
     def __init__(self, path: Path | str, sample_rate: float, *, seed: int | None = None,
-                 replica: str | None = None, now: Callable[[], datetime] | None = None) -> None:
+                 replica: str | None = None, now: Callable[[], datetime] | None = None,
+                 screen: LogScreen | None = None) -> None:
         self.path = path if is_url(str(path)) else Path(path)
         self.sample_rate = sample_rate
         self.replica = _safe_replica(replica or f"{socket.gethostname()}-{os.getpid()}")
@@ -121,17 +268,24 @@ class PredictionLog:
         self._random = random.Random(seed)
         self._lock = threading.Lock()
         self._filesystem: Any = None  # opened at the first write: a bad URL then costs a warning, not the service
+        self.screen = screen
+        self.requests_left_out = 0  # requests not logged under serve.log_pii: drop
 
     def wants_request(self) -> bool:
         with self._lock:
             return self.sample_rate > 0 and self._random.random() < self.sample_rate
 
     def write(self, version: str | None, texts: list[str], predictions: list[dict[str, Any]]) -> None:
+        """Log one request's texts and predictions (screened first: run it on a writer thread, never the event
+        loop's or the model's: a scan costs about a millisecond per text)."""
+        rows = self._rows(texts, predictions)
+        if not rows:
+            return
         moment = self._now().astimezone(timezone.utc)
         stamp = moment.isoformat(timespec="milliseconds")
         replica = {"replica": self.replica} if self.partitioned else {}
-        lines = [json.dumps({"time": stamp, "version": version, **replica, "text": text, **_log_fields(text, p)},
-                            ensure_ascii=False) for text, p in zip(texts, predictions)]
+        lines = [json.dumps({"time": stamp, "version": version, **replica, **row}, ensure_ascii=False)
+                 for row in rows]
         payload = "\n".join(lines) + "\n"
         with self._lock:
             if self.partitioned:
@@ -144,6 +298,21 @@ class PredictionLog:
                 filesystem, target = open_log_root(self.path)
                 with filesystem.open(target, "a", encoding="utf-8") as handle:
                     handle.write(payload)
+
+    def _rows(self, texts: list[str], predictions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The lines' text and prediction fields, as serve.log_pii lets them be written."""
+        if self.screen is None:
+            return [{"text": text, **_log_fields(text, p)} for text, p in zip(texts, predictions)]
+        screened = self.screen.screen(texts)
+        # drop leaves out the whole request, not only its texts that hold personal data: the setting says so,
+        # and a request is one client's submission (a review cut into sentences, a thread of messages), so its
+        # other texts are the likeliest to hold what the scanner missed (a name without an NER model, a number
+        # in an unusual format). Sampling is per request too: the log keeps whole requests or none.
+        if any(text is None for text in screened):
+            with self._lock:
+                self.requests_left_out += 1
+            return []
+        return [_screened_row(text, p) for text, p in zip(screened, predictions)]
 
     def partition_file(self, moment: datetime) -> str:
         """Where rows logged at `moment` go (a path within the log's filesystem)."""

@@ -129,7 +129,7 @@ class ServiceReplica:
 
 
 def build_champion_app(recipe: RegistryRecipe, cache_dir: Path, providers: list[str], settings: Any,
-                       version: str | None, replica_id: str, target: Any) -> Any:
+                       version: str | None, pii_scanner: Any, replica_id: str, target: Any) -> Any:
     """A replica's app: build_service_app as `tunegate serve` runs it, following `target` (None: pinned)."""
     from components.serving.deployment import build_service_app
 
@@ -137,7 +137,7 @@ def build_champion_app(recipe: RegistryRecipe, cache_dir: Path, providers: list[
     make_watcher = partial(TargetFollower, target_handle=target) if target is not None else ChampionWatcher
     # replica_id names this replica's shadow figures; the prediction log names its files hostname-pid by itself.
     return build_service_app(recipe.open(), cache_dir, providers, settings, version=version, make_watcher=make_watcher,
-                             replica_id=replica_id)
+                             replica_id=replica_id, pii_scanner=pii_scanner)
 
 
 def replica_options(replicas: int, autoscaling: Any, num_cpus: float, max_ongoing_requests: int) -> dict[str, Any]:
@@ -172,10 +172,12 @@ def build_ray_application(build_app: AppBuilder, *, replicas: int = 1, autoscali
 
 def champion_application(registry: ModelRegistry, cache_dir: Path, providers: list[str], settings: Any, *,
                          version: str | None = None, replicas: int = 1, autoscaling: Any = None,
-                         num_cpus: float = 1.0) -> Any:
-    """The champion (or `version`, pinned) served by Ray Serve with `settings` (ServiceSettings)."""
+                         num_cpus: float = 1.0, pii_scanner: Any = None) -> Any:
+    """The champion (or `version`, pinned) served by Ray Serve with `settings` (ServiceSettings). `pii_scanner`:
+    what builds serve.log_pii's scanner in each replica (prediction_log.scanner_factory: it pickles)."""
     recipe = RegistryRecipe.of(registry)
-    build_app = partial(build_champion_app, recipe, Path(cache_dir).resolve(), list(providers), settings, version)
+    build_app = partial(build_champion_app, recipe, Path(cache_dir).resolve(), list(providers), settings, version,
+                        pii_scanner)
     target = None if version is not None else (recipe, CHAMPION, settings.poll_interval_s)
     return build_ray_application(build_app, replicas=replicas, autoscaling=autoscaling, num_cpus=num_cpus,
                                  max_ongoing_requests=max(8, settings.max_batch_size), target=target)
@@ -265,12 +267,13 @@ def stop_ray() -> None:
 
 
 def serve_on_ray(registry: ModelRegistry, cache_dir: Path, settings: Any, *, version: str | None,
-                 host: str, port: int) -> int:
+                 host: str, port: int, pii_scanner: Any = None) -> int:
     """`tunegate serve` with serve.engine: ray (settings: ServeParams). Blocks until Ctrl-C, then shuts down."""
     start_ray(settings.ray_address, ingress=settings.ray_ingress)
     try:
         application = champion_application(registry, cache_dir, settings.providers, settings, version=version,
-                                           replicas=settings.replicas, autoscaling=settings.autoscaling)
+                                           replicas=settings.replicas, autoscaling=settings.autoscaling,
+                                           pii_scanner=pii_scanner)
         run_application(application, host, port)
         scale = (f"{settings.autoscaling.min_replicas}-{settings.autoscaling.max_replicas} replicas (autoscaling)"
                  if settings.autoscaling else f"{settings.replicas} replica(s)")

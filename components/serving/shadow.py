@@ -16,7 +16,8 @@ their sum (components/lifecycle/gate.py, shadow_figures), so no replica overwrit
 
 Agreement is counted per text: a classifier agrees when both give the same label; a token classifier
 when both find the same set of entities (type and character offsets). Disagreements go, one JSON line
-each, to serve.shadow_log for a person to read.
+each, to serve.shadow_log for a person to read, screened for personal data as the prediction log is
+(serve.log_pii: redacted, left out, or as sent).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from typing import Any
 
 from components.lifecycle.gate import SHADOW_FIGURES_TAG, SHADOW_REPLICA_TAG_PREFIX, shadow_figures
 from components.serving.background import StoppableThread
+from components.serving.prediction_log import LogScreen, redacted_prediction
 
 logger = logging.getLogger("tunegate.shadow")
 
@@ -137,15 +139,17 @@ class ShadowRunner(StoppableThread):
     `offer` is all the request path pays: a random draw and a put_nowait."""
 
     def __init__(self, alias: str, sample_rate: float, *, queue_size: int = 64, log_path: Path | None = None,
-                 seed: int | None = None, replica_id: str | None = None) -> None:
+                 seed: int | None = None, replica_id: str | None = None, screen: LogScreen | None = None) -> None:
         """replica_id: names this service process among the replicas shadowing the same challenger (each
-        writes its own figures tag); hostname-pid when not given."""
+        writes its own figures tag); hostname-pid when not given. screen: serve.log_pii for the disagreements
+        file (None: texts as sent; create_app gives the service's own, shared with its prediction log)."""
         super().__init__("tunegate-shadow")
         self.alias = alias
         self.replica_id = replica_id or default_replica_id()
         replica_figures_tag(self.replica_id)  # an id no tag can name is refused at start, not at the first write
         self.sample_rate = sample_rate
         self.log_path = None if log_path is None else Path(log_path)
+        self.screen = screen
         self._queue: queue.Queue[_Sample] = queue.Queue(maxsize=queue_size)
         self._random = random.Random(seed)
         self._lock = threading.Lock()
@@ -270,16 +274,35 @@ class ShadowRunner(StoppableThread):
                                           s.dropped + dropped)
 
     def _log(self, champion: str | None, challenger: str | None, rows: list[tuple]) -> None:
+        """Append the disagreements (text, champion's answer, challenger's answer) as JSON lines, screened."""
+        entries = self._screened(rows)
+        if not entries:
+            return
         stamp = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
         lines = [json.dumps({"time": stamp, "champion_version": champion, "challenger_version": challenger,
-                             "text": text, "champion": c, "challenger": s}, ensure_ascii=False, default=str)
-                 for text, c, s in rows]
+                             **entry}, ensure_ascii=False, default=str) for entry in entries]
         try:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             with self.log_path.open("a", encoding="utf-8") as handle:
                 handle.write("\n".join(lines) + "\n")
         except OSError as error:  # a full disk costs the record of a disagreement, not the count
             logger.warning("could not write the shadow log %s: %s", self.log_path, error)
+
+    def _screened(self, rows: list[tuple]) -> list[dict[str, Any]]:
+        """The entries as serve.log_pii lets them be written: each text redacted (an NER answer's entities moved
+        into the redacted text, their own text with it) with "pii" counts by type, or under drop left out.
+        Per entry, not per request as in the prediction log: an entry is one text, and the samples merged into
+        one comparison come from different requests, whose other texts are not in this file anyway."""
+        if self.screen is None:
+            return [{"text": text, "champion": c, "challenger": s} for text, c, s in rows]
+        try:  # on this worker thread: the request path never waits for a scan
+            screened = self.screen.screen([text for text, _, _ in rows])
+        except Exception as error:  # noqa: BLE001 - no scanner: nothing is written unscreened
+            logger.warning("shadow log %s: %d disagreements not written: %s", self.log_path, len(rows), error)
+            return []
+        return [{"text": kept.text, "champion": redacted_prediction(c, kept),
+                 "challenger": redacted_prediction(s, kept), **({"pii": kept.pii()} if kept.findings else {})}
+                for kept, (_, c, s) in zip(screened, rows) if kept is not None]
 
 
 def lower_this_threads_priority(niceness: int = SHADOW_NICENESS) -> None:
