@@ -106,7 +106,7 @@ def ingest_data(params: Params, layout: ProjectLayout) -> dict:
     )
     from components.lifecycle.versioning import git_commit, version_data
     from components.privacy.configured import scanner_for
-    from components.privacy.screening import pii_totals
+    from components.data.pii_screening import pii_totals
 
     store = DataStore(layout.data_dir)
     result = ingest_batch(read_configured_source(params.data, layout.root, task=params.task), params.data, store,

@@ -11,7 +11,7 @@ import pytest
 
 from components.config import DataParams
 from components.data.ingest import DataStore, ingest_batch, read_file_source
-from components.privacy.screening import PII_CHECK, PiiRefusal
+from components.data.pii_screening import PII_CHECK, PiiRefusal
 from tests.tiny import sentiment_frame
 
 # One value of each pattern type, each valid (Luhn, IBAN mod 97), inside a review.

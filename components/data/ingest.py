@@ -52,7 +52,7 @@ from components.config import (
     DriftParams,
     Task,
 )
-from components.privacy.screening import PiiScreening
+from components.data.pii_screening import PiiScreening
 
 if TYPE_CHECKING:
     from components.privacy.pii import PiiScanner
@@ -407,7 +407,7 @@ def ingest_batch(
     """Quarantine bad rows, screen the rest for personal data (data.pii), check the batch as a whole (and for
     drift), then add it to the dataset.
 
-    `pii_scanner`: the scanner privacy: describes (components.privacy.screening.build_scanner_for); left out,
+    `pii_scanner`: the scanner privacy: describes (components.privacy.configured.scanner_for); left out,
     one with the default settings and no NER model.
 
     A batch that fails a batch-level check or drifts beyond `fail` raises and adds nothing; its
@@ -479,7 +479,7 @@ def _sort_rows(raw: RawSource, data: DataParams, existing: pd.DataFrame, task: T
                pii_scanner: PiiScanner | None) -> _SortedRows:
     from components.data.validation.duplicates import separate_repeated_texts
     from components.data.validation.quarantine import quarantine_rows
-    from components.privacy.screening import screen_rows
+    from components.data.pii_screening import screen_rows
 
     rows, excluded = build_dataset(raw, data, task=task)
     checked = quarantine_rows(rows, data, task=task)

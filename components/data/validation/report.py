@@ -33,7 +33,7 @@ class ValidationReport(JsonReport):
     checked: int = Field(description="number of expectations run")
     failures: list[FailedExpectation] = Field(default_factory=list)
     pii: dict[str, Any] | None = Field(default=None, description="what data.pii found in the batch, by type "
-                                                                 "(components.privacy.screening.PiiScreening)")
+                                                                 "(components.data.pii_screening.PiiScreening)")
 
     def summary(self) -> str:
         if self.success:
