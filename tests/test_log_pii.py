@@ -27,6 +27,7 @@ from components.serving.prediction_log import (
 from components.serving.server import BackgroundServer
 from components.serving.shadow import ShadowRunner, read_disagreements
 from tests.fixtures_classifier import tiny_classifier, tiny_onnx_export  # noqa: F401 - fixtures
+from tests.test_shadow import Flipped
 
 METADATA = {"model_name": "tunegate-tiny", "model_version": "3"}
 # One value per type, each as a scanner must find it: the card passes Luhn, the IBAN mod 97.
@@ -148,17 +149,6 @@ def test_a_scanner_that_cannot_be_built_writes_nothing_and_answers_everyone(pred
     answers, _ = serve_requests(predictor, log, REQUESTS[:2], factory=broken)
     assert [len(answer["predictions"]) for answer in answers] == [1, 1]
     assert not log.exists()  # nothing written unscreened
-
-
-class Flipped:
-    """The champion's predictor with the other label: a challenger that disagrees on every text."""
-
-    def __init__(self, inner) -> None:
-        self.inner, self.labels = inner, inner.labels
-
-    def predict(self, texts: list[str], batch_size: int = 64) -> list[dict]:
-        answers = self.inner.predict(texts, batch_size)
-        return [{**a, "label": next(label for label in self.labels if label != a["label"])} for a in answers]
 
 
 def shadow_disagreements(predictor, tmp_path: Path, policy: str) -> list[dict]:

@@ -18,7 +18,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from components.privacy.recognizers import BoundRecognizer, TokenTaggerRecognizer
@@ -29,6 +29,7 @@ from components.privacy.types import (  # noqa: F401 - re-exported: callers name
     NATIONAL_ID_TYPES,
     NER_TYPES,
     PATTERN_TYPES,
+    TokenPredictor,
 )
 
 # The NER model's entity types (data.labels of a token-classification model) -> ours; ORG and MISC are not
@@ -61,12 +62,6 @@ class PiiFinding:
 
     def overlaps(self, other: PiiFinding) -> bool:
         return self.start < other.end and other.start < self.end
-
-
-class TokenPredictor(Protocol):
-    """What the NER recognizer needs of a model: components.export.predictor.OnnxTokenTagger.predict."""
-
-    def predict(self, texts: list[str]) -> list[dict[str, Any]]: ...
 
 
 _DIGITS = re.compile(r"\d+")  # Unicode digits: a superset of the patterns' [0-9] and of what phonenumbers reads

@@ -20,7 +20,7 @@ import tldextract
 from presidio_analyzer import EntityRecognizer, Pattern, RecognizerRegistry, RecognizerResult
 from presidio_analyzer import predefined_recognizers as predefined
 
-from components.privacy.pii import NER_TYPES, PATTERN_TYPES, TokenPredictor
+from components.privacy.types import NER_TYPES, PATTERN_TYPES, TokenPredictor
 
 
 @dataclass(frozen=True)

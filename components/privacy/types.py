@@ -1,5 +1,9 @@
 """The names of the personal-data types tunegate looks for: a leaf module, so that the configuration can check
-privacy.types without importing the scanner."""
+privacy.types without importing the scanner; and what the scanner needs of a model."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
 
 # Our names for the types: short and stable, whatever Presidio calls them (EMAIL_ADDRESS, PHONE_NUMBER, ...).
 CONTACT_AND_PAYMENT_TYPES = ("EMAIL", "PHONE", "CREDIT_CARD", "IBAN", "IP_ADDRESS", "URL")
@@ -14,3 +18,9 @@ NATIONAL_ID_TYPES = ("US_SSN", "UK_NHS", "UK_NINO", "ES_NIF", "ES_NIE", "IT_FISC
 PATTERN_TYPES = CONTACT_AND_PAYMENT_TYPES + NATIONAL_ID_TYPES
 NER_TYPES = ("PERSON", "LOCATION")
 ALL_TYPES = PATTERN_TYPES + NER_TYPES
+
+
+class TokenPredictor(Protocol):
+    """What the NER recognizer needs of a model: components.export.predictor.OnnxTokenTagger.predict."""
+
+    def predict(self, texts: list[str]) -> list[dict[str, Any]]: ...
