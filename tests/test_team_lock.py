@@ -62,6 +62,15 @@ class UnansweringTrackingServer:
         self._listener.listen(16)  # connections complete in the kernel's backlog and are never accepted
         self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
 
+    def waiting(self) -> int:
+        """Connections waiting in the backlog: a listening socket's receive queue in /proc/net/tcp (Linux)."""
+        port = f"{self._listener.getsockname()[1]:04X}"
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[1].endswith(f":{port}") and fields[3] == "0A":  # 0A: LISTEN
+                return int(fields[4].split(":")[1], 16)
+        return 0
+
     def close(self) -> None:
         self._listener.close()  # resets the connections waiting in the backlog; a second close is a no-op
 
@@ -154,7 +163,12 @@ def test_a_second_run_of_the_same_model_is_skipped_or_waits_for_the_first(tmp_pa
         assert "team lock: took" not in waiter.log()
 
         # The tracking server now drops its connections and the first run fails: its lock must be given
-        # back all the same.
+        # back all the same. First the run must be waiting on it (after ingesting, which takes longer than
+        # the steps above when it imports the PII scanner): a close before it connects is a refusal, not a reset.
+        deadline = time.monotonic() + 240
+        while not tracking.waiting():
+            assert first.process.poll() is None and time.monotonic() < deadline, first.log()[-4000:]
+            time.sleep(0.5)
         tracking.close()
         assert first.finish() != 0
         assert "Connection reset" in first.log() or "ConnectionReset" in first.log(), first.log()[-4000:]

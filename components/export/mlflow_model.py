@@ -25,9 +25,10 @@ MODEL_CODE = Path(__file__).with_name("mlflow_entry.py")
 # What loading and predicting import, relative to components/: the runtime, not the pipeline.
 CONFIG_MODULES = tuple(f"config/{name}.py" for name in (
     "__init__", "base", "curve", "data", "distill", "evaluate", "export", "gate", "loading", "model", "monitor",
-    "params", "peft", "registry", "serve", "sweep"))
-RUNTIME_MODULES = ("__init__.py", "errors.py", *CONFIG_MODULES, "entities.py", "export/__init__.py",
-                   "export/predictor.py", "export/pyfunc.py", "export/integrity.py")
+    "params", "peft", "privacy", "registry", "serve", "sweep"))
+RUNTIME_MODULES = ("__init__.py", "errors.py", *CONFIG_MODULES, "privacy/__init__.py", "privacy/types.py",
+                   "entities.py", "export/__init__.py", "export/predictor.py", "export/pyfunc.py",
+                   "export/integrity.py")
 # The predictor's dependencies, pinned to what exported the model. onnxruntime-gpu runs on CPUs too;
 # where only onnxruntime is installed, that is what the model asks for.
 RUNTIME_DISTRIBUTIONS = ("mlflow", "onnxruntime-gpu|onnxruntime", "transformers", "tokenizers", "numpy", "pandas",
