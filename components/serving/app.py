@@ -196,7 +196,7 @@ def _service(holder: ModelHolder, settings: ServiceSettings, shadow: ShadowRunne
     return _Service(holder, settings, metrics, batcher, prediction_log, shadow, screen)
 
 
-def _build_scanner(screen: LogScreen) -> None:
+def _prepare_log_screen(screen: LogScreen) -> None:
     screen.prepare()
     if gc.get_freeze_count():
         # The process froze its long-lived objects at startup (server.serve_forever): Presidio's import brings
@@ -215,7 +215,7 @@ def _lifespan(service: _Service, background: Sequence[BackgroundService]):
         # Built on the prediction-log writer thread, where it will screen, and awaited before the app takes
         # requests: Presidio's import (spaCy, torch) holds the GIL for seconds, which would stall the first
         # requests' answers (p99 latency 50 -> 200 ms in a 15 s load that began with it).
-        scanner_built = (asyncio.wrap_future(service.batcher.on_log_writer(partial(_build_scanner, screen)))
+        scanner_built = (asyncio.wrap_future(service.batcher.on_log_writer(partial(_prepare_log_screen, screen)))
                          if screen is not None and screen.scans else None)
         service.batcher.start()
         if service.shadow is not None:

@@ -128,10 +128,6 @@ class MicroBatcher:
         the log's PII scanner there at startup, where the writes that need it will run."""
         return self._prediction_log_writer().submit(task)
 
-    def flush_log(self, timeout_s: float = 30.0) -> None:
-        """Wait until every prediction-log line queued so far is written."""
-        self.on_log_writer(lambda: None).result(timeout_s)
-
     def submit(self, texts: list[str], *, log: bool = False) -> Future:
         """`predict` for a caller without an event loop: the future gives a BatchAnswer (answered on the
         worker thread), or raises what the prediction raised."""
