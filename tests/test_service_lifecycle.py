@@ -278,11 +278,12 @@ def test_a_batch_that_empties_the_queue_answers_its_shorter_half_first(tiny_onnx
     requests = [[text] for text in PROBES[:20]]
     alone = [predictor.predict(texts)[0] for texts in requests]
     batcher = MicroBatcher(ModelHolder(ServedModel(predictor, {"model_version": "1"})), max_batch_size=64,
-                           max_wait_ms=50)
+                           max_wait_ms=50, autostart=False)
     futures = [batcher.submit(texts) for texts in requests]  # all queued before the worker starts: one batch
     answered_first: list[int] = []
     for index, future in enumerate(futures):
         future.add_done_callback(lambda _, index=index: answered_first.append(index))
+    batcher.start()
     answers = [future.result(timeout=30).predictions[0] for future in futures]
     batcher.stop()
 
@@ -300,8 +301,9 @@ def test_a_batch_with_requests_queued_behind_it_runs_whole(tiny_onnx_export):
 
     predictor = CallRecorder(tiny_onnx_export.out_dir)
     batcher = MicroBatcher(ModelHolder(ServedModel(predictor, {"model_version": "1"})), max_batch_size=16,
-                           max_wait_ms=50)
-    futures = [batcher.submit([text]) for text in PROBES[:40]]
+                           max_wait_ms=50, autostart=False)
+    futures = [batcher.submit([text]) for text in PROBES[:40]]  # all queued before the worker starts
+    batcher.start()
     for future in futures:
         future.result(timeout=30)
     batcher.stop()

@@ -75,8 +75,12 @@ class MicroBatcher:
 
     def __init__(self, holder: ModelHolder, *, max_batch_size: int = 64, max_wait_ms: float = 0.0,
                  max_queued_texts: int = 4096, metrics: ServiceMetrics | None = None,
-                 prediction_log: PredictionLog | None = None) -> None:
+                 prediction_log: PredictionLog | None = None, autostart: bool = True) -> None:
         self.holder = holder
+        # autostart: the first submission starts the worker (an app served without lifespan events, a test
+        # client, still works). Without it requests queue until start(): what the worker then takes is
+        # decided by the queue alone, not by how fast the submitter ran.
+        self.autostart = autostart
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_ms / 1000
         self.max_queued_texts = max_queued_texts
@@ -155,8 +159,8 @@ class MicroBatcher:
                              name="tunegate-prediction-log-last").start()
 
     def _enqueue(self, pending: _Pending) -> Future:
-        if self._thread is None:
-            self.start()  # an app served without lifespan events (e.g. a test client) still works
+        if self._thread is None and self.autostart:
+            self.start()
         with self._lock:
             if self._stopping.is_set():
                 raise ServiceUnavailable("the service is shutting down")
