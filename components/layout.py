@@ -60,7 +60,7 @@ class ProjectLayout:
         return self.artifacts / "tokenized"
 
     def tokenized_file(self, split: str) -> Path:
-        return self.tokenized_dir / f"{split}.parquet"
+        return self.tokenized_dir / f"{split}.arrow"
 
     @property
     def adapted_dir(self) -> Path:

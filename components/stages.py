@@ -26,29 +26,38 @@ def validate(layout: ProjectLayout, params: Params) -> None:
 
 
 def preprocess(layout: ProjectLayout, params: Params) -> None:
-    from components.data.ingest import read_dataset
+    """The splits and their tokenized rows, a chunk of the dataset at a time: memory stays flat with its size."""
+    from components.data.ingest import DataStore
     from components.data.preprocess import (
-        assign_splits,
-        save_tokenized,
+        CHUNK_ROWS,
         tokenize_split,
         tokenize_tagged_split,
+        write_split_files,
         write_template_record,
     )
     from components.model.modeling import load_tokenizer, resolve_model_source
 
     tokenizer = load_tokenizer(resolve_model_source(params.model.base_model))
-    splits = assign_splits(read_dataset(layout.data_dir), params.split, params.data.keep_columns)
-    layout.splits_dir.mkdir(parents=True, exist_ok=True)
-    for name in SPLITS:
-        splits[name].to_csv(layout.split_file(name), index=False, lineterminator="\n")
+    store = DataStore(layout.data_dir)
+    batches = store.batches()
+    if not batches:
+        raise FileNotFoundError(f"{layout.data_dir}: no dataset; run `tunegate ingest` first")
+
+    def tokenize(frame):
         if params.is_token_task:
-            tokenized = tokenize_tagged_split(splits[name], tokenizer, params.model_labels, params.model.max_length,
-                                              word_shapes=params.model.word_shapes)
-        else:
-            tokenized = tokenize_split(splits[name], tokenizer, params.data.labels, params.model.max_length,
-                                       template=params.data.template)
-        save_tokenized(tokenized, layout.tokenized_file(name))
-        print(f"{name}: {len(tokenized)} examples")
+            return tokenize_tagged_split(frame, tokenizer, params.model_labels, params.model.max_length,
+                                         word_shapes=params.model.word_shapes)
+        return tokenize_split(frame, tokenizer, params.data.labels, params.model.max_length,
+                              template=params.data.template)
+
+    layout.splits_dir.mkdir(parents=True, exist_ok=True)
+    counts = write_split_files(store.read_chunks(CHUNK_ROWS, batches), params.split, params.data.keep_columns,
+                               tokenize, {name: layout.split_file(name) for name in SPLITS},
+                               {name: layout.tokenized_file(name) for name in SPLITS},
+                               token_level=params.is_token_task, word_shapes=params.model.word_shapes,
+                               total_rows=sum(batch.accepted for batch in batches))
+    for name in SPLITS:
+        print(f"{name}: {counts[name]} examples")
     # The teacher and distill stages follow it (a changed template or model.word_shapes re-trains the teacher).
     write_template_record(layout.splits_dir, params.data.template, params.model.word_shapes)
 
@@ -131,7 +140,8 @@ def teacher(layout: ProjectLayout, params: Params) -> None:
     save_model(model, tokenizer, paths.teacher_model)
     result.write(paths.teacher_history)
     model.to(resolve_compute(settings.device, "fp32").device)  # scored as the evaluate stage scores the student
-    metrics = score_on_test(model, tokenizer, frames["test"], params, settings.eval_batch_size)
+    metrics = score_on_test(model, tokenizer, frames["test"], params,
+                            settings.scoring_batch_size(result.batch_sizes.get("eval_batch_size")))
     write_json(paths.teacher_metrics, metrics)
     write_json(paths.teacher_card, {"enabled": True, "teacher_model": params.distill.teacher_model,
                                     "train": settings.model_dump(mode="json"), "best_epoch": result.best_epoch})
@@ -201,7 +211,7 @@ def distill(layout: ProjectLayout, params: Params) -> None:
     model, tokenizer = load_torch_model(paths.teacher_model)
     # fp32 logits, on the GPU when there is one; the teacher's settings throughout (the student's may be swept).
     model.to(resolve_compute(params.distill.teacher_train.device, "fp32").device)
-    batch_size = params.distill.teacher_train.eval_batch_size
+    batch_size = params.distill.teacher_train.scoring_batch_size()
     if params.is_token_task:
         logits = word_logits(model, tokenizer, split_joined(rows["text"]), params.model.max_length, batch_size)
     else:

@@ -37,8 +37,8 @@ def test_every_rank_gets_a_different_shard_that_changes_with_the_epoch():
 
     split = TokenizedSplit([[1] * (5 + i % 7) for i in range(50)], [i % 2 for i in range(50)])
     ranks = [Ranks(r, 2, r) for r in (0, 1)]
-    first = [shard(epoch_batches(split, 4, seed=3, epoch=1), r) for r in ranks]
-    second = [shard(epoch_batches(split, 4, seed=3, epoch=2), r) for r in ranks]
+    first = [[batch.tolist() for batch in shard(epoch_batches(split, 4, seed=3, epoch=1), r)] for r in ranks]
+    second = [[batch.tolist() for batch in shard(epoch_batches(split, 4, seed=3, epoch=2), r)] for r in ranks]
     assert len(first[0]) == len(first[1]) == 7  # 13 batches padded to 14: equal steps on each rank
     # The one batch both ranks see is the padding: the epoch's first batch again, at rank 1's end.
     assert set(map(tuple, first[0])) & set(map(tuple, first[1])) == {tuple(first[0][0])} == {tuple(first[1][-1])}

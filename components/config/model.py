@@ -41,11 +41,31 @@ class ModelParams(Section):
         return value
 
 
+# train.batch_size's default; train.learning_rate is read as tuned for it when train.auto_batch_lr scales it.
+DEFAULT_BATCH_SIZE = 32
+
+
 class TrainParams(Section):
     epochs: int = Field(default=2, ge=1, description="Passes over the training split.")
-    batch_size: int = Field(default=32, ge=1, description="Training examples per optimizer step (per process).")
-    eval_batch_size: int = Field(default=128, ge=1, description="Examples per forward pass when scoring the "
-                                                                "validation and test splits.")
+    batch_size: int | Literal["auto"] = Field(
+        default=DEFAULT_BATCH_SIZE, description="Training examples per optimizer step (per process); auto: the largest power of two "
+                                "whose trial steps on the longest batch stay within train.memory_budget, found once "
+                                "before training and recorded in the training history.")
+    eval_batch_size: int | Literal["auto"] = Field(
+        default=128, description="Examples per forward pass when scoring the validation and test splits; auto: "
+                                 "found like batch_size, from forward passes alone.")
+    memory_budget: str | None = Field(
+        default=None, description="What batch_size: auto may use, as '6GiB', '800MB' or bytes: GPU memory on CUDA, "
+                                  "the process's resident memory on CPU. Left out: 90% of the GPU's memory, or on "
+                                  "CPU the resident memory at the start plus 80% of the memory available then.")
+    auto_batch_lr: Literal["unchanged", "sqrt", "linear"] = Field(
+        default="unchanged", description="With batch_size: auto, the learning rate is left as train.learning_rate "
+                                         "(unchanged) or scaled by sqrt(picked / 32) or picked / 32 (linear).")
+    max_steps: int | None = Field(
+        default=None, ge=1, description="Train for this many optimizer steps (per process) instead of train.epochs "
+                                        "passes, for corpora where an epoch takes days: the last pass is cut short "
+                                        "or more passes run. The schedule decays over them and a validation pass "
+                                        "follows the last step. Left out, train.epochs full passes.")
     learning_rate: float = Field(default=1e-4, ge=0, description="Peak learning rate of the AdamW optimizer, "
                                                                  "reached after warmup.")
     weight_decay: float = Field(default=0.01, ge=0, description="AdamW weight decay.")
@@ -106,6 +126,48 @@ class TrainParams(Section):
     @classmethod
     def _lora_enabled_was_replaced(cls, data: Any) -> Any:
         return refuse_lora_enabled(data)
+
+    @field_validator("batch_size", "eval_batch_size")
+    @classmethod
+    def _positive_batch(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError(f"{value}: a batch holds at least 1 example (or say auto)")
+        return value
+
+    @field_validator("memory_budget")
+    @classmethod
+    def _readable_budget(cls, value: str | None) -> str | None:
+        if value is not None:
+            memory_bytes(value)
+        return value
+
+    def scoring_batch_size(self, picked: int | None = None) -> int:
+        """eval_batch_size; with auto, the size training picked (`picked`, from its history) or else 128."""
+        if self.eval_batch_size != "auto":
+            return self.eval_batch_size
+        return picked or 128
+
+    @property
+    def memory_budget_bytes(self) -> int | None:
+        return None if self.memory_budget is None else memory_bytes(self.memory_budget)
+
+
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def memory_bytes(text: str | int) -> int:
+    """'6GiB', '800 MB', '1.5GB' or a count of bytes, in bytes."""
+    import re
+
+    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*", str(text))
+    unit = match.group(2).upper() if match else None
+    if match is None or unit not in _UNITS:
+        raise ValueError(f"{text!r} is not an amount of memory: write it as 6GiB, 800MB or a count of bytes")
+    amount = int(float(match.group(1)) * _UNITS[unit])
+    if amount <= 0:
+        raise ValueError(f"{text!r}: a memory budget must be above zero")
+    return amount
 
 
 class AdaptParams(Section):

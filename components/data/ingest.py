@@ -35,7 +35,7 @@ import unicodedata
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import pandas as pd
 
@@ -224,6 +224,10 @@ def read_configured_source(data: DataParams, project_root: Path, *, task: Task =
 
 
 # --- the dataset on disk ----------------------------------------------------------------------
+# Every column as text but source_row: a kept column of numbers ("2021") stays as written.
+_BATCH_CSV = {"dtype": defaultdict(lambda: str, source_row="int64"), "keep_default_na": False}
+
+
 class DataStore:
     def __init__(self, data_dir: Path):
         self.data_dir = data_dir
@@ -247,15 +251,20 @@ class DataStore:
         it, "" on the rows of those without it (a batch ingested before the column was kept).
         """
         chosen = self.batches() if batches is None else batches
-        # Every column as text but source_row: a kept column of numbers ("2021") stays as written.
-        frames = [pd.read_csv(self.data_dir / b.batch_file, dtype=defaultdict(lambda: str, source_row="int64"),
-                              keep_default_na=False) for b in chosen]
+        frames = [pd.read_csv(self.data_dir / b.batch_file, **_BATCH_CSV) for b in chosen]
         if not frames:
             return pd.DataFrame({c: pd.Series(dtype=str) for c in DATASET_COLUMNS})
         combined = pd.concat(frames, ignore_index=True)
         for column in combined.columns.drop(DATASET_COLUMNS, errors="ignore"):  # split, kept columns
             combined[column] = combined[column].fillna("")
         return combined
+
+    def read_chunks(self, rows: int, batches: list[BatchRecord] | None = None) -> Iterator[pd.DataFrame]:
+        """The accepted rows of `batches` (default: all) in ingestion order, `rows` at a time: a dataset larger
+        than memory is read in pieces. A chunk lacks the columns its batch file lacks (read fills them)."""
+        for batch in self.batches() if batches is None else batches:
+            with pd.read_csv(self.data_dir / batch.batch_file, chunksize=rows, **_BATCH_CSV) as reader:
+                yield from reader
 
     def quarantined_rows(self) -> int:
         return sum(b.quarantined for b in self.batches())
@@ -477,9 +486,9 @@ class _SortedRows:
 
 def _sort_rows(raw: RawSource, data: DataParams, existing: pd.DataFrame, task: Task, token_task: bool,
                pii_scanner: PiiScanner | None) -> _SortedRows:
+    from components.data.pii_screening import screen_rows
     from components.data.validation.duplicates import separate_repeated_texts
     from components.data.validation.quarantine import quarantine_rows
-    from components.data.pii_screening import screen_rows
 
     rows, excluded = build_dataset(raw, data, task=task)
     checked = quarantine_rows(rows, data, task=task)

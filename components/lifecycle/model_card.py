@@ -109,6 +109,22 @@ def _template_lines(template: str | None) -> list[str]:
              "inside it (data.template); the service applies it itself, so send the raw text."), ""]
 
 
+def _batch_size_lines(picked: dict | None) -> list[str]:
+    """The batch size train.batch_size: auto picked, within what, and what became of the learning rate."""
+    if not picked or "batch_size" not in picked:
+        return []
+    budget = picked.get("memory_budget_bytes")
+    within = f" within {budget / 2**30:.2f} GiB of {'GPU memory' if picked.get('memory') == 'cuda' else 'RAM'}" \
+        if isinstance(budget, (int, float)) else ""
+    rule = picked.get("learning_rate_rule", "unchanged")
+    rate = (f"learning rate {picked['learning_rate']:g}, " if isinstance(picked.get("learning_rate"), (int, float))
+            else "")
+    how = ("train.learning_rate as given" if rule == "unchanged"
+           else f"train.learning_rate scaled by the {rule} rule from a batch of 32")
+    return [f"- batch size: {picked['batch_size']}, picked by trial steps{within} (train.batch_size: auto); "
+            f"{rate}{how} (train.auto_batch_lr)"]
+
+
 def render_model_card(model_name: str, tags: dict[str, Any], parity: dict[str, Any], gate_summary: str) -> str:
     """Markdown for the version described by `tags` (tracking.version_tags), its export `parity`
     report (artifacts/export/parity.json) and the gate's summary."""
@@ -150,6 +166,7 @@ def render_model_card(model_name: str, tags: dict[str, Any], parity: dict[str, A
         *([f"- distilled from the teacher `{tags['teacher']}` (distill in params)"] if tags.get("teacher") else []),
         *([f"- encoder layers: {tags['layers']}, the base model's layers {_listed(tags['base_layers'])} "
            "(model.keep_layers)"] if tags.get("base_layers") else []),
+        *_batch_size_lines(_mapping_of(tags.get("batch_size"))),
         f"- data version (DVC): `{tags.get('data_hash', 'unknown')}`",
         f"- batches: {_listed(tags.get('data_batches', []))}",
         f"- git commit: `{tags.get('git_commit', 'unknown')}`",

@@ -113,7 +113,8 @@ def log_stage_outputs(registry: ModelRegistry, run_id: str, layout: ProjectLayou
     # train_peft: what trained (none, lora, prefix, p-tuning); trainable_share and seconds_per_epoch are
     # among the numbers above.
     registry.set_run_tags(run_id, {f"train_{key}": history[key]
-                                   for key in ("device", "device_name", "precision", "peft") if key in history})
+                                   for key in ("device", "device_name", "precision", "peft", "memory",
+                                               "learning_rate_rule") if key in history})
     if "replay" in history:  # continual learning: rows new, replayed and held back
         registry.log_metrics(run_id, {f"replay_{k}": v for k, v in history["replay"].items()})
 
@@ -344,6 +345,7 @@ def version_tags(params: Params, layout: ProjectLayout, data: dict, verdict: dic
         "base_model": params.model.base_model,
         **teacher_tag(params, layout),
         **layers_tag(layout),
+        **batch_size_tag(layout),
         "params": model_params(params),
         "model_md5": model_md5,
         "gate": "passed" if verdict["passed"] else "failed",
@@ -357,6 +359,17 @@ def version_tags(params: Params, layout: ProjectLayout, data: dict, verdict: dic
         **({"slices": served["slices"]} if served.get("slices") else {}),
         **vs_champion_tag(verdict),  # the model card's line on the champion
     }
+
+
+def batch_size_tag(layout: ProjectLayout) -> dict:
+    """{"batch_size": {picked, budget, learning rate and its rule}} when train.batch_size: auto picked it (the
+    model card says so); {} for a batch size params.yaml gave."""
+    history = read_json_if_present(layout.train_history) or {}
+    if "memory_budget_bytes" not in history:
+        return {}
+    return {"batch_size": {key: history[key] for key in ("batch_size", "eval_batch_size", "memory_budget_bytes",
+                                                          "memory", "learning_rate", "learning_rate_rule")
+                           if key in history}}
 
 
 def robustness_tag(layout: ProjectLayout) -> dict:

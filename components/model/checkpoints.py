@@ -19,6 +19,9 @@ import torch
 
 STATE_FILE = "last.pt"
 BEST_FILE = "best.pt"
+# The batch sizes train.batch_size: auto picked: a resumed run goes on with them rather than trying again,
+# since another pick would give another epoch plan than the one the checkpoint is part of.
+BATCH_SIZES_FILE = "batch_sizes.json"
 
 
 @dataclass
@@ -88,6 +91,21 @@ class Checkpointer:
         version, internal, gauss = saved["python_rng"]
         random.setstate((version, tuple(internal), gauss))
         return True
+
+    def save_batch_sizes(self, picked: dict) -> None:
+        import json
+
+        self.directory.mkdir(parents=True, exist_ok=True)
+        scratch = self.directory / (BATCH_SIZES_FILE + ".tmp")
+        scratch.write_text(json.dumps(picked, indent=2) + "\n")
+        scratch.replace(self.directory / BATCH_SIZES_FILE)
+
+    def load_batch_sizes(self) -> dict | None:
+        """What an earlier try of this run picked, when it left a checkpoint to resume from."""
+        import json
+
+        path = self.directory / BATCH_SIZES_FILE
+        return json.loads(path.read_text()) if path.is_file() and self.state_path.is_file() else None
 
     def save_best(self, weights: dict[str, torch.Tensor]) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)

@@ -28,6 +28,7 @@ from typing import Any
 
 from components.config import ConfigError, Params
 from components.config.curve import ALL
+from components.config.model import DEFAULT_BATCH_SIZE
 from components.layout import ProjectLayout
 
 CURVE_DIR = "curve"
@@ -68,8 +69,9 @@ def sentence_order(count: int, seed: int) -> list[int]:
     return order
 
 
-def subset_order(labels: list, seed: int) -> list[int]:
-    token_level = bool(labels) and isinstance(labels[0], list)
+def subset_order(labels, seed: int) -> list[int]:
+    """labels: a split's (a list, or the array and rows load_tokenized gives)."""
+    token_level = len(labels) > 0 and hasattr(labels[0], "__len__")  # tag ids per token, not a class id
     return sentence_order(len(labels), seed) if token_level else stratified_order(labels, seed)
 
 
@@ -183,7 +185,8 @@ def plan_points(layout: ProjectLayout, params: Params) -> list[CurvePoint]:
     for label, count in sizes:
         for method, overrides in curve.methods.items():
             base = bases[method]
-            epochs = epochs_for(count, base.train.batch_size, base.train.epochs, curve.min_steps)
+            batch_size = base.train.batch_size if base.train.batch_size != "auto" else DEFAULT_BATCH_SIZE
+            epochs = epochs_for(count, batch_size, base.train.epochs, curve.min_steps)
             validate_every = validation_interval(epochs, base.train.epochs)
             for seed in curve.seeds:
                 draft = CurvePoint(method, dict(overrides), label, count, seed, epochs, validate_every, key="")

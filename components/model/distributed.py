@@ -91,6 +91,17 @@ def mean_over_ranks(value: float, ranks: Ranks) -> float:
     return float(tensor.item()) / ranks.world_size
 
 
+def min_over_ranks(value: int, ranks: Ranks) -> int:
+    """The smallest of the ranks' values: a batch size every rank's memory holds."""
+    if not ranks.distributed:
+        return value
+    import torch.distributed as dist
+
+    tensor = torch.tensor([value], dtype=torch.int64)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+    return int(tensor.item())
+
+
 def gather_rng_states(ranks: Ranks) -> list[torch.Tensor]:
     """Every rank's torch RNG state (dropout differs per rank), so a resumed run draws as the killed one."""
     state = torch.get_rng_state()

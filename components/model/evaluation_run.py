@@ -3,6 +3,8 @@ The evaluate stage and the learning curve's points score here."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from components.config import Params
 from components.layout import ProjectLayout
 
@@ -23,14 +25,15 @@ def evaluate_on_test(layout: ProjectLayout, params: Params) -> None:
     # On the training device, in fp32: the test figures are the model's own, not autocast's.
     model.to(resolve_compute(params.train.device, "fp32").device)
     test = layout.read_split("test")
+    batch_size = params.train.scoring_batch_size(_picked_eval_batch_size(layout.train_history))
     if params.is_token_task:
         metrics, predictions = evaluate_tokens_torch(model, tokenizer, test, params.data.labels,
-                                                     params.model.max_length, params.train.eval_batch_size)
+                                                     params.model.max_length, batch_size)
     else:
         from components.data.template import apply_template
 
         probabilities = predict_proba_torch(model, tokenizer, apply_template(params.data.template, test["text"]),
-                                            params.model.max_length, params.train.eval_batch_size)
+                                            params.model.max_length, batch_size)
         metrics, predictions = evaluate_frame(test, probabilities, params.data.labels)
     write_evaluation(metrics, predictions, layout.eval_dir)
     entity = f"entity_f1={metrics['entity_f1']:.4f} " if "entity_f1" in metrics else ""
@@ -45,3 +48,10 @@ def evaluate_on_test(layout: ProjectLayout, params: Params) -> None:
     for name, entry in slices.items():
         print(f"slice {describe_slice(name, entry, params.gate.compare_metric)}"
               + ("" if entry["judged"] else f"; not judged (< {entry['min_rows']} rows)"))
+
+
+def _picked_eval_batch_size(history: Path) -> int | None:
+    """The scoring batch size training picked (train.eval_batch_size: auto), from its history."""
+    import json
+
+    return json.loads(history.read_text()).get("eval_batch_size") if history.is_file() else None

@@ -24,8 +24,10 @@ import torch
 from tqdm.auto import tqdm
 
 from components.config import TrainParams
+from components.config.model import DEFAULT_BATCH_SIZE
 from components.config.peft import PROMPT_METHODS
 from components.data.preprocess import IGNORE_INDEX, TokenizedSplit
+from components.data.ragged import RaggedRows, row_lengths
 from components.model.checkpoints import Checkpointer, TrainingState
 from components.model.compute import Compute, resolve_compute
 from components.model.distributed import (
@@ -34,6 +36,7 @@ from components.model.distributed import (
     gather_rng_states,
     launched_ranks,
     mean_over_ranks,
+    min_over_ranks,
     process_group,
     shard,
     wrap,
@@ -41,6 +44,7 @@ from components.model.distributed import (
 from components.model.trainable import add_lora, freeze, merge_lora
 
 StepHook = Callable[[int], None]  # called with the global step after each optimizer step
+AUTO = "auto"
 # The teacher's logits of a distilled training split (components/model/distill.py) travel in the batch
 # under this name; NaN rows are positions without a target.
 TEACHER_LOGITS = "teacher_logits"
@@ -85,6 +89,7 @@ class TrainResult:
     total_parameters: int = 0
     extra: dict = field(default_factory=dict)
     compute: dict = field(default_factory=dict)  # device, device_name, precision
+    batch_sizes: dict = field(default_factory=dict)  # what train.batch_size / eval_batch_size: auto picked, and how
     peft: str = "none"  # train.peft: what trained
 
     def write(self, path: Path) -> None:
@@ -97,7 +102,7 @@ class TrainResult:
                    "trainable_share": self.trainable_parameters / max(self.total_parameters, 1),
                    "seconds_per_epoch": (sum(r.seconds for r in self.history) / len(self.history)
                                          if self.history else 0.0),
-                   **self.compute, **self.extra,
+                   **self.compute, **self.batch_sizes, **self.extra,
                    "history": [asdict(r) for r in self.history]}
         path.write_text(json.dumps(payload, indent=2) + "\n")
 
@@ -120,35 +125,42 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def length_grouped_batches(lengths: list[int], batch_size: int, rng: random.Random) -> list[list[int]]:
-    """Shuffle, then sort within windows of 50 batches so each batch holds similar lengths."""
-    order = list(range(len(lengths)))
-    rng.shuffle(order)
+def length_grouped_batches(lengths: np.ndarray | list[int], batch_size: int, rng: random.Random) -> list[np.ndarray]:
+    """Shuffle, then sort within windows of 50 batches so each batch holds similar lengths.
+
+    The order lives in numpy arrays (8 bytes a row, not a Python int's 36), shuffled by `rng` itself, so that
+    a seed gives the same batches it always gave. The sort within a window is stable: ties keep shuffled order.
+    """
+    lengths = np.asarray(lengths)
+    order = np.arange(len(lengths), dtype=np.int64)
+    rng.shuffle(order)  # random.shuffle's draws on an array: the permutation a list of the same length gets
     window = batch_size * 50
     batches = []
     for start in range(0, len(order), window):
-        chunk = sorted(order[start:start + window], key=lambda i: lengths[i], reverse=True)
+        chunk = order[start:start + window]
+        chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
         batches.extend(chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size))
     rng.shuffle(batches)
     return batches
 
 
-def epoch_batches(split: TokenizedSplit, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+def epoch_batches(split: TokenizedSplit, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
     # Each epoch's order is a function of (seed, epoch) alone, so a resumed run can rebuild it.
-    return length_grouped_batches([len(x) for x in split.input_ids], batch_size, random.Random(f"{seed}:{epoch}"))
+    return length_grouped_batches(row_lengths(split.input_ids), batch_size, random.Random(f"{seed}:{epoch}"))
 
 
-def collate(split: TokenizedSplit, indices: list[int], pad_id: int) -> dict[str, torch.Tensor]:
-    width = max(len(split.input_ids[i]) for i in indices)
+def collate(split: TokenizedSplit, indices, pad_id: int) -> dict[str, torch.Tensor]:
+    lengths = torch.tensor([len(split.input_ids[i]) for i in indices])
+    width = int(lengths.max())
 
-    def padded(rows: list, fill: int) -> torch.Tensor:
+    def padded(rows, fill: int) -> torch.Tensor:
         """The rows at `indices`, each padded with `fill` to the batch's longest example."""
         out = torch.full((len(indices), width), fill, dtype=torch.long)
         for slot, i in enumerate(indices):
-            out[slot, :len(rows[i])] = torch.tensor(rows[i], dtype=torch.long)
+            row = np.array(rows[i], dtype=np.int64)  # a copy: a memory-mapped row is read-only
+            out[slot, :len(row)] = torch.from_numpy(row)
         return out
 
-    lengths = torch.tensor([len(split.input_ids[i]) for i in indices])
     batch = {
         "input_ids": padded(split.input_ids, pad_id),
         "attention_mask": (torch.arange(width) < lengths[:, None]).long(),
@@ -185,8 +197,11 @@ def subsample(split: TokenizedSplit, limit: int | None, seed: int) -> TokenizedS
 
 def class_weights(split: TokenizedSplit, num_labels: int) -> torch.Tensor:
     """n / (k * count_c): each class contributes as much loss as if classes were balanced."""
-    flat = [y for ys in split.labels for y in ys] if split.token_level else list(split.labels)
-    counts = np.bincount([y for y in flat if y != IGNORE_INDEX], minlength=num_labels).astype(np.float64)
+    if isinstance(split.labels, RaggedRows):
+        flat = np.concatenate([values for values, _ in split.labels.chunks])
+    else:
+        flat = np.asarray([y for ys in split.labels for y in ys] if split.token_level else split.labels, dtype=np.int64)
+    counts = np.bincount(flat[flat != IGNORE_INDEX], minlength=num_labels).astype(np.float64)
     present = counts > 0
     weights = np.ones(num_labels)
     weights[present] = counts[present].sum() / (present.sum() * counts[present])
@@ -256,7 +271,7 @@ def evaluate_split(model, split: TokenizedSplit, labels: list[str], batch_size: 
     from components.model.metrics import classification_metrics
 
     model.eval()
-    order = sorted(range(len(split)), key=lambda i: len(split.input_ids[i]))
+    order = np.argsort(row_lengths(split.input_ids), kind="stable")  # shortest first, ties in split order
     total_loss = 0.0
     predictions: list = [None] * len(split)
     for start in range(0, len(order), batch_size):
@@ -335,6 +350,24 @@ class _TrainingJob:
     def metric(self) -> str:
         return "entity_f1" if self.token_level else "macro_f1"
 
+    @property
+    def steps_per_epoch(self) -> int:
+        return max(math.ceil(len(self.train) / self.params.batch_size), 1)
+
+    @property
+    def epochs(self) -> int:
+        """train.epochs, or with train.max_steps the passes its steps start (the last one cut short)."""
+        if self.params.max_steps is None:
+            return self.params.epochs
+        return math.ceil(self.params.max_steps / self.steps_per_epoch)
+
+    @property
+    def total_steps(self) -> int:
+        return self.params.max_steps or self.steps_per_epoch * self.params.epochs
+
+    def done(self, state: TrainingState) -> bool:
+        return state.stopped or state.epoch > self.epochs or state.global_step >= self.total_steps
+
     def say(self, line: str) -> None:
         """Rank 0 speaks for all."""
         (tqdm.write if self.ranks.is_main else _silent)(line)
@@ -353,6 +386,7 @@ class _Loop:
     state: TrainingState
     best_state: dict | None
     resumed_from: int | None
+    micro_batch: int | None = None  # after an out-of-memory error: the most rows one forward pass takes
 
 
 def _train(model, job: _TrainingJob) -> tuple[TrainResult, object]:
@@ -361,6 +395,7 @@ def _train(model, job: _TrainingJob) -> tuple[TrainResult, object]:
     job = replace(job, train=subsample(job.train, params.max_train_examples, params.seed))
     model = _with_trainable_parts(model, job)
     model.to(compute.device)
+    job, picked = _with_batch_sizes(model, job)
     step_model = wrap(model, ranks, compute)  # DDP when there are several ranks
     if ranks.distributed:
         torch.manual_seed(params.seed + ranks.rank)  # each rank its own dropout draws
@@ -374,7 +409,7 @@ def _train(model, job: _TrainingJob) -> tuple[TrainResult, object]:
                if params.class_weights == "balanced" else None)
     loop = _start_loop(model, step_model, scaler, weights, job)
 
-    while loop.state.epoch <= params.epochs and not loop.state.stopped:
+    while not job.done(loop.state):
         _run_epoch(loop, job)
 
     model = _best_model(loop, params)
@@ -383,9 +418,123 @@ def _train(model, job: _TrainingJob) -> tuple[TrainResult, object]:
         history=[EpochRecord(**r) for r in state.history], best_epoch=state.best_epoch, train_examples=len(job.train),
         metric=job.metric, best_score=state.best_score, stopped_early=state.stopped,
         resumed_from_step=loop.resumed_from, trainable_parameters=trainable, total_parameters=total,
-        compute=compute.describe(), peft=params.peft,
+        compute=compute.describe(), peft=params.peft, batch_sizes=picked,
     )
     return result, model
+
+
+def scaled_learning_rate(learning_rate: float, batch_size: int, rule: str) -> float:
+    """train.learning_rate for a batch size batch_size: auto picked (train.auto_batch_lr)."""
+    ratio = batch_size / DEFAULT_BATCH_SIZE
+    return learning_rate * {"unchanged": 1.0, "sqrt": math.sqrt(ratio), "linear": ratio}[rule]
+
+
+def _with_batch_sizes(model, job: _TrainingJob) -> tuple[_TrainingJob, dict]:
+    """The job with train.batch_size / eval_batch_size: auto replaced by the sizes trial steps picked (a resumed
+    run's earlier picks), and the record of the picks for the training history."""
+    params = job.params
+    if AUTO not in (params.batch_size, params.eval_batch_size):
+        return job, {}
+    picked = job.checkpoints.load_batch_sizes() if job.checkpoints else None
+    if picked is None:
+        picked = _pick_batch_sizes(model, job)
+        if job.checkpoints and job.ranks.is_main:
+            job.checkpoints.save_batch_sizes(picked)
+    update: dict = {}
+    if params.batch_size == AUTO:
+        update["batch_size"] = picked["batch_size"]
+        update["learning_rate"] = scaled_learning_rate(params.learning_rate, picked["batch_size"], params.auto_batch_lr)
+        picked = {**picked, "learning_rate": update["learning_rate"], "learning_rate_rule": params.auto_batch_lr}
+    if params.eval_batch_size == AUTO:
+        update["eval_batch_size"] = picked["eval_batch_size"]
+    job.say("batch_size auto: " + ", ".join(f"{name} {picked[name]}" for name in ("batch_size", "eval_batch_size")
+                                             if params.model_dump()[name] == AUTO)
+            + f" within {picked['memory_budget_bytes'] / 2**30:.2f} GiB ({picked['memory']})")
+    return replace(job, params=params.model_copy(update=update)), picked
+
+
+def _pick_batch_sizes(model, job: _TrainingJob) -> dict:
+    """Trial steps on the longest rows at sizes 1, 2, 4, ...: the largest that stays within train.memory_budget.
+    The trials leave the weights, gradients and random state as they found them: the run that follows trains
+    as one given the picked size would."""
+    from components.model.batch_size import default_budget, pick_batch_size
+
+    params, device = job.params, job.compute.device
+    budget = params.memory_budget_bytes or default_budget(device)
+    random_state = _random_state()
+    picked: dict = {"memory_budget_bytes": budget}
+    try:
+        # Held in the run but in no trial: AdamW's two fp32 moments per trainable weight (from the first step)
+        # and the copy of the best weights (from the first validation pass), on the training device.
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        best_copy = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+        held = 2 * 4 * trainable + best_copy
+        if params.batch_size == AUTO:
+            choice = pick_batch_size(_training_trial(model, job), device=device, budget_bytes=budget,
+                                     largest=len(job.train), extra_bytes=held, progress=job.say)
+            picked.update(batch_size=min_over_ranks(choice.size, job.ranks), batch_size_trials=choice.record())
+            picked["memory"] = choice.memory
+        if params.eval_batch_size == AUTO:
+            choice = pick_batch_size(_scoring_trial(model, job), device=device, budget_bytes=budget,
+                                     largest=max(len(job.validation), 1), extra_bytes=held, progress=job.say)
+            picked.update(eval_batch_size=min_over_ranks(choice.size, job.ranks),
+                          eval_batch_size_trials=choice.record())
+            picked["memory"] = choice.memory
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.train()
+        _restore_random_state(random_state)
+    return picked
+
+
+def _longest_rows(split: TokenizedSplit, size: int) -> np.ndarray:
+    """The indices of the `size` longest rows (repeated when the split has fewer): the costliest batch."""
+    longest = np.argsort(-row_lengths(split.input_ids), kind="stable")[:size]
+    return np.resize(longest, size)
+
+
+def _training_trial(model, job: _TrainingJob) -> Callable[[int], None]:
+    def trial(size: int) -> None:
+        model.train()
+        batch = job.compute.batch(collate(job.train, _longest_rows(job.train, size), job.pad_id))
+        try:
+            with job.compute.autocast():
+                logits = model(**model_inputs(batch)).logits
+            loss = (_loss(logits.float(), batch["labels"], None) if job.distillation is None
+                    else job.distillation.loss(logits.float(), batch, None))
+            loss.backward()
+        finally:
+            del batch
+            model.zero_grad(set_to_none=True)
+
+    return trial
+
+
+def _scoring_trial(model, job: _TrainingJob) -> Callable[[int], None]:
+    split = job.validation if len(job.validation) else job.train
+
+    @torch.no_grad()
+    def trial(size: int) -> None:
+        model.eval()
+        batch = job.compute.batch(collate(split, _longest_rows(split, size), job.pad_id))
+        with job.compute.autocast():
+            model(**model_inputs(batch))
+
+    return trial
+
+
+def _random_state() -> tuple:
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    return random.getstate(), np.random.get_state(), torch.get_rng_state(), cuda
+
+
+def _restore_random_state(state: tuple) -> None:
+    python, numpy_state, torch_state, cuda = state
+    random.setstate(python)
+    np.random.set_state(numpy_state)
+    torch.set_rng_state(torch_state)
+    if cuda is not None:
+        torch.cuda.set_rng_state_all(cuda)
 
 
 def _with_trainable_parts(model, job: _TrainingJob):
@@ -397,7 +546,7 @@ def _with_trainable_parts(model, job: _TrainingJob):
     if params.peft in PROMPT_METHODS:
         from components.model.prompts import add_prompt
 
-        longest = max((len(row) for s in (job.train, job.validation) for row in s.input_ids), default=0)
+        longest = max((int(row_lengths(s.input_ids).max(initial=0)) for s in (job.train, job.validation)), default=0)
         return add_prompt(model, params.peft, params.prompt, longest)
     return model
 
@@ -405,9 +554,8 @@ def _with_trainable_parts(model, job: _TrainingJob):
 def _start_loop(model, step_model, scaler, weights: torch.Tensor | None, job: _TrainingJob) -> _Loop:
     """The optimizer and schedule, from scratch or resumed from a matching checkpoint."""
     params, checkpoints = job.params, job.checkpoints
-    steps_per_epoch = math.ceil(len(job.train) / params.batch_size)
     optimizer = _optimizer(model, params)
-    scheduler = _scheduler(optimizer, params, steps_per_epoch * params.epochs)
+    scheduler = _scheduler(optimizer, params, job.total_steps)
     state = TrainingState()
     resumed = checkpoints.restore(model, optimizer, scheduler, state, job.ranks.rank) if checkpoints else False
     if resumed:
@@ -425,9 +573,12 @@ def _run_epoch(loop: _Loop, job: _TrainingJob) -> None:
     loop.model.train()
     started, seconds_before = time.perf_counter(), state.seconds_in_epoch  # a resumed epoch counts its first part
     batches = shard(epoch_batches(job.train, params.batch_size, params.seed, epoch), job.ranks)
-    progress = tqdm(batches, desc=f"epoch {epoch}/{params.epochs}", unit="batch", leave=True,
-                    initial=state.step_in_epoch, disable=not job.ranks.is_main)
-    for indices in batches[state.step_in_epoch:]:
+    steps_left = job.total_steps - state.global_step  # train.max_steps may end the run inside this epoch
+    batches_left = batches[state.step_in_epoch:state.step_in_epoch + steps_left]
+    progress = tqdm(batches, desc=f"epoch {epoch}/{job.epochs}", unit="batch", leave=True,
+                    initial=state.step_in_epoch, total=state.step_in_epoch + len(batches_left),
+                    disable=not job.ranks.is_main)
+    for indices in batches_left:
         _step(loop, job, indices)
         progress.update(1)
         progress.set_postfix(loss=f"{state.running_loss / state.step_in_epoch:.4f}")
@@ -438,8 +589,9 @@ def _run_epoch(loop: _Loop, job: _TrainingJob) -> None:
             job.on_step(state.global_step)
     progress.close()
     seconds = seconds_before + time.perf_counter() - started
-    train_loss = mean_over_ranks(state.running_loss / max(len(batches), 1), job.ranks)
-    if epoch % params.validate_every and epoch < params.epochs:
+    train_loss = mean_over_ranks(state.running_loss / max(state.step_in_epoch, 1), job.ranks)
+    last = epoch >= job.epochs or state.global_step >= job.total_steps
+    if epoch % params.validate_every and not last:
         state.history.append(asdict(EpochRecord(epoch, train_loss, None, None, None, seconds,
                                                 len(job.train) / seconds)))
         job.say(f"epoch {epoch}: train_loss={train_loss:.4f} (validation every {params.validate_every} epochs)")
@@ -451,25 +603,61 @@ def _run_epoch(loop: _Loop, job: _TrainingJob) -> None:
 
 
 def _step(loop: _Loop, job: _TrainingJob, indices) -> None:
-    """One optimizer step on one batch."""
-    compute, model, optimizer = job.compute, loop.model, loop.optimizer
-    batch = compute.batch(collate(job.train, indices, job.pad_id))
-    with compute.autocast():
-        logits = loop.step_model(**model_inputs(batch)).logits
-    if job.distillation is None:
-        loss = _loss(logits.float(), batch["labels"], loop.weights)
-    else:
-        loss = job.distillation.loss(logits.float(), batch, loop.weights)
-    loop.scaler.scale(loss).backward()
+    """One optimizer step on one batch. A batch that runs out of memory is run again in halves whose gradients
+    add up to the batch's (a longer batch than the trial steps saw, a GPU shared with another job); the halving
+    holds for the rest of the run."""
+    while True:
+        try:
+            loss = _accumulate(loop, job, indices, loop.micro_batch or len(indices))
+            break
+        except Exception as error:  # noqa: BLE001 - only running out of memory is retried, in halves
+            from components.model.batch_size import free_memory, is_out_of_memory
+
+            micro = loop.micro_batch or len(indices)
+            if not is_out_of_memory(error) or micro <= 1:
+                raise
+            loop.optimizer.zero_grad(set_to_none=True)
+            free_memory(job.compute.device)
+            loop.micro_batch = micro // 2
+            job.say(f"out of memory on a batch of {len(indices)} at step {loop.state.global_step + 1}: "
+                    f"its gradients now add up over parts of at most {loop.micro_batch}")
+    optimizer, model = loop.optimizer, loop.model
     loop.scaler.unscale_(optimizer)  # clip the true gradients, not the fp16-scaled ones
     torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], job.params.max_grad_norm)
     loop.scaler.step(optimizer)
     loop.scaler.update()
     loop.scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    loop.state.running_loss += loss.item()
+    loop.state.running_loss += loss
     loop.state.step_in_epoch += 1
     loop.state.global_step += 1
+
+
+def _accumulate(loop: _Loop, job: _TrainingJob, indices, part_size: int) -> float:
+    """The batch's loss and gradients, computed over parts of at most `part_size` rows. Each part's loss counts
+    by its share of the batch's targets (rows; labelled tokens for tags), so the parts add up to the whole
+    batch's mean loss (exactly without class weights or a teacher)."""
+    parts = [indices[start:start + part_size] for start in range(0, len(indices), part_size)]
+    batches = [collate(job.train, part, job.pad_id) for part in parts]
+    targets = [_targets(batch, job.token_level) for batch in batches]
+    total, loss_sum = max(sum(targets), 1), 0.0
+    for batch, share in zip(batches, targets):
+        batch = job.compute.batch(batch)
+        with job.compute.autocast():
+            logits = loop.step_model(**model_inputs(batch)).logits
+        if job.distillation is None:
+            loss = _loss(logits.float(), batch["labels"], loop.weights)
+        else:
+            loss = job.distillation.loss(logits.float(), batch, loop.weights)
+        scaled = loss * (share / total) if len(batches) > 1 else loss
+        loop.scaler.scale(scaled).backward()
+        loss_sum += scaled.item()
+    return loss_sum
+
+
+def _targets(batch: dict[str, torch.Tensor], token_level: bool) -> int:
+    labels = batch["labels"]
+    return int((labels != IGNORE_INDEX).sum()) if token_level else len(labels)
 
 
 def _validate(loop: _Loop, job: _TrainingJob, epoch: int, train_loss: float, seconds: float) -> None:
