@@ -25,7 +25,7 @@ from components.data.preprocess import (
 )
 from components.data.ragged import RaggedRows, row_lengths
 from components.layout import SPLITS
-from components.model.train import length_grouped_batches
+from components.model.batches import length_grouped_batches
 from tests.tiny import sentiment_frame
 from tests.train_job import LABELS, sentiment_splits, train_params
 
@@ -248,7 +248,7 @@ def test_auto_batch_size_fits_the_budget_and_trains_as_that_size_would(tiny_base
 
 
 def test_auto_batch_size_scales_the_learning_rate_only_when_asked(tiny_base_model):
-    from components.model.train import scaled_learning_rate
+    from components.model.auto_batch import scaled_learning_rate
 
     assert scaled_learning_rate(1e-4, 128, "unchanged") == 1e-4
     assert scaled_learning_rate(1e-4, 128, "sqrt") == pytest.approx(2e-4)

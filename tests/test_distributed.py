@@ -33,7 +33,7 @@ def ranks_of(out: Path) -> list[dict]:
 
 def test_every_rank_gets_a_different_shard_that_changes_with_the_epoch():
     from components.data.preprocess import TokenizedSplit
-    from components.model.train import epoch_batches
+    from components.model.batches import epoch_batches
 
     split = TokenizedSplit([[1] * (5 + i % 7) for i in range(50)], [i % 2 for i in range(50)])
     ranks = [Ranks(r, 2, r) for r in (0, 1)]

@@ -101,7 +101,7 @@ def test_merging_lora_keeps_the_model_s_answers(tiny_base_model):
 
 def test_class_weights_favour_the_rare_class():
     from components.data.preprocess import TokenizedSplit
-    from components.model.train import class_weights
+    from components.model.batches import class_weights
 
     split = TokenizedSplit([[1]] * 10, [0] * 8 + [1] * 2)
     weights = class_weights(split, 3)

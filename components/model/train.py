@@ -24,10 +24,18 @@ import torch
 from tqdm.auto import tqdm
 
 from components.config import TrainParams
-from components.config.model import DEFAULT_BATCH_SIZE
 from components.config.peft import PROMPT_METHODS
 from components.data.preprocess import IGNORE_INDEX, TokenizedSplit
-from components.data.ragged import RaggedRows, row_lengths
+from components.data.ragged import row_lengths
+from components.model.auto_batch import AUTO, pick_batch_sizes, scaled_learning_rate
+from components.model.batches import (
+    TEACHER_LOGITS,
+    class_weights,
+    collate,
+    epoch_batches,
+    model_inputs,
+    subsample,
+)
 from components.model.checkpoints import Checkpointer, TrainingState
 from components.model.compute import Compute, resolve_compute
 from components.model.distributed import (
@@ -44,10 +52,6 @@ from components.model.distributed import (
 from components.model.trainable import add_lora, freeze, merge_lora
 
 StepHook = Callable[[int], None]  # called with the global step after each optimizer step
-AUTO = "auto"
-# The teacher's logits of a distilled training split (components/model/distill.py) travel in the batch
-# under this name; NaN rows are positions without a target.
-TEACHER_LOGITS = "teacher_logits"
 
 
 @dataclass(frozen=True)
@@ -123,89 +127,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def length_grouped_batches(lengths: np.ndarray | list[int], batch_size: int, rng: random.Random) -> list[np.ndarray]:
-    """Shuffle, then sort within windows of 50 batches so each batch holds similar lengths.
-
-    The order lives in numpy arrays (8 bytes a row, not a Python int's 36), shuffled by `rng` itself, so that
-    a seed gives the same batches it always gave. The sort within a window is stable: ties keep shuffled order.
-    """
-    lengths = np.asarray(lengths)
-    order = np.arange(len(lengths), dtype=np.int64)
-    rng.shuffle(order)  # random.shuffle's draws on an array: the permutation a list of the same length gets
-    window = batch_size * 50
-    batches = []
-    for start in range(0, len(order), window):
-        chunk = order[start:start + window]
-        chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
-        batches.extend(chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size))
-    rng.shuffle(batches)
-    return batches
-
-
-def epoch_batches(split: TokenizedSplit, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
-    # Each epoch's order is a function of (seed, epoch) alone, so a resumed run can rebuild it.
-    return length_grouped_batches(row_lengths(split.input_ids), batch_size, random.Random(f"{seed}:{epoch}"))
-
-
-def collate(split: TokenizedSplit, indices, pad_id: int) -> dict[str, torch.Tensor]:
-    lengths = torch.tensor([len(split.input_ids[i]) for i in indices])
-    width = int(lengths.max())
-
-    def padded(rows, fill: int) -> torch.Tensor:
-        """The rows at `indices`, each padded with `fill` to the batch's longest example."""
-        out = torch.full((len(indices), width), fill, dtype=torch.long)
-        for slot, i in enumerate(indices):
-            row = np.array(rows[i], dtype=np.int64)  # a copy: a memory-mapped row is read-only
-            out[slot, :len(row)] = torch.from_numpy(row)
-        return out
-
-    batch = {
-        "input_ids": padded(split.input_ids, pad_id),
-        "attention_mask": (torch.arange(width) < lengths[:, None]).long(),
-        "labels": (padded(split.labels, IGNORE_INDEX) if split.token_level
-                   else torch.tensor([split.labels[i] for i in indices], dtype=torch.long)),
-    }
-    if split.token_type_ids is not None:
-        batch["token_type_ids"] = padded(split.token_type_ids, 0)
-    teacher = getattr(split, TEACHER_LOGITS, None)
-    if teacher is not None:
-        batch[TEACHER_LOGITS] = _teacher_targets(teacher, indices, width, split.token_level)
-    return batch
-
-
-def _teacher_targets(teacher: list, indices: list[int], width: int, token_level: bool) -> torch.Tensor:
-    if not token_level:
-        return torch.tensor(np.stack([teacher[i] for i in indices]), dtype=torch.float32)
-    out = torch.full((len(indices), width, teacher[indices[0]].shape[-1]), float("nan"))
-    for slot, i in enumerate(indices):
-        out[slot, :len(teacher[i])] = torch.from_numpy(np.asarray(teacher[i], dtype=np.float32))
-    return out
-
-
-def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """What the model is called with: everything collate made except the labels."""
-    return {name: tensor for name, tensor in batch.items() if name not in ("labels", TEACHER_LOGITS)}
-
-
-def subsample(split: TokenizedSplit, limit: int | None, seed: int) -> TokenizedSplit:
-    if limit is None or limit >= len(split):
-        return split
-    return split.select(sorted(random.Random(seed).sample(range(len(split)), limit)))
-
-
-def class_weights(split: TokenizedSplit, num_labels: int) -> torch.Tensor:
-    """n / (k * count_c): each class contributes as much loss as if classes were balanced."""
-    if isinstance(split.labels, RaggedRows):
-        flat = np.concatenate([values for values, _ in split.labels.chunks])
-    else:
-        flat = np.asarray([y for ys in split.labels for y in ys] if split.token_level else split.labels, dtype=np.int64)
-    counts = np.bincount(flat[flat != IGNORE_INDEX], minlength=num_labels).astype(np.float64)
-    present = counts > 0
-    weights = np.ones(num_labels)
-    weights[present] = counts[present].sum() / (present.sum() * counts[present])
-    return torch.tensor(weights, dtype=torch.float32)
 
 
 def _optimizer(model: torch.nn.Module, params: TrainParams) -> torch.optim.Optimizer:
@@ -423,12 +344,6 @@ def _train(model, job: _TrainingJob) -> tuple[TrainResult, object]:
     return result, model
 
 
-def scaled_learning_rate(learning_rate: float, batch_size: int, rule: str) -> float:
-    """train.learning_rate for a batch size batch_size: auto picked (train.auto_batch_lr)."""
-    ratio = batch_size / DEFAULT_BATCH_SIZE
-    return learning_rate * {"unchanged": 1.0, "sqrt": math.sqrt(ratio), "linear": ratio}[rule]
-
-
 def _with_batch_sizes(model, job: _TrainingJob) -> tuple[_TrainingJob, dict]:
     """The job with train.batch_size / eval_batch_size: auto replaced by the sizes trial steps picked (a resumed
     run's earlier picks), and the record of the picks for the training history."""
@@ -437,7 +352,9 @@ def _with_batch_sizes(model, job: _TrainingJob) -> tuple[_TrainingJob, dict]:
         return job, {}
     picked = job.checkpoints.load_batch_sizes() if job.checkpoints else None
     if picked is None:
-        picked = _pick_batch_sizes(model, job)
+        picked = pick_batch_sizes(model, params, job.train, job.validation, pad_id=job.pad_id, compute=job.compute,
+                                  loss=lambda logits, batch: _batch_loss(logits, batch, None, job),
+                                  agree=lambda size: min_over_ranks(size, job.ranks), say=job.say)
         if job.checkpoints and job.ranks.is_main:
             job.checkpoints.save_batch_sizes(picked)
     update: dict = {}
@@ -451,90 +368,6 @@ def _with_batch_sizes(model, job: _TrainingJob) -> tuple[_TrainingJob, dict]:
                                              if params.model_dump()[name] == AUTO)
             + f" within {picked['memory_budget_bytes'] / 2**30:.2f} GiB ({picked['memory']})")
     return replace(job, params=params.model_copy(update=update)), picked
-
-
-def _pick_batch_sizes(model, job: _TrainingJob) -> dict:
-    """Trial steps on the longest rows at sizes 1, 2, 4, ...: the largest that stays within train.memory_budget.
-    The trials leave the weights, gradients and random state as they found them: the run that follows trains
-    as one given the picked size would."""
-    from components.model.batch_size import default_budget, pick_batch_size
-
-    params, device = job.params, job.compute.device
-    budget = params.memory_budget_bytes or default_budget(device)
-    random_state = _random_state()
-    picked: dict = {"memory_budget_bytes": budget}
-    try:
-        # Held in the run but in no trial: AdamW's two fp32 moments per trainable weight (from the first step)
-        # and the copy of the best weights (from the first validation pass), on the training device.
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        best_copy = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-        held = 2 * 4 * trainable + best_copy
-        if params.batch_size == AUTO:
-            choice = pick_batch_size(_training_trial(model, job), device=device, budget_bytes=budget,
-                                     largest=len(job.train), extra_bytes=held, progress=job.say)
-            picked.update(batch_size=min_over_ranks(choice.size, job.ranks), batch_size_trials=choice.record())
-            picked["memory"] = choice.memory
-        if params.eval_batch_size == AUTO:
-            choice = pick_batch_size(_scoring_trial(model, job), device=device, budget_bytes=budget,
-                                     largest=max(len(job.validation), 1), extra_bytes=held, progress=job.say)
-            picked.update(eval_batch_size=min_over_ranks(choice.size, job.ranks),
-                          eval_batch_size_trials=choice.record())
-            picked["memory"] = choice.memory
-    finally:
-        model.zero_grad(set_to_none=True)
-        model.train()
-        _restore_random_state(random_state)
-    return picked
-
-
-def _longest_rows(split: TokenizedSplit, size: int) -> np.ndarray:
-    """The indices of the `size` longest rows (repeated when the split has fewer): the costliest batch."""
-    longest = np.argsort(-row_lengths(split.input_ids), kind="stable")[:size]
-    return np.resize(longest, size)
-
-
-def _training_trial(model, job: _TrainingJob) -> Callable[[int], None]:
-    def trial(size: int) -> None:
-        model.train()
-        batch = job.compute.batch(collate(job.train, _longest_rows(job.train, size), job.pad_id))
-        try:
-            with job.compute.autocast():
-                logits = model(**model_inputs(batch)).logits
-            loss = (_loss(logits.float(), batch["labels"], None) if job.distillation is None
-                    else job.distillation.loss(logits.float(), batch, None))
-            loss.backward()
-        finally:
-            del batch
-            model.zero_grad(set_to_none=True)
-
-    return trial
-
-
-def _scoring_trial(model, job: _TrainingJob) -> Callable[[int], None]:
-    split = job.validation if len(job.validation) else job.train
-
-    @torch.no_grad()
-    def trial(size: int) -> None:
-        model.eval()
-        batch = job.compute.batch(collate(split, _longest_rows(split, size), job.pad_id))
-        with job.compute.autocast():
-            model(**model_inputs(batch))
-
-    return trial
-
-
-def _random_state() -> tuple:
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-    return random.getstate(), np.random.get_state(), torch.get_rng_state(), cuda
-
-
-def _restore_random_state(state: tuple) -> None:
-    python, numpy_state, torch_state, cuda = state
-    random.setstate(python)
-    np.random.set_state(numpy_state)
-    torch.set_rng_state(torch_state)
-    if cuda is not None:
-        torch.cuda.set_rng_state_all(cuda)
 
 
 def _with_trainable_parts(model, job: _TrainingJob):
@@ -645,14 +478,19 @@ def _accumulate(loop: _Loop, job: _TrainingJob, indices, part_size: int) -> floa
         batch = job.compute.batch(batch)
         with job.compute.autocast():
             logits = loop.step_model(**model_inputs(batch)).logits
-        if job.distillation is None:
-            loss = _loss(logits.float(), batch["labels"], loop.weights)
-        else:
-            loss = job.distillation.loss(logits.float(), batch, loop.weights)
+        loss = _batch_loss(logits.float(), batch, loop.weights, job)
         scaled = loss * (share / total) if len(batches) > 1 else loss
         loop.scaler.scale(scaled).backward()
         loss_sum += scaled.item()
     return loss_sum
+
+
+def _batch_loss(logits: torch.Tensor, batch: dict[str, torch.Tensor], weights: torch.Tensor | None,
+                job: _TrainingJob) -> torch.Tensor:
+    """Cross-entropy on the labels, or with a teacher the distillation loss."""
+    if job.distillation is None:
+        return _loss(logits, batch["labels"], weights)
+    return job.distillation.loss(logits, batch, weights)
 
 
 def _targets(batch: dict[str, torch.Tensor], token_level: bool) -> int:
