@@ -297,17 +297,18 @@ def save_tokenized(split: TokenizedSplit, path: Path) -> None:
         writer.write(split)
 
 
-def load_tokenized(path: Path) -> TokenizedSplit:
+def load_tokenized(path: Path, *, batch_ids: bool = True) -> TokenizedSplit:
     """A split written by TokenizedWriter, its rows read through a memory map: pages are read from disk as
-    rows are used, and only the row lengths, class ids and batch ids are held in memory."""
+    rows are used, and only the row lengths and class ids are held in memory (4 bytes a row each).
+    `batch_ids` False leaves them out: reading them reads every row's batch id from disk, and only continual
+    training's replay needs them."""
     table = pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
     label = table.column("label")
-    labels = (RaggedRows.from_arrow(label) if pa.types.is_list(label.type)
-              else np.asarray(label.to_numpy(), dtype=np.int64))
+    labels = RaggedRows.from_arrow(label) if pa.types.is_list(label.type) else label.to_numpy()
     # A few distinct batch ids over millions of rows: codes and categories, never a string object per row.
-    batch_ids = (table.column("batch_id").dictionary_encode().to_pandas().array
-                 if "batch_id" in table.column_names else None)
+    kept_batch_ids = (table.column("batch_id").dictionary_encode().to_pandas().array
+                      if batch_ids and "batch_id" in table.column_names else None)
     return TokenizedSplit(input_ids=RaggedRows.from_arrow(table.column("input_ids")), labels=labels,
-                          batch_ids=batch_ids,
+                          batch_ids=kept_batch_ids,
                           token_type_ids=(RaggedRows.from_arrow(table.column("token_type_ids"))
                                           if "token_type_ids" in table.column_names else None))

@@ -103,9 +103,9 @@ def _flat(array: pa.ListArray) -> tuple[np.ndarray, np.ndarray]:
     """(values, offsets) of a list<int32> array, rebased to start at 0 when the array is a slice."""
     if array.null_count:
         raise ValueError("a tokenized column has empty (null) rows")
-    offsets = array.offsets.to_numpy(zero_copy_only=False).astype(np.int64)
+    offsets = array.offsets.to_numpy(zero_copy_only=False)  # int32, straight from the file's pages
     values = array.values.to_numpy(zero_copy_only=False)[offsets[0]:offsets[-1]]
-    return values, offsets - offsets[0]
+    return values, (offsets - offsets[0] if offsets[0] else offsets)
 
 
 def row_lengths(rows: Sequence) -> np.ndarray:

@@ -19,11 +19,11 @@ TEACHER_LOGITS = "teacher_logits"
 def length_grouped_batches(lengths: np.ndarray | list[int], batch_size: int, rng: random.Random) -> list[np.ndarray]:
     """Shuffle, then sort within windows of 50 batches so each batch holds similar lengths.
 
-    The order lives in numpy arrays (8 bytes a row, not a Python int's 36), shuffled by `rng` itself, so that
+    The order lives in numpy arrays (4 bytes a row, not a Python int's 36), shuffled by `rng` itself, so that
     a seed gives the same batches it always gave. The sort within a window is stable: ties keep shuffled order.
     """
     lengths = np.asarray(lengths)
-    order = np.arange(len(lengths), dtype=np.int64)
+    order = np.arange(len(lengths), dtype=np.int32 if len(lengths) < 2**31 else np.int64)
     rng.shuffle(order)  # random.shuffle's draws on an array: the permutation a list of the same length gets
     window = batch_size * 50
     batches = []

@@ -167,7 +167,7 @@ def plan_points(layout: ProjectLayout, params: Params) -> list[CurvePoint]:
 
     require_splits(layout)
     curve = params.curve
-    rows = len(load_tokenized(layout.tokenized_file("train")))
+    rows = len(load_tokenized(layout.tokenized_file("train"), batch_ids=False))
     sizes: list[tuple[int | str, int]] = []
     for size in curve.sizes:
         label, count = (ALL, rows) if size == ALL or size >= rows else (size, size)

@@ -81,7 +81,8 @@ def train_model(layout: ProjectLayout, params: Params, outputs: TrainOutputs):
         raise ConfigError(f"model.word_shapes: the starting model {source} reads word shapes; keep model.word_shapes: true")
     if params.model.word_shapes:
         model = add_word_shapes(model, source)
-    train_split = load_tokenized(layout.tokenized_file("train"))
+    # Batch ids only for replay (a start from the champion): reading them reads a string for every row.
+    train_split = load_tokenized(layout.tokenized_file("train"), batch_ids=from_champion)
     labelled_rows, distillation = len(train_split), None
     if params.distill.enabled:
         train_split, distillation = _with_teacher_targets(layout, params, train_split, tokenizer)
@@ -93,7 +94,8 @@ def train_model(layout: ProjectLayout, params: Params, outputs: TrainOutputs):
               f"champion v{point.champion_version} learned (replay_fraction {params.train.replay_fraction})")
     checkpoints = Checkpointer(outputs.checkpoint_dir)
     result, model = train_classifier(
-        model, train_split, load_tokenized(layout.tokenized_file("validation")), params.model_labels, params.train,
+        model, train_split, load_tokenized(layout.tokenized_file("validation"), batch_ids=False),
+        params.model_labels, params.train,
         pad_id=tokenizer.pad_token_id, entity_types=params.data.labels if params.is_token_task else None,
         checkpoints=checkpoints, distillation=distillation,
     )
