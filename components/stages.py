@@ -11,18 +11,18 @@ from components.layout import SPLITS, ProjectLayout
 
 
 def validate(layout: ProjectLayout, params: Params) -> None:
-    from components.data.ingest import read_dataset
-    from components.data.validation.data_docs import build_data_docs
+    """The dataset suite, a chunk of the dataset at a time: memory stays flat with its size."""
+    from components.data.validation.chunked import build_sample_data_docs, stored_chunks, validate_chunks
     from components.data.validation.report import assert_valid
-    from components.data.validation.suite import validate_dataset
 
-    dataset = read_dataset(layout.data_dir)
-    report = validate_dataset(dataset, params.data, source=str(layout.data_dir), task=params.task)
-    report.write(layout.validation_report)
+    source = str(layout.data_dir)
+    chunks = stored_chunks(layout.data_dir)
+    checked = validate_chunks(chunks, params.data, source=source, task=params.task)
+    checked.report.write(layout.validation_report)
     # Written pass or fail: the HTML is where a person looks first when a run stops here.
-    docs = build_data_docs(dataset, params.data, layout.validation_docs, source=str(layout.data_dir), task=params.task)
-    print(f"{report.summary()}\nData Docs: {docs}")
-    assert_valid(report, layout.validation_report)  # a failing suite stops the pipeline before training
+    docs = build_sample_data_docs(chunks, checked, params.data, layout.validation_docs, source=source, task=params.task)
+    print(f"{checked.report.summary()}\nData Docs: {docs}")
+    assert_valid(checked.report, layout.validation_report)  # a failing suite stops the pipeline before training
 
 
 def preprocess(layout: ProjectLayout, params: Params) -> None:

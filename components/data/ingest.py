@@ -35,7 +35,7 @@ import unicodedata
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
 import pandas as pd
 
@@ -52,6 +52,7 @@ from components.config import (
     DriftParams,
     Task,
 )
+from components.data.batch_sort import INGEST_CHUNK_ROWS
 from components.data.pii_screening import PiiScreening
 
 if TYPE_CHECKING:
@@ -77,11 +78,31 @@ class DriftFailure(RuntimeError):
 
 @dataclass(frozen=True)
 class RawSource:
-    # columns: text, label (raw), source_row; token data: tokens, tags (lists, raw), source_row, and
-    # split where the source has an official one
-    frame: pd.DataFrame
+    """A source's rows. columns: text, label (raw), source_row; token data: tokens, tags (lists, raw), source_row,
+    and split where the source has an official one. Held whole in `frame`, or read a chunk at a time by
+    `read_chunks(rows)` (a user's file: it may not fit in memory)."""
+
+    frame: pd.DataFrame | None
     batch_id: str
     description: str
+    read_chunks: Callable[[int], Iterator[pd.DataFrame]] | None = None
+
+    def chunks(self, rows: int) -> Iterator[pd.DataFrame]:
+        """The rows, `rows` at a time; at least one chunk (an empty source gives its empty frame)."""
+        if self.read_chunks is not None:
+            yield from self.read_chunks(rows)
+            return
+        assert self.frame is not None
+        yield from (self.frame.iloc[start:start + rows] for start in range(0, max(len(self.frame), 1), rows))
+
+    def columns(self) -> list[str]:
+        if self.frame is not None:
+            return [str(c) for c in self.frame.columns]
+        return [str(c) for c in next(self.chunks(1)).columns]
+
+    def with_frame(self, frame: pd.DataFrame) -> RawSource:
+        """This source with `frame` as its rows: one chunk of it, built on its own."""
+        return RawSource(frame, self.batch_id, self.description)
 
 
 @dataclass
@@ -160,8 +181,9 @@ def _is_token_task(task: str) -> bool:
 
 def _check_task(raw: RawSource, task: str) -> bool:
     token_task = _is_token_task(task)
-    if token_task != ("tokens" in raw.frame.columns):
-        found = "token lists" if "tokens" in raw.frame.columns else "texts with one label each"
+    columns = raw.columns()
+    if token_task != ("tokens" in columns):
+        found = "token lists" if "tokens" in columns else "texts with one label each"
         raise ValueError(f"{raw.description}: holds {found}, which task {task!r} cannot use")
     return token_task
 
@@ -203,11 +225,17 @@ def _read_builtin_splits(name: str) -> RawSource:
 def read_file_source(path: Path, data: DataParams, *, task: Task = SEQUENCE_CLASSIFICATION) -> RawSource:
     """A user's file: a table of texts and labels, or (task token-classification) CoNLL-style text or
     JSON Lines of token and tag lists."""
-    from components.data.readers import read_labelled_file, read_token_file
+    from components.data.readers import file_digest, iter_labelled_file, read_labelled_file, read_token_file
 
-    frame = read_token_file(path, data) if _is_token_task(task) else read_labelled_file(path, data)
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
-    return RawSource(frame, batch_id=f"{path.name}@{digest}", description=f"{path} (sha256 {digest})")
+    digest = file_digest(path)[:12]
+    batch_id, description = f"{path.name}@{digest}", f"{path} (sha256 {digest})"
+    if _is_token_task(task):
+        return RawSource(read_token_file(path, data), batch_id, description)
+    if reads_labelled_traffic(path):  # one JSON document, read whole: the labelling queue, not a corpus
+        return RawSource(read_labelled_file(path, data), batch_id, description)
+    source = RawSource(None, batch_id, description, read_chunks=lambda rows: iter_labelled_file(path, data, rows))
+    source.columns()  # a file that cannot be read at all says so now; a bad row deep inside, when ingest reaches it
+    return source
 
 
 def reads_labelled_traffic(path: Path) -> bool:
@@ -225,7 +253,7 @@ def read_configured_source(data: DataParams, project_root: Path, *, task: Task =
 
 # --- the dataset on disk ----------------------------------------------------------------------
 # Every column as text but source_row: a kept column of numbers ("2021") stays as written.
-_BATCH_CSV = {"dtype": defaultdict(lambda: str, source_row="int64"), "keep_default_na": False}
+BATCH_CSV = {"dtype": defaultdict(lambda: str, source_row="int64"), "keep_default_na": False}
 
 
 class DataStore:
@@ -251,7 +279,7 @@ class DataStore:
         it, "" on the rows of those without it (a batch ingested before the column was kept).
         """
         chosen = self.batches() if batches is None else batches
-        frames = [pd.read_csv(self.data_dir / b.batch_file, **_BATCH_CSV) for b in chosen]
+        frames = [pd.read_csv(self.data_dir / b.batch_file, **BATCH_CSV) for b in chosen]
         if not frames:
             return pd.DataFrame({c: pd.Series(dtype=str) for c in DATASET_COLUMNS})
         combined = pd.concat(frames, ignore_index=True)
@@ -263,7 +291,7 @@ class DataStore:
         """The accepted rows of `batches` (default: all) in ingestion order, `rows` at a time: a dataset larger
         than memory is read in pieces. A chunk lacks the columns its batch file lacks (read fills them)."""
         for batch in self.batches() if batches is None else batches:
-            with pd.read_csv(self.data_dir / batch.batch_file, chunksize=rows, **_BATCH_CSV) as reader:
+            with pd.read_csv(self.data_dir / batch.batch_file, chunksize=rows, **BATCH_CSV) as reader:
                 yield from reader
 
     def quarantined_rows(self) -> int:
@@ -384,15 +412,8 @@ def _build_token_dataset(raw: RawSource, data: DataParams) -> tuple[pd.DataFrame
     return rows[~rejected].reset_index(drop=True), set_aside.reset_index(drop=True)
 
 
-def _written_columns(frame: pd.DataFrame, data: DataParams) -> list[str]:
+def written_columns(frame: pd.DataFrame, data: DataParams) -> list[str]:
     return DATASET_COLUMNS + ([SPLIT_COLUMN] if SPLIT_COLUMN in frame.columns else []) + list(data.keep_columns)
-
-
-def entity_counts(labels: pd.Series) -> pd.Series:
-    """Entities per type in IOB2 tag strings (one B- tag per entity), indexed by type, sorted by type."""
-    from components.entities import entity_type_counts
-
-    return pd.Series(entity_type_counts(labels.tolist()), dtype="int64").sort_index()
 
 
 def rules_fingerprint(data: DataParams) -> str:
@@ -412,6 +433,7 @@ def ingest_batch(
     task: Task = SEQUENCE_CLASSIFICATION,
     drift_gate: bool = True,
     pii_scanner: PiiScanner | None = None,
+    chunk_rows: int = INGEST_CHUNK_ROWS,
 ) -> IngestResult:
     """Quarantine bad rows, screen the rest for personal data (data.pii), check the batch as a whole (and for
     drift), then add it to the dataset.
@@ -423,9 +445,11 @@ def ingest_batch(
     reports are still written so the reason can be read. `drift_gate` False measures and reports drift
     without refusing the batch: for the labelling queue coming back (`reads_labelled_traffic`), whose
     texts were picked because they drifted and whose labels a person gave. `task` must match the source (raw): token
-    lists for token-classification.
+    lists for token-classification. The batch is sorted `chunk_rows` rows at a time (components.data.batch_sort):
+    memory does not grow with its size.
     """
-    from components.data.validation.batch import validate_batch
+    from components.data.batch_sort import index_dataset, scratch_folder, sort_batch
+    from components.data.validation.batch import validate_batch_counts
     from components.data.validation.report import DataValidationError
 
     token_task = _check_task(raw, task)
@@ -436,76 +460,43 @@ def ingest_batch(
     # The base batch is checked again when the rules change (say data.max_chars): data.source is
     # what params.yaml says it is, under the rules params.yaml gives now.
     if known is not None and (not base or known.rules == rules):
-        return _result(known, store.read()["label"], already_present=True, token_task=token_task)
+        dataset = index_dataset(store, batches, token_task=token_task)
+        return _result(known, dataset.label_counts, dataset.rows, already_present=True)
     kept = [b for b in batches if not b.base] if base else batches  # a new data.source replaces the old base
-    existing = store.read(kept)
+    existing = index_dataset(store, kept, token_task=token_task, chunk_rows=chunk_rows)
 
     if pii_scanner is None and data.pii != "off":
         pii_scanner = default_pii_scanner()
-    rows = _sort_rows(raw, data, existing, task, token_task, pii_scanner)
     sequence = 0 if base else max((int(Path(b.batch_file).stem[:4]) for b in batches), default=0) + 1
     batch_file, quarantine_file, report_dir = store.paths_for(sequence, raw.batch_id)
-    record = BatchRecord(batch_id=raw.batch_id, source=raw.description, base=base,
-                         ingested_at=None if base else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                         rows_read=len(raw.frame), accepted=len(rows.unique), quarantined=len(rows.quarantined),
-                         duplicates=rows.duplicates, batch_file=batch_file, quarantine_file=quarantine_file,
-                         report_dir=report_dir, rules=rules, pii=rows.pii.record())
-    reports = store.data_dir / report_dir
-    reports.mkdir(parents=True, exist_ok=True)
-    report = validate_batch(rows.clean, rows_in=rows.rows_in, quarantined=rows.quarantined_by_checks,
-                            existing=existing, data=data, source=f"{raw.description} (batch {raw.batch_id})",
-                            task=task)
-    report.pii = rows.pii.record()
-    report_path = report.write(reports / "validation.json")
-    if not report.success:
-        raise DataValidationError(report, report_path)
+    with scratch_folder(store) as scratch:
+        rows = sort_batch(raw, data, existing, task=task, token_task=token_task, pii_scanner=pii_scanner,
+                          scratch=Path(scratch), chunk_rows=chunk_rows)
+        record = BatchRecord(batch_id=raw.batch_id, source=raw.description, base=base,
+                             ingested_at=None if base else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                             rows_read=rows.rows_read, accepted=rows.accepted, quarantined=rows.quarantined,
+                             duplicates=rows.duplicates, batch_file=batch_file, quarantine_file=quarantine_file,
+                             report_dir=report_dir, rules=rules, pii=rows.pii.record())
+        reports = store.data_dir / report_dir
+        reports.mkdir(parents=True, exist_ok=True)
+        report = validate_batch_counts(clean_rows=rows.clean_rows, batch_label_counts=rows.clean_label_counts,
+                                       existing_label_counts=existing.label_counts, rows_in=rows.rows_in,
+                                       quarantined=rows.quarantined_by_checks, data=data,
+                                       source=f"{raw.description} (batch {raw.batch_id})", task=task)
+        report.pii = rows.pii.record()
+        report_path = report.write(reports / "validation.json")
+        if not report.success:
+            raise DataValidationError(report, report_path)
 
-    drift_summary = None
-    if drift is not None and reference is not None and not reference.empty and tokenizer_factory is not None:
-        drift_summary = _check_drift(raw, record, rows.clean, reference, tokenizer_factory(), drift, reports,
-                                     task=task, gate=drift_gate)
-    accepted = rows.unique[_written_columns(rows.unique, data)]
-    _write_batch(store, record, accepted, rows.quarantined, batches, kept)
+        drift_summary = None
+        if drift is not None and reference is not None and not reference.empty and tokenizer_factory is not None:
+            drift_summary = _check_drift(raw, record, rows.drift_sample, reference, tokenizer_factory(), drift,
+                                         reports, task=task, gate=drift_gate)
+        rows.move_into(store, record)
+    _write_manifest(store, record, batches, kept)
     # The dataset is what was there plus what this batch added: no need to read it all back.
-    return _result(record, pd.concat([existing["label"], accepted["label"]]), already_present=False,
-                   drift_summary=drift_summary, token_task=token_task)
-
-
-@dataclass(frozen=True)
-class _SortedRows:
-    """A batch's rows sorted by the row checks and the repeat rules."""
-
-    rows_in: int  # rows that reached the row checks (past the rows build_dataset excluded)
-    clean: pd.DataFrame  # passed the row checks, conflicting repeats dropped: unique rows and duplicates, in file order
-    unique: pd.DataFrame  # what the batch adds
-    duplicates: int  # repeats with the same label: counted, not added
-    quarantined: pd.DataFrame  # every row left out, with its check and reason
-    quarantined_by_checks: int  # of them, those the row checks, data.pii and the conflicting-labels rule put there
-    pii: PiiScreening  # what data.pii found among the rows that passed the row checks
-
-
-def _sort_rows(raw: RawSource, data: DataParams, existing: pd.DataFrame, task: Task, token_task: bool,
-               pii_scanner: PiiScanner | None) -> _SortedRows:
-    from components.data.pii_screening import screen_rows
-    from components.data.validation.duplicates import separate_repeated_texts
-    from components.data.validation.quarantine import quarantine_rows
-
-    rows, excluded = build_dataset(raw, data, task=task)
-    checked = quarantine_rows(rows, data, task=task)
-    # After the row checks (a row they quarantine is not scanned), before the repeats: a redacted text is
-    # compared with the dataset as it will be written.
-    screened = screen_rows(checked.clean, data.pii, pii_scanner, source=raw.description,
-                           text_field=data.tokens_column if token_task else data.text_column)
-    repeats = separate_repeated_texts(screened.kept, existing, token_task=token_task)
-    quarantined = pd.concat([checked.quarantined, screened.set_aside, repeats.conflicting, excluded],
-                            ignore_index=True)
-    if token_task:  # the lists are in text and label already; a CSV cell cannot hold a list
-        quarantined = quarantined.drop(columns=TOKEN_COLUMNS, errors="ignore")
-    return _SortedRows(rows_in=len(rows), clean=screened.kept.drop(index=repeats.conflicting.index),
-                       unique=repeats.unique, duplicates=len(repeats.duplicates), quarantined=quarantined,
-                       quarantined_by_checks=len(checked.quarantined) + len(screened.set_aside)
-                       + len(repeats.conflicting),
-                       pii=screened.screening)
+    return _result(record, existing.label_counts + rows.accepted_label_counts, existing.rows + rows.accepted,
+                   already_present=False, drift_summary=drift_summary)
 
 
 @functools.lru_cache(maxsize=1)
@@ -531,13 +522,8 @@ def _check_drift(raw: RawSource, record: BatchRecord, clean: pd.DataFrame, refer
     return summary
 
 
-def _write_batch(store: DataStore, record: BatchRecord, accepted: pd.DataFrame, quarantined: pd.DataFrame,
-                 batches: list[BatchRecord], kept: list[BatchRecord]) -> None:
-    """The batch's files and its manifest entry; a base batch replaces the old base batch's files."""
-    (store.data_dir / "batches").mkdir(parents=True, exist_ok=True)
-    (store.data_dir / "quarantine").mkdir(parents=True, exist_ok=True)
-    accepted.to_csv(store.data_dir / record.batch_file, index=False, lineterminator="\n")
-    quarantined.to_csv(store.data_dir / record.quarantine_file, index=False, lineterminator="\n")
+def _write_manifest(store: DataStore, record: BatchRecord, batches: list[BatchRecord], kept: list[BatchRecord]) -> None:
+    """The batch's manifest entry, once its files are in place; a base batch replaces the old base batch's files."""
     if record.base:
         for old in batches:
             if old.base:
@@ -548,12 +534,11 @@ def _write_batch(store: DataStore, record: BatchRecord, accepted: pd.DataFrame, 
         store.write_manifest(batches + [record])
 
 
-def _result(record: BatchRecord, labels: pd.Series, already_present: bool, drift_summary: str | None = None,
-            token_task: bool = False) -> IngestResult:
+def _result(record: BatchRecord, label_counts: Mapping[str, int], dataset_rows: int, already_present: bool,
+            drift_summary: str | None = None) -> IngestResult:
     # Token data: entities per type, not the (all different) tag strings of the sentences.
-    counted = entity_counts(labels) if token_task else labels.value_counts().sort_index()
-    counts = {str(k): int(v) for k, v in counted.items()}
-    return IngestResult(record, already_present, len(labels), counts, drift_summary)
+    counts = {str(label): int(label_counts[label]) for label in sorted(label_counts) if label_counts[label]}
+    return IngestResult(record, already_present, dataset_rows, counts, drift_summary)
 
 
 def describe(result: IngestResult) -> str:

@@ -212,6 +212,11 @@ def redact(text: str, findings: Iterable[PiiFinding]) -> str:
 
 def count_by_type(findings_per_text: Iterable[Iterable[PiiFinding]]) -> dict[str, int]:
     """How many findings of each type, over all the texts, in ALL_TYPES order (types never found left out)."""
-    counts = Counter(finding.type for findings in findings_per_text for finding in findings)
+    return in_type_order(Counter(finding.type for findings in findings_per_text for finding in findings))
+
+
+def in_type_order(counts: Counter) -> dict[str, int]:
+    """Counts by type in ALL_TYPES order (other types after them, by name), types never found left out."""
     order = {kind: index for index, kind in enumerate(ALL_TYPES)}
-    return {kind: counts[kind] for kind in sorted(counts, key=lambda kind: (order.get(kind, len(order)), kind))}
+    return {kind: counts[kind] for kind in sorted(counts, key=lambda kind: (order.get(kind, len(order)), kind))
+            if counts[kind]}

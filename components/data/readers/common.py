@@ -7,6 +7,7 @@ import codecs
 import contextlib
 import csv
 import errno
+import hashlib
 import io
 import sys
 from pathlib import Path
@@ -87,10 +88,14 @@ def _check_readable(path: Path) -> None:
         raise IngestError(path, f"cannot be read: {error.strerror or error}") from None
 
 
-def file_kind(path: Path, kinds: dict[str, str] = SUFFIX_KINDS) -> str:
+def _check_file(path: Path) -> None:
     _check_readable(path)
     if path.is_dir():
         raise IngestError(path, "is a directory, expected a file")
+
+
+def file_kind(path: Path, kinds: dict[str, str] = SUFFIX_KINDS) -> str:
+    _check_file(path)
     kind = kinds.get(path.suffix.lower())
     if kind is None:
         supported = ", ".join(sorted(kinds))
@@ -170,30 +175,34 @@ def utf8_bytes(path: Path, raw: bytes, kind: str) -> bytes:
         if raw.startswith(bom):
             body = raw[len(bom):]
             if codec == "utf-8":
-                _check_utf8(path, body, kind, file_offset=len(bom))
+                check_utf8(path, body, kind, file_offset=len(bom))
                 return body
             try:
                 return body.decode(codec).encode("utf-8")
             except UnicodeDecodeError as error:
                 prefix = body[: error.start].decode(codec, errors="replace")
-                row, field = _text_position(prefix, kind)
+                row, field = text_position(prefix, kind)
                 raise IngestError(
                     path,
                     f"bytes at byte offset {error.start + len(bom)} are not valid {codec.upper()} "
                     f"(the byte-order mark says {codec.upper()}); re-save the file as UTF-8",
                     row=row, field=field,
                 ) from None
-    _check_utf8(path, raw, kind, file_offset=0)
+    check_utf8(path, raw, kind, file_offset=0)
     return raw
 
 
-def _check_utf8(path: Path, body: bytes, kind: str, file_offset: int) -> None:
+def check_utf8(path: Path, body: bytes, kind: str, file_offset: int, *, header: list[str] | None = None,
+               first_row: int = 1, first_line: int = 1) -> None:
+    """Raise naming offset, line, row and field of the first byte of `body` that is not UTF-8. `body` is the
+    file from `file_offset` on, starting at a record that begins on line `first_line` (row `first_row` as the
+    csv module counts); `header`: the CSV header when `body` starts after it."""
     try:
         body.decode("utf-8")  # C speed; the decoded copy is dropped at once
     except UnicodeDecodeError as error:
         prefix = body[: error.start].decode("utf-8")
-        row, field = _text_position(prefix, kind)
-        line = prefix.count("\n") + 1
+        row, field = text_position(prefix, kind, header, first_row)
+        line = first_line + prefix.count("\n")
         line_note = f" (line {line})" if line != row else ""
         offset = error.start + file_offset
         snippet = _line_around(body, error.start).decode("utf-8", errors="replace")
@@ -213,46 +222,53 @@ def _line_around(body: bytes, offset: int, width: int = 40) -> bytes:
     return body[start:end].rstrip(b"\r")
 
 
-def reject_nul_bytes(path: Path, utf8: bytes, kind: str) -> None:
+def reject_nul_bytes(path: Path, utf8: bytes, kind: str, *, text_offset: int = 0, head: bytes | None = None,
+                     header: list[str] | None = None, first_row: int = 1) -> None:
+    """Raise if `utf8` (the text from byte `text_offset` on, starting at a record on row `first_row`) holds a
+    NUL byte; `head`: the text's first bytes, for the hint (defaults to `utf8`'s)."""
     offset = utf8.find(b"\x00")
     if offset < 0:
         return
-    row, field = _text_position(utf8[:offset].decode("utf-8"), kind)
-    problem = (f"contains a NUL byte (0x00) at byte offset {offset} (of the UTF-8 text); "
+    row, field = text_position(utf8[:offset].decode("utf-8"), kind, header, first_row)
+    problem = (f"contains a NUL byte (0x00) at byte offset {text_offset + offset} (of the UTF-8 text); "
                "text files must not contain NUL bytes")
-    head = utf8[:1000]
+    head = (utf8 if head is None else head)[:1000]
     if head.count(b"\x00") * 4 > len(head):  # a quarter of the bytes: text in a two-byte encoding
         problem += "; so many NULs suggest UTF-16 without a byte-order mark: re-save the file as UTF-8"
     raise IngestError(path, problem, row=row, field=field)
 
 
-def _text_position(prefix: str, kind: str) -> tuple[int, str | None]:
-    """Row (and field name, where cheap to know) of the character that follows `prefix`."""
+def text_position(prefix: str, kind: str, header: list[str] | None = None,
+                  first_row: int = 1) -> tuple[int, str | None]:
+    """Row (and field name, where cheap to know) of the character that follows `prefix`, a text that starts
+    at a record on row `first_row`. A CSV `prefix` starts with the header unless `header` is given."""
     if kind in ("jsonl", "conll", "label-studio"):
-        return prefix.count("\n") + 1, None
+        return first_row + prefix.count("\n"), None
     delimiter = DELIMITERS[kind]
-    header: list[str] = []
-    row, field_index = 1, 0
+    data_only = header is not None
+    names: list[str] = list(header or [])
+    row, field_index = first_row, 0
     # The sentinel makes the record holding the bad character the last one the csv module yields.
     with unlimited_csv_fields():
         reader = csv.reader(io.StringIO(prefix + "x", newline=""), delimiter=delimiter)
         previous_end = 0
         for record in reader:
-            if not header:
-                header = record
-            row, field_index = previous_end + 1, len(record) - 1
+            if not names:
+                names = record
+            row, field_index = first_row + previous_end, len(record) - 1
             previous_end = reader.line_num
-    field = header[field_index] if row > 1 and 0 <= field_index < len(header) else None
+    in_header = not data_only and row == first_row
+    field = names[field_index] if not in_header and 0 <= field_index < len(names) else None
     return row, field
 
 
-def with_whole_file_fallback(read: Callable[[int], Any], size: int) -> Any:
+def with_whole_file_fallback(read: Callable[[int], Any], size: int, block_size: int = ARROW_BLOCK_SIZE) -> Any:
     """Read in blocks; a record straddling two blocks (a very long text) makes pyarrow give up,
     so read again with one block holding the whole file."""
     import pyarrow as pa
 
     try:
-        return read(ARROW_BLOCK_SIZE)
+        return read(block_size)
     except pa.ArrowInvalid as error:
         if "straddl" not in str(error):
             raise
@@ -278,3 +294,18 @@ def read_utf8(path: Path, kind: str) -> bytes:
         raise IngestError(path, "the file is empty (only whitespace after decoding)")
     reject_nul_bytes(path, utf8, kind)
     return utf8
+
+
+def file_digest(path: Path, block_size: int = 1 << 20) -> str:
+    """The sha256 (hex) of the file's bytes, read a block at a time: a large file never sits in memory.
+    A path that is no readable file raises the IngestError the readers would."""
+    path = Path(path)
+    _check_file(path)
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            while block := handle.read(block_size):
+                digest.update(block)
+    except OSError as error:
+        raise IngestError(path, f"cannot be read: {error.strerror or error}") from None
+    return digest.hexdigest()

@@ -1,4 +1,4 @@
-"""JSON Lines: one record per line, read by pyarrow; a bad line is named by its number."""
+"""JSON Lines: one record per line, read by pyarrow a piece of lines at a time; a bad line is named by its number."""
 
 from __future__ import annotations
 
@@ -16,12 +16,30 @@ from components.data.readers.common import (
     text_label_frame,
     with_whole_file_fallback,
 )
+from components.data.readers.stream import check_piece, line_cut, text_pieces
 
 
-def read_jsonl(path: Path, utf8: bytes, data: DataParams) -> pd.DataFrame:
+def iter_jsonl(path: Path, data: DataParams) -> Iterator[pd.DataFrame]:
+    """The file's records as frames, one per piece of whole lines (readers/stream.py)."""
+    records = 0
+    for piece in text_pieces(path, line_cut):
+        check_piece(path, piece, "jsonl")
+        if piece.text_offset == 0:
+            require_columns(path, list(_first_json_record(path, piece.data, piece.line)), data)
+        frame = _read_jsonl_piece(path, piece.data, piece.line, data)
+        records += len(frame)
+        if len(frame):
+            yield frame
+    if records == 0:
+        raise IngestError(path, "the file has no JSON records")
+
+
+def _read_jsonl_piece(path: Path, utf8: bytes, first_line: int, data: DataParams) -> pd.DataFrame:
+    """The records of `utf8` (whole lines, the first being line `first_line`) as a frame."""
     import pyarrow as pa
 
-    require_columns(path, list(_first_json_record(path, utf8)), data)
+    if not utf8.strip():
+        return _read_jsonl_records(path, b"", first_line, data)  # blank lines only: no records
     table = None
     # Labels are usually strings, sometimes integers (0/1): both have a fast path.
     for label_type in (pa.string(), pa.int64()):
@@ -33,20 +51,20 @@ def read_jsonl(path: Path, utf8: bytes, data: DataParams) -> pd.DataFrame:
             continue
     if table is None:
         # pyarrow's messages count rows per block, not per file; the slow reader names the line.
-        return _read_jsonl_records(path, utf8, data)
+        return _read_jsonl_records(path, utf8, first_line, data)
     texts, labels = table.column(data.text_column), table.column(data.label_column).cast(pa.string())
     lines = utf8.count(b"\n") + (0 if utf8.endswith(b"\n") else 1)
     if texts.null_count or labels.null_count or lines != table.num_rows:
         # A missing/null field, or blank lines that shift line numbers: read record by record.
-        return _read_jsonl_records(path, utf8, data)
+        return _read_jsonl_records(path, utf8, first_line, data)
     # A kept column's nulls and missing fields are "" (text_label_frame); a number in it takes the slow path.
-    return text_label_frame(texts, labels, np.arange(1, table.num_rows + 1, dtype="int64"),
+    return text_label_frame(texts, labels, np.arange(first_line, first_line + table.num_rows, dtype="int64"),
                             {name: table.column(name) for name in data.keep_columns})
 
 
-def _first_json_record(path: Path, utf8: bytes) -> dict[str, Any]:
+def _first_json_record(path: Path, utf8: bytes, first_line: int = 1) -> dict[str, Any]:
     # Scan line by line rather than split(): only the first record is needed here.
-    start, number = 0, 1
+    start, number = 0, first_line
     while start < len(utf8):
         end = utf8.find(b"\n", start)
         end = len(utf8) if end < 0 else end
@@ -56,8 +74,8 @@ def _first_json_record(path: Path, utf8: bytes) -> dict[str, Any]:
     raise IngestError(path, "the file has no JSON records")
 
 
-def numbered_lines(utf8: bytes) -> Iterator[tuple[int, bytes]]:
-    for number, line in enumerate(utf8.split(b"\n"), start=1):
+def numbered_lines(utf8: bytes, first: int = 1) -> Iterator[tuple[int, bytes]]:
+    for number, line in enumerate(utf8.split(b"\n"), start=first):
         if line.strip():
             yield number, line
 
@@ -92,13 +110,13 @@ def _arrow_jsonl(utf8: bytes, column_types: dict[str, Any]) -> Any:
     return with_whole_file_fallback(read, len(utf8))
 
 
-def _read_jsonl_records(path: Path, utf8: bytes, data: DataParams) -> pd.DataFrame:
+def _read_jsonl_records(path: Path, utf8: bytes, first_line: int, data: DataParams) -> pd.DataFrame:
     """Record-by-record reader: names the line of any problem; also reads numeric labels as text."""
     texts: list[str] = []
     labels: list[str] = []
     rows: list[int] = []
     kept: dict[str, list[str]] = {name: [] for name in data.keep_columns}
-    for number, line in numbered_lines(utf8):
+    for number, line in numbered_lines(utf8, first_line):
         record = parse_json_line(path, number, line)
         texts.append(_json_text(path, number, record, data.text_column))
         labels.append(_json_label(path, number, record, data.label_column))
@@ -107,8 +125,6 @@ def _read_jsonl_records(path: Path, utf8: bytes, data: DataParams) -> pd.DataFra
             value = record.get(name)
             text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)  # 2021 -> "2021"
             values.append("" if value is None else text)
-    if not rows:
-        raise IngestError(path, "the file has no JSON records")
     return text_label_frame(texts, labels, rows, kept)
 
 

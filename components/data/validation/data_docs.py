@@ -9,7 +9,9 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Mapping
 
+import numpy as np
 import pandas as pd
 
 from components.config import DataParams, Task
@@ -30,7 +32,8 @@ _DATA_DOCS_SITE = "local_site"
 
 
 def build_data_docs(frame: pd.DataFrame, data: DataParams, out_dir: Path, *, source: str,
-                    task: Task = "sequence-classification") -> Path:
+                    task: Task = "sequence-classification", flags: Mapping[str, np.ndarray] | None = None,
+                    total_rows: int | None = None) -> Path:
     """Render the dataset suite's result on `frame` as a GX Data Docs site in `out_dir`; return its index.html.
 
     The expectations are validate_dataset's (same helper columns, same checks); each carries a note
@@ -41,13 +44,17 @@ def build_data_docs(frame: pd.DataFrame, data: DataParams, out_dir: Path, *, sou
     other than letters, digits, '.', '_' and '-' replaced by '_'. Entries of out_dir that the site
     also has (index.html, validations/, expectations/, static/) are replaced; others are left alone.
     Raises nothing on bad data: a failing suite is what the pages show.
+
+    A sample of a larger dataset (the chunked validate stage renders its first chunk): `flags` are the
+    sample rows' duplicate and conflict flags over the whole dataset (dataset_suite), `total_rows` its size,
+    and the suite's notes say that the pages show the first rows only and the JSON report covers them all.
     """
     import great_expectations as gx
     from great_expectations.checkpoint import UpdateDataDocsAction
     from great_expectations.core.run_identifier import RunIdentifier
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
-    frame, checks = dataset_suite(gx, frame, data, is_token_task(task))
+    frame, checks = dataset_suite(gx, frame, data, is_token_task(task), flags=flags)
     for check in checks:
         # GX renders a description in place of its own sentence for the expectation; ours names
         # tunegate's check and the GX type too.
@@ -64,7 +71,7 @@ def build_data_docs(frame: pd.DataFrame, data: DataParams, out_dir: Path, *, sou
         suite = context.suites.add(gx.ExpectationSuite(
             name=DATA_DOCS_SUITE,
             expectations=[check.expectation for check in checks],
-            notes=f"tunegate's dataset checks on {source} ({len(frame):,} rows)",
+            notes=suite_notes(source, len(frame), total_rows),
         ))
         definition = context.validation_definitions.add(
             gx.ValidationDefinition(name="tunegate dataset", data=batch_definition, suite=suite))
@@ -92,3 +99,11 @@ def build_data_docs(frame: pd.DataFrame, data: DataParams, out_dir: Path, *, sou
             else:
                 shutil.copy2(entry, target)
     return out_dir / "index.html"
+
+
+def suite_notes(source: str, rows: int, total_rows: int | None = None) -> str:
+    """The suite's notes on the pages: what was checked, and whether the pages show a sample of it."""
+    if total_rows is None or total_rows == rows:
+        return f"tunegate's dataset checks on {source} ({rows:,} rows)"
+    return (f"tunegate's dataset checks on {source} ({total_rows:,} rows; Data Docs rendered on the first "
+            f"{rows:,} rows, the report covers all rows)")

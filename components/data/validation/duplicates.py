@@ -94,11 +94,11 @@ def separate_repeated_texts(batch: pd.DataFrame, existing: pd.DataFrame, *, toke
     return RepeatedTexts(
         unique=batch[~conflicting & ~duplicate],
         duplicates=batch[duplicate],
-        conflicting=_with_conflict_reasons(batch[conflicting], key[conflicting], existing, existing_key),
+        conflicting=conflict_reasons(batch[conflicting], key[conflicting], existing, existing_key),
     )
 
 
-def _with_conflict_reasons(rows: pd.DataFrame, key: pd.Series, existing: pd.DataFrame,
+def conflict_reasons(rows: pd.DataFrame, key: pd.Series, existing: pd.DataFrame,
                            existing_key: pd.Series) -> pd.DataFrame:
     if rows.empty:
         return rows.assign(check=pd.Series(dtype=str), expectation=pd.Series(dtype=str),
@@ -122,3 +122,72 @@ def _rows_text(group: pd.DataFrame) -> str:
     shown = [f"row {row} ({label})" for row, label in zip(group["source_row"].head(REASON_ROWS_SHOWN), group["label"])]
     more = f" and {len(group) - REASON_ROWS_SHOWN} more" if len(group) > REASON_ROWS_SHOWN else ""
     return ", ".join(shown) + more
+
+
+# --- the same flags from 64-bit hashes: a group-by over millions of rows without holding them ----------
+# The chunked validate stage (components.data.validation.chunked) keeps only each row's key and label as
+# hashes (16 bytes a row, with the official-split mask 17) and computes every row's flags from them:
+# with_duplicate_flags on these rows gives the same flags.
+
+NULL_HASH = np.uint64(0)  # a null key or label; value_hashes moves a value that hashes to 0 to 1
+_MAX_HASH = np.iinfo(np.uint64).max
+
+
+def value_hashes(values: pd.Series) -> np.ndarray:
+    """Each value's 64-bit hash (pandas' hash_array: SipHash of its UTF-8 text), the same in every chunk;
+    NULL_HASH for every null, so that nulls are one key, as duplicated() and isin() group them."""
+    hashes = pd.util.hash_array(values.to_numpy(dtype=object))
+    hashes[hashes == NULL_HASH] = 1
+    hashes[values.isna().to_numpy()] = NULL_HASH
+    return hashes
+
+
+def flag_inputs(frame: pd.DataFrame, token_task: bool = False
+                ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray]:
+    """What flag_arrays needs of these rows: the key hashes (None when the frame has no key column), the
+    label hashes (None without a label column) and the official-split mask."""
+    key = duplicate_key(frame, token_task)
+    if key is None:
+        return None, None, official_rows(frame, token_task)
+    labels = value_hashes(frame["label"]) if "label" in frame.columns else None
+    return value_hashes(key), labels, official_rows(frame, token_task)
+
+
+def flag_arrays(keys: np.ndarray, labels: np.ndarray | None = None,
+                official: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """with_duplicate_flags' helper columns as bool arrays, from flag_inputs' hashes of all rows in dataset
+    order: a row is a duplicate when an earlier row has its key, conflicting when the rows with its key carry
+    more than one distinct non-null label; rows of an official split are neither."""
+    rows = len(keys)
+    # A stable sort keeps equal keys in dataset order: the first row of each run is the first occurrence.
+    order = np.argsort(keys, kind="stable")
+    starts = np.empty(rows, dtype=bool)
+    starts[:1] = True
+    sorted_keys = keys[order]
+    np.not_equal(sorted_keys[1:], sorted_keys[:-1], out=starts[1:])
+    del sorted_keys
+    duplicate = np.empty(rows, dtype=bool)
+    duplicate[order] = ~starts
+    flags = {DUPLICATE_FLAG: duplicate}
+    if labels is not None:
+        flags[CONFLICT_FLAG] = _conflicts(labels, order, starts)
+    if official is not None:
+        for flag in flags.values():
+            flag &= ~official
+    return flags
+
+
+def _conflicts(labels: np.ndarray, order: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Whether each row's key group holds two different non-null labels: its highest label above its lowest."""
+    rows = len(labels)
+    conflicting = np.zeros(rows, dtype=bool)
+    if rows == 0:
+        return conflicting
+    first = np.flatnonzero(starts)
+    sorted_labels = labels[order]
+    highest = np.maximum.reduceat(sorted_labels, first)  # a null (0) is never above a label
+    sorted_labels[sorted_labels == NULL_HASH] = _MAX_HASH  # nor, here, below one
+    lowest = np.minimum.reduceat(sorted_labels, first)
+    del sorted_labels
+    conflicting[order] = np.repeat(highest > lowest, np.diff(np.append(first, rows)))
+    return conflicting

@@ -13,8 +13,9 @@ the label checks become entity-type checks (each type of data.labels has an enti
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
+import numpy as np
 import pandas as pd
 
 from components.config import DataParams, Task
@@ -67,10 +68,14 @@ def validate_dataset(frame: pd.DataFrame, data: DataParams, *, source: str,
     )
 
 
-def dataset_suite(gx: Any, frame: pd.DataFrame, data: DataParams,
-                   token_task: bool = False) -> tuple[pd.DataFrame, list[Check]]:
-    """The frame the dataset suite runs on (0..n-1 index, helper columns added) and its checks."""
-    frame = with_duplicate_flags(frame.reset_index(drop=True), token_task)
+def dataset_suite(gx: Any, frame: pd.DataFrame, data: DataParams, token_task: bool = False, *,
+                  flags: Mapping[str, np.ndarray] | None = None) -> tuple[pd.DataFrame, list[Check]]:
+    """The frame the dataset suite runs on (0..n-1 index, helper columns added) and its checks.
+
+    `flags`: the duplicate and conflict flags of these rows computed over a larger dataset (a chunk of it,
+    components.data.validation.chunked), in place of with_duplicate_flags on the frame alone."""
+    frame = frame.reset_index(drop=True)
+    frame = with_duplicate_flags(frame, token_task) if flags is None else frame.assign(**flags)
     if token_task and {"text", "label"} <= set(frame.columns):
         frame = pd.concat([frame.drop(columns=list(TOKEN_LIST_COLUMNS), errors="ignore"),
                            token_issue_columns(frame, data, DATASET_TOKEN_CHECKS), entity_type_columns(frame, data)], axis=1)
