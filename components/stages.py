@@ -39,9 +39,7 @@ def preprocess(layout: ProjectLayout, params: Params) -> None:
 
     tokenizer = load_tokenizer(resolve_model_source(params.model.base_model))
     store = DataStore(layout.data_dir)
-    batches = store.batches()
-    if not batches:
-        raise FileNotFoundError(f"{layout.data_dir}: no dataset; run `tunegate ingest` first")
+    batches = store.required_batches()
 
     def tokenize(frame):
         if params.is_token_task:

@@ -266,6 +266,13 @@ class DataStore:
             return []
         return [BatchRecord(**record) for record in json.loads(self.manifest_path.read_text())["batches"]]
 
+    def required_batches(self) -> list[BatchRecord]:
+        """The batches, for a step that needs a dataset: none is an error that says what to run."""
+        batches = self.batches()
+        if not batches:
+            raise FileNotFoundError(f"{self.data_dir}: no dataset; run `tunegate ingest` first")
+        return batches
+
     def write_manifest(self, batches: list[BatchRecord]) -> None:
         payload = json.dumps({"batches": [asdict(b) for b in batches]}, indent=2, sort_keys=True) + "\n"
         scratch = self.manifest_path.with_suffix(".tmp")
@@ -305,9 +312,7 @@ class DataStore:
 
 def read_dataset(data_dir: Path) -> pd.DataFrame:
     store = DataStore(data_dir)
-    if not store.batches():
-        raise FileNotFoundError(f"{data_dir}: no dataset; run `tunegate ingest` first")
-    return store.read()
+    return store.read(store.required_batches())
 
 
 # --- building a batch -------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import pandas as pd
 import pyarrow as pa
 
 from components.config import SplitParams
-from components.data.ragged import RaggedRows, pick_rows
+from components.data.ragged import RaggedRows, holds_token_labels, pick_rows
 from components.layout import SPLITS
 
 # batch_id lets the gate score the test rows of earlier batches on their own (forgetting) and
@@ -126,7 +126,7 @@ class TokenizedSplit:
 
     @property
     def token_level(self) -> bool:
-        return len(self.labels) > 0 and isinstance(self.labels[0], (list, np.ndarray))
+        return holds_token_labels(self.labels)
 
     def select(self, indices: list[int]) -> "TokenizedSplit":
         return TokenizedSplit(pick_rows(self.input_ids, indices), pick_rows(self.labels, indices),
@@ -286,7 +286,7 @@ def _ids_column(rows) -> pa.ChunkedArray | pa.Array:
 
 
 def _labels_column(labels) -> pa.ChunkedArray | pa.Array:
-    if isinstance(labels, RaggedRows) or (len(labels) and isinstance(labels[0], (list, np.ndarray))):
+    if holds_token_labels(labels):
         return _ids_column(labels)
     return pa.array(np.asarray(labels, dtype=np.int32))
 

@@ -8,7 +8,7 @@ pages that row sits on). Training reads rows by index, and the length-grouped sa
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -31,10 +31,6 @@ class RaggedRows(Sequence):
         # Row index at which each chunk starts, and one past the last row.
         self._starts = np.cumsum([0] + [len(offsets) - 1 for _, offsets in self.chunks])
         self._lengths: np.ndarray | None = None
-
-    @classmethod
-    def from_lists(cls, rows: Iterable[Sequence[int]]) -> "RaggedRows":
-        return cls.from_arrow(pa.array(list(rows), type=pa.list_(pa.int32())))
 
     @classmethod
     def from_arrow(cls, column: pa.Array | pa.ChunkedArray) -> "RaggedRows":
@@ -106,6 +102,11 @@ def _flat(array: pa.ListArray) -> tuple[np.ndarray, np.ndarray]:
     offsets = array.offsets.to_numpy(zero_copy_only=False)  # int32, straight from the file's pages
     values = array.values.to_numpy(zero_copy_only=False)[offsets[0]:offsets[-1]]
     return values, (offsets - offsets[0] if offsets[0] else offsets)
+
+
+def holds_token_labels(labels: Any) -> bool:
+    """Whether a split's labels are tag ids per token (RaggedRows, or lists) rather than one class id a row."""
+    return isinstance(labels, RaggedRows) or (len(labels) > 0 and isinstance(labels[0], (list, np.ndarray)))
 
 
 def row_lengths(rows: Sequence) -> np.ndarray:

@@ -71,8 +71,9 @@ def sentence_order(count: int, seed: int) -> list[int]:
 
 def subset_order(labels, seed: int) -> list[int]:
     """labels: a split's (a list, or the array and rows load_tokenized gives)."""
-    token_level = len(labels) > 0 and hasattr(labels[0], "__len__")  # tag ids per token, not a class id
-    return sentence_order(len(labels), seed) if token_level else stratified_order(labels, seed)
+    from components.data.ragged import holds_token_labels
+
+    return sentence_order(len(labels), seed) if holds_token_labels(labels) else stratified_order(labels, seed)
 
 
 def subset(order: list[int], size: int) -> list[int]:

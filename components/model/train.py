@@ -365,7 +365,7 @@ def _with_batch_sizes(model, job: _TrainingJob) -> tuple[_TrainingJob, dict]:
     if params.eval_batch_size == AUTO:
         update["eval_batch_size"] = picked["eval_batch_size"]
     job.say("batch_size auto: " + ", ".join(f"{name} {picked[name]}" for name in ("batch_size", "eval_batch_size")
-                                             if params.model_dump()[name] == AUTO)
+                                             if getattr(params, name) == AUTO)
             + f" within {picked['memory_budget_bytes'] / 2**30:.2f} GiB ({picked['memory']})")
     return replace(job, params=params.model_copy(update=update)), picked
 

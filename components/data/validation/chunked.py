@@ -66,9 +66,7 @@ def stored_chunks(data_dir: Path, rows: int | None = None) -> Chunks:
     DataStore.read gives: a column some batch file lacks is "" on its rows (null for one of DATASET_COLUMNS)."""
     rows = rows or CHUNK_ROWS
     store = DataStore(data_dir)
-    batches = store.batches()
-    if not batches:
-        raise FileNotFoundError(f"{data_dir}: no dataset; run `tunegate ingest` first")
+    batches = store.required_batches()
     # The union in order of appearance, as pd.concat makes it; read from the headers alone.
     columns = list(dict.fromkeys(str(column) for batch in batches
                                  for column in pd.read_csv(data_dir / batch.batch_file, nrows=0).columns))
