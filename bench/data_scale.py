@@ -237,7 +237,8 @@ def run_size(rows: int, args: argparse.Namespace, base_params: dict, tunegate: s
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     subprocess.run([sys.executable, "-m", "dvc", "init", "--no-scm", "-q"], cwd=root, env=env, check=True)
 
-    steps = [s for s in STEPS if not (s == "train" and args.skip_train)]
+    last = "preprocess" if args.skip_train else args.last_step
+    steps = list(STEPS[:STEPS.index(last) + 1])
     records, failed = [], None
     print(f"\n{rows:,} rows in {root}", flush=True)
     for step in steps:
@@ -374,7 +375,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pii", choices=("off", "report", "redact", "quarantine", "refuse"),
                         help="data.pii in the projects (default: as the params file says)")
     parser.add_argument("--train-steps", type=int, default=100, help="train.max_steps (default 100)")
-    parser.add_argument("--skip-train", action="store_true", help="stop after preprocess")
+    parser.add_argument("--skip-train", action="store_true", help="stop after preprocess (--last-step preprocess)")
+    parser.add_argument("--last-step", choices=PIPELINE_STEPS, default="train", help="the last step run (default train)")
     parser.add_argument("--validation-rows", type=int, default=20_000,
                         help="about this many validation rows at every size (split.validation_fraction, at most "
                              "the default 0.1); 0 keeps the params file's fraction")

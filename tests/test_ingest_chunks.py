@@ -12,9 +12,10 @@ import pandas as pd
 import pytest
 
 from components.config import DataParams
-from components.data.batch_sort import DUPLICATE, UNIQUE, DatasetIndex, label_key_hashes, repeat_verdicts
+from components.data.batch_sort import DUPLICATE, UNIQUE, DatasetIndex, RepeatHashes
 from components.data.ingest import DataStore, RawSource, ingest_batch
 from components.data.readers import read_labelled_file
+from components.data.validation import duplicates
 from components.data.validation.duplicates import separate_repeated_texts, value_hashes
 
 SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "synthetic_corpus.py"
@@ -84,8 +85,10 @@ def test_a_failing_batch_leaves_no_files_and_no_scratch(corpora, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["data"]  # the scratch folder beside data/ is gone
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_repeat_verdicts_on_hashes_are_the_rules_on_frames(seed):
+@pytest.mark.parametrize("seed,block", [(0, 3), (1, 7), (2, 1 << 20)])
+def test_repeat_verdicts_on_hashes_are_the_rules_on_frames(seed, block, monkeypatch):
+    # Small blocks: groups of equal texts run across the blocks that sorted_groups and spread_over_groups take.
+    monkeypatch.setattr(duplicates, "GROUP_BLOCK", block)
     rng = np.random.default_rng(seed)
     texts = [f"text {i}" for i in range(40)]
 
@@ -97,9 +100,15 @@ def test_repeat_verdicts_on_hashes_are_the_rules_on_frames(seed):
 
     batch, existing = frame(120), frame(30)
     expected = separate_repeated_texts(batch, existing, token_task=False)
-    keys, labels, judged = label_key_hashes(batch, token_task=False)
     index = DatasetIndex(value_hashes(existing["id"]), value_hashes(existing["label"]), None, len(existing))
-    verdicts = repeat_verdicts(keys, labels, judged, index)
+    repeats = RepeatHashes()
+    for start in range(0, len(batch), 50):  # gathered in chunks, as ingest gathers them
+        repeats.add(batch.iloc[start:start + 50], token_task=False)
+    verdicts = repeats.verdicts(index)
     assert list(np.flatnonzero(verdicts == UNIQUE)) == list(expected.unique.index)
     assert list(np.flatnonzero(verdicts == DUPLICATE)) == list(expected.duplicates.index)
     assert 0 < len(expected.conflicting) < len(batch)
+    flags = duplicates.flag_arrays(*duplicates.flag_inputs(batch)[:2])
+    expected_flags = duplicates.with_duplicate_flags(batch)
+    assert list(flags[duplicates.DUPLICATE_FLAG]) == list(expected_flags[duplicates.DUPLICATE_FLAG])
+    assert list(flags[duplicates.CONFLICT_FLAG]) == list(expected_flags[duplicates.CONFLICT_FLAG])

@@ -6,7 +6,7 @@ A batch can be larger than memory, so ingest never holds it whole. Two passes:
    data.pii. Rows that pass go to a spool file, the rows set aside to a spool per kind; of the passing rows
    only a 64-bit hash of the text's key and of its label stay in memory (16 bytes a row).
 2. The repeat rules need every copy of a text, in the batch and in the dataset, so they are decided on those
-   hashes once pass 1 is done (`repeat_verdicts`): duplicates are counted, conflicting copies quarantined.
+   hashes once pass 1 is done (`RepeatHashes.verdicts`): duplicates are counted, conflicting copies quarantined.
    The spool is then read back a chunk at a time and each row written where its verdict says.
 
 The files come out byte for byte as sorting the whole batch at once gave them: the accepted rows in file order,
@@ -87,30 +87,52 @@ def count_labels(labels: pd.Series, token_task: bool) -> Counter:
     return Counter({str(k): int(v) for k, v in labels.value_counts().items()})
 
 
-def _joined(parts: list[np.ndarray]) -> np.ndarray:
-    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64)
+def _joined(parts: list[np.ndarray], dtype: type = np.uint64) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
 
 
-def repeat_verdicts(keys: np.ndarray, labels: np.ndarray, judged: np.ndarray, existing: DatasetIndex) -> np.ndarray:
-    """Each batch row's verdict: UNIQUE (added), DUPLICATE (same text and label as an earlier judged row of the
-    batch or a row of the dataset) or CONFLICTING (its text has two labels among the batch's judged rows and the
-    dataset). The rules of duplicates.separate_repeated_texts, on hashes."""
-    verdicts = np.full(len(keys), UNIQUE, dtype=np.uint8)
-    # Every row of the dataset counts, official or not, as in separate_repeated_texts.
-    pair_keys = np.concatenate([keys[judged], existing.keys])
-    pair_labels = np.concatenate([labels[judged], existing.labels])
-    pairs = np.unique(np.stack([pair_keys, pair_labels], axis=1), axis=0)  # sorted by key, then label
-    repeated_key = pairs[1:, 0] == pairs[:-1, 0]
-    conflict_keys = np.unique(pairs[1:, 0][repeated_key])
-    conflicting = judged & np.isin(keys, conflict_keys)
-    candidates = np.flatnonzero(judged & ~conflicting)
-    _, first = np.unique(keys[candidates], return_index=True)
-    later = np.ones(len(candidates), dtype=bool)
-    later[first] = False  # the first copy in the batch is kept unless the dataset has the text
-    duplicate = later | np.isin(keys[candidates], existing.keys)
-    verdicts[candidates[duplicate]] = DUPLICATE
-    verdicts[conflicting] = CONFLICTING
-    return verdicts
+@dataclass
+class RepeatHashes:
+    """What the repeat rules need of a batch, gathered chunk by chunk: which rows they judge, and those rows'
+    key and label hashes (17 bytes a judged row)."""
+
+    judged: list[np.ndarray] = field(default_factory=list)
+    keys: list[np.ndarray] = field(default_factory=list)
+    labels: list[np.ndarray] = field(default_factory=list)
+
+    def add(self, frame: pd.DataFrame, token_task: bool) -> None:
+        keys, labels, judged = label_key_hashes(frame, token_task)
+        self.judged.append(judged)
+        self.keys.append(keys[judged])
+        self.labels.append(labels[judged])
+
+    def verdicts(self, existing: DatasetIndex) -> np.ndarray:
+        """Each batch row's verdict (and the gathered hashes let go): UNIQUE (added), DUPLICATE (same text and
+        label as an earlier judged row of the batch or a row of the dataset) or CONFLICTING (its text has two
+        labels among the batch's judged rows and the dataset). The rules of duplicates.separate_repeated_texts,
+        on hashes, grouped by one sort: about 35 bytes a row at the peak."""
+        from components.data.validation.duplicates import conflicting_rows, sorted_groups, spread_over_groups
+
+        judged = _joined(self.judged, np.bool_)
+        # The batch's judged rows first, then every row of the dataset (official or not, as separate_repeated_texts)
+        keys = _joined(self.keys + [existing.keys])
+        labels = _joined(self.labels + [existing.labels])
+        self.keys, self.labels, self.judged = [], [], []
+        batch_rows = int(judged.sum())
+        order, starts = sorted_groups(keys)
+        del keys
+        conflicting = conflicting_rows(labels, order, starts)
+        del labels
+        known = spread_over_groups(order, starts, lambda rows, first: np.logical_or.reduceat(rows >= batch_rows, first))
+        later = np.empty(len(order), dtype=bool)
+        later[order] = ~starts  # a stable sort: the batch's first copy of a text starts its run
+        del order, starts
+        # The first copy in the batch is kept unless the dataset has the text; a text with two labels is set aside.
+        judged_verdicts = np.where(later | known, DUPLICATE, UNIQUE).astype(np.uint8)[:batch_rows]
+        judged_verdicts[conflicting[:batch_rows]] = CONFLICTING
+        verdicts = np.full(len(judged), UNIQUE, dtype=np.uint8)
+        verdicts[judged] = judged_verdicts
+        return verdicts
 
 
 @dataclass
@@ -161,10 +183,9 @@ def sort_batch(raw: RawSource, data: DataParams, existing: DatasetIndex, *, task
                pii_scanner: PiiScanner | None, scratch: Path, chunk_rows: int = INGEST_CHUNK_ROWS) -> SortedBatch:
     """Pass 1 and pass 2 of the module docstring; the accepted and quarantined files are left in `scratch`."""
     sorted_batch = SortedBatch()
-    spools, keys, labels, judged, screenings = _first_pass(raw, data, task, token_task, pii_scanner, scratch,
-                                                           chunk_rows, sorted_batch)
-    verdicts = repeat_verdicts(_joined(keys), _joined(labels), np.concatenate(judged) if judged else
-                               np.zeros(0, dtype=bool), existing)
+    spools, repeats, screenings = _first_pass(raw, data, task, token_task, pii_scanner, scratch, chunk_rows,
+                                              sorted_batch)
+    verdicts = repeats.verdicts(existing)
     sorted_batch.pii = merge_screenings(screenings)
     conflicting = _second_pass(spools["clean"], verdicts, scratch / "accepted.csv", chunk_rows, token_task,
                                sorted_batch)
@@ -181,13 +202,14 @@ def sort_batch(raw: RawSource, data: DataParams, existing: DatasetIndex, *, task
 
 
 def _first_pass(raw: RawSource, data: DataParams, task: Task, token_task: bool, pii_scanner: PiiScanner | None,
-                scratch: Path, chunk_rows: int, sorted_batch: SortedBatch):
+                scratch: Path, chunk_rows: int, sorted_batch: SortedBatch
+                ) -> tuple[dict[str, Spool], RepeatHashes, list[PiiScreening]]:
     from components.data.ingest import REJECTED_CHECK, TOKEN_COLUMNS, build_dataset, written_columns
     from components.data.pii_screening import screen_rows
     from components.data.validation.quarantine import QUARANTINE_COLUMNS, quarantine_rows
 
     spools: dict[str, Spool] = {}
-    keys, labels, judged, screenings = [], [], [], []
+    repeats, screenings = RepeatHashes(), []
     for chunk in raw.chunks(chunk_rows):
         sorted_batch.rows_read += len(chunk)
         rows, excluded = build_dataset(raw.with_frame(chunk), data, task=task)
@@ -209,13 +231,10 @@ def _first_pass(raw: RawSource, data: DataParams, task: Task, token_task: bool, 
                     else pd.Series(False, index=excluded.index))
         spools["excluded"].append(excluded[~rejected])
         spools["rejected"].append(excluded[rejected])
-        key, label, judge = label_key_hashes(screened.kept, token_task)
-        keys.append(key)
-        labels.append(label)
-        judged.append(judge)
+        repeats.add(screened.kept, token_task)
         screenings.append(screened.screening)
         sorted_batch.rows_in += len(rows)
-    return spools, keys, labels, judged, screenings
+    return spools, repeats, screenings
 
 
 def _second_pass(clean: Spool, verdicts: np.ndarray, accepted_path: Path, chunk_rows: int, token_task: bool,

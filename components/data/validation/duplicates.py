@@ -9,6 +9,7 @@ occurrence."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -158,36 +159,67 @@ def flag_arrays(keys: np.ndarray, labels: np.ndarray | None = None,
     """with_duplicate_flags' helper columns as bool arrays, from flag_inputs' hashes of all rows in dataset
     order: a row is a duplicate when an earlier row has its key, conflicting when the rows with its key carry
     more than one distinct non-null label; rows of an official split are neither."""
-    rows = len(keys)
-    # A stable sort keeps equal keys in dataset order: the first row of each run is the first occurrence.
-    order = np.argsort(keys, kind="stable")
-    starts = np.empty(rows, dtype=bool)
-    starts[:1] = True
-    sorted_keys = keys[order]
-    np.not_equal(sorted_keys[1:], sorted_keys[:-1], out=starts[1:])
-    del sorted_keys
-    duplicate = np.empty(rows, dtype=bool)
-    duplicate[order] = ~starts
+    order, starts = sorted_groups(keys)
+    duplicate = np.empty(len(keys), dtype=bool)
+    duplicate[order] = ~starts  # a stable sort: the first row of each run is the first occurrence
     flags = {DUPLICATE_FLAG: duplicate}
     if labels is not None:
-        flags[CONFLICT_FLAG] = _conflicts(labels, order, starts)
+        flags[CONFLICT_FLAG] = conflicting_rows(labels, order, starts)
     if official is not None:
         for flag in flags.values():
             flag &= ~official
     return flags
 
 
-def _conflicts(labels: np.ndarray, order: np.ndarray, starts: np.ndarray) -> np.ndarray:
-    """Whether each row's key group holds two different non-null labels: its highest label above its lowest."""
-    rows = len(labels)
-    conflicting = np.zeros(rows, dtype=bool)
-    if rows == 0:
-        return conflicting
-    first = np.flatnonzero(starts)
-    sorted_labels = labels[order]
+# Sorted positions handled at once by the group functions below: their temporary arrays are this long, never
+# as long as the dataset (a sorted copy of five million keys would be 40 MB more at the peak).
+GROUP_BLOCK = 1 << 20
+
+
+def sorted_groups(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(order, starts): the stable order that sorts `keys`, and whether each sorted position starts a run of
+    equal keys. 9 bytes a row, the keys compared a block at a time."""
+    order = np.argsort(keys, kind="stable")
+    starts = np.empty(len(keys), dtype=bool)
+    starts[:1] = True
+    for begin in range(1, len(keys), GROUP_BLOCK):
+        end = min(begin + GROUP_BLOCK, len(keys))
+        np.not_equal(keys[order[begin:end]], keys[order[begin - 1:end - 1]], out=starts[begin:end])
+    return order, starts
+
+
+def spread_over_groups(order: np.ndarray, starts: np.ndarray,
+                       group_value: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> np.ndarray:
+    """A bool per row: group_value(rows, first) of its group of equal keys, where `rows` are a block of whole
+    groups' row positions in sorted order and `first` where each group starts in it (one value per group)."""
+    spread = np.zeros(len(order), dtype=bool)
+    begin = 0
+    while begin < len(order):
+        end = _block_end(starts, begin + GROUP_BLOCK)
+        rows = order[begin:end]
+        first = np.flatnonzero(starts[begin:end])
+        spread[rows] = np.repeat(group_value(rows, first), np.diff(np.append(first, end - begin)))
+        begin = end
+    return spread
+
+
+def _block_end(starts: np.ndarray, at: int) -> int:
+    """The first group start at or after `at`: blocks end between groups."""
+    if at >= len(starts):
+        return len(starts)
+    rest = starts[at:]
+    found = int(np.argmax(rest))
+    return at + found if rest[found] else len(starts)
+
+
+def conflicting_rows(labels: np.ndarray, order: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Whether each row's group of equal keys (sorted_groups' order and starts) holds two different labels."""
+    return spread_over_groups(order, starts, lambda rows, first: _labels_differ(labels[rows], first))
+
+
+def _labels_differ(sorted_labels: np.ndarray, first: np.ndarray) -> np.ndarray:
+    """Per group of label hashes (in a copy, grouped): whether it holds two different non-null labels, its
+    highest label above its lowest."""
     highest = np.maximum.reduceat(sorted_labels, first)  # a null (0) is never above a label
     sorted_labels[sorted_labels == NULL_HASH] = _MAX_HASH  # nor, here, below one
-    lowest = np.minimum.reduceat(sorted_labels, first)
-    del sorted_labels
-    conflicting[order] = np.repeat(highest > lowest, np.diff(np.append(first, rows)))
-    return conflicting
+    return highest > np.minimum.reduceat(sorted_labels, first)
