@@ -27,7 +27,7 @@ def validate(layout: ProjectLayout, params: Params) -> None:
 
 def preprocess(layout: ProjectLayout, params: Params) -> None:
     """The splits and their tokenized rows, a chunk of the dataset at a time: memory stays flat with its size."""
-    from components.data.ingest import DataStore
+    from components.data.dataset import DataStore
     from components.data.preprocess import (
         CHUNK_ROWS,
         tokenize_split,

@@ -30,7 +30,7 @@ from components.config import DataParams, Task
 from components.data.pii_screening import PiiScreening
 
 if TYPE_CHECKING:
-    from components.data.ingest import BatchRecord, DataStore, RawSource
+    from components.data.dataset import BatchRecord, DataStore, RawSource
     from components.privacy.pii import PiiScanner
 
 # Rows of the source sorted at once: the row checks (GX) and data.pii scan this many rows at a time.
@@ -204,7 +204,7 @@ def sort_batch(raw: RawSource, data: DataParams, existing: DatasetIndex, *, task
 def _first_pass(raw: RawSource, data: DataParams, task: Task, token_task: bool, pii_scanner: PiiScanner | None,
                 scratch: Path, chunk_rows: int, sorted_batch: SortedBatch
                 ) -> tuple[dict[str, Spool], RepeatHashes, list[PiiScreening]]:
-    from components.data.ingest import REJECTED_CHECK, TOKEN_COLUMNS, build_dataset, written_columns
+    from components.data.dataset import REJECTED_CHECK, TOKEN_COLUMNS, build_dataset, written_columns
     from components.data.pii_screening import screen_rows
     from components.data.validation.quarantine import QUARANTINE_COLUMNS, quarantine_rows
 
@@ -240,7 +240,7 @@ def _first_pass(raw: RawSource, data: DataParams, task: Task, token_task: bool, 
 def _second_pass(clean: Spool, verdicts: np.ndarray, accepted_path: Path, chunk_rows: int, token_task: bool,
                  sorted_batch: SortedBatch) -> pd.DataFrame:
     """The accepted rows written, the counts taken, the drift sample drawn; returns the conflicting rows."""
-    from components.data.ingest import BATCH_CSV
+    from components.data.dataset import BATCH_CSV
 
     accepted = Spool(accepted_path, clean.columns)
     not_conflicting = verdicts != CONFLICTING

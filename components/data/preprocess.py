@@ -81,7 +81,7 @@ def split_columns(available: Iterable[str], keep_columns: list[str] | tuple[str,
 
 class SeenIds:
     """The example ids met so far, as 64-bit keys in one sorted numpy array: 8 bytes an id, where a Python set
-    of the id strings costs about 100. Ids are the first 16 hex digits of a sha256 (components/data/ingest.py),
+    of the id strings costs about 100. Ids are the first 16 hex digits of a sha256 (components/data/dataset.py),
     so an id is its own key; any other id is hashed to one."""
 
     def __init__(self) -> None:

@@ -178,7 +178,7 @@ def read_unlabelled(path: Path, column: str, params: Params, known_ids: set[str]
     split: a text that hashes to validation or test is held-out territory, now or once it is labelled."""
     import pandas as pd
 
-    from components.data.ingest import normalize_text, text_ids
+    from components.data.dataset import normalize_text, text_ids
     from components.data.preprocess import split_of
     from components.entities import split_words
 
@@ -214,7 +214,7 @@ def augmented_rows(train: pd.DataFrame, params: Params, known_texts: set[str]) -
     import pandas as pd
 
     from components.data.augment import perturb_words, swap_mentions
-    from components.data.ingest import text_ids
+    from components.data.dataset import text_ids
     from components.model.evaluate import sentences_and_tags
 
     copies, seed = params.distill.augment_copies, params.distill.teacher_train.seed

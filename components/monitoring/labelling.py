@@ -57,7 +57,7 @@ def _words(text: str) -> list[str]:
 
 
 def _norm(text: str) -> str:
-    from components.data.ingest import normalize_text
+    from components.data.dataset import normalize_text
 
     return normalize_text(text)
 
@@ -104,7 +104,7 @@ def labelling_queue(traffic: pd.DataFrame, reference: pd.DataFrame, *, task: Tas
     model_version, reason (unseen_words, length, low_confidence), figure (the reason's number), why (a
     sentence), occurrences.
     """
-    from components.data.ingest import text_ids
+    from components.data.dataset import text_ids
 
     if size < 0:
         raise ValueError(f"size must be 0 or more, got {size}")

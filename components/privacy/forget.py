@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Callable, Literal
 import pandas as pd
 
 if TYPE_CHECKING:
-    from components.data.ingest import BatchRecord
+    from components.data.dataset import BatchRecord
     from components.lifecycle.registry import ModelRegistry, VersionInfo
 
 MatcherKind = Literal["text", "id", "regex"]
@@ -58,7 +58,7 @@ class Matcher:
 
     @classmethod
     def for_texts(cls, texts: list[str]) -> Matcher:
-        from components.data.ingest import normalize_text
+        from components.data.dataset import normalize_text
 
         normalized = frozenset(normalize_text(t) for t in texts) - {""}
         if not normalized:
@@ -85,7 +85,7 @@ class Matcher:
     def matches(self, text: object, row_id: object = None) -> bool:
         """Whether a row (text and, in the dataset, its id) is to be forgotten. A log line has no id: its id is
         the one ingest would give its text (hash of the normalized text), so --id reaches the logs too."""
-        from components.data.ingest import normalize_text, text_ids
+        from components.data.dataset import normalize_text, text_ids
 
         if not isinstance(text, str):
             text = "" if text is None or (isinstance(text, float) and pd.isna(text)) else str(text)
@@ -260,7 +260,7 @@ def forget_in_batch(data_dir: Path, batch: BatchRecord, matcher: Matcher) -> tup
 
 def forget_in_dataset(data_dir: Path, matcher: Matcher) -> list[BatchRemoval]:
     """Every batch's matching rows removed and the manifest rewritten; the batches that held some."""
-    from components.data.ingest import DataStore
+    from components.data.dataset import DataStore
 
     store = DataStore(data_dir)
     records, removals = [], []
@@ -445,7 +445,7 @@ def forget(request: ForgetRequest) -> ForgetResult:
 
 
 def _base_batch_ids(data_dir: Path) -> set[str]:
-    from components.data.ingest import DataStore
+    from components.data.dataset import DataStore
 
     return {b.batch_id for b in DataStore(data_dir).batches() if b.base}
 

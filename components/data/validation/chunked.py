@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from components.config import DataParams, Task
-from components.data.ingest import DATASET_COLUMNS, DataStore
+from components.data.dataset import DATASET_COLUMNS, DataStore
 from components.data.validation.duplicates import (
     CONFLICT_FLAG,
     DUPLICATE_FLAG,
